@@ -1,0 +1,109 @@
+"""Shared pooled HTTP client for OpenAI-compatible upstreams, and its error translation.
+
+aiohttp's exceptions and upstream status codes become tiergate errors here and nowhere
+else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import orjson
+
+from policies.errors import (
+    UpstreamBadRequest,
+    UpstreamError,
+    UpstreamInsufficientBalance,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+
+def new_session(*, limit: int = 1024) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=30)
+    return aiohttp.ClientSession(
+        connector=connector,
+        json_serialize=lambda o: orjson.dumps(o).decode(),
+        skip_auto_headers=("User-Agent",),
+        auto_decompress=True,
+    )
+
+
+def _retry_after(headers: Any) -> float | None:
+    raw = headers.get("Retry-After") if headers is not None else None
+    if raw is None:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        return None
+
+
+def _message_from(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:300].decode("utf-8", "replace").strip()
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if data.get("detail"):
+            return str(data["detail"])
+    return body[:300].decode("utf-8", "replace").strip()
+
+
+def error_for_status(status: int, body: bytes, headers: Any, where: str) -> UpstreamError:
+    msg = f"{where} answered {status}: {_message_from(body)}"
+    retry_after = _retry_after(headers)
+    if status == 402:
+        return UpstreamInsufficientBalance(
+            f"{msg}. The hosted account balance is exhausted; top it up (not retried)."
+        )
+    if status == 429:
+        return UpstreamRateLimited(msg, retry_after=retry_after or 1.0)
+    if status in (400, 404, 413, 422):
+        return UpstreamBadRequest(msg)
+    if status in (503, 529):
+        return UpstreamUnavailable(msg, retry_after=retry_after)
+    if status == 504:
+        return UpstreamTimeout(msg)
+    return UpstreamError(msg)
+
+
+@asynccontextmanager
+async def translate_errors(where: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except UpstreamError:
+        raise
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeout(f"{where} did not answer in time ({type(exc).__name__})") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamUnavailable(f"cannot connect to {where}: {exc.os_error}") from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise UpstreamError(f"{where} broke off its response: {exc}") from exc
+    except (aiohttp.ClientError, ConnectionError) as exc:
+        raise UpstreamUnavailable(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+
+
+async def read_json_object(resp: aiohttp.ClientResponse, where: str) -> dict[str, Any]:
+    """Read a whole JSON object body and release the connection."""
+    try:
+        async with translate_errors(where):
+            raw = await resp.read()
+    finally:
+        resp.release()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError(f"{where} returned invalid JSON") from exc
+    if not isinstance(body, dict):
+        raise UpstreamError(f"{where} returned a non-object body")
+    return body

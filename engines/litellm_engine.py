@@ -1,0 +1,181 @@
+"""Engine for hosted providers through litellm.
+
+Serves the catalog's pass-through models (any OpenAI, Anthropic or other provider model a
+team also uses) and, when a DeepSeek backend sets ``client: litellm``, the hosted DeepSeek
+API. litellm is imported here and nowhere else, lazily, with its bundled price map
+(``LITELLM_LOCAL_MODEL_COST_MAP``) so nothing is fetched at start-up. Its exceptions are
+translated to tiergate errors in ``_translate`` only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from engines.base import EngineRequest, EngineResponse, StreamOutcome
+from engines.http import error_for_status
+from engines.translate import hosted_body
+from policies.catalog import HostedBackend, PassthroughModel
+from policies.errors import TiergateError, UpstreamError, UpstreamTimeout
+from policies.usage import Usage, usage_from_openai
+
+_DROP = ("provider_specific_fields", "citations", "function_call", "audio")
+
+
+def _litellm() -> Any:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    litellm.drop_params = True
+    return litellm
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items() if k not in _DROP}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _translate(exc: Exception, where: str) -> TiergateError:
+    if isinstance(exc, TiergateError):
+        return exc
+    if isinstance(exc, TimeoutError) or type(exc).__name__ == "Timeout":
+        return UpstreamTimeout(f"{where} did not answer in time")
+    status = getattr(exc, "status_code", None)
+    message = str(getattr(exc, "message", None) or exc)
+    if isinstance(status, int):
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+        return error_for_status(
+            status, orjson.dumps({"error": {"message": message}}), headers, where
+        )
+    return UpstreamError(f"{where} failed: {type(exc).__name__}: {message}")
+
+
+class LitellmEngine:
+    """One pass-through model, or a DeepSeek backend with ``client: litellm``."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        passthrough: PassthroughModel | None = None,
+        hosted: HostedBackend | None = None,
+    ) -> None:
+        self.name = name
+        self._passthrough = passthrough
+        self._hosted = hosted
+        self._where = f"backend {name} (litellm)"
+
+    def _call_args(self, req: EngineRequest, stream: bool) -> dict[str, Any]:
+        if self._hosted is not None:
+            model = self._hosted.models[req.option.tier].name
+            body = hosted_body(req.body, req.option.mode, model, req.endpoint, stream)
+            thinking = body.pop("thinking", None)
+            effort = body.pop("reasoning_effort", None)
+            extra = {"thinking": thinking, **({"reasoning_effort": effort} if effort else {})}
+            args: dict[str, Any] = {
+                **body,
+                "model": f"deepseek/{model}",
+                "api_base": self._hosted.base_url,
+                "api_key": os.environ.get(self._hosted.api_key_env, ""),
+                "extra_body": extra,
+                "timeout": self._hosted.timeout_s,
+                "num_retries": self._hosted.max_retries,
+            }
+            return args
+        assert self._passthrough is not None
+        pt = self._passthrough
+        args = {k: v for k, v in req.body.items() if k not in ("thinking", "chat_template_kwargs")}
+        args["model"] = pt.litellm_model
+        if pt.api_base:
+            args["api_base"] = pt.api_base
+        if pt.api_key_env:
+            args["api_key"] = os.environ.get(pt.api_key_env, "")
+        if stream:
+            args["stream"] = True
+            args["stream_options"] = {"include_usage": True}
+        else:
+            args.pop("stream", None)
+            args.pop("stream_options", None)
+        args["num_retries"] = 0
+        return args
+
+    def _provider_cost(self, response: Any) -> float | None:
+        try:
+            return float(_litellm().completion_cost(completion_response=response))
+        except Exception:  # litellm has no price for this model: the catalog must say
+            return None
+
+    async def complete(self, req: EngineRequest) -> EngineResponse:
+        litellm = _litellm()
+        try:
+            resp = await litellm.acompletion(**self._call_args(req, stream=False))
+        except Exception as exc:
+            raise _translate(exc, self._where) from exc
+        body = _clean(resp.model_dump())
+        usage = usage_from_openai(body.get("usage")) or Usage()
+        body["usage"] = usage.to_deepseek()
+        out = EngineResponse(body=body, usage=usage, replica=None)
+        out.provider_cost_usd = self._provider_cost(resp)
+        return out
+
+    async def stream(self, req: EngineRequest) -> LitellmStream:
+        litellm = _litellm()
+        try:
+            it = await litellm.acompletion(**self._call_args(req, stream=True))
+        except Exception as exc:
+            raise _translate(exc, self._where) from exc
+        include = bool((req.body.get("stream_options") or {}).get("include_usage"))
+        return LitellmStream(it, include, self._where)
+
+    async def health(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+class LitellmStream:
+    def __init__(self, it: Any, include_usage: bool, where: str) -> None:
+        self.replica: str | None = None
+        self.outcome = StreamOutcome()
+        self._it = it
+        self._include = include_usage
+        self._where = where
+        self._created = int(time.time())
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._it:
+                data = _clean(chunk.model_dump(exclude_none=True))
+                usage = usage_from_openai(data.pop("usage", None))
+                for choice in data.get("choices") or ():
+                    if choice.get("finish_reason"):
+                        self.outcome.finish_reason = str(choice["finish_reason"])
+                if usage is not None:
+                    self.outcome.usage = usage
+                    if self._include:
+                        tail = {**data, "choices": [], "usage": usage.to_deepseek()}
+                        yield b"data: " + orjson.dumps(tail) + b"\n\n"
+                    continue
+                payload = orjson.dumps(data)
+                self.outcome.output_chars += len(payload)
+                yield b"data: " + payload + b"\n\n"
+        except Exception as exc:
+            raise _translate(exc, self._where) from exc
+        yield b"data: [DONE]\n\n"
+
+    async def aclose(self) -> None:
+        close = getattr(self._it, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:  # closing a finished litellm stream may raise; nothing to free
+                return

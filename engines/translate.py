@@ -1,0 +1,157 @@
+"""Request and response translation between the client's body and each backend's dialect.
+
+Requests: the hosted API takes ``thinking: {"type": ...}`` and ``reasoning_effort``; vLLM
+takes ``chat_template_kwargs: {"thinking": ..., "reasoning_effort": ...}`` and has thinking
+off by default. In thinking mode the sampling parameters are ignored upstream, so they are
+dropped here on every backend for identical behaviour.
+
+Responses: everything leaves in DeepSeek's shape: ``reasoning_content`` (vLLM says
+``reasoning``), ``tool_calls`` null rather than ``[]``, and usage with
+``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from engines.base import Endpoint, StreamOutcome
+from policies.options import Mode
+from policies.usage import Usage, usage_from_openai
+
+# A chunk is decoded only when one of these keys carries a non-null value; any other chunk
+# passes through untouched. In JSON text an unescaped quote only delimits keys and strings,
+# so these patterns cannot match inside message content.
+_NEEDS_PARSE = re.compile(rb'"(?:usage|reasoning|tool_calls|finish_reason|error)"\s*:\s*(?!null)')
+
+# Fields of ours or of another dialect that must not travel upstream.
+_GATEWAY_FIELDS = ("thinking", "reasoning_effort", "chat_template_kwargs")
+_IGNORED_WHEN_THINKING = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+
+
+def _base_body(body: dict[str, Any], model: str, mode: Mode, stream: bool) -> dict[str, Any]:
+    out = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
+    out["model"] = model
+    if mode.thinking:
+        for k in _IGNORED_WHEN_THINKING:
+            out.pop(k, None)
+    if stream:
+        out["stream"] = True
+        opts = dict(out.get("stream_options") or {})
+        opts["include_usage"] = True
+        out["stream_options"] = opts
+    else:
+        out.pop("stream", None)
+        out.pop("stream_options", None)
+    return out
+
+
+def vllm_body(
+    body: dict[str, Any], mode: Mode, served_model: str, endpoint: Endpoint, stream: bool
+) -> dict[str, Any]:
+    out = _base_body(body, served_model, mode, stream)
+    if endpoint == "chat":
+        kwargs = dict(body.get("chat_template_kwargs") or {})
+        kwargs["thinking"] = mode.thinking
+        if mode.thinking:
+            kwargs["reasoning_effort"] = mode.effort or "high"
+        else:
+            kwargs.pop("reasoning_effort", None)
+        out["chat_template_kwargs"] = kwargs
+    return out
+
+
+def hosted_body(
+    body: dict[str, Any], mode: Mode, model: str, endpoint: Endpoint, stream: bool
+) -> dict[str, Any]:
+    out = _base_body(body, model, mode, stream)
+    if endpoint == "chat":
+        out["thinking"] = {"type": "enabled" if mode.thinking else "disabled"}
+        if mode.thinking:
+            out["reasoning_effort"] = mode.effort or "high"
+    return out
+
+
+def normalize_message(msg: dict[str, Any]) -> None:
+    """vLLM -> DeepSeek field names, in place."""
+    if "reasoning" in msg:
+        reasoning = msg.pop("reasoning")
+        if msg.get("reasoning_content") is None:
+            msg["reasoning_content"] = reasoning
+    if msg.get("tool_calls") == []:
+        msg["tool_calls"] = None
+
+
+def normalize_response(body: dict[str, Any]) -> Usage:
+    """Normalize a non-stream response in place and return its usage."""
+    for choice in body.get("choices") or ():
+        if isinstance(choice, dict):
+            msg = choice.get("message")
+            if isinstance(msg, dict):
+                normalize_message(msg)
+    usage = usage_from_openai(body.get("usage")) or Usage()
+    body["usage"] = usage.to_deepseek()
+    return usage
+
+
+class SSENormalizer:
+    """Turns upstream SSE lines into DeepSeek-shaped events with as little parsing as possible.
+
+    Most chunks pass through after two byte searches; only the usage chunk (and any chunk
+    that needs a field renamed) is decoded. ``include_usage`` says whether the client asked
+    for the final usage chunk: upstream is always asked for it, so the gateway can bill.
+    """
+
+    def __init__(self, outcome: StreamOutcome, *, include_usage: bool) -> None:
+        self.outcome = outcome
+        self.include_usage = include_usage
+        self.done = False
+
+    def feed(self, line: bytes) -> bytes | None:
+        """One upstream line in (without its newline); one SSE event out, or None to drop."""
+        if not line.startswith(b"data:"):
+            # Comments (": keep-alive"), event names and blank separators: keep comments only.
+            return line + b"\n\n" if line.startswith(b":") else None
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            self.done = True
+            return b"data: [DONE]\n\n"
+        if _NEEDS_PARSE.search(payload) is None:
+            self.outcome.output_chars += len(payload)
+            return b"data: " + payload + b"\n\n"
+        return self._rewrite(payload)
+
+    def _rewrite(self, payload: bytes) -> bytes | None:
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self.outcome.error = "upstream sent a malformed stream chunk"
+            return None
+        if not isinstance(chunk, dict):
+            return None
+        if "error" in chunk and not chunk.get("choices"):
+            err = chunk.get("error")
+            self.outcome.error = str(err.get("message") if isinstance(err, dict) else err)
+            return b"data: " + payload + b"\n\n"
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                normalize_message(delta)
+            if choice.get("finish_reason"):
+                self.outcome.finish_reason = str(choice["finish_reason"])
+        raw_usage = chunk.get("usage")
+        if isinstance(raw_usage, dict):
+            usage = usage_from_openai(raw_usage) or Usage()
+            self.outcome.usage = usage
+            if not self.include_usage:
+                if not chunk.get("choices"):
+                    return None
+                chunk.pop("usage", None)
+            else:
+                chunk["usage"] = usage.to_deepseek()
+        self.outcome.output_chars += len(payload)
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"

@@ -1,0 +1,111 @@
+"""The money hooks of the request path: who is calling, reserve before dispatch, settle after.
+
+``Caller`` is what auth resolves a key to. ``Settlement`` is everything the ledger records
+about one finished request. ``Accounting`` is the interface the pipeline calls; the
+budget store and ledger implement it, and ``OpenAccounting`` serves the embedded default
+when no keys or budgets are configured (it still keeps the in-process ledger of the run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    key_id: str | None = None
+    team_id: str | None = None
+    key_prefix: str | None = None
+    allowed_models: tuple[str, ...] | None = None
+    may_override_tier: bool = False
+    max_tokens_ceiling: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+ANONYMOUS = Caller(may_override_tier=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    request_id: str
+    ts: datetime
+    key_id: str | None
+    team_id: str | None
+    protocol: str
+    requested_model: str
+    tier: str
+    mode: str
+    backend: str
+    replica: str | None
+    route_reason: str
+    cache_hit_tokens: int
+    cache_miss_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    price_version: str
+    cost_nanos: int
+    hosted_equiv_nanos: int
+    latency_ms: float
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetView:
+    """Budget facts the router and the response headers use."""
+
+    pressure: float = 0.0
+    downgrade: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Accounting(Protocol):
+    async def authenticate(self, raw_key: str | None) -> Caller: ...
+
+    async def check_rate(self, caller: Caller, tokens: int) -> None: ...
+
+    async def budget_view(self, caller: Caller, now: datetime) -> BudgetView: ...
+
+    async def reserve(
+        self, caller: Caller, request_id: str, amount_nanos: int, now: datetime
+    ) -> None: ...
+
+    async def settle(self, caller: Caller, s: Settlement) -> None: ...
+
+    async def release(self, caller: Caller, request_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class OpenAccounting:
+    """No keys, no budgets: every caller is anonymous; settlements kept in memory."""
+
+    def __init__(self, *, keep: int = 100_000) -> None:
+        self.settled: list[Settlement] = []
+        self._keep = keep
+
+    async def authenticate(self, raw_key: str | None) -> Caller:
+        return ANONYMOUS
+
+    async def check_rate(self, caller: Caller, tokens: int) -> None:
+        return None
+
+    async def budget_view(self, caller: Caller, now: datetime) -> BudgetView:
+        return BudgetView()
+
+    async def reserve(
+        self, caller: Caller, request_id: str, amount_nanos: int, now: datetime
+    ) -> None:
+        return None
+
+    async def settle(self, caller: Caller, s: Settlement) -> None:
+        self.settled.append(s)
+        if len(self.settled) > self._keep:
+            del self.settled[: len(self.settled) - self._keep]
+
+    async def release(self, caller: Caller, request_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,98 @@
+"""``create_app()``: the FastAPI application and the lifespan that owns its resources.
+
+Nothing is created at import time. The lifespan loads and validates the catalog, opens the
+pooled upstream HTTP session, builds the engines and the accounting (budget store and
+ledger), and closes all of them after ``yield``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from engines.http import new_session
+from engines.registry import build_engines
+from gateway.accounting import Accounting, OpenAccounting
+from gateway.errors import error_response
+from gateway.logging import configure_logging
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline
+from gateway.routes import openai as openai_routes
+from gateway.routes import system as system_routes
+from gateway.settings import Settings, get_settings
+from gateway.state import AppState
+from policies.catalog import Catalog, load_catalog
+from policies.errors import InvalidRequest, TiergateError, UnknownModel
+
+AccountingFactory = Callable[[Settings, Catalog], Awaitable[Accounting]]
+
+
+async def open_accounting(settings: Settings, catalog: Catalog) -> Accounting:
+    return OpenAccounting()
+
+
+def _protocol(request: Request) -> str:
+    return "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    catalog: Catalog | None = None,
+    accounting_factory: AccountingFactory = open_accounting,
+) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    # Validate the catalog before the server binds: a bad file fails start-up, loudly.
+    loaded = catalog or load_catalog(settings.config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics = Metrics()
+        session = new_session(limit=settings.upstream_connections)
+        engines = build_engines(loaded, session)
+        accounting = await accounting_factory(settings, loaded)
+        pipeline = Pipeline(loaded, engines, accounting, metrics, log_prompts=settings.log_prompts)
+        app.state.tiergate = AppState(settings, loaded, metrics, session, engines, pipeline)
+        try:
+            yield
+        finally:
+            await accounting.close()
+            for engine in engines.values():
+                await engine.close()
+            await session.close()
+
+    app = FastAPI(
+        title="tiergate",
+        version="0.1.0",
+        summary="Cost-aware routing gateway for DeepSeek V4",
+        lifespan=lifespan,
+    )
+    app.include_router(system_routes.router)
+    app.include_router(openai_routes.router)
+
+    @app.exception_handler(TiergateError)
+    async def _tiergate_error(request: Request, exc: TiergateError) -> Response:
+        return error_response(exc, _protocol(request), exc.headers.get("x-request-id"))  # type: ignore[arg-type]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        err: TiergateError
+        if exc.status_code == 404:
+            err = UnknownModel(f"no route {request.method} {request.url.path} on this gateway")
+            err.code = "not_found"
+        else:
+            err = InvalidRequest(str(exc.detail))
+            err.status = exc.status_code
+        return error_response(err, _protocol(request))  # type: ignore[arg-type]
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(InvalidRequest(str(exc.errors())), _protocol(request))  # type: ignore[arg-type]
+
+    return app

@@ -1,0 +1,99 @@
+"""The ``tiergate`` command: serve, check a config, run the simulator and the demo, and more."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib import import_module
+from pathlib import Path
+
+from policies.catalog import load_catalog
+from policies.errors import ConfigError
+
+# Sub-command groups living in their own modules: (module, function that registers them).
+_EXTENSIONS: tuple[tuple[str, str], ...] = (
+    ("engines.sim.cli", "add_sim_command"),
+    ("gateway.demo", "add_demo_command"),
+    ("gateway.cli_admin", "add_admin_commands"),
+    ("gateway.cli_router", "add_router_commands"),
+    ("gateway.cli_engine", "add_engine_commands"),
+)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    overrides: dict[str, object] = {}
+    if args.config:
+        overrides["config"] = Path(args.config)
+    if args.host:
+        overrides["host"] = args.host
+    if args.port:
+        overrides["port"] = args.port
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"tiergate: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        catalog = load_catalog(args.config)
+    except ConfigError as exc:
+        print(f"tiergate: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.config}: ok ({len(catalog.tiers)} tiers, {len(catalog.backends)} backends, "
+        f"{len(catalog.models)} model names, {len(catalog.passthrough)} pass-through)"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tiergate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="catalog YAML (default: $TIERGATE_CONFIG)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=_serve)
+    check = sub.add_parser("check-config", help="validate a catalog file and exit")
+    check.add_argument("config")
+    check.set_defaults(func=_check)
+    for module, fn in _EXTENSIONS:
+        try:
+            register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] = (
+                getattr(import_module(module), fn)
+            )
+        except ModuleNotFoundError as exc:
+            if not exc.name or not module.startswith(exc.name):
+                raise
+            continue
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

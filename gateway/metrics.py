@@ -1,0 +1,92 @@
+"""Prometheus metrics of the gateway, on a registry owned by the app (never the global one).
+
+Labels are bounded: option parts come from the catalog, team and key ids from what the
+admin created, status is an HTTP code; never request ids, raw keys or prompt text.
+Money is counted in nano-dollars so that counter totals equal the ledger's sum exactly.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_OPTION = ("tier", "mode", "backend")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "tiergate_requests",
+            "Requests answered, by protocol, option and HTTP status.",
+            ("protocol", *_OPTION, "status", "team"),
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tiergate_tokens",
+            "Tokens billed, by kind (cache_hit, cache_miss, output, reasoning) and option.",
+            ("kind", *_OPTION, "team"),
+            registry=r,
+        )
+        self.cost = Counter(
+            "tiergate_cost_nanodollars",
+            "Cost of served requests in nano-dollars (divide by 1e9 for USD).",
+            (*_OPTION, "team", "key", "peak"),
+            registry=r,
+        )
+        self.hosted_equivalent = Counter(
+            "tiergate_hosted_equivalent_nanodollars",
+            "What the hosted API would have charged for the same tokens, in nano-dollars.",
+            (*_OPTION, "team"),
+            registry=r,
+        )
+        self.cache_saved = Counter(
+            "tiergate_cache_savings_nanodollars",
+            "Money cache hits saved versus paying the cache-miss price, in nano-dollars.",
+            (*_OPTION, "team"),
+            registry=r,
+        )
+        self.duration = Histogram(
+            "tiergate_request_duration_seconds",
+            "Time from request received to last byte sent.",
+            _OPTION,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "tiergate_time_to_first_token_seconds",
+            "Time from request received to the first streamed event.",
+            _OPTION,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "tiergate_upstream_errors",
+            "Upstream failures by backend and error code (retried or not).",
+            ("backend", "code"),
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "tiergate_fallbacks",
+            "Requests served by a later option of the plan after an earlier one failed.",
+            ("from_backend", "to_backend"),
+            registry=r,
+        )
+        self.route_decisions = Counter(
+            "tiergate_route_decisions",
+            "Routing decisions by how the tier was chosen (pinned, alias, auto, override).",
+            ("how", "tier", "mode"),
+            registry=r,
+        )
+        self.rejections = Counter(
+            "tiergate_rejections",
+            "Requests refused before dispatch, by error code.",
+            ("protocol", "code"),
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "tiergate_in_flight_requests",
+            "Requests being served right now.",
+            registry=r,
+        )

@@ -1,0 +1,189 @@
+"""Parsing client bodies into the one internal request type, with errors a person can act on.
+
+The body stays a dict (unknown fields travel upstream untouched); parsing checks the
+fields the gateway relies on and measures the prompt cheaply for reservations and
+context checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from policies.errors import BodyTooLarge, InvalidRequest
+
+Protocol = Literal["openai", "anthropic"]
+Endpoint = Literal["chat", "completions"]
+
+# A conservative bytes-per-token ratio: over-estimating the prompt keeps reservations safe.
+_BYTES_PER_TOKEN = 3
+
+
+@dataclass(slots=True)
+class Call:
+    """A request after parsing, whatever protocol it arrived in (OpenAI chat shape inside)."""
+
+    protocol: Protocol
+    endpoint: Endpoint
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    prompt_tokens_est: int
+    last_user_text: str
+    prompt_chars: int
+    has_tools: bool = False
+    json_mode: bool = False
+
+
+def load_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(raw) > max_bytes:
+        raise BodyTooLarge(
+            f"request body is {len(raw)} bytes, over this gateway's limit of {max_bytes} bytes"
+        )
+    if not raw.strip():
+        raise InvalidRequest("request body is empty; send a JSON object")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"request body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _require_model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
+    return model
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    value = None
+    for key in ("max_tokens", "max_completion_tokens"):
+        v = body.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise InvalidRequest(f"'{key}' must be a positive integer", param=key)
+        value = v if value is None else min(value, v)
+    return value
+
+
+def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be true or false", param="stream")
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise InvalidRequest("'stream_options' must be an object", param="stream_options")
+    return stream, bool(stream and opts and opts.get("include_usage"))
+
+
+def _text_of(content: Any, index: int) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise InvalidRequest(
+                    f"messages[{index}].content[{j}] must be an object with a 'type'",
+                    param=f"messages[{index}].content",
+                )
+            if part["type"] == "text":
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise InvalidRequest(
+                        f"messages[{index}].content[{j}].text must be a string",
+                        param=f"messages[{index}].content",
+                    )
+                parts.append(text)
+        return "\n".join(parts)
+    raise InvalidRequest(
+        f"messages[{index}].content must be a string or a list of content parts",
+        param=f"messages[{index}].content",
+    )
+
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def parse_chat(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
+    body = load_json_object(raw, max_bytes)
+    model = _require_model(body)
+    messages = body.get("messages")
+    if messages is None:
+        raise InvalidRequest("'messages' is required: a list of {role, content}", param="messages")
+    if not isinstance(messages, list):
+        raise InvalidRequest("'messages' must be a list of {role, content}", param="messages")
+    if not messages:
+        raise InvalidRequest("'messages' must not be empty", param="messages")
+    if len(messages) > max_messages:
+        raise InvalidRequest(
+            f"'messages' has {len(messages)} entries, over the limit of {max_messages}",
+            param="messages",
+        )
+    last_user = ""
+    chars = 0
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise InvalidRequest(f"messages[{i}] must be an object", param="messages")
+        role = msg.get("role")
+        if role not in _ROLES:
+            raise InvalidRequest(
+                f"messages[{i}].role must be one of {', '.join(sorted(_ROLES))}",
+                param=f"messages[{i}].role",
+            )
+        text = _text_of(msg.get("content"), i)
+        chars += len(text)
+        if role == "user":
+            last_user = text
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise InvalidRequest("'tools' must be a list", param="tools")
+    fmt = body.get("response_format")
+    stream, include_usage = _stream_flags(body)
+    return Call(
+        protocol="openai",
+        endpoint="chat",
+        body=body,
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+        max_tokens=_max_tokens(body),
+        prompt_tokens_est=len(raw) // _BYTES_PER_TOKEN + 1,
+        last_user_text=last_user,
+        prompt_chars=chars,
+        has_tools=bool(tools),
+        json_mode=isinstance(fmt, dict) and fmt.get("type") == "json_object",
+    )
+
+
+def parse_completion(raw: bytes, *, max_bytes: int) -> Call:
+    """Legacy completions and FIM (``prompt`` + optional ``suffix``)."""
+    body = load_json_object(raw, max_bytes)
+    model = _require_model(body)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise InvalidRequest("'prompt' is required and must be a string", param="prompt")
+    suffix = body.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise InvalidRequest("'suffix' must be a string", param="suffix")
+    stream, include_usage = _stream_flags(body)
+    return Call(
+        protocol="openai",
+        endpoint="completions",
+        body=body,
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+        max_tokens=_max_tokens(body),
+        prompt_tokens_est=len(raw) // _BYTES_PER_TOKEN + 1,
+        last_user_text=prompt[-4000:],
+        prompt_chars=len(prompt) + len(suffix or ""),
+    )

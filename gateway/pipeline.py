@@ -1,0 +1,373 @@
+"""The request path: auth -> rewrite -> classify -> route -> reserve -> dispatch -> stream -> settle.
+
+Protocol routes parse their body into a ``Call`` and render what comes back; everything
+between lives here, the same for every protocol. Decisions are delegated to ``policies``
+(pure); model I/O to ``engines``; money to the ``Accounting`` implementation.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from engines.base import Engine, EngineRequest, EngineResponse, EngineStream
+from gateway.accounting import Accounting, Caller, Settlement
+from gateway.logging import get_logger
+from gateway.metrics import Metrics
+from gateway.parse import Call
+from policies.catalog import Catalog
+from policies.errors import (
+    InvalidRequest,
+    PermissionDenied,
+    TiergateError,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from policies.options import Option, resolve_target
+from policies.pricing import NANOS_PER_USD, PriceBook
+from policies.routing import (
+    AutoChoice,
+    BackendState,
+    RoutePlan,
+    RouteRequest,
+    plan_route,
+    simple_auto,
+)
+from policies.usage import Usage
+
+Classifier = Callable[[Catalog, Call], AutoChoice]
+
+# Output bytes per token, used only to bill a stream that broke before its usage chunk.
+_STREAM_BYTES_PER_TOKEN = 4
+
+
+def default_classifier(catalog: Catalog, call: Call) -> AutoChoice:
+    return simple_auto(catalog, call.last_user_text, call.prompt_chars)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A request that passed auth, routing and reservation, ready to dispatch."""
+
+    call: Call
+    caller: Caller
+    request_id: str
+    plan: RoutePlan
+    started: float
+    started_at: datetime
+    reserved: int = 0
+    option: Option | None = None
+    replica: str | None = None
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        return ";".join([self.plan.reason, *self.reasons])
+
+    def route_header(self) -> str:
+        option = self.option or self.plan.primary
+        return f"{option.label}; reason={self.reason}"
+
+
+def _raw_key(headers: Mapping[str, str]) -> str | None:
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    key = headers.get("x-api-key")
+    return key.strip() if key else None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        catalog: Catalog,
+        engines: Mapping[str, Engine],
+        accounting: Accounting,
+        metrics: Metrics,
+        *,
+        classifier: Classifier = default_classifier,
+        log_prompts: bool = False,
+    ) -> None:
+        self.catalog = catalog
+        self.engines = dict(engines)
+        self.accounting = accounting
+        self.metrics = metrics
+        self.prices = PriceBook(catalog)
+        self.classifier = classifier
+        self.log = get_logger("tiergate.request")
+        self.log_prompts = log_prompts
+
+    # ---- before dispatch ---------------------------------------------------------------
+
+    def _states(self) -> dict[str, BackendState]:
+        states = {}
+        for name, engine in self.engines.items():
+            available = getattr(engine, "available", None)
+            states[name] = BackendState(available=available() if callable(available) else True)
+        return states
+
+    async def prepare(self, call: Call, headers: Mapping[str, str]) -> Prepared:
+        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        started, started_at = time.perf_counter(), datetime.now(UTC)
+        try:
+            caller = await self.accounting.authenticate(_raw_key(headers))
+            self._check_caller(call, caller)
+            await self.accounting.check_rate(caller, call.prompt_tokens_est)
+            plan = self._plan(call, caller, headers)
+            p = Prepared(call, caller, request_id, plan, started, started_at)
+            view = await self.accounting.budget_view(caller, started_at)
+            if view.downgrade and plan.primary.tier != "flash" and call.model == "auto":
+                p.reasons.append("budget-downgrade")
+            p.reserved = self._worst_case(p)
+            await self.accounting.reserve(caller, request_id, p.reserved, started_at)
+        except TiergateError as err:
+            self.metrics.rejections.labels(call.protocol, err.code).inc()
+            err.headers.setdefault("x-request-id", request_id)
+            raise
+        how = plan.reason.split(":", 1)[0]
+        self.metrics.route_decisions.labels(how, plan.primary.tier, plan.primary.mode.label).inc()
+        return p
+
+    def _check_caller(self, call: Call, caller: Caller) -> None:
+        if caller.allowed_models is not None and call.model not in caller.allowed_models:
+            raise PermissionDenied(
+                f"this API key may not use model '{call.model}'; allowed: "
+                + ", ".join(caller.allowed_models),
+                param="model",
+            )
+        ceiling = caller.max_tokens_ceiling
+        if ceiling is not None:
+            if call.max_tokens is not None and call.max_tokens > ceiling:
+                raise InvalidRequest(
+                    f"max_tokens {call.max_tokens} is over this key's ceiling of {ceiling}",
+                    param="max_tokens",
+                )
+            if call.max_tokens is None:
+                call.body["max_tokens"] = ceiling
+                call.max_tokens = ceiling
+
+    def _plan(self, call: Call, caller: Caller, headers: Mapping[str, str]) -> RoutePlan:
+        target = resolve_target(self.catalog, call.model, call.body)
+        override = headers.get("x-tiergate-tier")
+        if override and not caller.may_override_tier:
+            raise PermissionDenied(
+                "this API key may not choose the tier with x-tiergate-tier", param="x-tiergate-tier"
+            )
+        auto = self.classifier(self.catalog, call) if target.tier == "auto" else None
+        tier_guess = override or (auto.tier if auto else target.tier)
+        max_out = call.max_tokens or self._default_max_output(tier_guess)
+        req = RouteRequest(
+            target=target,
+            prompt_tokens=call.prompt_tokens_est,
+            max_output_tokens=min(max_out, self._default_max_output(tier_guess)),
+            is_fim=call.endpoint == "completions",
+            auto=auto,
+            tier_override=override or None,
+        )
+        return plan_route(self.catalog, req, self._states())
+
+    def _default_max_output(self, tier: str) -> int:
+        spec = self.catalog.tiers.get(tier)
+        cap = self.catalog.routing.reservation_output_cap
+        return min(spec.max_output_tokens, cap) if spec else cap
+
+    def _worst_case(self, p: Prepared) -> int:
+        out = p.call.max_tokens or self._default_max_output(p.plan.primary.tier)
+        worst = 0
+        for option in p.plan.options():
+            if self.prices.has(option.backend, option.tier):
+                rate = self.prices.rate(option.backend, option.tier, p.started_at)
+                worst = max(worst, rate.worst_case_nanos(p.call.prompt_tokens_est, out))
+        return worst
+
+    # ---- dispatch ----------------------------------------------------------------------
+
+    def _engine_request(self, p: Prepared, option: Option) -> EngineRequest:
+        return EngineRequest(
+            body=p.call.body, option=option, endpoint=p.call.endpoint, request_id=p.request_id
+        )
+
+    async def _dispatch(
+        self, p: Prepared, opener: Callable[[Engine, EngineRequest], Awaitable[Any]]
+    ) -> Any:
+        last: UpstreamError | None = None
+        for option in p.plan.options():
+            engine = self.engines[option.backend]
+            try:
+                result = await opener(engine, self._engine_request(p, option))
+            except UpstreamError as exc:
+                self.metrics.upstream_errors.labels(option.backend, exc.code).inc()
+                if not exc.retryable:
+                    raise
+                last = exc
+                p.reasons.append(f"failover:{option.backend}:{exc.code}")
+                continue
+            if option is not p.plan.primary:
+                self.metrics.fallbacks.labels(p.plan.primary.backend, option.backend).inc()
+            p.option = option
+            return result
+        raise last or UpstreamUnavailable("no backend could take the request")
+
+    async def complete(self, p: Prepared) -> EngineResponse:
+        try:
+            resp: EngineResponse = await self._dispatch(p, lambda e, r: e.complete(r))
+        except TiergateError as err:
+            await self._fail(p, err)
+            raise
+        p.replica = resp.replica
+        await self._settle(p, resp.usage, 200, provider_cost_usd=resp.provider_cost_usd)
+        return resp
+
+    async def open_stream(self, p: Prepared) -> EngineStream:
+        try:
+            stream: EngineStream = await self._dispatch(p, lambda e, r: e.stream(r))
+        except TiergateError as err:
+            await self._fail(p, err)
+            raise
+        p.replica = stream.replica
+        return stream
+
+    async def relay(
+        self, p: Prepared, stream: EngineStream, on_error: Callable[[TiergateError], bytes]
+    ) -> AsyncIterator[bytes]:
+        """Yield the stream's events; on a failure mid-stream, end with one error event.
+
+        Settles in all cases: with the upstream's usage when it arrived, otherwise with an
+        estimate of what was already streamed (the upstream bills those tokens too).
+        """
+        status = 200
+        first = True
+        option = p.option or p.plan.primary
+        try:
+            async for event in stream:
+                if first:
+                    first = False
+                    self.metrics.ttft.labels(
+                        option.tier, option.mode.label, option.backend
+                    ).observe(time.perf_counter() - p.started)
+                yield event
+        except TiergateError as err:
+            status = err.status
+            self.metrics.upstream_errors.labels(option.backend, err.code).inc()
+            yield on_error(err)
+        except BaseException:
+            status = 499  # the client went away
+            raise
+        finally:
+            await stream.aclose()
+            usage = stream.outcome.usage
+            if usage is None:
+                p.reasons.append("usage=estimated")
+                out = stream.outcome.output_chars // _STREAM_BYTES_PER_TOKEN
+                usage = Usage(0, p.call.prompt_tokens_est, out, 0)
+                status = 502 if status == 200 else status
+            if stream.outcome.finish_reason == "insufficient_system_resource":
+                p.reasons.append("upstream-insufficient-resource")
+            await self._settle(p, usage, status)
+
+    # ---- after the response ------------------------------------------------------------
+
+    async def _fail(self, p: Prepared, err: TiergateError) -> None:
+        err.headers.setdefault("x-request-id", p.request_id)
+        err.headers.setdefault("x-tiergate-route", p.route_header())
+        await self.accounting.release(p.caller, p.request_id)
+        self.metrics.requests.labels(
+            p.call.protocol,
+            p.plan.primary.tier,
+            p.plan.primary.mode.label,
+            p.plan.primary.backend,
+            str(err.status),
+            p.caller.team_id or "none",
+        ).inc()
+        self._log(p, p.plan.primary, Usage(), 0, err.status, error=err.message)
+
+    async def _settle(
+        self, p: Prepared, usage: Usage, status: int, *, provider_cost_usd: float | None = None
+    ) -> None:
+        option = p.option or p.plan.primary
+        if self.prices.has(option.backend, option.tier):
+            rate = self.prices.rate(option.backend, option.tier, p.started_at)
+            cost, version, peak = rate.cost_nanos(usage), rate.version, rate.peak
+        else:
+            cost = round((provider_cost_usd or 0.0) * NANOS_PER_USD)
+            version, peak = "litellm-price-map", False
+        hosted = self.prices.hosted_rate(option.tier, p.started_at)
+        hosted_cost = hosted.cost_nanos(usage) if hosted else cost
+        latency = time.perf_counter() - p.started
+        team = p.caller.team_id or "none"
+        s = Settlement(
+            request_id=p.request_id,
+            ts=p.started_at,
+            key_id=p.caller.key_id,
+            team_id=p.caller.team_id,
+            protocol=p.call.protocol,
+            requested_model=p.call.model,
+            tier=option.tier,
+            mode=option.mode.label,
+            backend=option.backend,
+            replica=p.replica,
+            route_reason=p.reason,
+            cache_hit_tokens=usage.cache_hit_tokens,
+            cache_miss_tokens=usage.cache_miss_tokens,
+            output_tokens=usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            price_version=version,
+            cost_nanos=cost,
+            hosted_equiv_nanos=hosted_cost,
+            latency_ms=round(latency * 1000, 3),
+            status=status,
+        )
+        await self.accounting.settle(p.caller, s)
+        m, lbl = self.metrics, (option.tier, option.mode.label, option.backend)
+        m.requests.labels(p.call.protocol, *lbl, str(status), team).inc()
+        for kind, n in (
+            ("cache_hit", usage.cache_hit_tokens),
+            ("cache_miss", usage.cache_miss_tokens),
+            ("output", usage.output_tokens),
+            ("reasoning", usage.reasoning_tokens),
+        ):
+            if n:
+                m.tokens.labels(kind, *lbl, team).inc(n)
+        m.cost.labels(*lbl, team, p.caller.key_prefix or "none", "1" if peak else "0").inc(cost)
+        m.hosted_equivalent.labels(*lbl, team).inc(hosted_cost)
+        if usage.cache_hit_tokens and self.prices.has(option.backend, option.tier):
+            rate = self.prices.rate(option.backend, option.tier, p.started_at)
+            saved = rate.cost_nanos(Usage(0, usage.cache_hit_tokens, 0, 0)) - rate.cost_nanos(
+                Usage(usage.cache_hit_tokens, 0, 0, 0)
+            )
+            m.cache_saved.labels(*lbl, team).inc(max(saved, 0))
+        m.duration.labels(*lbl).observe(latency)
+        self._log(p, option, usage, cost, status)
+
+    def _log(
+        self, p: Prepared, option: Option, usage: Usage, cost: int, status: int, error: str = ""
+    ) -> None:
+        fields: dict[str, object] = {
+            "request_id": p.request_id,
+            "protocol": p.call.protocol,
+            "model": p.call.model,
+            "route": option.label,
+            "reason": p.reason,
+            "replica": p.replica,
+            "status": status,
+            "stream": p.call.stream,
+            "team": p.caller.team_id,
+            "key": p.caller.key_prefix,
+            "cache_hit": usage.cache_hit_tokens,
+            "cache_miss": usage.cache_miss_tokens,
+            "output": usage.output_tokens,
+            "reasoning": usage.reasoning_tokens,
+            "cost_usd": cost / NANOS_PER_USD,
+            "latency_ms": round((time.perf_counter() - p.started) * 1000, 2),
+        }
+        if error:
+            fields["error"] = error
+        if self.log_prompts:
+            fields["prompt"] = p.call.last_user_text[:2000]
+        self.log.info("request", **fields)

@@ -1,0 +1,46 @@
+"""OpenAI-protocol routes: chat completions and (FIM) completions. Thin: parse, call, render."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway.errors import sse_error_event
+from gateway.parse import Call, parse_chat, parse_completion
+from gateway.pipeline import Pipeline
+from gateway.state import pipeline_of, settings_of
+
+router = APIRouter()
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _serve(pipeline: Pipeline, call: Call, request: Request) -> Response:
+    p = await pipeline.prepare(call, request.headers)
+    if call.stream:
+        stream = await pipeline.open_stream(p)
+        headers = {
+            **_SSE_HEADERS,
+            "x-request-id": p.request_id,
+            "x-tiergate-route": p.route_header(),
+        }
+        events = pipeline.relay(p, stream, lambda err: sse_error_event(err, "openai"))
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    resp = await pipeline.complete(p)
+    headers = {"x-request-id": p.request_id, "x-tiergate-route": p.route_header()}
+    return Response(orjson.dumps(resp.body), media_type="application/json", headers=headers)
+
+
+@router.post("/v1/chat/completions", summary="Chat completion (OpenAI/DeepSeek format)")
+async def chat_completions(request: Request) -> Response:
+    s = settings_of(request)
+    call = parse_chat(await request.body(), max_bytes=s.max_body_bytes, max_messages=s.max_messages)
+    return await _serve(pipeline_of(request), call, request)
+
+
+@router.post("/v1/completions", summary="Text completion and fill-in-the-middle (prompt + suffix)")
+async def completions(request: Request) -> Response:
+    s = settings_of(request)
+    call = parse_completion(await request.body(), max_bytes=s.max_body_bytes)
+    return await _serve(pipeline_of(request), call, request)

@@ -1,0 +1,70 @@
+"""Health, readiness, model listing and Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from gateway.state import state_of
+
+router = APIRouter()
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> Response:
+    return _json({"status": "ok"})
+
+
+@router.get("/readyz", summary="Readiness: every tier has at least one usable backend")
+async def readyz(request: Request) -> Response:
+    st = state_of(request)
+    backends = {name: await engine.health() for name, engine in st.engines.items()}
+    tiers = {
+        tier: any(backends.get(b, False) for b in st.catalog.backends_for_tier(tier))
+        for tier in st.catalog.tiers
+    }
+    ready = all(tiers.values())
+    return _json(
+        {"status": "ready" if ready else "not ready", "tiers": tiers, "backends": backends},
+        200 if ready else 503,
+    )
+
+
+@router.get("/v1/models", summary="Models and aliases this gateway serves")
+async def list_models(request: Request) -> Response:
+    st = state_of(request)
+    now = int(time.time())
+    data = []
+    for name in st.catalog.public_model_names():
+        entry = st.catalog.lookup_model(name)
+        item: dict[str, object] = {
+            "id": name,
+            "object": "model",
+            "created": now,
+            "owned_by": "tiergate",
+        }
+        if entry is not None:
+            item["tier"] = entry.tier
+            if entry.thinking is not None:
+                item["thinking"] = entry.thinking
+            if entry.retired is not None:
+                item["retired_upstream"] = entry.retired.isoformat()
+        else:
+            item["passthrough"] = True
+        data.append(item)
+    return _json({"object": "list", "data": data})
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    return Response(
+        generate_latest(state_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

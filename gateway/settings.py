@@ -1,0 +1,43 @@
+"""All process settings in one pydantic-settings class, read through ``get_settings()``.
+
+Environment variables use the ``TIERGATE_`` prefix (``TIERGATE_CONFIG``,
+``TIERGATE_REDIS_URL``...). Upstream API keys are read from the environment variables the
+catalog names, never from the catalog file itself.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TIERGATE_", extra="ignore")
+
+    config: Path = Field(default=Path("examples/demo.yaml"), description="catalog YAML file")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool | None = None
+    log_prompts: bool = False
+
+    database_url: str = "sqlite+aiosqlite:///./var/tiergate.db"
+    redis_url: str | None = None
+    master_key: SecretStr | None = None
+    require_api_key: bool = False
+    budget_timezone: str = "UTC"
+    redis_failure_mode: Literal["closed", "open"] = "closed"
+
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    max_messages: int = Field(default=10_000, gt=0)
+    upstream_connections: int = Field(default=1024, gt=0)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

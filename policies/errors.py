@@ -1,0 +1,133 @@
+"""The one error hierarchy of tiergate.
+
+Every failure a client can see is a ``TiergateError``: it carries the HTTP status, a
+machine-readable code and a message a person can act on. The gateway renders it in the
+caller's protocol (OpenAI or Anthropic error shape) in one place; engines translate their
+libraries' exceptions into these types in one place each.
+"""
+
+from __future__ import annotations
+
+
+class TiergateError(Exception):
+    """Base of every error that reaches a client."""
+
+    status: int = 500
+    code: str = "internal_error"
+    type: str = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+        self.headers = dict(headers or {})
+
+
+# ---- client errors (4xx) -------------------------------------------------------------
+
+
+class InvalidRequest(TiergateError):
+    status = 400
+    code = "invalid_request"
+    type = "invalid_request_error"
+
+
+class BodyTooLarge(InvalidRequest):
+    status = 413
+    code = "body_too_large"
+
+
+class AuthenticationFailed(TiergateError):
+    status = 401
+    code = "invalid_api_key"
+    type = "authentication_error"
+
+
+class PermissionDenied(TiergateError):
+    status = 403
+    code = "permission_denied"
+    type = "permission_error"
+
+
+class UnknownModel(TiergateError):
+    status = 404
+    code = "model_not_found"
+    type = "invalid_request_error"
+
+
+class BudgetExceededError(TiergateError):
+    status = 429
+    code = "budget_exceeded"
+    type = "insufficient_quota"
+
+
+class RateLimited(TiergateError):
+    status = 429
+    code = "rate_limit_exceeded"
+    type = "rate_limit_error"
+
+
+# ---- upstream and server errors ------------------------------------------------------
+
+
+class UpstreamError(TiergateError):
+    """The model backend failed. ``retryable`` says whether another replica may help."""
+
+    status = 502
+    code = "upstream_error"
+    type = "api_error"
+    retryable = True
+
+
+class UpstreamBadRequest(UpstreamError):
+    """The backend rejected the request itself (400/422): retrying elsewhere cannot help."""
+
+    status = 400
+    code = "upstream_rejected_request"
+    type = "invalid_request_error"
+    retryable = False
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 429
+    code = "upstream_rate_limited"
+    type = "rate_limit_error"
+
+
+class UpstreamInsufficientBalance(UpstreamError):
+    """The hosted account ran out of money (DeepSeek 402). Never retried."""
+
+    status = 402
+    code = "upstream_insufficient_balance"
+    type = "insufficient_quota"
+    retryable = False
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    code = "upstream_unavailable"
+    type = "overloaded_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+    type = "timeout_error"
+
+
+class ServiceUnavailable(TiergateError):
+    status = 503
+    code = "service_unavailable"
+    type = "overloaded_error"
+
+
+class ConfigError(Exception):
+    """A configuration file or setting is invalid. Raised at startup, never per request."""

@@ -1,0 +1,138 @@
+"""What a request asks for (tier and thinking mode) and the options that can serve it.
+
+An option is (tier, mode, backend): e.g. ``flash/non-thinking/flash-local`` or
+``pro/think-max/hosted``. Resolving the requested model name through the catalog turns
+aliases such as the retired ``deepseek-chat`` / ``deepseek-reasoner`` into a tier and a
+fixed mode; otherwise the request's own thinking fields decide, with the hosted API's
+defaults (thinking on, effort high).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from policies.catalog import Catalog, RoutingDefaults
+from policies.errors import InvalidRequest, UnknownModel
+
+Effort = Literal["high", "max"]
+
+# Effort names clients send, mapped onto what V4 supports.
+_EFFORT_MAP: dict[str, Effort | None] = {
+    "none": None,
+    "minimal": "high",
+    "low": "high",
+    "medium": "high",
+    "high": "high",
+    "max": "max",
+    "xhigh": "max",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    thinking: bool
+    effort: Effort | None = None
+
+    @property
+    def label(self) -> str:
+        if not self.thinking:
+            return "non-thinking"
+        return f"think-{self.effort or 'high'}"
+
+
+NON_THINKING = Mode(False, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    tier: str
+    mode: Mode
+    backend: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.tier}/{self.mode.label}/{self.backend}"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The requested model after alias resolution. ``tier == "auto"`` lets the router choose.
+
+    ``mode`` is None when neither the alias nor the request fixed it (the router or the
+    defaults decide). ``rewritten_from`` records an alias rewrite for the route header.
+    """
+
+    requested: str
+    tier: str
+    mode: Mode | None
+    rewritten_from: str | None = None
+    passthrough: bool = False
+
+
+def requested_mode(body: Mapping[str, Any]) -> Mode | None:
+    """The thinking mode the request body asks for, in any of the dialects clients use."""
+    thinking: bool | None = None
+    effort: Effort | None = None
+    raw = body.get("thinking")
+    if raw is not None:
+        if not isinstance(raw, Mapping) or raw.get("type") not in ("enabled", "disabled"):
+            raise InvalidRequest(
+                '\'thinking\' must be an object like {"type": "enabled"} or {"type": "disabled"}',
+                param="thinking",
+            )
+        thinking = raw.get("type") == "enabled"
+    kwargs = body.get("chat_template_kwargs")
+    if isinstance(kwargs, Mapping) and isinstance(kwargs.get("thinking"), bool):
+        thinking = kwargs["thinking"] if thinking is None else thinking
+        kw_effort = kwargs.get("reasoning_effort")
+        if isinstance(kw_effort, str) and kw_effort in _EFFORT_MAP:
+            effort = _EFFORT_MAP[kw_effort]
+    raw_effort = body.get("reasoning_effort")
+    if raw_effort is not None:
+        if not isinstance(raw_effort, str) or raw_effort not in _EFFORT_MAP:
+            allowed = ", ".join(_EFFORT_MAP)
+            raise InvalidRequest(
+                f"'reasoning_effort' must be one of: {allowed}", param="reasoning_effort"
+            )
+        mapped = _EFFORT_MAP[raw_effort]
+        if mapped is None:
+            thinking = False if thinking is None else thinking
+        else:
+            effort = mapped
+    if thinking is None and effort is None:
+        return None
+    if thinking is False:
+        return NON_THINKING
+    return Mode(True, effort or "high")
+
+
+def resolve_target(catalog: Catalog, model: str, body: Mapping[str, Any]) -> Target:
+    """Map the client's model name and thinking fields to a tier and (maybe) a mode."""
+    entry = catalog.lookup_model(model)
+    if entry is None:
+        if model in catalog.passthrough:
+            return Target(requested=model, tier=model, mode=NON_THINKING, passthrough=True)
+        known = ", ".join(sorted(catalog.public_model_names()))
+        raise UnknownModel(
+            f"model '{model}' is not served here; use one of: {known}", param="model"
+        )
+    asked = requested_mode(body)
+    if entry.thinking is not None:
+        # An alias with a fixed mode wins over the body (deepseek-chat is always non-thinking).
+        mode: Mode | None = (
+            Mode(True, entry.effort or (asked.effort if asked else None) or "high")
+            if entry.thinking
+            else NON_THINKING
+        )
+    else:
+        mode = asked
+        if mode is not None and mode.thinking and entry.effort is not None:
+            mode = Mode(True, entry.effort)
+    rewritten = model if (entry.thinking is not None or entry.retired is not None) else None
+    return Target(requested=model, tier=entry.tier, mode=mode, rewritten_from=rewritten)
+
+
+def default_mode(defaults: RoutingDefaults) -> Mode:
+    return Mode(True, defaults.default_effort) if defaults.default_thinking else NON_THINKING

@@ -1,0 +1,153 @@
+"""The routing plan: which option serves a request, what to fall back to, and why.
+
+Pure: the gateway hands in the resolved target, cheap request facts and the state of each
+backend; this returns an ordered plan whose reason string travels into the
+``x-tiergate-route`` header, the ledger and the log line.
+Constraints come first (FIM is non-thinking only, context length vs each backend's
+limit, backend health), then the catalog's backend preference (self-hosted before hosted
+by default), with spill-over to the hosted API when the route allows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from policies.catalog import Catalog, HostedBackend, VllmBackend
+from policies.errors import InvalidRequest, ServiceUnavailable
+from policies.options import NON_THINKING, Mode, Option, Target, default_mode
+
+
+@dataclass(frozen=True, slots=True)
+class AutoChoice:
+    """The classifier's pick for ``auto`` requests."""
+
+    tier: str
+    mode: Mode
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    target: Target
+    prompt_tokens: int
+    max_output_tokens: int
+    is_fim: bool = False
+    auto: AutoChoice | None = None
+    tier_override: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendState:
+    """What the gateway knows about a backend right now."""
+
+    available: bool = True
+    saturated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    primary: Option
+    fallbacks: tuple[Option, ...]
+    reason: str
+
+    def options(self) -> tuple[Option, ...]:
+        return (self.primary, *self.fallbacks)
+
+
+def _choose_tier_and_mode(catalog: Catalog, req: RouteRequest) -> tuple[str, Mode, str]:
+    target = req.target
+    if req.tier_override is not None:
+        if req.tier_override not in catalog.tiers:
+            raise InvalidRequest(
+                f"x-tiergate-tier '{req.tier_override}' is not a tier; use one of: "
+                + ", ".join(catalog.tiers),
+                param="x-tiergate-tier",
+            )
+        mode = target.mode or (req.auto.mode if req.auto else default_mode(catalog.routing))
+        return req.tier_override, mode, f"override:{req.tier_override}"
+    if target.tier == "auto":
+        if req.auto is None:
+            raise InvalidRequest("model 'auto' needs the classifier, which is not configured")
+        mode = target.mode or req.auto.mode
+        return req.auto.tier, mode, f"auto:{req.auto.reason}"
+    mode = target.mode or default_mode(catalog.routing)
+    if target.rewritten_from is not None:
+        return target.tier, mode, f"alias:{target.rewritten_from}"
+    return target.tier, mode, f"pinned:{target.requested}"
+
+
+def _fits(catalog: Catalog, backend: str, tier: str, tokens: int) -> bool:
+    b = catalog.backends[backend]
+    if isinstance(b, VllmBackend):
+        return tokens <= b.max_model_len
+    return tokens <= catalog.tiers[tier].context_length
+
+
+def plan_route(
+    catalog: Catalog, req: RouteRequest, states: Mapping[str, BackendState]
+) -> RoutePlan:
+    tier, mode, reason = _choose_tier_and_mode(catalog, req)
+    if req.is_fim and mode.thinking:
+        mode = NON_THINKING
+        reason += ";fim-non-thinking"
+    needed = req.prompt_tokens + req.max_output_tokens
+    limit = catalog.tiers[tier].context_length
+    if req.prompt_tokens > limit:
+        raise InvalidRequest(
+            f"the prompt is about {req.prompt_tokens} tokens, over the {limit}-token context of "
+            f"tier '{tier}'; shorten the conversation",
+            param="messages",
+        )
+    usable: list[str] = []
+    skipped: list[str] = []
+    for name in catalog.backends_for_tier(tier):
+        state = states.get(name, BackendState())
+        if not _fits(catalog, name, tier, needed):
+            skipped.append(f"{name}:context")
+        elif not state.available:
+            skipped.append(f"{name}:down")
+        elif state.saturated:
+            skipped.append(f"{name}:saturated")
+        else:
+            usable.append(name)
+    preferred = catalog.backends_for_tier(tier)
+    if preferred and not catalog.routing.spill_to_hosted:
+        if not isinstance(catalog.backends[preferred[0]], HostedBackend):
+            usable = [n for n in usable if not isinstance(catalog.backends[n], HostedBackend)]
+    if not usable:
+        why = ", ".join(skipped) or "no backend configured"
+        raise ServiceUnavailable(
+            f"no backend can serve tier '{tier}' right now ({why}); retry shortly",
+            retry_after=1.0,
+        )
+    if skipped:
+        reason += ";spill:" + ",".join(skipped)
+    options = tuple(Option(tier, mode, name) for name in usable)
+    return RoutePlan(primary=options[0], fallbacks=options[1:], reason=reason)
+
+
+_HARD_MARKERS = (
+    "prove",
+    "step by step",
+    "derive",
+    "theorem",
+    "algorithm",
+    "optimi",
+    "debug",
+    "refactor",
+    "architecture",
+)
+
+
+def simple_auto(catalog: Catalog, last_user_text: str, prompt_chars: int) -> AutoChoice:
+    """A transparent rule for ``auto``: long or reasoning-heavy prompts go to Pro thinking."""
+    text = last_user_text[:4000].lower()
+    hits = [m for m in _HARD_MARKERS if m in text]
+    tiers = list(catalog.tiers)
+    strong = "pro" if "pro" in catalog.tiers else tiers[-1]
+    weak = "flash" if "flash" in catalog.tiers else tiers[0]
+    if hits or prompt_chars > catalog.routing.auto_hard_chars:
+        why = f"marker={hits[0]}" if hits else f"long={prompt_chars}"
+        return AutoChoice(strong, Mode(True, "high"), f"rule:{why}")
+    return AutoChoice(weak, NON_THINKING, "rule:easy")
