@@ -1,0 +1,82 @@
+import orjson
+import pytest
+
+from gateway.parse import parse_chat, parse_completion
+from policies.errors import BodyTooLarge, InvalidRequest
+
+
+def chat(body: object, **kw) -> object:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    return parse_chat(raw, max_bytes=kw.get("max_bytes", 10_000), max_messages=kw.get("max_messages", 5))
+
+
+OK = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "param"),
+    [
+        (b"{not json", "not valid JSON", None),
+        (b"", "empty", None),
+        (b"[1, 2]", "must be a JSON object, not list", None),
+        ({"messages": OK["messages"]}, "'model' is required", "model"),
+        ({"model": 3, "messages": OK["messages"]}, "'model' is required", "model"),
+        ({"model": "m"}, "'messages' is required", "messages"),
+        ({"model": "m", "messages": "hi"}, "must be a list", "messages"),
+        ({"model": "m", "messages": []}, "must not be empty", "messages"),
+        ({"model": "m", "messages": ["hi"]}, "messages[0] must be an object", "messages"),
+        ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "messages[0].role"),
+        ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "string or a list", "messages[0].content"),
+        ({"model": "m", "messages": [{"role": "user", "content": [{"text": "x"}]}]}, "with a 'type'", "messages[0].content"),
+        ({**OK, "max_tokens": 0}, "positive integer", "max_tokens"),
+        ({**OK, "max_tokens": "10"}, "positive integer", "max_tokens"),
+        ({**OK, "max_tokens": True}, "positive integer", "max_tokens"),
+        ({**OK, "stream": "yes"}, "'stream' must be true or false", "stream"),
+        ({**OK, "stream_options": []}, "must be an object", "stream_options"),
+        ({**OK, "tools": {}}, "'tools' must be a list", "tools"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}] * 6}, "over the limit of 5", "messages"),
+    ],
+)
+def test_bad_chat_bodies(body, message: str, param: str | None) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        chat(body)
+    assert message in exc.value.message
+    assert exc.value.param == param
+    assert exc.value.status == 400
+
+
+def test_body_over_limit_is_413() -> None:
+    with pytest.raises(BodyTooLarge) as exc:
+        chat({**OK, "pad": "x" * 20_000})
+    assert exc.value.status == 413 and "limit of 10000 bytes" in exc.value.message
+
+
+def test_good_chat_body() -> None:
+    body = {
+        "model": "auto",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "first"}, {"type": "image_url", "image_url": {}}]},
+            {"role": "assistant", "content": None, "tool_calls": []},
+            {"role": "user", "content": "second"},
+        ],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": 50,
+        "max_completion_tokens": 40,
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "response_format": {"type": "json_object"},
+    }
+    call = chat(body)
+    assert call.model == "auto" and call.stream and call.include_usage
+    assert call.max_tokens == 40 and call.last_user_text == "second"
+    assert call.has_tools and call.json_mode and call.prompt_tokens_est > 0
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [({"model": "m"}, "'prompt' is required"), ({"model": "m", "prompt": "a", "suffix": 1}, "'suffix' must be a string")],
+)
+def test_bad_completion_bodies(body: dict, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        parse_completion(orjson.dumps(body), max_bytes=1000)

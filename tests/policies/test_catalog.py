@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from policies.catalog import load_catalog, parse_catalog
+from policies.errors import ConfigError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def demo() -> dict:
+    return yaml.safe_load((EXAMPLES / "demo.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_examples_validate(path: Path) -> None:
+    catalog = load_catalog(path)
+    assert catalog.tiers and catalog.backends and catalog.models
+
+
+def _broken(mutate) -> str:
+    data = demo()
+    mutate(data)
+    with pytest.raises(ConfigError) as exc:
+        parse_catalog(data, source="t.yaml")
+    return str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d.update(colour="blue"), "colour"),
+        (lambda d: d["tiers"]["flash"].update(context=5), "tiers.flash.context"),
+        (lambda d: d["models"]["deepseek-chat"].update(tier="mini"), "unknown tier 'mini'"),
+        (lambda d: d["backends"]["hosted"]["models"]["pro"].update(prices="nope"), "unknown 'nope'"),
+        (lambda d: d["backends"]["flash-local"].update(kind="tgi"), "backends.flash-local"),
+        (lambda d: d["backends"]["flash-local"].update(replicas=[]), "at least one replica"),
+        (lambda d: d["prices"]["deepseek-flash"].reverse(), "strictly increasing"),
+        (lambda d: d["prices"]["deepseek-flash"][0].update(effective="2026-04-24T00:00:00"), "timezone"),
+        (lambda d: d["prices"]["deepseek-flash"][0].update(output="-1"), "greater than or equal"),
+        (lambda d: d.update(version=2), "version"),
+    ],
+)
+def test_bad_catalog_names_the_problem(mutate, expected: str) -> None:
+    assert expected in _broken(mutate)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read catalog"):
+        load_catalog(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiers: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_catalog(bad)
+
+
+@pytest.mark.parametrize(
+    ("name", "tier", "thinking"),
+    [
+        ("deepseek-chat", "flash", False),
+        ("deepseek-reasoner", "flash", True),
+        ("deepseek-v4-pro", "pro", None),
+        ("claude-opus-4-5", "pro", None),
+        ("claude-sonnet-4-5", "auto", None),
+        ("auto", "auto", None),
+    ],
+)
+def test_lookup_model_exact_then_glob(name: str, tier: str, thinking: bool | None) -> None:
+    entry = parse_catalog(demo()).lookup_model(name)
+    assert entry is not None and entry.tier == tier and entry.thinking is thinking
+
+
+def test_backend_preference_order() -> None:
+    data = demo()
+    assert parse_catalog(data).backends_for_tier("flash") == ["flash-local", "hosted"]
+    data["routing"]["backend_preference"] = ["hosted", "self_hosted"]
+    assert parse_catalog(data).backends_for_tier("flash") == ["hosted", "flash-local"]

@@ -1,0 +1,83 @@
+import pytest
+
+from policies.catalog import load_catalog
+from policies.errors import InvalidRequest, ServiceUnavailable
+from policies.options import NON_THINKING, Mode, resolve_target
+from policies.routing import BackendState, RouteRequest, plan_route, simple_auto
+
+from .test_catalog import EXAMPLES
+
+CATALOG = load_catalog(EXAMPLES / "demo.yaml")
+
+
+def req(model: str, body: dict | None = None, **kw) -> RouteRequest:
+    target = resolve_target(CATALOG, model, body or {})
+    auto = simple_auto(CATALOG, kw.pop("text", "hello"), 10) if target.tier == "auto" else None
+    return RouteRequest(target=target, prompt_tokens=kw.pop("prompt", 100),
+                        max_output_tokens=kw.pop("out", 100), auto=auto, **kw)
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "label", "reason"),
+    [
+        ("deepseek-chat", {}, "flash/non-thinking/flash-local", "alias:deepseek-chat"),
+        ("deepseek-reasoner", {}, "flash/think-high/flash-local", "alias:deepseek-reasoner"),
+        ("deepseek-v4-pro", {}, "pro/think-high/pro-local", "pinned:deepseek-v4-pro"),
+        ("deepseek-v4-flash", {"thinking": {"type": "disabled"}}, "flash/non-thinking/flash-local", "pinned:deepseek-v4-flash"),
+    ],
+)
+def test_pinned_and_aliases_prefer_self_hosted(model, body, label, reason) -> None:
+    plan = plan_route(CATALOG, req(model, body), {})
+    assert plan.primary.label == label
+    assert plan.reason == reason
+    assert [o.backend for o in plan.fallbacks] == ["hosted"]
+
+
+def test_down_backend_spills_to_hosted_with_reason() -> None:
+    plan = plan_route(CATALOG, req("deepseek-chat"), {"flash-local": BackendState(available=False)})
+    assert plan.primary.backend == "hosted"
+    assert plan.reason == "alias:deepseek-chat;spill:flash-local:down"
+
+
+def test_prompt_over_replica_context_goes_hosted() -> None:
+    plan = plan_route(CATALOG, req("deepseek-v4-flash", prompt=300_000), {})
+    assert plan.primary.backend == "hosted" and "flash-local:context" in plan.reason
+
+
+def test_prompt_over_tier_context_is_a_clear_400() -> None:
+    with pytest.raises(InvalidRequest, match="over the 1048576-token context"):
+        plan_route(CATALOG, req("deepseek-v4-flash", prompt=2_000_000), {})
+
+
+def test_nothing_usable_is_503_with_retry() -> None:
+    states = {"flash-local": BackendState(available=False), "hosted": BackendState(saturated=True)}
+    with pytest.raises(ServiceUnavailable) as exc:
+        plan_route(CATALOG, req("deepseek-chat"), states)
+    assert exc.value.retry_after == 1.0 and "hosted:saturated" in exc.value.message
+
+
+def test_fim_is_always_non_thinking() -> None:
+    plan = plan_route(CATALOG, req("deepseek-reasoner", is_fim=True), {})
+    assert plan.primary.mode == NON_THINKING and plan.reason.endswith(";fim-non-thinking")
+
+
+@pytest.mark.parametrize(
+    ("text", "tier", "mode"),
+    [
+        ("hi there, what's the capital of France?", "flash", NON_THINKING),
+        ("Prove that there are infinitely many primes.", "pro", Mode(True, "high")),
+        ("x" * 5000, "pro", Mode(True, "high")),
+    ],
+)
+def test_auto_rule(text: str, tier: str, mode: Mode) -> None:
+    choice = simple_auto(CATALOG, text, len(text))
+    assert (choice.tier, choice.mode) == (tier, mode)
+    plan = plan_route(CATALOG, req("auto", text=text), {})
+    assert plan.reason.startswith("auto:rule:")
+
+
+def test_override_header_wins_and_unknown_tier_is_400() -> None:
+    plan = plan_route(CATALOG, req("deepseek-chat", tier_override="pro"), {})
+    assert plan.primary.tier == "pro" and plan.reason == "override:pro"
+    with pytest.raises(InvalidRequest, match="not a tier"):
+        plan_route(CATALOG, req("deepseek-chat", tier_override="ultra"), {})
