@@ -1,4 +1,4 @@
-"""The request path: auth -> rewrite -> classify -> route -> reserve -> dispatch -> stream -> settle.
+"""The request path: auth, rewrite, classify, route, reserve, dispatch, stream, settle.
 
 Protocol routes parse their body into a ``Call`` and render what comes back; everything
 between lives here, the same for every protocol. Decisions are delegated to ``policies``

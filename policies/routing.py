@@ -112,9 +112,9 @@ def plan_route(
         else:
             usable.append(name)
     preferred = catalog.backends_for_tier(tier)
-    if preferred and not catalog.routing.spill_to_hosted:
-        if not isinstance(catalog.backends[preferred[0]], HostedBackend):
-            usable = [n for n in usable if not isinstance(catalog.backends[n], HostedBackend)]
+    local_first = bool(preferred) and not isinstance(catalog.backends[preferred[0]], HostedBackend)
+    if local_first and not catalog.routing.spill_to_hosted:
+        usable = [n for n in usable if not isinstance(catalog.backends[n], HostedBackend)]
     if not usable:
         why = ", ".join(skipped) or "no backend configured"
         raise ServiceUnavailable(
