@@ -32,7 +32,9 @@ class BackgroundServer:
             loop="asyncio",
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name=f"uvicorn:{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, name=f"uvicorn:{self.port}", daemon=True
+        )
 
     @property
     def base_url(self) -> str:

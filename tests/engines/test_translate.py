@@ -46,14 +46,22 @@ def test_hosted_body(mode: Mode, thinking: dict, effort: str | None) -> None:
 
 
 def test_fim_body_has_no_thinking_fields() -> None:
-    out = hosted_body({"model": "x", "prompt": "def f(", "suffix": ")"}, NON_THINKING, "m", "completions", False)
+    out = hosted_body(
+        {"model": "x", "prompt": "def f(", "suffix": ")"}, NON_THINKING, "m", "completions", False
+    )
     assert "thinking" not in out and out["suffix"] == ")"
 
 
 def test_normalize_vllm_response_to_deepseek_shape() -> None:
     body = {
-        "choices": [{"message": {"role": "assistant", "content": "a", "reasoning": "r", "tool_calls": []}}],
-        "usage": {"prompt_tokens": 300, "completion_tokens": 20, "prompt_tokens_details": {"cached_tokens": 256}},
+        "choices": [
+            {"message": {"role": "assistant", "content": "a", "reasoning": "r", "tool_calls": []}}
+        ],
+        "usage": {
+            "prompt_tokens": 300,
+            "completion_tokens": 20,
+            "prompt_tokens_details": {"cached_tokens": 256},
+        },
     }
     usage = normalize_response(body)
     assert usage == Usage(256, 44, 20, 0)

@@ -7,7 +7,9 @@ from policies.errors import BodyTooLarge, InvalidRequest
 
 def chat(body: object, **kw) -> object:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    return parse_chat(raw, max_bytes=kw.get("max_bytes", 10_000), max_messages=kw.get("max_messages", 5))
+    return parse_chat(
+        raw, max_bytes=kw.get("max_bytes", 10_000), max_messages=kw.get("max_messages", 5)
+    )
 
 
 OK = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
@@ -25,16 +27,32 @@ OK = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
         ({"model": "m", "messages": "hi"}, "must be a list", "messages"),
         ({"model": "m", "messages": []}, "must not be empty", "messages"),
         ({"model": "m", "messages": ["hi"]}, "messages[0] must be an object", "messages"),
-        ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "messages[0].role"),
-        ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "string or a list", "messages[0].content"),
-        ({"model": "m", "messages": [{"role": "user", "content": [{"text": "x"}]}]}, "with a 'type'", "messages[0].content"),
+        (
+            {"model": "m", "messages": [{"role": "wizard", "content": "x"}]},
+            "messages[0].role",
+            "messages[0].role",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": 5}]},
+            "string or a list",
+            "messages[0].content",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": [{"text": "x"}]}]},
+            "with a 'type'",
+            "messages[0].content",
+        ),
         ({**OK, "max_tokens": 0}, "positive integer", "max_tokens"),
         ({**OK, "max_tokens": "10"}, "positive integer", "max_tokens"),
         ({**OK, "max_tokens": True}, "positive integer", "max_tokens"),
         ({**OK, "stream": "yes"}, "'stream' must be true or false", "stream"),
         ({**OK, "stream_options": []}, "must be an object", "stream_options"),
         ({**OK, "tools": {}}, "'tools' must be a list", "tools"),
-        ({"model": "m", "messages": [{"role": "user", "content": "x"}] * 6}, "over the limit of 5", "messages"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x"}] * 6},
+            "over the limit of 5",
+            "messages",
+        ),
     ],
 )
 def test_bad_chat_bodies(body, message: str, param: str | None) -> None:
@@ -56,7 +74,13 @@ def test_good_chat_body() -> None:
         "model": "auto",
         "messages": [
             {"role": "system", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "first"}, {"type": "image_url", "image_url": {}}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "first"},
+                    {"type": "image_url", "image_url": {}},
+                ],
+            },
             {"role": "assistant", "content": None, "tool_calls": []},
             {"role": "user", "content": "second"},
         ],
@@ -75,7 +99,10 @@ def test_good_chat_body() -> None:
 
 @pytest.mark.parametrize(
     ("body", "message"),
-    [({"model": "m"}, "'prompt' is required"), ({"model": "m", "prompt": "a", "suffix": 1}, "'suffix' must be a string")],
+    [
+        ({"model": "m"}, "'prompt' is required"),
+        ({"model": "m", "prompt": "a", "suffix": 1}, "'suffix' must be a string"),
+    ],
 )
 def test_bad_completion_bodies(body: dict, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):

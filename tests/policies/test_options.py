@@ -21,7 +21,10 @@ CATALOG = load_catalog(EXAMPLES / "demo.yaml")
         ({"reasoning_effort": "xhigh"}, Mode(True, "max")),
         ({"reasoning_effort": "none"}, NON_THINKING),
         ({"chat_template_kwargs": {"thinking": True}}, Mode(True, "high")),
-        ({"chat_template_kwargs": {"thinking": True, "reasoning_effort": "max"}}, Mode(True, "max")),
+        (
+            {"chat_template_kwargs": {"thinking": True, "reasoning_effort": "max"}},
+            Mode(True, "max"),
+        ),
         ({"chat_template_kwargs": {"thinking": False}}, NON_THINKING),
     ],
 )
@@ -49,9 +52,21 @@ def test_bad_thinking_fields_are_400s(body: dict, param: str) -> None:
     [
         ("deepseek-chat", {}, "flash", NON_THINKING, "deepseek-chat"),
         # the alias fixes the mode even if the body asks otherwise
-        ("deepseek-chat", {"thinking": {"type": "enabled"}}, "flash", NON_THINKING, "deepseek-chat"),
+        (
+            "deepseek-chat",
+            {"thinking": {"type": "enabled"}},
+            "flash",
+            NON_THINKING,
+            "deepseek-chat",
+        ),
         ("deepseek-reasoner", {}, "flash", Mode(True, "high"), "deepseek-reasoner"),
-        ("deepseek-reasoner", {"reasoning_effort": "max"}, "flash", Mode(True, "max"), "deepseek-reasoner"),
+        (
+            "deepseek-reasoner",
+            {"reasoning_effort": "max"},
+            "flash",
+            Mode(True, "max"),
+            "deepseek-reasoner",
+        ),
         ("deepseek-v4-pro", {}, "pro", None, None),
         ("deepseek-v4-pro", {"thinking": {"type": "disabled"}}, "pro", NON_THINKING, None),
         ("auto", {}, "auto", None, None),

@@ -20,19 +20,61 @@ def t(s: str) -> datetime:
     ("backend", "tier", "when", "usage", "nanos", "version"),
     [
         # launch prices: 1M hit at 0.028 + 1M miss at 0.14 + 1M out at 0.28
-        ("hosted", "flash", "2026-04-25T12:00", Usage(10**6, 10**6, 10**6), 448_000_000, "deepseek-flash@launch"),
+        (
+            "hosted",
+            "flash",
+            "2026-04-25T12:00",
+            Usage(10**6, 10**6, 10**6),
+            448_000_000,
+            "deepseek-flash@launch",
+        ),
         # after the cache-hit cut: hit 0.0028
-        ("hosted", "flash", "2026-05-01T12:00", Usage(10**6, 0, 0), 2_800_000, "deepseek-flash@hit-cut"),
+        (
+            "hosted",
+            "flash",
+            "2026-05-01T12:00",
+            Usage(10**6, 0, 0),
+            2_800_000,
+            "deepseek-flash@hit-cut",
+        ),
         # 2026-08-16 off-peak (Saturday 12:00 UTC)
-        ("hosted", "flash", "2026-08-22T12:00", Usage(1000, 2000, 3000), 2_427_000, "deepseek-flash@peak-pricing"),
+        (
+            "hosted",
+            "flash",
+            "2026-08-22T12:00",
+            Usage(1000, 2000, 3000),
+            2_427_000,
+            "deepseek-flash@peak-pricing",
+        ),
         # same mix at peak (Monday 02:00 UTC): twice the price
-        ("hosted", "flash", "2026-08-24T02:00", Usage(1000, 2000, 3000), 4_854_000, "deepseek-flash@peak-pricing+peak"),
+        (
+            "hosted",
+            "flash",
+            "2026-08-24T02:00",
+            Usage(1000, 2000, 3000),
+            4_854_000,
+            "deepseek-flash@peak-pricing+peak",
+        ),
         # 10:00 is the end of the second window: off-peak again
-        ("hosted", "flash", "2026-08-24T10:00", Usage(1000, 2000, 3000), 2_427_000, "deepseek-flash@peak-pricing"),
+        (
+            "hosted",
+            "flash",
+            "2026-08-24T10:00",
+            Usage(1000, 2000, 3000),
+            2_427_000,
+            "deepseek-flash@peak-pricing",
+        ),
         # Pro promo: 1 hit token at 0.003625/1M = 3.625 nanos, rounded half-even to 4
         ("hosted", "pro", "2026-05-01T00:00", Usage(1, 0, 0), 4, "deepseek-pro@hit-cut"),
         # tiny requests are not rounded to zero
-        ("hosted", "flash", "2026-10-03T12:00", Usage(7, 11, 13), 9_471, "deepseek-flash@v4.1-flash"),
+        (
+            "hosted",
+            "flash",
+            "2026-10-03T12:00",
+            Usage(7, 11, 13),
+            9_471,
+            "deepseek-flash@v4.1-flash",
+        ),
     ],
 )
 def test_costs_to_the_nanodollar(backend, tier, when, usage, nanos, version) -> None:
@@ -51,8 +93,18 @@ def test_self_hosted_gpu_cost_per_token() -> None:
 
 
 def test_old_rows_keep_their_price_after_a_correction() -> None:
-    first = PricePoint(effective=t("2026-01-01T00:00"), cache_hit=Decimal("1"), cache_miss=Decimal("2"), output=Decimal("3"))
-    fixed = PricePoint(effective=t("2026-02-01T00:00"), cache_hit=Decimal("1"), cache_miss=Decimal("2"), output=Decimal("4"))
+    first = PricePoint(
+        effective=t("2026-01-01T00:00"),
+        cache_hit=Decimal("1"),
+        cache_miss=Decimal("2"),
+        output=Decimal("3"),
+    )
+    fixed = PricePoint(
+        effective=t("2026-02-01T00:00"),
+        cache_hit=Decimal("1"),
+        cache_miss=Decimal("2"),
+        output=Decimal("4"),
+    )
     sched = (first, fixed)
     assert rate_at("x", sched, t("2026-01-15T00:00")).cost_nanos(Usage(0, 0, 1000)) == 3_000_000
     assert rate_at("x", sched, t("2026-02-15T00:00")).cost_nanos(Usage(0, 0, 1000)) == 4_000_000

@@ -13,8 +13,13 @@ CATALOG = load_catalog(EXAMPLES / "demo.yaml")
 def req(model: str, body: dict | None = None, **kw) -> RouteRequest:
     target = resolve_target(CATALOG, model, body or {})
     auto = simple_auto(CATALOG, kw.pop("text", "hello"), 10) if target.tier == "auto" else None
-    return RouteRequest(target=target, prompt_tokens=kw.pop("prompt", 100),
-                        max_output_tokens=kw.pop("out", 100), auto=auto, **kw)
+    return RouteRequest(
+        target=target,
+        prompt_tokens=kw.pop("prompt", 100),
+        max_output_tokens=kw.pop("out", 100),
+        auto=auto,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize(
@@ -23,7 +28,12 @@ def req(model: str, body: dict | None = None, **kw) -> RouteRequest:
         ("deepseek-chat", {}, "flash/non-thinking/flash-local", "alias:deepseek-chat"),
         ("deepseek-reasoner", {}, "flash/think-high/flash-local", "alias:deepseek-reasoner"),
         ("deepseek-v4-pro", {}, "pro/think-high/pro-local", "pinned:deepseek-v4-pro"),
-        ("deepseek-v4-flash", {"thinking": {"type": "disabled"}}, "flash/non-thinking/flash-local", "pinned:deepseek-v4-flash"),
+        (
+            "deepseek-v4-flash",
+            {"thinking": {"type": "disabled"}},
+            "flash/non-thinking/flash-local",
+            "pinned:deepseek-v4-flash",
+        ),
     ],
 )
 def test_pinned_and_aliases_prefer_self_hosted(model, body, label, reason) -> None:
