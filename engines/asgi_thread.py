@@ -1,4 +1,4 @@
-"""Run an ASGI app under uvicorn in a background thread: for the demo, tests and benchmarks."""
+"""Run an ASGI app under uvicorn in a background thread: simulators, the demo, tests, benchmarks."""
 
 from __future__ import annotations
 

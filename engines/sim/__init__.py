@@ -1,0 +1,1 @@
+"""An OpenAI-compatible simulator of V4 serving: vLLM replicas and the hosted DeepSeek API."""

@@ -1,0 +1,66 @@
+"""A deterministic, prefix-stable stand-in for the V4 tokenizer and chat template.
+
+About four characters per token. Rendering is prefix-stable: a conversation extended by
+more turns renders to text that starts with the shorter conversation's text, so its
+tokens start with the shorter conversation's tokens, as with a real chat template.
+Thinking and non-thinking requests render with different prefixes (max effort adds a
+system prefix), so they never share cached blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+CHARS_PER_TOKEN = 4
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            p.get("text", "") if isinstance(p, dict) and isinstance(p.get("text"), str) else ""
+            for p in content
+        )
+    return str(content)
+
+
+def render_chat(
+    messages: Sequence[dict[str, Any]],
+    *,
+    thinking: bool,
+    effort: str | None = None,
+    tools: Sequence[Any] | None = None,
+) -> str:
+    parts = ["<think-mode>" if thinking else "<chat-mode>"]
+    if thinking and effort == "max":
+        parts.append("<sys>Reason with maximum effort.</sys>")
+    if tools:
+        parts.append(f"<tools n={len(tools)}>{tools!r}</tools>")
+    for m in messages:
+        parts.append(f"<{m.get('role', 'user')}>{_text(m.get('content'))}")
+        if m.get("tool_calls"):
+            parts.append(repr(m["tool_calls"]))
+    return "".join(parts)
+
+
+def count_tokens(text: str) -> int:
+    return max(1, -(-len(text) // CHARS_PER_TOKEN))
+
+
+def block_hashes(text: str, block_tokens: int) -> list[bytes]:
+    """Chained hashes of the full token blocks of ``text``: hash i covers blocks 0..i."""
+    block_chars = block_tokens * CHARS_PER_TOKEN
+    full = len(text) // block_chars
+    out: list[bytes] = []
+    h = b""
+    for i in range(full):
+        h = hashlib.blake2b(
+            h + text[i * block_chars : (i + 1) * block_chars].encode(), digest_size=16
+        ).digest()
+        out.append(h)
+    return out

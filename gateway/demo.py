@@ -1,0 +1,227 @@
+"""``tiergate demo``: the whole product on one machine with no servers and no API keys.
+
+Starts simulated V4-Flash replicas (two), a V4-Pro replica and a simulated hosted
+DeepSeek API, starts the gateway on the demo catalog, sends a mixed workload through the
+official ``openai`` client (retired names, pinned tiers, ``auto``, streaming, a multi-turn
+session that hits the prefix cache, a Flash outage that spills to the hosted API) and
+prints what was served and what it cost, beside what hosted Pro would have charged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from engines.asgi_thread import BackgroundServer
+from gateway.accounting import OpenAccounting, Settlement
+from gateway.app import create_app
+from gateway.settings import Settings
+from policies.catalog import VllmBackend, load_catalog
+from policies.pricing import NANOS_PER_USD, PriceBook
+from policies.usage import Usage
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
+SYSTEM_PROMPT = (
+    "You are the support assistant of a company that sells routing gateways. "
+    "Answer precisely, cite the relevant policy section, and keep answers short. " * 40
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    label: str
+    model: str
+    route: str
+
+
+@contextmanager
+def simulators(catalog_path: Path, *, latency_scale: float) -> Iterator[dict[str, list[str]]]:
+    """Start one simulator per replica URL in the catalog (and the hosted API)."""
+    from engines.sim.config import SimConfig
+    from engines.sim.runner import SimServer
+
+    catalog = load_catalog(catalog_path)
+    urls: dict[str, list[str]] = {}
+    with ExitStack() as stack:
+        for name, spec in catalog.backends.items():
+            if isinstance(spec, VllmBackend):
+                preset = "pro" if spec.tier == "pro" else "flash"
+                for i, url in enumerate(spec.replicas):
+                    port = int(url.rsplit(":", 1)[1])
+                    cfg = SimConfig.preset(
+                        preset,
+                        model=spec.served_model,
+                        replica_id=f"{name}-{i}",
+                        max_model_len=spec.max_model_len,
+                    ).scaled(latency_scale)
+                    stack.enter_context(SimServer(cfg, port=port))
+                    urls.setdefault(name, []).append(url)
+            else:
+                port = int(spec.base_url.rstrip("/").rsplit(":", 1)[1])
+                cfg = SimConfig.preset("hosted", replica_id=name).scaled(latency_scale)
+                stack.enter_context(SimServer(cfg, port=port))
+                urls[name] = [spec.base_url]
+        yield urls
+
+
+def _workload(client: Any) -> list[Sent]:
+    """A small, mixed day of traffic. Returns what was sent and the route the gateway chose."""
+    sent: list[Sent] = []
+
+    def call(label: str, model: str, messages: list[dict[str, Any]], **kw: Any) -> None:
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=messages, max_tokens=kw.pop("max_tokens", 64), **kw
+        )
+        if kw.get("stream"):
+            for _ in raw.parse():
+                pass
+        else:
+            raw.parse()
+        sent.append(Sent(label, model, raw.headers.get("x-tiergate-route", "?")))
+
+    user = [{"role": "user", "content": "Summarise our refund policy in one line."}]
+    for _ in range(6):
+        call("retired name deepseek-chat", "deepseek-chat", user)
+    for _ in range(3):
+        call("retired name deepseek-reasoner", "deepseek-reasoner", user)
+    call("auto, easy", "auto", [{"role": "user", "content": "What is the capital of France?"}])
+    call(
+        "auto, hard",
+        "auto",
+        [
+            {
+                "role": "user",
+                "content": "Prove that the square root of 2 is irrational, step by step.",
+            }
+        ],
+    )
+    call("pinned Pro", "deepseek-v4-pro", user, extra_body={"thinking": {"type": "disabled"}})
+    call(
+        "streaming", "deepseek-v4-flash", user, stream=True, stream_options={"include_usage": True}
+    )
+    history: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT}]
+    for turn in range(5):
+        history.append(
+            {"role": "user", "content": f"Question {turn}: which section covers refunds?"}
+        )
+        call("multi-turn session", "deepseek-chat", history)
+        history.append({"role": "assistant", "content": f"Section {turn + 3}."})
+    return sent
+
+
+def _flash_outage(client: Any, replica_urls: list[str]) -> list[Sent]:
+    """Make every Flash replica fail; the gateway spills to the hosted API and says why."""
+    for url in replica_urls:
+        httpx.post(url + "/sim/control", json={"fail_rate": 1.0, "fail_status": 503})
+    sent = []
+    try:
+        for _ in range(3):
+            raw = client.chat.completions.with_raw_response.create(
+                model="deepseek-chat",
+                messages=[{"role": "user", "content": "Status of my order?"}],
+                max_tokens=32,
+            )
+            raw.parse()
+            sent.append(
+                Sent("flash replicas down", "deepseek-chat", raw.headers["x-tiergate-route"])
+            )
+    finally:
+        for url in replica_urls:
+            httpx.post(url + "/sim/control", json={"fail_rate": 0.0})
+    return sent
+
+
+def _table(settled: list[Settlement], book: PriceBook) -> str:
+    rows: dict[str, list[int]] = defaultdict(lambda: [0] * 6)
+    for s in settled:
+        usage = Usage(s.cache_hit_tokens, s.cache_miss_tokens, s.output_tokens, s.reasoning_tokens)
+        pro = book.hosted_rate("pro", s.ts)
+        r = rows[f"{s.tier}/{s.mode}/{s.backend}"]
+        r[0] += 1
+        r[1] += s.cache_hit_tokens
+        r[2] += s.cache_miss_tokens
+        r[3] += s.output_tokens
+        r[4] += s.cost_nanos
+        r[5] += pro.cost_nanos(usage) if pro else 0
+    header = (
+        f"{'option':34} {'reqs':>5} {'hit':>8} {'miss':>8} {'output':>8} "
+        f"{'cost $':>12} {'hosted Pro $':>13}"
+    )
+    lines = [header, "-" * len(header)]
+    total = [0] * 6
+    for label in sorted(rows):
+        r = rows[label]
+        total = [a + b for a, b in zip(total, r, strict=True)]
+        lines.append(_row(label, r))
+    lines.append("-" * len(header))
+    lines.append(_row("total", total))
+    if total[5]:
+        saved = 1 - total[4] / total[5]
+        lines.append(f"\nsaved vs sending everything to hosted Pro: {saved:.1%}")
+    return "\n".join(lines)
+
+
+def _row(label: str, r: list[int]) -> str:
+    usd = [v / NANOS_PER_USD for v in r[4:]]
+    return f"{label:34} {r[0]:>5} {r[1]:>8} {r[2]:>8} {r[3]:>8} {usd[0]:>12.6f} {usd[1]:>13.6f}"
+
+
+def run_demo(config: Path = DEMO_CONFIG, *, latency_scale: float = 0.05, port: int = 0) -> int:
+    import openai
+
+    os.environ.setdefault("DEEPSEEK_API_KEY", "sim-key")
+    accounting = OpenAccounting()
+
+    async def factory(*_: Any) -> OpenAccounting:
+        return accounting
+
+    settings = Settings(config=config, log_level="warning", log_json=True)
+    app = create_app(settings, accounting_factory=factory)
+    catalog = load_catalog(config)
+    with (
+        simulators(config, latency_scale=latency_scale) as urls,
+        BackgroundServer(app, port=port or None) as gw,
+    ):
+        print(f"gateway on {gw.base_url}; simulated backends: {dict(urls)}\n")
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="demo", max_retries=0)
+        sent = _workload(client)
+        sent += _flash_outage(client, urls.get("flash-local", []))
+    seen: dict[tuple[str, str], int] = defaultdict(int)
+    for s in sent:
+        seen[(s.label, s.route)] += 1
+    print("what was sent -> where the gateway sent it (and why)")
+    for (label, route), n in seen.items():
+        print(f"  {n:>2} x {label:32} -> {route}")
+    print()
+    print(_table(accounting.settled, PriceBook(catalog)))
+    return 0
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    return run_demo(Path(args.config), latency_scale=args.latency_scale, port=args.port)
+
+
+def add_demo_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="offline demo: simulated replicas + hosted API, mixed workload")
+    p.add_argument("--config", default=str(DEMO_CONFIG))
+    p.add_argument(
+        "--latency-scale",
+        type=float,
+        default=0.05,
+        help="multiply the simulators' V4-like latencies (1.0 = realistic, 0 = none)",
+    )
+    p.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
+    p.set_defaults(func=_cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(run_demo())

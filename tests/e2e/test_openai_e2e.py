@@ -1,0 +1,394 @@
+"""The official openai SDK through the gateway to running simulators."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from .conftest import Gateway, Sims
+
+USER = [{"role": "user", "content": "Say hello."}]
+
+
+def route(raw: object) -> str:
+    return raw.headers["x-tiergate-route"]  # type: ignore[attr-defined]
+
+
+# ---- rewrites and pinned tiers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "route_prefix", "thinking"),
+    [
+        ("deepseek-chat", "flash/non-thinking/flash-local; reason=alias:deepseek-chat", False),
+        ("deepseek-reasoner", "flash/think-high/flash-local; reason=alias:deepseek-reasoner", True),
+        ("deepseek-v4-pro", "pro/think-high/pro-local; reason=pinned:deepseek-v4-pro", True),
+        (
+            "deepseek-v4-flash",
+            "flash/think-high/flash-local; reason=pinned:deepseek-v4-flash",
+            True,
+        ),
+    ],
+)
+def test_rewrites_and_pins_on_self_hosted(
+    gateway: Gateway, model: str, route_prefix: str, thinking: bool
+) -> None:
+    raw = gateway.client().chat.completions.with_raw_response.create(
+        model=model, messages=USER, max_tokens=16
+    )
+    resp = raw.parse()
+    assert route(raw) == route_prefix
+    assert raw.headers["x-request-id"]
+    msg = resp.choices[0].message
+    reasoning = getattr(msg, "reasoning_content", None) or (msg.model_extra or {}).get(
+        "reasoning_content"
+    )
+    assert bool(reasoning) is thinking
+    assert (msg.model_extra or {}).get("reasoning") is None  # vLLM's name was normalized away
+    usage = resp.usage.model_extra or {}
+    assert (
+        usage["prompt_cache_hit_tokens"] + usage["prompt_cache_miss_tokens"]
+        == resp.usage.prompt_tokens
+    )
+    expected_model = "DeepSeek-V4-Pro" if "pro/" in route_prefix else "DeepSeek-V4-Flash"
+    assert expected_model in resp.model
+
+
+@pytest.mark.parametrize(
+    ("model", "mode", "thinking"),
+    [("deepseek-chat", "non-thinking", False), ("deepseek-reasoner", "think-high", True)],
+)
+def test_rewrites_on_hosted(hosted_first: Gateway, model: str, mode: str, thinking: bool) -> None:
+    raw = hosted_first.client().chat.completions.with_raw_response.create(
+        model=model, messages=USER, max_tokens=16
+    )
+    resp = raw.parse()
+    assert route(raw).startswith(f"flash/{mode}/hosted; reason=alias:{model}")
+    assert bool((resp.choices[0].message.model_extra or {}).get("reasoning_content")) is thinking
+    assert resp.model in ("deepseek-v4-flash", "deepseek-flash")
+
+
+def test_explicit_thinking_effort_max(gateway: Gateway) -> None:
+    raw = gateway.client().chat.completions.with_raw_response.create(
+        model="deepseek-v4-flash",
+        messages=USER,
+        max_tokens=16,
+        reasoning_effort="xhigh",  # type: ignore[arg-type]
+    )
+    raw.parse()
+    assert route(raw).startswith("flash/think-max/flash-local")
+
+
+# ---- streaming -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixture", ["gateway", "hosted_first"])
+def test_stream_reasoning_then_content_then_usage(
+    request: pytest.FixtureRequest, fixture: str
+) -> None:
+    gw: Gateway = request.getfixturevalue(fixture)
+    stream = gw.client().chat.completions.create(
+        model="deepseek-reasoner",
+        messages=USER,
+        max_tokens=64,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    reasoning, content, usage = [], [], None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            extra = choice.delta.model_extra or {}
+            assert "reasoning" not in extra
+            if extra.get("reasoning_content"):
+                assert not content, "reasoning must come before content"
+                reasoning.append(extra["reasoning_content"])
+            if choice.delta.content:
+                content.append(choice.delta.content)
+    assert reasoning and content and usage is not None
+    extra = usage.model_extra or {}
+    assert (
+        extra["prompt_cache_hit_tokens"] + extra["prompt_cache_miss_tokens"] == usage.prompt_tokens
+    )
+    settled = gw.accounting.settled[-1]
+    assert settled.output_tokens == usage.completion_tokens and settled.status == 200
+    assert settled.cost_nanos > 0
+
+
+def test_stream_without_usage_request_gets_no_usage_chunk_but_is_billed(gateway: Gateway) -> None:
+    before = len(gateway.accounting.settled)
+    chunks = list(
+        gateway.client().chat.completions.create(
+            model="deepseek-chat", messages=USER, max_tokens=8, stream=True
+        )
+    )
+    assert chunks and all(c.usage is None for c in chunks)
+    assert len(gateway.accounting.settled) == before + 1
+    assert gateway.accounting.settled[-1].output_tokens > 0
+
+
+# ---- prefix cache shows up as cheaper cache-hit tokens ----------------------------------
+
+
+def test_repeated_long_prefix_is_billed_as_cache_hits(gateway: Gateway) -> None:
+    system = {"role": "system", "content": "You are a careful assistant. " * 400}
+    client = gateway.client()
+    client.chat.completions.create(model="deepseek-v4-pro", messages=[system, *USER], max_tokens=8)
+    second = client.chat.completions.create(
+        model="deepseek-v4-pro", messages=[system, *USER], max_tokens=8
+    )
+    hits = (second.usage.model_extra or {})["prompt_cache_hit_tokens"]
+    assert hits >= 256 and hits % 256 == 0
+    a, b = gateway.accounting.settled[-2:]
+    assert b.cache_hit_tokens == hits and b.cost_nanos < a.cost_nanos
+
+
+# ---- auto ------------------------------------------------------------------------------
+
+
+def test_auto_sends_easy_and_hard_to_different_options(gateway: Gateway) -> None:
+    client = gateway.client()
+    easy = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "What is 2+2?"}], max_tokens=8
+    )
+    hard = client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=[
+            {
+                "role": "user",
+                "content": "Prove that every bounded monotone sequence converges, step by step.",
+            }
+        ],
+        max_tokens=8,
+    )
+    assert route(easy).startswith("flash/non-thinking/") and "reason=auto:" in route(easy)
+    assert route(hard).startswith("pro/think-") and "reason=auto:" in route(hard)
+
+
+# ---- failover and spill-over -----------------------------------------------------------
+
+
+def test_failing_replica_is_retried_on_another(gateway: Gateway, sims: Sims) -> None:
+    sims.control(sims.flash[0], fail_rate=1.0, fail_status=503)
+    client = gateway.client()
+    for _ in range(4):
+        raw = client.chat.completions.with_raw_response.create(
+            model="deepseek-chat", messages=USER, max_tokens=8
+        )
+        raw.parse()
+        assert "/flash-local;" in route(raw)
+        assert gateway.accounting.settled[-1].replica == sims.flash[1]
+
+
+def test_all_replicas_down_spills_to_hosted_with_reason(gateway: Gateway, sims: Sims) -> None:
+    for url in sims.flash:
+        sims.control(url, fail_rate=1.0, fail_status=503)
+    raw = gateway.client().chat.completions.with_raw_response.create(
+        model="deepseek-chat", messages=USER, max_tokens=8
+    )
+    raw.parse()
+    assert route(raw).startswith("flash/non-thinking/hosted")
+    assert "failover:flash-local" in route(raw) or "spill:flash-local" in route(raw)
+    assert gateway.accounting.settled[-1].backend == "hosted"
+
+
+# ---- upstream errors reach the client in OpenAI's shape ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "exc", "code"),
+    [
+        (402, openai.APIStatusError, "upstream_insufficient_balance"),
+        (400, openai.BadRequestError, "upstream_rejected_request"),
+    ],
+)
+def test_non_retryable_hosted_errors_reach_the_client(
+    hosted_first: Gateway, sims: Sims, status: int, exc: type[Exception], code: str
+) -> None:
+    # The hosted API is first in line: 402 and 400 must not be retried anywhere else.
+    sims.control(sims.hosted, fail_rate=1.0, fail_status=status)
+    before = len(hosted_first.accounting.settled)
+    with pytest.raises(exc) as info:
+        hosted_first.client().chat.completions.create(
+            model="deepseek-chat", messages=USER, max_tokens=8
+        )
+    err = info.value
+    assert isinstance(err, openai.APIStatusError)
+    assert err.status_code == status
+    assert err.body["code"] == code and "hosted backend hosted" in err.body["message"]
+    assert len(hosted_first.accounting.settled) == before
+
+
+def test_hosted_429_fails_over_to_self_hosted(hosted_first: Gateway, sims: Sims) -> None:
+    sims.control(sims.hosted, fail_rate=1.0, fail_status=429)
+    raw = hosted_first.client().chat.completions.with_raw_response.create(
+        model="deepseek-chat", messages=USER, max_tokens=8
+    )
+    raw.parse()
+    assert route(raw).startswith("flash/non-thinking/flash-local")
+    assert "failover:hosted:upstream_rate_limited" in route(raw)
+
+
+@pytest.fixture(scope="module")
+def hosted_only(sims: Sims, monkeypatch_module: pytest.MonkeyPatch):
+    from .conftest import demo_catalog, start_gateway
+
+    server, gw = start_gateway(demo_catalog(sims, backend_preference=["hosted"]))
+    yield gw
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "retry_after"),
+    [(429, "upstream_rate_limited", True), (503, "upstream_unavailable", False)],
+)
+def test_hosted_only_overload_is_reported_after_retries(
+    hosted_only: Gateway, sims: Sims, status: int, code: str, retry_after: bool
+) -> None:
+    sims.control(sims.hosted, fail_rate=1.0, fail_status=status)
+    with pytest.raises(openai.APIStatusError) as info:
+        hosted_only.client().chat.completions.create(
+            model="deepseek-chat", messages=USER, max_tokens=8
+        )
+    assert info.value.status_code == status and info.value.body["code"] == code
+    if retry_after:
+        assert info.value.response.headers.get("retry-after")
+
+
+def test_unknown_model_is_404_listing_models(gateway: Gateway) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        gateway.client().chat.completions.create(model="gpt-17", messages=USER)
+    assert "gpt-17" in info.value.body["message"] and "deepseek-chat" in info.value.body["message"]
+    assert info.value.body["param"] == "model"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{oops", 400, "not valid JSON"),
+        (b'{"model": "deepseek-chat"}', 400, "'messages' is required"),
+        (b'{"model": "deepseek-chat", "messages": []}', 400, "must not be empty"),
+        (
+            b'{"model": "deepseek-chat", "messages": [{"role": "user", "content": 1}]}',
+            400,
+            "string or a list",
+        ),
+        (
+            b'{"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
+            400,
+            "positive integer",
+        ),
+        (
+            b'{"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}], "thinking": "on"}',
+            400,
+            "'thinking' must be",
+        ),
+        (
+            b'{"model": "deepseek-chat", "messages": [{"role": "user", "content": "'
+            + b"x" * 40_000
+            + b'"}]}',
+            413,
+            "over this gateway's limit",
+        ),
+    ],
+)
+def test_bad_input_is_a_clear_openai_error(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch, body: bytes, status: int, fragment: str
+) -> None:
+    from .conftest import demo_catalog, start_gateway
+
+    server, gw = start_gateway(demo_catalog(sims), max_body_bytes=32_000)
+    try:
+        r = httpx.post(
+            gw.url + "/v1/chat/completions",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+    finally:
+        server.stop()
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert fragment in err["message"] and err["type"] and err["code"]
+    assert gw.accounting.settled == []
+
+
+def test_unknown_route_is_openai_shaped_404(gateway: Gateway) -> None:
+    r = httpx.post(gateway.url + "/v1/embeddings", json={})
+    assert r.status_code == 404 and "no route" in r.json()["error"]["message"]
+
+
+# ---- system endpoints ------------------------------------------------------------------
+
+
+def test_models_health_ready_metrics(gateway: Gateway) -> None:
+    models = [m.id for m in gateway.client().models.list()]
+    assert {"deepseek-chat", "deepseek-reasoner", "deepseek-v4-pro", "auto"} <= set(models)
+    assert httpx.get(gateway.url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(gateway.url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["tiers"] == {"flash": True, "pro": True}
+    gateway.client().chat.completions.create(model="deepseek-chat", messages=USER, max_tokens=4)
+    text = httpx.get(gateway.url + "/metrics").text
+    for name in (
+        "tiergate_requests_total",
+        "tiergate_tokens_total",
+        "tiergate_cost_nanodollars_total",
+        "tiergate_request_duration_seconds_bucket",
+    ):
+        assert name in text
+
+
+def test_metrics_cost_equals_sum_of_settled_costs(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from .conftest import demo_catalog, start_gateway
+
+    server, gw = start_gateway(demo_catalog(sims))
+    try:
+        client = gw.client()
+        for model in ("deepseek-chat", "deepseek-reasoner", "deepseek-v4-pro", "auto"):
+            client.chat.completions.create(model=model, messages=USER, max_tokens=8)
+        list(
+            client.chat.completions.create(
+                model="deepseek-chat", messages=USER, max_tokens=8, stream=True
+            )
+        )
+        text = httpx.get(gw.url + "/metrics").text
+    finally:
+        server.stop()
+    total = sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        if fam.name == "tiergate_cost_nanodollars"
+        for s in fam.samples
+        if s.name.endswith("_total")
+    )
+    assert total == sum(s.cost_nanos for s in gw.accounting.settled) > 0
+    assert len(gw.accounting.settled) == 5
+
+
+# ---- configuration fails fast ------------------------------------------------------------
+
+
+def test_serve_refuses_a_bad_catalog(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        (Path(__file__).resolve().parents[2] / "examples" / "demo.yaml")
+        .read_text()
+        .replace("max_model_len", "max_len", 1)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(bad), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "invalid catalog" in proc.stderr and "max_len" in proc.stderr
