@@ -20,7 +20,33 @@ import orjson
 from engines.sim.state import SimState
 from engines.sim.tokens import block_hashes, count_tokens, render_chat
 
-_WORDS = ["the", "gateway", "routes", "each", "request", "to", "the", "cheapest", "option", "that", "answers", "it", "well", "and", "prices", "every", "token", "exactly", "while", "replicas", "keep", "their", "prefix", "caches", "warm"]
+_WORDS = [
+    "the",
+    "gateway",
+    "routes",
+    "each",
+    "request",
+    "to",
+    "the",
+    "cheapest",
+    "option",
+    "that",
+    "answers",
+    "it",
+    "well",
+    "and",
+    "prices",
+    "every",
+    "token",
+    "exactly",
+    "while",
+    "replicas",
+    "keep",
+    "their",
+    "prefix",
+    "caches",
+    "warm",
+]
 
 
 class SimError(Exception):
