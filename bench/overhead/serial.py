@@ -1,0 +1,189 @@
+"""Serial added latency of the gateway over direct-to-simulator (one request at a time).
+
+Starts a zero-latency vLLM-mode simulator and the gateway as separate processes (the
+gateway pinned to core 0, simulator and client to core 1 where taskset exists), sends N
+identical non-stream chat requests directly and N through the gateway, alternating in
+blocks, and reports p50/p90/p99 of each and the added latency. Writes a JSON result.
+
+    .venv/bin/python bench/overhead/serial.py --requests 1000 --out var/bench/serial.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BODY = {
+    "model": "deepseek-chat",
+    "messages": [{"role": "user", "content": "Say hello in one word."}],
+    "max_tokens": 16,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cmd: list[str], core: int) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        return ["taskset", "-c", str(core), *cmd]
+    return cmd
+
+
+def wait_ready(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready")
+
+
+def percentiles(xs: list[float]) -> dict[str, float]:
+    xs = sorted(xs)
+    q = lambda p: xs[min(len(xs) - 1, int(p * len(xs)))]  # noqa: E731
+    return {
+        "p50": statistics.median(xs),
+        "p90": q(0.90),
+        "p99": q(0.99),
+        "mean": statistics.fmean(xs),
+    }
+
+
+def measure(client: httpx.Client, url: str, body: dict[str, object], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        r = client.post(url, json=body)
+        out.append((time.perf_counter() - t) * 1000)
+        if r.status_code != 200:
+            raise RuntimeError(f"{url}: {r.status_code} {r.text[:200]}")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--out", default=str(ROOT / "var" / "bench" / "serial.json"))
+    args = ap.parse_args()
+
+    sim_port, gw_port = free_port(), free_port()
+    catalog = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
+    catalog["backends"]["flash-local"]["replicas"] = [f"http://127.0.0.1:{sim_port}"]
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "catalog.yaml").write_text(yaml.safe_dump(catalog))
+    env = {**os.environ, "DEEPSEEK_API_KEY": "sim", "TIERGATE_LOG_LEVEL": "warning"}
+    py = sys.executable
+    sim = subprocess.Popen(
+        pinned(
+            [
+                py,
+                "-m",
+                "gateway.cli",
+                "sim",
+                "--mode",
+                "vllm",
+                "--preset",
+                "flash",
+                "--zero-latency",
+                "--model",
+                "deepseek-ai/DeepSeek-V4-Flash",
+                "--port",
+                str(sim_port),
+            ],
+            1,
+        ),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    gw = subprocess.Popen(
+        pinned(
+            [
+                py,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--config",
+                str(tmp / "catalog.yaml"),
+                "--port",
+                str(gw_port),
+            ],
+            0,
+        ),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{sim_port}/health")
+        wait_ready(f"http://127.0.0.1:{gw_port}/healthz")
+        direct_url = f"http://127.0.0.1:{sim_port}/v1/chat/completions"
+        gw_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+        # Direct requests name the simulator's own model and carry what the gateway would
+        # add (thinking off), so both sides ask the simulator for the same work.
+        direct_body = {
+            **BODY,
+            "model": "deepseek-ai/DeepSeek-V4-Flash",
+            "chat_template_kwargs": {"thinking": False},
+        }
+        with httpx.Client(timeout=30) as client:
+            measure(client, direct_url, direct_body, args.warmup)
+            measure(client, gw_url, BODY, args.warmup)
+            d: list[float] = []
+            g: list[float] = []
+            block = 100
+            for _ in range(max(1, args.requests // block)):
+                d += measure(client, direct_url, direct_body, block)
+                g += measure(client, gw_url, BODY, block)
+    finally:
+        for p in (gw, sim):
+            p.send_signal(signal.SIGTERM)
+        for p in (gw, sim):
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    res = {
+        "requests": len(g),
+        "direct_ms": percentiles(d),
+        "gateway_ms": percentiles(g),
+    }
+    res["added_ms"] = {
+        k: res["gateway_ms"][k] - res["direct_ms"][k] for k in ("p50", "p90", "p99", "mean")
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(f"{'':10} {'p50':>8} {'p90':>8} {'p99':>8} {'mean':>8}   (ms, {len(g)} serial requests)")
+    for name in ("direct_ms", "gateway_ms", "added_ms"):
+        r = res[name]
+        print(f"{name[:-3]:10} {r['p50']:8.3f} {r['p90']:8.3f} {r['p99']:8.3f} {r['mean']:8.3f}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
