@@ -87,6 +87,10 @@ def _fits(catalog: Catalog, backend: str, tier: str, tokens: int) -> bool:
 def plan_route(
     catalog: Catalog, req: RouteRequest, states: Mapping[str, BackendState]
 ) -> RoutePlan:
+    if req.target.passthrough:
+        # Another provider's model: served as asked, by its own backend, never re-routed.
+        name = req.target.requested
+        return RoutePlan(Option(name, NON_THINKING, name), (), f"passthrough:{name}")
     tier, mode, reason = _choose_tier_and_mode(catalog, req)
     if req.is_fim and mode.thinking:
         mode = NON_THINKING

@@ -88,7 +88,12 @@ def create_sim_app(config: SimConfig) -> Starlette:
         except SimError as exc:
             return _error(exc.status, exc.message, state)
         if fault == "stall":
-            await asyncio.sleep(3600)
+            # Hold the request until the client gives up (or a minute passes).
+            for _ in range(600):
+                if await request.is_disconnected():
+                    break
+                await asyncio.sleep(0.1)
+            return _error(504, "simulated stall ended", state, "api_error")
         if fault == "insufficient":
             gen.finish_reason = "insufficient_system_resource"
             gen.content_tokens = gen.content_tokens[: max(1, len(gen.content_tokens) // 2)]

@@ -125,6 +125,8 @@ class SimState:
             self.fail_status = int(data["fail_status"])
         if "fail_mode" in data:
             self.fail_mode = str(data["fail_mode"] or "")
+        if isinstance(data.get("models"), list):
+            self.config = replace(self.config, models=tuple(str(m) for m in data["models"]))
         if data.get("reset_cache"):
             self.cache.clear()
         latency = {

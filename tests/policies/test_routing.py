@@ -91,3 +91,13 @@ def test_override_header_wins_and_unknown_tier_is_400() -> None:
     assert plan.primary.tier == "pro" and plan.reason == "override:pro"
     with pytest.raises(InvalidRequest, match="not a tier"):
         plan_route(CATALOG, req("deepseek-chat", tier_override="ultra"), {})
+
+
+def test_passthrough_models_are_served_as_asked() -> None:
+    catalog = load_catalog(EXAMPLES / "hosted.yaml")
+    target = resolve_target(catalog, "gpt-4o-mini", {"thinking": {"type": "enabled"}})
+    plan = plan_route(
+        catalog, RouteRequest(target=target, prompt_tokens=10, max_output_tokens=10), {}
+    )
+    assert plan.primary.label == "gpt-4o-mini/non-thinking/gpt-4o-mini"
+    assert plan.reason == "passthrough:gpt-4o-mini" and plan.fallbacks == ()

@@ -1,0 +1,152 @@
+"""Upstream failures seen through the gateway: time-outs, broken streams, litellm-backed paths."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+import yaml
+
+from policies.catalog import parse_catalog
+
+from .conftest import DEMO, Gateway, Sims, start_gateway
+
+USER = [{"role": "user", "content": "Say hello."}]
+
+
+def catalog_doc(sims: Sims) -> dict[str, Any]:
+    data = copy.deepcopy(yaml.safe_load(DEMO.read_text()))
+    data["backends"]["flash-local"]["replicas"] = sims.flash
+    data["backends"]["pro-local"]["replicas"] = sims.pro
+    data["backends"]["hosted"]["base_url"] = sims.hosted
+    return data
+
+
+@pytest.fixture(scope="module")
+def strict_gateway(sims: Sims, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Gateway]:
+    """Self-hosted only (no spill), one-second upstream read time-out."""
+    data = catalog_doc(sims)
+    data["routing"]["backend_preference"] = ["self_hosted"]
+    data["backends"]["flash-local"]["timeout_s"] = 1.0
+    data["backends"]["flash-local"]["replicas"] = sims.flash[:1]
+    server, gw = start_gateway(parse_catalog(data))
+    yield gw
+    server.stop()
+
+
+def test_stalled_upstream_is_a_504(strict_gateway: Gateway, sims: Sims) -> None:
+    sims.control(sims.flash[0], fail_rate=1.0, fail_mode="stall")
+    try:
+        with pytest.raises(openai.APIStatusError) as info:
+            strict_gateway.client(timeout=30).chat.completions.create(
+                model="deepseek-chat", messages=USER, max_tokens=8
+            )
+    finally:
+        sims.control(sims.flash[0], fail_rate=0.0, fail_mode="")
+    assert info.value.status_code == 504
+    assert info.value.body["code"] == "upstream_timeout"
+
+
+def test_stream_dying_midway_ends_with_an_error_event_and_is_billed(
+    strict_gateway: Gateway, sims: Sims
+) -> None:
+    sims.control(sims.flash[0], fail_rate=1.0, fail_mode="midstream")
+    before = len(strict_gateway.accounting.settled)
+    try:
+        with httpx.stream(
+            "POST",
+            strict_gateway.url + "/v1/chat/completions",
+            json={"model": "deepseek-chat", "messages": USER, "stream": True},
+            timeout=10,
+        ) as r:
+            assert r.status_code == 200
+            events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    finally:
+        sims.control(sims.flash[0], fail_rate=0.0, fail_mode="")
+    assert events, "the client got the chunks sent before the failure"
+    last = orjson.loads(events[-1][6:])
+    message = last["error"]["message"]
+    assert "broke off" in message or "ended the stream" in message
+    assert "data: [DONE]" not in events
+    settled = strict_gateway.accounting.settled[before:]
+    assert len(settled) == 1
+    assert settled[0].status >= 500 and settled[0].output_tokens > 0
+    assert "usage=estimated" in settled[0].route_reason
+
+
+@pytest.fixture(scope="module")
+def litellm_gateway(sims: Sims, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Gateway]:
+    """Hosted DeepSeek through litellm, plus a pass-through model priced by litellm's map."""
+    data = catalog_doc(sims)
+    data["routing"]["backend_preference"] = ["hosted"]
+    data["backends"]["hosted"]["client"] = "litellm"
+    data["backends"]["hosted"]["max_retries"] = 0
+    monkeypatch_module.setenv("SIM_PASSTHROUGH_KEY", "k")
+    data["passthrough"] = {
+        "gpt-4o-mini": {
+            "litellm_model": "openai/gpt-4o-mini",
+            "api_base": sims.hosted + "/v1",
+            "api_key_env": "SIM_PASSTHROUGH_KEY",
+        }
+    }
+    server, gw = start_gateway(parse_catalog(data))
+    yield gw
+    server.stop()
+
+
+def test_hosted_through_litellm_keeps_deepseek_shape(litellm_gateway: Gateway) -> None:
+    raw = litellm_gateway.client().chat.completions.with_raw_response.create(
+        model="deepseek-reasoner", messages=USER, max_tokens=64
+    )
+    resp = raw.parse()
+    assert raw.headers["x-tiergate-route"].startswith("flash/think-high/hosted")
+    assert (resp.choices[0].message.model_extra or {}).get("reasoning_content")
+    u = resp.usage.model_extra or {}
+    assert u["prompt_cache_hit_tokens"] + u["prompt_cache_miss_tokens"] == resp.usage.prompt_tokens
+    assert "provider_specific_fields" not in raw.text
+    s = litellm_gateway.accounting.settled[-1]
+    assert (
+        s.backend == "hosted" and s.cost_nanos > 0 and s.price_version.startswith("deepseek-flash@")
+    )
+
+
+def test_hosted_through_litellm_streams(litellm_gateway: Gateway) -> None:
+    chunks = list(
+        litellm_gateway.client().chat.completions.create(
+            model="deepseek-chat",
+            messages=USER,
+            max_tokens=16,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert any(c.choices and c.choices[0].delta.content for c in chunks)
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    assert (
+        litellm_gateway.accounting.settled[-1].output_tokens == chunks[-1].usage.completion_tokens
+    )
+
+
+def test_passthrough_model_priced_from_litellm_price_map(
+    litellm_gateway: Gateway, sims: Sims
+) -> None:
+    # The hosted simulator answers any configured model name; accept gpt-4o-mini for this test.
+    sims.control(
+        sims.hosted,
+        models=["deepseek-v4-flash", "deepseek-v4-pro", "deepseek-flash", "gpt-4o-mini"],
+    )
+    raw = litellm_gateway.client().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=USER,
+        max_tokens=16,
+        extra_body={"thinking": {"type": "disabled"}},
+    )
+    raw.parse()
+    assert raw.headers["x-tiergate-route"].startswith("gpt-4o-mini/non-thinking/gpt-4o-mini")
+    s = litellm_gateway.accounting.settled[-1]
+    assert s.price_version == "litellm-price-map" and s.cost_nanos > 0
