@@ -43,6 +43,7 @@ Classifier = Callable[[Catalog, Call], AutoChoice]
 
 # Output bytes per token, used only to bill a stream that broke before its usage chunk.
 _STREAM_BYTES_PER_TOKEN = 4
+_DONE = b"data: [DONE]\n\n"
 
 
 def default_classifier(catalog: Catalog, call: Call) -> AutoChoice:
@@ -238,38 +239,49 @@ class Pipeline:
     ) -> AsyncIterator[bytes]:
         """Yield the stream's events; on a failure mid-stream, end with one error event.
 
-        Settles in all cases: with the upstream's usage when it arrived, otherwise with an
+        Settles in all cases, and before the client sees the end of the stream (``[DONE]``
+        or the error event): with the upstream's usage when it arrived, otherwise with an
         estimate of what was already streamed (the upstream bills those tokens too).
         """
-        status = 200
-        first = True
+        first, settled = True, False
         option = p.option or p.plan.primary
         try:
+            done: bytes | None = None
             async for event in stream:
                 if first:
                     first = False
                     self.metrics.ttft.labels(
                         option.tier, option.mode.label, option.backend
                     ).observe(time.perf_counter() - p.started)
+                if event == _DONE:
+                    done = event
+                    continue
                 yield event
+            settled = True
+            await self._finish_stream(p, stream, 200)
+            if done is not None:
+                yield done
         except TiergateError as err:
-            status = err.status
             self.metrics.upstream_errors.labels(option.backend, err.code).inc()
+            if not settled:
+                settled = True
+                await self._finish_stream(p, stream, err.status)
             yield on_error(err)
-        except BaseException:
-            status = 499  # the client went away
-            raise
         finally:
-            await stream.aclose()
-            usage = stream.outcome.usage
-            if usage is None:
-                p.reasons.append("usage=estimated")
-                out = stream.outcome.output_chars // _STREAM_BYTES_PER_TOKEN
-                usage = Usage(0, p.call.prompt_tokens_est, out, 0)
-                status = 502 if status == 200 else status
-            if stream.outcome.finish_reason == "insufficient_system_resource":
-                p.reasons.append("upstream-insufficient-resource")
-            await self._settle(p, usage, status)
+            if not settled:  # the client went away mid-stream
+                await self._finish_stream(p, stream, 499)
+
+    async def _finish_stream(self, p: Prepared, stream: EngineStream, status: int) -> None:
+        await stream.aclose()
+        usage = stream.outcome.usage
+        if usage is None:
+            p.reasons.append("usage=estimated")
+            out = stream.outcome.output_chars // _STREAM_BYTES_PER_TOKEN
+            usage = Usage(0, p.call.prompt_tokens_est, out, 0)
+            status = 502 if status == 200 else status
+        if stream.outcome.finish_reason == "insufficient_system_resource":
+            p.reasons.append("upstream-insufficient-resource")
+        await self._settle(p, usage, status)
 
     # ---- after the response ------------------------------------------------------------
 
