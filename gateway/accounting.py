@@ -61,6 +61,8 @@ class BudgetView:
 
 
 class Accounting(Protocol):
+    async def start(self) -> None: ...
+
     async def authenticate(self, raw_key: str | None) -> Caller: ...
 
     async def check_rate(self, caller: Caller, tokens: int) -> None: ...
@@ -84,6 +86,9 @@ class OpenAccounting:
     def __init__(self, *, keep: int = 100_000) -> None:
         self.settled: list[Settlement] = []
         self._keep = keep
+
+    async def start(self) -> None:
+        return None
 
     async def authenticate(self, raw_key: str | None) -> Caller:
         return ANONYMOUS

@@ -22,6 +22,7 @@ from gateway.errors import error_response
 from gateway.logging import configure_logging
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.routes import admin as admin_routes
 from gateway.routes import openai as openai_routes
 from gateway.routes import system as system_routes
 from gateway.settings import Settings, get_settings
@@ -29,11 +30,16 @@ from gateway.state import AppState
 from policies.catalog import Catalog, load_catalog
 from policies.errors import InvalidRequest, TiergateError, UnknownModel
 
-AccountingFactory = Callable[[Settings, Catalog], Awaitable[Accounting]]
+AccountingFactory = Callable[[Settings, Catalog, Metrics], Awaitable[Accounting]]
 
 
-async def open_accounting(settings: Settings, catalog: Catalog) -> Accounting:
-    return OpenAccounting()
+async def open_accounting(settings: Settings, catalog: Catalog, metrics: Metrics) -> Accounting:
+    """Keys, budgets and the ledger from the configured database (and Redis, when set)."""
+    if settings.database_url in ("", "none"):
+        return OpenAccounting()
+    from gateway.money import open_money
+
+    return await open_money(settings, metrics)
 
 
 def _protocol(request: Request) -> str:
@@ -56,7 +62,8 @@ def create_app(
         metrics = Metrics()
         session = new_session(limit=settings.upstream_connections)
         engines = build_engines(loaded, session)
-        accounting = await accounting_factory(settings, loaded)
+        accounting = await accounting_factory(settings, loaded, metrics)
+        await accounting.start()
         pipeline = Pipeline(loaded, engines, accounting, metrics, log_prompts=settings.log_prompts)
         app.state.tiergate = AppState(settings, loaded, metrics, session, engines, pipeline)
         try:
@@ -75,6 +82,7 @@ def create_app(
     )
     app.include_router(system_routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(admin_routes.router)
 
     @app.exception_handler(TiergateError)
     async def _tiergate_error(request: Request, exc: TiergateError) -> Response:

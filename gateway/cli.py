@@ -37,6 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)  # type: ignore[arg-type]
     try:
         app = create_app(settings)
+        _check_database(settings)
     except ConfigError as exc:
         print(f"tiergate: {exc}", file=sys.stderr)
         return 2
@@ -50,6 +51,20 @@ def _serve(args: argparse.Namespace) -> int:
         http="httptools",
     )
     return 0
+
+
+def _check_database(settings: object) -> None:
+    from gateway.db.migrate import current_revision, head_revision
+
+    url = getattr(settings, "database_url", "")
+    if url in ("", "none"):
+        return
+    current, head = current_revision(url), head_revision()
+    if current != head:
+        raise ConfigError(
+            f"database {url} is at revision {current or 'none'}, expected {head}: "
+            "run `tiergate db upgrade` first (the gateway never migrates on start)"
+        )
 
 
 def _check(args: argparse.Namespace) -> int:

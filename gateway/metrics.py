@@ -85,6 +85,22 @@ class Metrics:
             ("protocol", "code"),
             registry=r,
         )
+        self.budget_alerts = Counter(
+            "tiergate_budget_alerts",
+            "Soft budget thresholds crossed, by scope and threshold fraction.",
+            ("scope", "scope_id", "threshold"),
+            registry=r,
+        )
+        self.ledger_lag_events = Gauge(
+            "tiergate_ledger_lag_events",
+            "Settled ledger events not yet written to the database.",
+            registry=r,
+        )
+        self.ledger_lag_seconds = Gauge(
+            "tiergate_ledger_lag_seconds",
+            "Age of the oldest settled ledger event not yet written to the database.",
+            registry=r,
+        )
         self.in_flight = Gauge(
             "tiergate_in_flight_requests",
             "Requests being served right now.",

@@ -1,0 +1,318 @@
+"""Admin operations on teams, keys, budgets, limits and spend: shared by the admin API and CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.db.models import ApiKey, Budget, LedgerRow, RateLimit, Team
+from gateway.keys import generate_key, new_id
+from policies.budget import PERIODS
+from policies.errors import InvalidRequest, TiergateError
+from policies.pricing import NANOS_PER_USD
+
+GROUPS = {
+    "team": (LedgerRow.team_id,),
+    "key": (LedgerRow.key_id,),
+    "model": (LedgerRow.requested_model,),
+    "option": (LedgerRow.tier, LedgerRow.mode, LedgerRow.backend),
+    "backend": (LedgerRow.backend,),
+}
+
+
+class NotFound(TiergateError):
+    status = 404
+    code = "not_found"
+    type = "invalid_request_error"
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    id: str
+    key: str
+    prefix: str
+    team_id: str
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def usd_to_nanos(value: Any, field: str) -> int:
+    try:
+        d = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise InvalidRequest(
+            f"'{field}' must be a number of US dollars, e.g. 25 or 0.5", param=field
+        ) from None
+    if not d.is_finite() or d <= 0:
+        raise InvalidRequest(f"'{field}' must be a positive number of US dollars", param=field)
+    return int(d * NANOS_PER_USD)
+
+
+async def create_team(s: AsyncSession, name: str) -> dict[str, Any]:
+    if not name or not isinstance(name, str) or len(name) > 200:
+        raise InvalidRequest(
+            "'name' must be a non-empty string of at most 200 characters", param="name"
+        )
+    team = Team(id=new_id("team"), name=name, created_at=_now())
+    s.add(team)
+    try:
+        await s.commit()
+    except IntegrityError:
+        await s.rollback()
+        raise InvalidRequest(f"a team named '{name}' already exists", param="name") from None
+    return {"id": team.id, "name": team.name}
+
+
+async def list_teams(s: AsyncSession) -> list[dict[str, Any]]:
+    return [
+        {"id": t.id, "name": t.name}
+        for t in (await s.scalars(select(Team).order_by(Team.name))).all()
+    ]
+
+
+async def _team(s: AsyncSession, team: str) -> Team:
+    row = await s.scalar(select(Team).where((Team.id == team) | (Team.name == team)))
+    if row is None:
+        raise NotFound(f"no team '{team}' (give its id or name)", param="team")
+    return row
+
+
+async def create_key(
+    s: AsyncSession,
+    team: str,
+    *,
+    name: str = "",
+    allowed_models: list[str] | None = None,
+    may_override_tier: bool = False,
+    max_tokens_ceiling: int | None = None,
+) -> CreatedKey:
+    t = await _team(s, team)
+    if allowed_models is not None and not all(isinstance(m, str) and m for m in allowed_models):
+        raise InvalidRequest(
+            "'allowed_models' must be a list of model names", param="allowed_models"
+        )
+    if max_tokens_ceiling is not None and (
+        not isinstance(max_tokens_ceiling, int) or max_tokens_ceiling < 1
+    ):
+        raise InvalidRequest(
+            "'max_tokens_ceiling' must be a positive integer", param="max_tokens_ceiling"
+        )
+    raw, prefix, digest = generate_key()
+    key = ApiKey(
+        id=new_id("key"),
+        team_id=t.id,
+        name=name,
+        key_hash=digest,
+        prefix=prefix,
+        allowed_models=allowed_models,
+        may_override_tier=may_override_tier,
+        max_tokens_ceiling=max_tokens_ceiling,
+        created_at=_now(),
+    )
+    s.add(key)
+    await s.commit()
+    return CreatedKey(key.id, raw, prefix, t.id)
+
+
+async def list_keys(s: AsyncSession, team: str | None = None) -> list[dict[str, Any]]:
+    q = select(ApiKey).order_by(ApiKey.created_at)
+    if team:
+        q = q.where(ApiKey.team_id == (await _team(s, team)).id)
+    return [
+        {
+            "id": k.id,
+            "team_id": k.team_id,
+            "name": k.name,
+            "prefix": k.prefix,
+            "allowed_models": k.allowed_models,
+            "may_override_tier": k.may_override_tier,
+            "revoked": k.revoked_at is not None,
+        }
+        for k in (await s.scalars(q)).all()
+    ]
+
+
+async def revoke_key(s: AsyncSession, key_id: str) -> str:
+    """Revoke by id or display prefix; returns the key's hash (for cache invalidation)."""
+    key = await s.scalar(select(ApiKey).where((ApiKey.id == key_id) | (ApiKey.prefix == key_id)))
+    if key is None:
+        raise NotFound(f"no API key '{key_id}'", param="key")
+    if key.revoked_at is None:
+        key.revoked_at = _now()
+        await s.commit()
+    return key.key_hash
+
+
+async def set_budget(
+    s: AsyncSession,
+    scope: str,
+    scope_id: str,
+    period: str,
+    limit_usd: Any,
+    soft_thresholds: list[float] | None = None,
+    downgrade_at: float | None = None,
+) -> dict[str, Any]:
+    if scope not in ("key", "team"):
+        raise InvalidRequest("'scope' must be 'key' or 'team'", param="scope")
+    if period not in PERIODS:
+        raise InvalidRequest(f"'period' must be one of: {', '.join(PERIODS)}", param="period")
+    limit = usd_to_nanos(limit_usd, "limit_usd")
+    thresholds = soft_thresholds or []
+    if not isinstance(thresholds, list) or not all(
+        isinstance(t, int | float) and not isinstance(t, bool) and 0 < t <= 1 for t in thresholds
+    ):
+        raise InvalidRequest(
+            "'soft_thresholds' must be fractions in (0, 1], e.g. [0.5, 0.8]",
+            param="soft_thresholds",
+        )
+    if downgrade_at is not None and (
+        not isinstance(downgrade_at, int | float)
+        or isinstance(downgrade_at, bool)
+        or not 0 < downgrade_at <= 1
+    ):
+        raise InvalidRequest("'downgrade_at' must be a fraction in (0, 1]", param="downgrade_at")
+    if scope == "team":
+        scope_id = (await _team(s, scope_id)).id
+    elif await s.get(ApiKey, scope_id) is None:
+        raise NotFound(f"no API key with id '{scope_id}'", param="scope_id")
+    row = await s.scalar(
+        select(Budget).where(
+            Budget.scope == scope, Budget.scope_id == scope_id, Budget.period == period
+        )
+    )
+    if row is None:
+        row = Budget(id=new_id("budget"), scope=scope, scope_id=scope_id, period=period)
+        s.add(row)
+    row.limit_nanos = limit
+    row.soft_thresholds = sorted(float(t) for t in thresholds)
+    row.downgrade_at = float(downgrade_at) if downgrade_at is not None else None
+    await s.commit()
+    return _budget(row)
+
+
+def _budget(b: Budget) -> dict[str, Any]:
+    return {
+        "id": b.id,
+        "scope": b.scope,
+        "scope_id": b.scope_id,
+        "period": b.period,
+        "limit_usd": b.limit_nanos / NANOS_PER_USD,
+        "soft_thresholds": b.soft_thresholds,
+        "downgrade_at": b.downgrade_at,
+    }
+
+
+async def list_budgets(s: AsyncSession) -> list[dict[str, Any]]:
+    return [_budget(b) for b in (await s.scalars(select(Budget).order_by(Budget.scope_id))).all()]
+
+
+async def set_limits(
+    s: AsyncSession, key_id: str, rpm: int | None, tpm: int | None
+) -> dict[str, Any]:
+    for name, v in (("requests_per_minute", rpm), ("tokens_per_minute", tpm)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise InvalidRequest(f"'{name}' must be a positive integer or null", param=name)
+    if await s.get(ApiKey, key_id) is None:
+        raise NotFound(f"no API key with id '{key_id}'", param="key_id")
+    row = await s.get(RateLimit, key_id) or RateLimit(key_id=key_id)
+    row.requests_per_minute, row.tokens_per_minute = rpm, tpm
+    s.add(row)
+    await s.commit()
+    return {"key_id": key_id, "requests_per_minute": rpm, "tokens_per_minute": tpm}
+
+
+async def spend_report(
+    s: AsyncSession,
+    group_by: list[str],
+    since: datetime | None = None,
+    until: datetime | None = None,
+    team: str | None = None,
+) -> list[dict[str, Any]]:
+    cols: list[Any] = []
+    names: list[str] = []
+    for g in group_by:
+        if g == "day":
+            day = func.date(LedgerRow.ts)
+            cols.append(day.label("day"))
+            names.append("day")
+        elif g in GROUPS:
+            for c in GROUPS[g]:
+                cols.append(c)
+                names.append(c.key)
+        else:
+            raise InvalidRequest(
+                f"cannot group by '{g}'; use any of: {', '.join([*GROUPS, 'day'])}",
+                param="group_by",
+            )
+    q = select(
+        *cols,
+        func.count().label("requests"),
+        func.sum(LedgerRow.cache_hit_tokens).label("cache_hit_tokens"),
+        func.sum(LedgerRow.cache_miss_tokens).label("cache_miss_tokens"),
+        func.sum(LedgerRow.output_tokens).label("output_tokens"),
+        func.sum(LedgerRow.cost_nanos).label("cost_nanos"),
+        func.sum(LedgerRow.hosted_equiv_nanos).label("hosted_equiv_nanos"),
+    )
+    if since is not None:
+        q = q.where(LedgerRow.ts >= since)
+    if until is not None:
+        q = q.where(LedgerRow.ts < until)
+    if team is not None:
+        q = q.where(LedgerRow.team_id == team)
+    if cols:
+        q = q.group_by(*cols).order_by(*cols)
+    out = []
+    for row in (await s.execute(q)).all():
+        d = dict(
+            zip(
+                [
+                    *names,
+                    "requests",
+                    "cache_hit_tokens",
+                    "cache_miss_tokens",
+                    "output_tokens",
+                    "cost_nanos",
+                    "hosted_equiv_nanos",
+                ],
+                row,
+                strict=True,
+            )
+        )
+        for k in (
+            "requests",
+            "cache_hit_tokens",
+            "cache_miss_tokens",
+            "output_tokens",
+            "cost_nanos",
+            "hosted_equiv_nanos",
+        ):
+            d[k] = int(d[k] or 0)
+        if "day" in d and d["day"] is not None:
+            d["day"] = str(d["day"])
+        d["cost_usd"] = d["cost_nanos"] / NANOS_PER_USD
+        d["hosted_equiv_usd"] = d["hosted_equiv_nanos"] / NANOS_PER_USD
+        out.append(d)
+    return out
+
+
+async def savings(
+    s: AsyncSession, since: datetime | None = None, until: datetime | None = None
+) -> dict[str, Any]:
+    rows = await spend_report(s, [], since, until)
+    total = rows[0] if rows else {"cost_nanos": 0, "hosted_equiv_nanos": 0, "requests": 0}
+    saved = total["hosted_equiv_nanos"] - total["cost_nanos"]
+    return {
+        "requests": total["requests"],
+        "cost_usd": total["cost_nanos"] / NANOS_PER_USD,
+        "hosted_equiv_usd": total["hosted_equiv_nanos"] / NANOS_PER_USD,
+        "saved_usd": saved / NANOS_PER_USD,
+        "saved_nanos": saved,
+    }

@@ -1,0 +1,73 @@
+"""The budget store interface, shared by the Redis and in-process implementations.
+
+Semantics: ``reserve`` charges a worst-case amount to every budget of a request, all or
+none, refusing when any budget would pass its hard limit; ``settle`` replaces the
+reservation by the actual cost and, in the same atomic step, hands the ledger event to the
+durable path; ``release`` drops a reservation without billing. Reservations that are never
+settled (a gateway killed mid-request) expire after a TTL, so they cannot block a budget
+forever. Settle is idempotent on the request id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from policies.budget import BudgetSpec, period_window
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    spec: BudgetSpec
+    start: datetime
+    reset_at: datetime
+
+    @property
+    def key(self) -> str:
+        return f"{self.spec.id}:{int(self.start.timestamp())}"
+
+    @staticmethod
+    def of(spec: BudgetSpec, now: datetime, tz: str) -> Window:
+        start, reset = period_window(spec.period, now, tz)
+        return Window(spec, start, reset)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    window: Window
+    spent_nanos: int
+    reserved_nanos: int
+
+    @property
+    def remaining_nanos(self) -> int:
+        return self.window.spec.limit_nanos - self.spent_nanos - self.reserved_nanos
+
+
+class BudgetExceeded(Exception):
+    def __init__(self, window: Window, remaining_nanos: int, amount_nanos: int) -> None:
+        super().__init__(f"budget {window.spec.id} exceeded")
+        self.window = window
+        self.remaining_nanos = remaining_nanos
+        self.amount_nanos = amount_nanos
+
+
+# Rebuilds a window's spent amount from the ledger when the store has no counter for it.
+SpentLoader = Callable[[Window], Awaitable[int]]
+
+
+class BudgetStore(Protocol):
+    async def reserve(
+        self, request_id: str, windows: Sequence[Window], amount_nanos: int
+    ) -> None: ...
+
+    async def settle(
+        self, request_id: str, windows: Sequence[Window], actual_nanos: int, event: dict[str, Any]
+    ) -> bool: ...
+
+    async def release(self, request_id: str, windows: Sequence[Window]) -> None: ...
+
+    async def state(self, windows: Sequence[Window]) -> list[BudgetState]: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Relational state: teams, keys, budgets, rate limits and the ledger (SQLAlchemy 2)."""

@@ -1,0 +1,102 @@
+"""Tables. Money is BigInteger nano-dollars; times are UTC."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Team(Base):
+    __tablename__ = "teams"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(32))
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    may_override_tier: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_tokens_ceiling: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Budget(Base):
+    __tablename__ = "budgets"
+    __table_args__ = (
+        UniqueConstraint("scope", "scope_id", "period", name="uq_budget_scope_period"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(8))  # "key" | "team"
+    scope_id: Mapped[str] = mapped_column(String(64), index=True)
+    period: Mapped[str] = mapped_column(String(8))  # day | week | month | total
+    limit_nanos: Mapped[int] = mapped_column(BigInteger)
+    soft_thresholds: Mapped[list[float]] = mapped_column(JSON, default=list)
+    downgrade_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class RateLimit(Base):
+    __tablename__ = "rate_limits"
+
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class LedgerRow(Base):
+    __tablename__ = "ledger"
+    __table_args__ = (
+        Index("ix_ledger_ts", "ts"),
+        Index("ix_ledger_team_ts", "team_id", "ts"),
+        Index("ix_ledger_key_ts", "key_id", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    team_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    protocol: Mapped[str] = mapped_column(String(16))
+    requested_model: Mapped[str] = mapped_column(String(200))
+    tier: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(32))
+    backend: Mapped[str] = mapped_column(String(64))
+    replica: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    route_reason: Mapped[str] = mapped_column(String(500))
+    cache_hit_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_miss_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
+    price_version: Mapped[str] = mapped_column(String(200))
+    cost_nanos: Mapped[int] = mapped_column(BigInteger)
+    hosted_equiv_nanos: Mapped[int] = mapped_column(BigInteger)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    status: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,230 @@
+"""The ledger: one row per request, written idempotently (request id unique).
+
+With Redis, settlement appends each event to a stream inside the same Lua step that moves
+the budget; ``StreamDrainer`` (one per gateway process, one consumer group for all) writes
+batches to SQL and acknowledges them only after the commit, and claims entries a dead
+consumer left pending. A gateway killed after settling loses nothing; a database outage
+only delays rows. Without Redis, ``BatchedWriter`` queues events in process, writes them
+in batches and flushes on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.accounting import Settlement
+from gateway.db.models import LedgerRow
+
+log = structlog.get_logger("tiergate.ledger")
+
+
+def event_of(s: Settlement) -> dict[str, Any]:
+    data = asdict(s)
+    data["ts"] = s.ts.isoformat()
+    return data
+
+
+def _row(event: dict[str, Any]) -> dict[str, Any]:
+    row = dict(event)
+    row["ts"] = datetime.fromisoformat(row["ts"])
+    return row
+
+
+async def insert_events(
+    sessions: async_sessionmaker[AsyncSession], events: Sequence[dict[str, Any]]
+) -> int:
+    """Insert events, skipping request ids already present. Returns rows inserted."""
+    if not events:
+        return 0
+    async with sessions() as session:
+        dialect = session.bind.dialect.name
+        ins = pg_insert if dialect == "postgresql" else sqlite_insert
+        stmt = ins(LedgerRow).values([_row(e) for e in events])
+        stmt = stmt.on_conflict_do_nothing(index_elements=["request_id"])
+        result = await session.execute(stmt)
+        await session.commit()
+        return int(result.rowcount or 0)
+
+
+async def spent_since(
+    sessions: async_sessionmaker[AsyncSession], scope: str, scope_id: str, since: datetime
+) -> int:
+    column = LedgerRow.key_id if scope == "key" else LedgerRow.team_id
+    async with sessions() as session:
+        total = await session.scalar(
+            select(func.coalesce(func.sum(LedgerRow.cost_nanos), 0)).where(
+                column == scope_id, LedgerRow.ts >= since
+            )
+        )
+    return int(total or 0)
+
+
+class StreamDrainer:
+    def __init__(
+        self,
+        redis: Redis,
+        sessions: async_sessionmaker[AsyncSession],
+        stream: str,
+        *,
+        group: str = "ledger-writers",
+        batch: int = 500,
+        claim_idle_ms: int = 30_000,
+    ) -> None:
+        self.redis = redis
+        self.sessions = sessions
+        self.stream = stream
+        self.group = group
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self.batch = batch
+        self.claim_idle_ms = claim_idle_ms
+        self.written = 0
+        self.failures = 0
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ledger-drainer")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self._task, timeout=10)
+
+    async def _write(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        events = [orjson.loads(fields[b"event"]) for _, fields in entries]
+        self.written += await insert_events(self.sessions, events)
+        ids = [eid for eid, _ in entries]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(self.stream, self.group, *ids)
+        pipe.xdel(self.stream, *ids)
+        await pipe.execute()
+
+    async def drain_once(self, block_ms: int = 1000) -> int:
+        """Claim stale entries, then read new ones; write and acknowledge. Returns entries done."""
+        done = 0
+        _, claimed, *_ = await self.redis.xautoclaim(
+            self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+        )
+        if claimed:
+            await self._write(claimed)
+            done += len(claimed)
+        # Our own pending entries first (after a failed write), then new ones.
+        for start in ("0", ">"):
+            resp = await self.redis.xreadgroup(
+                self.group,
+                self.consumer,
+                {self.stream: start},
+                count=self.batch,
+                block=None if start == "0" else block_ms,
+            )
+            entries = [e for _, batch in resp or [] for e in batch if e[1]]
+            if entries:
+                await self._write(entries)
+                done += len(entries)
+        return done
+
+    async def _run(self) -> None:
+        await self.ensure_group()
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                await self.drain_once(block_ms=500)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database or Redis is away: keep the entries, retry
+                self.failures += 1
+                log.warning("ledger write failed; will retry", error=str(exc), backoff_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        with contextlib.suppress(Exception):
+            await self.drain_once(block_ms=1)
+
+    async def lag(self) -> tuple[int, float]:
+        """(entries not yet written, age in seconds of the oldest one)."""
+        length = int(await self.redis.xlen(self.stream))
+        if not length:
+            return 0, 0.0
+        first = await self.redis.xrange(self.stream, count=1)
+        ms = int(first[0][0].split(b"-")[0]) if first else 0
+        return length, max(0.0, time.time() - ms / 1000)
+
+
+class BatchedWriter:
+    """In-process ledger path: events queue in memory and are written in batches."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, interval_s: float = 0.2
+    ) -> None:
+        self.sessions = sessions
+        self.interval_s = interval_s
+        self.pending: list[dict[str, Any]] = []
+        self.written = 0
+        self.failures = 0
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    async def put(self, event: dict[str, Any]) -> None:
+        self.pending.append(event)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def flush(self) -> None:
+        async with self._lock:
+            while self.pending:
+                batch = self.pending[:1000]
+                self.written += await insert_events(self.sessions, batch)
+                del self.pending[: len(batch)]
+
+    async def _run(self) -> None:
+        backoff = self.interval_s
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=backoff)
+            except TimeoutError:
+                pass
+            try:
+                await self.flush()
+                backoff = self.interval_s
+            except Exception as exc:  # keep the events in memory and retry
+                self.failures += 1
+                log.warning(
+                    "ledger write failed; will retry", error=str(exc), pending=len(self.pending)
+                )
+                backoff = min(backoff * 2, 5.0)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        await self.flush()
+
+    async def lag(self) -> tuple[int, float]:
+        return len(self.pending), 0.0

@@ -1,0 +1,327 @@
+"""``MoneyAccounting``: keys, rate limits, budgets and the ledger behind the pipeline's hooks.
+
+Embedded default: SQLite ledger and key store, in-process budgets and batched ledger
+writes. Production: PostgreSQL plus Redis, where budgets, rate limits, key revocations
+and the ledger stream are shared by every gateway replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from gateway.accounting import ANONYMOUS, BudgetView, Caller, Settlement
+from gateway.budgets import BudgetExceeded, BudgetStore, MemoryBudgetStore, RedisBudgetStore, Window
+from gateway.db.models import ApiKey, Budget, RateLimit
+from gateway.keys import hash_key
+from gateway.ledger import BatchedWriter, StreamDrainer, event_of, spent_since
+from gateway.metrics import Metrics
+from gateway.ratelimit import RateLimiter
+from policies.budget import BudgetSpec, crossed, should_downgrade
+from policies.errors import AuthenticationFailed, BudgetExceededError, RateLimited
+from policies.pricing import NANOS_PER_USD
+
+log = structlog.get_logger("tiergate.money")
+REVOKED_CHANNEL = "keys:revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    caller: Caller
+    budgets: tuple[BudgetSpec, ...]
+    rpm: int | None
+    tpm: int | None
+    expires: float
+
+
+class MoneyAccounting:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        redis: Redis | None,
+        metrics: Metrics,
+        *,
+        require_key: bool,
+        timezone: str = "UTC",
+        key_cache_ttl_s: float = 5.0,
+        prefix: str = "tg:",
+    ) -> None:
+        self.engine = engine
+        self.sessions = sessions
+        self.redis = redis
+        self.metrics = metrics
+        self.require_key = require_key
+        self.tz = timezone
+        self.prefix = prefix
+        self._ttl = key_cache_ttl_s
+        self._cache: dict[str, _Entry] = {}
+        self.rates = RateLimiter(redis, prefix=prefix)
+        self.writer: StreamDrainer | BatchedWriter
+        self.store: BudgetStore
+        if redis is not None:
+            self.store = RedisBudgetStore(redis, self._load_spent, prefix=prefix)
+            self.writer = StreamDrainer(redis, sessions, prefix + "ledger")
+        else:
+            writer = BatchedWriter(sessions)
+            self.writer = writer
+            self.store = MemoryBudgetStore(self._load_spent, writer.put)
+        self._listener: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if isinstance(self.writer, StreamDrainer):
+            await self.writer.ensure_group()
+        self.writer.start()
+        if self.redis is not None:
+            self._listener = asyncio.create_task(self._listen_revocations(), name="key-revocations")
+        self._lag_task = asyncio.create_task(self._watch_lag(), name="ledger-lag")
+
+    async def _watch_lag(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                events, age = await self.writer.lag()
+                self.metrics.ledger_lag_events.set(events)
+                self.metrics.ledger_lag_seconds.set(age)
+            await asyncio.sleep(5)
+
+    async def close(self) -> None:
+        for task in (self._listener, self._lag_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.writer.stop()
+        await self.store.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.engine.dispose()
+
+    async def _listen_revocations(self) -> None:
+        assert self.redis is not None
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(self.prefix + REVOKED_CHANNEL)
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    self.forget(message["data"].decode())
+        finally:
+            await pubsub.aclose()
+
+    def forget(self, key_hash: str) -> None:
+        self._cache.pop(key_hash, None)
+
+    def invalidate_all(self) -> None:
+        """Budgets or limits changed: reload every key on its next request."""
+        self._cache.clear()
+
+    async def publish_revocation(self, key_hash: str) -> None:
+        self.forget(key_hash)
+        if self.redis is not None:
+            await self.redis.publish(self.prefix + REVOKED_CHANNEL, key_hash)
+
+    # ---- auth --------------------------------------------------------------------------
+
+    async def _load(self, key_hash: str) -> _Entry | None:
+        async with self.sessions() as s:
+            key = await s.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
+            if key is None or key.revoked_at is not None:
+                return None
+            rows = (
+                await s.scalars(
+                    select(Budget).where(
+                        or_(
+                            (Budget.scope == "key") & (Budget.scope_id == key.id),
+                            (Budget.scope == "team") & (Budget.scope_id == key.team_id),
+                        )
+                    )
+                )
+            ).all()
+            limit = await s.get(RateLimit, key.id)
+        budgets = tuple(
+            BudgetSpec(
+                b.id,
+                b.scope,
+                b.scope_id,
+                b.period,
+                b.limit_nanos,  # type: ignore[arg-type]
+                tuple(b.soft_thresholds or ()),
+                b.downgrade_at,
+            )
+            for b in rows
+        )
+        caller = Caller(
+            key_id=key.id,
+            team_id=key.team_id,
+            key_prefix=key.prefix,
+            allowed_models=tuple(key.allowed_models) if key.allowed_models else None,
+            may_override_tier=key.may_override_tier,
+            max_tokens_ceiling=key.max_tokens_ceiling,
+        )
+        return _Entry(
+            caller,
+            budgets,
+            limit.requests_per_minute if limit else None,
+            limit.tokens_per_minute if limit else None,
+            time.monotonic() + self._ttl,
+        )
+
+    async def _entry(self, caller: Caller) -> _Entry | None:
+        if caller.key_id is None:
+            return None
+        h = caller.extra.get("hash")
+        return self._cache.get(h) if isinstance(h, str) else None
+
+    async def authenticate(self, raw_key: str | None) -> Caller:
+        if raw_key is None:
+            if self.require_key:
+                raise AuthenticationFailed(
+                    "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+                )
+            return ANONYMOUS
+        h = hash_key(raw_key)
+        entry = self._cache.get(h)
+        if entry is None or entry.expires < time.monotonic():
+            entry = await self._load(h)
+            if entry is None:
+                self._cache.pop(h, None)
+                raise AuthenticationFailed("invalid or revoked API key")
+            entry.caller.extra["hash"] = h
+            self._cache[h] = entry
+        return entry.caller
+
+    # ---- limits and budgets ----------------------------------------------------------
+
+    def _windows(self, entry: _Entry | None, when: datetime) -> list[Window]:
+        if entry is None:
+            return []
+        return [Window.of(b, when, self.tz) for b in entry.budgets]
+
+    async def _load_spent(self, w: Window) -> int:
+        return await spent_since(self.sessions, w.spec.scope, w.spec.scope_id, w.start)
+
+    async def check_rate(self, caller: Caller, tokens: int) -> None:
+        entry = await self._entry(caller)
+        if entry is None or (not entry.rpm and not entry.tpm):
+            return
+        retry = await self.rates.allow(entry.caller.key_id or "", entry.rpm, entry.tpm, tokens)
+        if retry:
+            raise RateLimited(
+                f"rate limit for key {caller.key_prefix}: {entry.rpm or '-'} requests and "
+                f"{entry.tpm or '-'} tokens per minute; retry in {math.ceil(retry)} s",
+                retry_after=retry,
+            )
+
+    async def budget_view(self, caller: Caller, now: datetime) -> BudgetView:
+        entry = await self._entry(caller)
+        if entry is None or not any(b.downgrade_at is not None for b in entry.budgets):
+            return BudgetView()
+        states = await self.store.state(self._windows(entry, now))
+        worst = max(
+            (s.spent_nanos / max(s.window.spec.limit_nanos, 1) for s in states), default=0.0
+        )
+        down = any(should_downgrade(s.window.spec, s.spent_nanos) for s in states)
+        return BudgetView(pressure=worst, downgrade=down)
+
+    async def reserve(
+        self, caller: Caller, request_id: str, amount_nanos: int, now: datetime
+    ) -> None:
+        entry = await self._entry(caller)
+        windows = self._windows(entry, now)
+        if not windows:
+            return
+        try:
+            await self.store.reserve(request_id, windows, amount_nanos)
+        except BudgetExceeded as exc:
+            spec = exc.window.spec
+            remaining = max(exc.remaining_nanos, 0)
+            reset = exc.window.reset_at
+            wait = max(1.0, (reset - datetime.now(UTC)).total_seconds())
+            raise BudgetExceededError(
+                f"{spec.scope} budget '{spec.id}' ({spec.period}, limit "
+                f"${spec.limit_nanos / NANOS_PER_USD:.6f}) has ${remaining / NANOS_PER_USD:.6f} "
+                f"left, less than this request's worst case ${amount_nanos / NANOS_PER_USD:.6f}; "
+                f"it resets at {reset.isoformat()}. Lower max_tokens or raise the budget.",
+                retry_after=wait if spec.period != "total" else None,
+                headers={
+                    "x-tiergate-budget-remaining-usd": f"{remaining / NANOS_PER_USD:.9f}",
+                    "x-tiergate-budget-reset": reset.isoformat(),
+                    "x-tiergate-budget-id": spec.id,
+                },
+            ) from None
+
+    async def settle(self, caller: Caller, s: Settlement) -> None:
+        entry = await self._entry(caller)
+        windows = self._windows(entry, s.ts)
+        before = (
+            await self.store.state(windows)
+            if windows and any(w.spec.soft_thresholds for w in windows)
+            else []
+        )
+        await self.store.settle(s.request_id, windows, s.cost_nanos, event_of(s))
+        for st in before:
+            spec = st.window.spec
+            for t in crossed(
+                st.spent_nanos,
+                st.spent_nanos + s.cost_nanos,
+                spec.limit_nanos,
+                spec.soft_thresholds,
+            ):
+                self.metrics.budget_alerts.labels(spec.scope, spec.scope_id, f"{t:g}").inc()
+                log.warning(
+                    "budget threshold crossed",
+                    budget=spec.id,
+                    scope=spec.scope,
+                    scope_id=spec.scope_id,
+                    threshold=t,
+                )
+
+    async def release(self, caller: Caller, request_id: str) -> None:
+        entry = await self._entry(caller)
+        windows = self._windows(entry, datetime.now(UTC))
+        if windows:
+            await self.store.release(request_id, windows)
+
+    async def ledger_lag(self) -> tuple[int, float]:
+        return await self.writer.lag()
+
+    def describe(self) -> dict[str, Any]:
+        return {"redis": self.redis is not None, "cached_keys": len(self._cache)}
+
+
+async def open_money(settings: Any, metrics: Metrics) -> MoneyAccounting:
+    """Build from settings; refuse to start on a database that is not migrated."""
+    from gateway.db.engine import make_engine, make_sessions
+    from gateway.db.migrate import current_revision, head_revision
+
+    current = await asyncio.to_thread(current_revision, settings.database_url)
+    head = head_revision()
+    if current != head:
+        from policies.errors import ConfigError
+
+        raise ConfigError(
+            f"database {settings.database_url} is at revision {current or 'none'}, expected {head}: "
+            "run `tiergate db upgrade` first (the gateway never migrates on start)"
+        )
+    engine = make_engine(settings.database_url)
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    return MoneyAccounting(
+        engine,
+        make_sessions(engine),
+        redis,
+        metrics,
+        require_key=settings.require_api_key,
+        timezone=settings.budget_timezone,
+    )

@@ -1,0 +1,35 @@
+"""Alembic environment: runs migrations synchronously against the configured URL."""
+
+from __future__ import annotations
+
+import os
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from gateway.db.engine import ensure_sqlite_dir, sync_url
+from gateway.db.models import Base
+
+config = context.config
+url = config.get_main_option("sqlalchemy.url") or os.environ.get("TIERGATE_DATABASE_URL", "")
+if not url:
+    raise SystemExit("no database URL: pass --database-url or set TIERGATE_DATABASE_URL")
+url = sync_url(url)
+ensure_sqlite_dir(url)
+
+
+def run() -> None:
+    engine = create_engine(url, poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            render_as_batch=url.startswith("sqlite"),
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+run()
