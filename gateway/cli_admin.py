@@ -15,7 +15,7 @@ from gateway import admin_ops
 from gateway.settings import Settings
 from policies.errors import TiergateError
 
-Sub = argparse._SubParsersAction  # type: ignore[type-arg]
+Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _url(args: argparse.Namespace) -> str:

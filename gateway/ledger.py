@@ -54,13 +54,15 @@ async def insert_events(
     if not events:
         return 0
     async with sessions() as session:
-        dialect = session.bind.dialect.name
+        dialect = session.get_bind().dialect.name
         ins = pg_insert if dialect == "postgresql" else sqlite_insert
         stmt = ins(LedgerRow).values([_row(e) for e in events])
-        stmt = stmt.on_conflict_do_nothing(index_elements=["request_id"])
-        result = await session.execute(stmt)
+        stmt = stmt.on_conflict_do_nothing(index_elements=["request_id"]).returning(
+            LedgerRow.request_id
+        )
+        inserted = len((await session.execute(stmt)).all())
         await session.commit()
-        return int(result.rowcount or 0)
+        return inserted
 
 
 async def spent_since(
@@ -127,22 +129,23 @@ class StreamDrainer:
     async def drain_once(self, block_ms: int = 1000) -> int:
         """Claim stale entries, then read new ones; write and acknowledge. Returns entries done."""
         done = 0
-        _, claimed, *_ = await self.redis.xautoclaim(
+        claim: Any = await self.redis.xautoclaim(
             self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
         )
+        claimed = [e for e in claim[1] if e[1]]
         if claimed:
             await self._write(claimed)
             done += len(claimed)
         # Our own pending entries first (after a failed write), then new ones.
         for start in ("0", ">"):
-            resp = await self.redis.xreadgroup(
+            resp: Any = await self.redis.xreadgroup(
                 self.group,
                 self.consumer,
                 {self.stream: start},
                 count=self.batch,
                 block=None if start == "0" else block_ms,
             )
-            entries = [e for _, batch in resp or [] for e in batch if e[1]]
+            entries: list[Any] = [e for _, batch in resp or [] for e in batch if e[1]]
             if entries:
                 await self._write(entries)
                 done += len(entries)
@@ -170,8 +173,8 @@ class StreamDrainer:
         length = int(await self.redis.xlen(self.stream))
         if not length:
             return 0, 0.0
-        first = await self.redis.xrange(self.stream, count=1)
-        ms = int(first[0][0].split(b"-")[0]) if first else 0
+        first: Any = await self.redis.xrange(self.stream, count=1)
+        ms = int(bytes(first[0][0]).split(b"-")[0]) if first else 0
         return length, max(0.0, time.time() - ms / 1000)
 
 
@@ -206,10 +209,8 @@ class BatchedWriter:
     async def _run(self) -> None:
         backoff = self.interval_s
         while not self._stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=backoff)
-            except TimeoutError:
-                pass
             try:
                 await self.flush()
                 backoff = self.interval_s

@@ -27,11 +27,20 @@ from gateway.keys import hash_key
 from gateway.ledger import BatchedWriter, StreamDrainer, event_of, spent_since
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter
-from policies.budget import BudgetSpec, crossed, should_downgrade
+from policies.budget import PERIODS, BudgetSpec, Period, crossed, should_downgrade
 from policies.errors import AuthenticationFailed, BudgetExceededError, RateLimited
 from policies.pricing import NANOS_PER_USD
 
 log = structlog.get_logger("tiergate.money")
+
+
+def _period(value: str) -> Period:
+    for p in PERIODS:
+        if p == value:
+            return p
+    raise ValueError(f"unknown budget period {value!r} in the database")
+
+
 REVOKED_CHANNEL = "keys:revoked"
 
 
@@ -118,7 +127,7 @@ class MoneyAccounting:
                 if message.get("type") == "message":
                     self.forget(message["data"].decode())
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def forget(self, key_hash: str) -> None:
         self._cache.pop(key_hash, None)
@@ -153,10 +162,10 @@ class MoneyAccounting:
         budgets = tuple(
             BudgetSpec(
                 b.id,
-                b.scope,
+                "key" if b.scope == "key" else "team",
                 b.scope_id,
-                b.period,
-                b.limit_nanos,  # type: ignore[arg-type]
+                _period(b.period),
+                b.limit_nanos,
                 tuple(b.soft_thresholds or ()),
                 b.downgrade_at,
             )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import pytest
@@ -47,3 +49,37 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def database_url() -> str:
     return need_service(DATABASE_URL, 5432, "PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def pg_url(database_url: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session, dropped afterwards."""
+    import psycopg
+
+    from gateway.db.migrate import upgrade
+
+    name = f"tiergate_t_{uuid.uuid4().hex[:10]}"
+    admin = database_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = database_url.rsplit("/", 1)[0] + "/" + name
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix unique to one test; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"tgt:{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    r = redis.Redis.from_url(redis_url)
+    keys = list(r.scan_iter(prefix + "*"))
+    if keys:
+        r.delete(*keys)
+    r.close()

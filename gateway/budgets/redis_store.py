@@ -55,7 +55,13 @@ class RedisBudgetStore:
 
     async def reserve(self, request_id: str, windows: Sequence[Window], amount_nanos: int) -> None:
         keys = [self.prefix + "r:" + request_id]
-        args: list[Any] = [request_id, amount_nanos, int(time.time()), self._ttl, len(windows)]
+        args: list[str | int] = [
+            request_id,
+            amount_nanos,
+            int(time.time()),
+            self._ttl,
+            len(windows),
+        ]
         for w in windows:
             keys += self._keys(w)
             args += [w.spec.limit_nanos, self._expire_at(w)]
@@ -77,7 +83,13 @@ class RedisBudgetStore:
         keys = [self.prefix + "s:" + request_id, self.prefix + "r:" + request_id, self.stream]
         for w in windows:
             keys += self._keys(w)
-        args = [request_id, actual_nanos, len(windows), _SETTLED_TTL_S, orjson.dumps(event)]
+        args: list[str | int | bytes] = [
+            request_id,
+            actual_nanos,
+            len(windows),
+            _SETTLED_TTL_S,
+            orjson.dumps(event),
+        ]
         return bool(int(await self._settle(keys=keys, args=args)))
 
     async def release(self, request_id: str, windows: Sequence[Window]) -> None:

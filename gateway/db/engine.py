@@ -18,7 +18,7 @@ def async_url(url: str) -> str:
 
 
 def sync_url(url: str) -> str:
-    """The same database for synchronous use (Alembic): aiosqlite -> sqlite; psycopg works both ways."""
+    """The same database for synchronous use (Alembic); psycopg URLs work both ways."""
     return url.replace("sqlite+aiosqlite://", "sqlite://", 1)
 
 
