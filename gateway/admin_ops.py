@@ -26,6 +26,13 @@ GROUPS = {
 }
 
 
+class Unprocessable(InvalidRequest):
+    """Well-formed JSON whose values cannot be used (HTTP 422)."""
+
+    status = 422
+    code = "invalid_value"
+
+
 class NotFound(TiergateError):
     status = 404
     code = "not_found"
@@ -48,17 +55,17 @@ def usd_to_nanos(value: Any, field: str) -> int:
     try:
         d = Decimal(str(value))
     except (InvalidOperation, ValueError):
-        raise InvalidRequest(
+        raise Unprocessable(
             f"'{field}' must be a number of US dollars, e.g. 25 or 0.5", param=field
         ) from None
     if not d.is_finite() or d <= 0:
-        raise InvalidRequest(f"'{field}' must be a positive number of US dollars", param=field)
+        raise Unprocessable(f"'{field}' must be a positive number of US dollars", param=field)
     return int(d * NANOS_PER_USD)
 
 
 async def create_team(s: AsyncSession, name: str) -> dict[str, Any]:
     if not name or not isinstance(name, str) or len(name) > 200:
-        raise InvalidRequest(
+        raise Unprocessable(
             "'name' must be a non-empty string of at most 200 characters", param="name"
         )
     team = Team(id=new_id("team"), name=name, created_at=_now())
@@ -67,7 +74,7 @@ async def create_team(s: AsyncSession, name: str) -> dict[str, Any]:
         await s.commit()
     except IntegrityError:
         await s.rollback()
-        raise InvalidRequest(f"a team named '{name}' already exists", param="name") from None
+        raise Unprocessable(f"a team named '{name}' already exists", param="name") from None
     return {"id": team.id, "name": team.name}
 
 
@@ -96,13 +103,13 @@ async def create_key(
 ) -> CreatedKey:
     t = await _team(s, team)
     if allowed_models is not None and not all(isinstance(m, str) and m for m in allowed_models):
-        raise InvalidRequest(
+        raise Unprocessable(
             "'allowed_models' must be a list of model names", param="allowed_models"
         )
     if max_tokens_ceiling is not None and (
         not isinstance(max_tokens_ceiling, int) or max_tokens_ceiling < 1
     ):
-        raise InvalidRequest(
+        raise Unprocessable(
             "'max_tokens_ceiling' must be a positive integer", param="max_tokens_ceiling"
         )
     raw, prefix, digest = generate_key()
@@ -161,15 +168,15 @@ async def set_budget(
     downgrade_at: float | None = None,
 ) -> dict[str, Any]:
     if scope not in ("key", "team"):
-        raise InvalidRequest("'scope' must be 'key' or 'team'", param="scope")
+        raise Unprocessable("'scope' must be 'key' or 'team'", param="scope")
     if period not in PERIODS:
-        raise InvalidRequest(f"'period' must be one of: {', '.join(PERIODS)}", param="period")
+        raise Unprocessable(f"'period' must be one of: {', '.join(PERIODS)}", param="period")
     limit = usd_to_nanos(limit_usd, "limit_usd")
     thresholds = soft_thresholds or []
     if not isinstance(thresholds, list) or not all(
         isinstance(t, int | float) and not isinstance(t, bool) and 0 < t <= 1 for t in thresholds
     ):
-        raise InvalidRequest(
+        raise Unprocessable(
             "'soft_thresholds' must be fractions in (0, 1], e.g. [0.5, 0.8]",
             param="soft_thresholds",
         )
@@ -178,7 +185,7 @@ async def set_budget(
         or isinstance(downgrade_at, bool)
         or not 0 < downgrade_at <= 1
     ):
-        raise InvalidRequest("'downgrade_at' must be a fraction in (0, 1]", param="downgrade_at")
+        raise Unprocessable("'downgrade_at' must be a fraction in (0, 1]", param="downgrade_at")
     if scope == "team":
         scope_id = (await _team(s, scope_id)).id
     elif await s.get(ApiKey, scope_id) is None:
@@ -219,7 +226,7 @@ async def set_limits(
 ) -> dict[str, Any]:
     for name, v in (("requests_per_minute", rpm), ("tokens_per_minute", tpm)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise InvalidRequest(f"'{name}' must be a positive integer or null", param=name)
+            raise Unprocessable(f"'{name}' must be a positive integer or null", param=name)
     if await s.get(ApiKey, key_id) is None:
         raise NotFound(f"no API key with id '{key_id}'", param="key_id")
     row = await s.get(RateLimit, key_id) or RateLimit(key_id=key_id)
@@ -248,7 +255,7 @@ async def spend_report(
                 cols.append(c)
                 names.append(c.key)
         else:
-            raise InvalidRequest(
+            raise Unprocessable(
                 f"cannot group by '{g}'; use any of: {', '.join([*GROUPS, 'day'])}",
                 param="group_by",
             )

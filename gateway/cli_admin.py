@@ -68,9 +68,8 @@ def _db(args: argparse.Namespace) -> int:
         migrate.upgrade(url, args.revision or "head")
     elif args.action == "downgrade":
         migrate.downgrade(url, args.revision or "base")
-    print(
-        f"{url}: revision {migrate.current_revision(url) or 'none'} (head {migrate.head_revision()})"
-    )
+    current = migrate.current_revision(url) or "none"
+    print(f"{url}: revision {current} (head {migrate.head_revision()})")
     return 0
 
 
@@ -84,7 +83,7 @@ def _revoke(args: argparse.Namespace) -> int:
             from gateway.money import REVOKED_CHANNEL
 
             r = Redis.from_url(redis_url)
-            await r.publish("tg:" + REVOKED_CHANNEL, digest)
+            await r.publish(Settings().redis_prefix + REVOKED_CHANNEL, digest)
             await r.aclose()
         return {"key": args.key, "revoked": True}
 

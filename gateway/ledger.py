@@ -56,9 +56,11 @@ async def insert_events(
     async with sessions() as session:
         dialect = session.get_bind().dialect.name
         ins = pg_insert if dialect == "postgresql" else sqlite_insert
-        stmt = ins(LedgerRow).values([_row(e) for e in events])
-        stmt = stmt.on_conflict_do_nothing(index_elements=["request_id"]).returning(
-            LedgerRow.request_id
+        stmt = (
+            ins(LedgerRow)
+            .values([_row(e) for e in events])
+            .on_conflict_do_nothing(index_elements=["request_id"])
+            .returning(LedgerRow.request_id)
         )
         inserted = len((await session.execute(stmt)).all())
         await session.commit()

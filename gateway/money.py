@@ -65,6 +65,7 @@ class MoneyAccounting:
         timezone: str = "UTC",
         key_cache_ttl_s: float = 5.0,
         prefix: str = "tg:",
+        claim_idle_ms: int = 30_000,
     ) -> None:
         self.engine = engine
         self.sessions = sessions
@@ -80,7 +81,9 @@ class MoneyAccounting:
         self.store: BudgetStore
         if redis is not None:
             self.store = RedisBudgetStore(redis, self._load_spent, prefix=prefix)
-            self.writer = StreamDrainer(redis, sessions, prefix + "ledger")
+            self.writer = StreamDrainer(
+                redis, sessions, prefix + "ledger", claim_idle_ms=claim_idle_ms
+            )
         else:
             writer = BatchedWriter(sessions)
             self.writer = writer
@@ -313,17 +316,9 @@ class MoneyAccounting:
 async def open_money(settings: Any, metrics: Metrics) -> MoneyAccounting:
     """Build from settings; refuse to start on a database that is not migrated."""
     from gateway.db.engine import make_engine, make_sessions
-    from gateway.db.migrate import current_revision, head_revision
+    from gateway.db.migrate import require_head
 
-    current = await asyncio.to_thread(current_revision, settings.database_url)
-    head = head_revision()
-    if current != head:
-        from policies.errors import ConfigError
-
-        raise ConfigError(
-            f"database {settings.database_url} is at revision {current or 'none'}, expected {head}: "
-            "run `tiergate db upgrade` first (the gateway never migrates on start)"
-        )
+    await asyncio.to_thread(require_head, settings.database_url)
     engine = make_engine(settings.database_url)
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
     return MoneyAccounting(
@@ -333,4 +328,6 @@ async def open_money(settings: Any, metrics: Metrics) -> MoneyAccounting:
         metrics,
         require_key=settings.require_api_key,
         timezone=settings.budget_timezone,
+        prefix=settings.redis_prefix,
+        claim_idle_ms=settings.ledger_claim_idle_ms,
     )

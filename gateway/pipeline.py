@@ -114,7 +114,8 @@ class Pipeline:
         return states
 
     async def prepare(self, call: Call, headers: Mapping[str, str]) -> Prepared:
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        # Always our own id: it keys settlement idempotency, so a client must not choose it.
+        request_id = uuid.uuid4().hex
         started, started_at = time.perf_counter(), datetime.now(UTC)
         try:
             caller = await self.accounting.authenticate(_raw_key(headers))

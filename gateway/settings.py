@@ -28,6 +28,8 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./var/tiergate.db"
     redis_url: str | None = None
+    redis_prefix: str = "tg:"
+    ledger_claim_idle_ms: int = Field(default=30_000, gt=0)
     master_key: SecretStr | None = None
     require_api_key: bool = False
     budget_timezone: str = "UTC"

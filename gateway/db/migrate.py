@@ -11,6 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
 from gateway.db.engine import ensure_sqlite_dir, sync_url
+from policies.errors import ConfigError
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -32,6 +33,16 @@ def downgrade(url: str, revision: str = "base") -> None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(_config("sqlite://")).get_current_head()
+
+
+def require_head(url: str) -> None:
+    """Refuse to serve on a database whose schema is not the one this code expects."""
+    current, head = current_revision(url), head_revision()
+    if current != head:
+        raise ConfigError(
+            f"database {url} is at revision {current or 'none'}, expected {head}: "
+            "run `tiergate db upgrade` first (the gateway never migrates on start)"
+        )
 
 
 def current_revision(url: str) -> str | None:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway import admin_ops
+from gateway.admin_ops import Unprocessable
 from gateway.keys import master_key_matches
 from gateway.money import MoneyAccounting
 from gateway.parse import load_json_object
@@ -78,7 +79,7 @@ async def create_key(request: Request) -> Response:
     money = _money(request)
     body = await _body(request)
     if not isinstance(body.get("team"), str):
-        raise InvalidRequest("'team' (id or name) is required", param="team")
+        raise Unprocessable("'team' (id or name) is required", param="team")
     async with money.sessions() as s:
         k = await admin_ops.create_key(
             s,
@@ -121,7 +122,7 @@ async def set_budget(request: Request) -> Response:
     b = await _body(request)
     for required in ("scope", "scope_id", "period", "limit_usd"):
         if required not in b:
-            raise InvalidRequest(f"'{required}' is required", param=required)
+            raise Unprocessable(f"'{required}' is required", param=required)
     async with money.sessions() as s:
         row = await admin_ops.set_budget(
             s,
