@@ -15,8 +15,6 @@ from gateway import admin_ops
 from gateway.settings import Settings
 from policies.errors import TiergateError
 
-Sub = argparse._SubParsersAction[argparse.ArgumentParser]
-
 
 def _url(args: argparse.Namespace) -> str:
     url: str = args.database_url or Settings().database_url
@@ -94,7 +92,7 @@ def _time(v: str | None) -> datetime | None:
     return datetime.fromisoformat(v) if v else None
 
 
-def add_admin_commands(sub: Sub) -> None:
+def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def parser(name: str, help: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help)
         return p

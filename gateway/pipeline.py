@@ -113,12 +113,19 @@ class Pipeline:
             states[name] = BackendState(available=available() if callable(available) else True)
         return states
 
-    async def prepare(self, call: Call, headers: Mapping[str, str]) -> Prepared:
+    async def authenticate(self, headers: Mapping[str, str], protocol: str = "openai") -> Caller:
+        """First step of every request, before its body is read."""
+        try:
+            return await self.accounting.authenticate(_raw_key(headers))
+        except TiergateError as err:
+            self.metrics.rejections.labels(protocol, err.code).inc()
+            raise
+
+    async def prepare(self, call: Call, headers: Mapping[str, str], caller: Caller) -> Prepared:
         # Always our own id: it keys settlement idempotency, so a client must not choose it.
         request_id = uuid.uuid4().hex
         started, started_at = time.perf_counter(), datetime.now(UTC)
         try:
-            caller = await self.accounting.authenticate(_raw_key(headers))
             self._check_caller(call, caller)
             await self.accounting.check_rate(caller, call.prompt_tokens_est)
             plan = self._plan(call, caller, headers)

@@ -59,7 +59,10 @@ def pg_url(database_url: str) -> Iterator[str]:
     from gateway.db.migrate import upgrade
 
     name = f"tiergate_t_{uuid.uuid4().hex[:10]}"
-    admin = database_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
+    admin = (
+        database_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
+        + "/postgres"
+    )
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = database_url.rsplit("/", 1)[0] + "/" + name

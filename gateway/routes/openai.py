@@ -6,6 +6,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from gateway.accounting import Caller
 from gateway.errors import sse_error_event
 from gateway.parse import Call, parse_chat, parse_completion
 from gateway.pipeline import Pipeline
@@ -16,8 +17,8 @@ router = APIRouter()
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def _serve(pipeline: Pipeline, call: Call, request: Request) -> Response:
-    p = await pipeline.prepare(call, request.headers)
+async def _serve(pipeline: Pipeline, call: Call, request: Request, caller: Caller) -> Response:
+    p = await pipeline.prepare(call, request.headers, caller)
     if call.stream:
         stream = await pipeline.open_stream(p)
         headers = {
@@ -34,13 +35,15 @@ async def _serve(pipeline: Pipeline, call: Call, request: Request) -> Response:
 
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI/DeepSeek format)")
 async def chat_completions(request: Request) -> Response:
-    s = settings_of(request)
+    s, pipeline = settings_of(request), pipeline_of(request)
+    caller = await pipeline.authenticate(request.headers)
     call = parse_chat(await request.body(), max_bytes=s.max_body_bytes, max_messages=s.max_messages)
-    return await _serve(pipeline_of(request), call, request)
+    return await _serve(pipeline, call, request, caller)
 
 
 @router.post("/v1/completions", summary="Text completion and fill-in-the-middle (prompt + suffix)")
 async def completions(request: Request) -> Response:
-    s = settings_of(request)
+    s, pipeline = settings_of(request), pipeline_of(request)
+    caller = await pipeline.authenticate(request.headers)
     call = parse_completion(await request.body(), max_bytes=s.max_body_bytes)
-    return await _serve(pipeline_of(request), call, request)
+    return await _serve(pipeline, call, request, caller)

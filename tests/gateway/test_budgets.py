@@ -129,7 +129,9 @@ async def test_expired_reservations_stop_holding_budget(redis_url: str, redis_pr
     await r.aclose()
 
 
-async def test_counters_rebuild_from_the_ledger_when_redis_is_empty(redis_url: str, redis_prefix: str) -> None:
+async def test_counters_rebuild_from_the_ledger_when_redis_is_empty(
+    redis_url: str, redis_prefix: str
+) -> None:
     loads: list[str] = []
 
     async def from_ledger(w: Window) -> int:
@@ -173,7 +175,9 @@ def _worker(redis_url: str, prefix: str, n: int, idx: int, q: Any) -> None:
 def test_three_processes_share_one_budget_exactly(redis_url: str, redis_prefix: str) -> None:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(redis_url, redis_prefix, 60, i, q)) for i in range(3)]
+    procs = [
+        ctx.Process(target=_worker, args=(redis_url, redis_prefix, 60, i, q)) for i in range(3)
+    ]
     for p in procs:
         p.start()
     ok = sum(q.get(timeout=60) for _ in procs)

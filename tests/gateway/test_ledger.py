@@ -18,11 +18,25 @@ from gateway.ledger import BatchedWriter, StreamDrainer, insert_events, spent_si
 
 def event(rid: str, cost: int = 100, team: str = "t1") -> dict:
     return {
-        "request_id": rid, "ts": datetime(2026, 11, 23, 12, tzinfo=UTC).isoformat(), "key_id": "k1",
-        "team_id": team, "protocol": "openai", "requested_model": "deepseek-chat", "tier": "flash",
-        "mode": "non-thinking", "backend": "hosted", "replica": None, "route_reason": "alias:deepseek-chat",
-        "cache_hit_tokens": 1, "cache_miss_tokens": 2, "output_tokens": 3, "reasoning_tokens": 0,
-        "price_version": "x@1", "cost_nanos": cost, "hosted_equiv_nanos": cost * 2, "latency_ms": 1.5,
+        "request_id": rid,
+        "ts": datetime(2026, 11, 23, 12, tzinfo=UTC).isoformat(),
+        "key_id": "k1",
+        "team_id": team,
+        "protocol": "openai",
+        "requested_model": "deepseek-chat",
+        "tier": "flash",
+        "mode": "non-thinking",
+        "backend": "hosted",
+        "replica": None,
+        "route_reason": "alias:deepseek-chat",
+        "cache_hit_tokens": 1,
+        "cache_miss_tokens": 2,
+        "output_tokens": 3,
+        "reasoning_tokens": 0,
+        "price_version": "x@1",
+        "cost_nanos": cost,
+        "hosted_equiv_nanos": cost * 2,
+        "latency_ms": 1.5,
         "status": 200,
     }
 
@@ -52,7 +66,9 @@ async def test_insert_is_idempotent_on_request_id(sessions) -> None:
     assert await spent_since(sessions, "key", "k1", datetime(2026, 11, 24, tzinfo=UTC)) == 0
 
 
-async def test_drainer_writes_every_event_exactly_once_after_a_crash(sessions, redis_url: str, redis_prefix: str) -> None:
+async def test_drainer_writes_every_event_exactly_once_after_a_crash(
+    sessions, redis_url: str, redis_prefix: str
+) -> None:
     r = Redis.from_url(redis_url)
     stream = redis_prefix + "ledger"
     crashed = StreamDrainer(r, sessions, stream, claim_idle_ms=200)
@@ -76,7 +92,9 @@ async def test_drainer_writes_every_event_exactly_once_after_a_crash(sessions, r
     await r.aclose()
 
 
-async def test_database_outage_delays_rows_and_loses_none(pg_url: str, sessions, redis_url: str, redis_prefix: str) -> None:
+async def test_database_outage_delays_rows_and_loses_none(
+    pg_url: str, sessions, redis_url: str, redis_prefix: str
+) -> None:
     r = Redis.from_url(redis_url)
     stream = redis_prefix + "ledger"
     down_engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere")

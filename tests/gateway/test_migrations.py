@@ -30,7 +30,10 @@ def test_sqlite_up_and_down(tmp_path: Path) -> None:
 @pytest.fixture
 def scratch_pg(database_url: str):
     name = "tiergate_mig_test"
-    admin = database_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
+    admin = (
+        database_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
+        + "/postgres"
+    )
     with psycopg.connect(admin, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         c.execute(f'CREATE DATABASE "{name}"')
