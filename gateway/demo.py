@@ -10,21 +10,30 @@ prints what was served and what it cost, beside what hosted Pro would have charg
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import os
 import sys
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+from sqlalchemy import select
 
 from engines.asgi_thread import BackgroundServer, free_port
-from gateway.accounting import OpenAccounting, Settlement
+from gateway import admin_ops
+from gateway.accounting import Settlement
 from gateway.app import create_app
+from gateway.db.engine import make_engine, make_sessions
+from gateway.db.migrate import upgrade
+from gateway.db.models import LedgerRow
 from gateway.settings import Settings
 from policies.catalog import Catalog, VllmBackend, parse_catalog
 from policies.pricing import NANOS_PER_USD, PriceBook
@@ -152,6 +161,33 @@ def _flash_outage(client: Any, replica_urls: list[str]) -> list[Sent]:
     return sent
 
 
+async def _provision(url: str) -> str:
+    """A team with a daily budget and one key, as an admin would set them up."""
+    engine = make_engine(url)
+    try:
+        async with make_sessions(engine)() as s:
+            await admin_ops.create_team(s, "demo-team")
+            await admin_ops.set_budget(s, "team", "demo-team", "day", "5", [0.5, 0.8])
+            key = await admin_ops.create_key(s, "demo-team", name="demo")
+    finally:
+        await engine.dispose()
+    return key.key
+
+
+async def _ledger(url: str) -> list[Settlement]:
+    engine = make_engine(url)
+    try:
+        async with make_sessions(engine)() as session:
+            rows = (await session.scalars(select(LedgerRow).order_by(LedgerRow.id))).all()
+    finally:
+        await engine.dispose()
+    fields = [f.name for f in dataclasses.fields(Settlement)]
+    return [
+        Settlement(**{f: getattr(r, f) for f in fields} | {"ts": r.ts.replace(tzinfo=UTC)})
+        for r in rows
+    ]
+
+
 def _table(settled: list[Settlement], book: PriceBook) -> str:
     rows: dict[str, list[int]] = defaultdict(lambda: [0] * 6)
     for s in settled:
@@ -195,24 +231,23 @@ def run_demo(config: Path = DEMO_CONFIG, *, latency_scale: float = 0.05, port: i
     import openai
 
     os.environ.setdefault("DEEPSEEK_API_KEY", "sim-key")
-    accounting = OpenAccounting()
-
-    async def factory(*_: Any) -> OpenAccounting:
-        return accounting
-
+    workdir = Path(tempfile.mkdtemp(prefix="tiergate-demo-"))
+    db_url = f"sqlite+aiosqlite:///{workdir}/ledger.db"
+    upgrade(db_url)  # the explicit migration step, as `tiergate db upgrade` does
+    api_key = asyncio.run(_provision(db_url))
     try:
         catalog = parse_catalog(_localize(yaml.safe_load(config.read_text())), source=str(config))
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         print(f"tiergate demo: cannot use {config}: {exc}", file=sys.stderr)
         return 2
-    settings = Settings(config=config, log_level="warning", log_json=True)
-    app = create_app(settings, catalog=catalog, accounting_factory=factory)
+    settings = Settings(config=config, log_level="warning", log_json=True, database_url=db_url)
+    app = create_app(settings, catalog=catalog)
     with (
         simulators(catalog, latency_scale=latency_scale) as urls,
         BackgroundServer(app, port=port or None) as gw,
     ):
         print(f"gateway on {gw.base_url}; simulated backends: {dict(urls)}\n")
-        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="demo", max_retries=0)
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=api_key, max_retries=0)
         sent = _workload(client)
         sent += _flash_outage(client, urls.get("flash-local", []))
     seen: dict[tuple[str, str], int] = defaultdict(int)
@@ -222,7 +257,10 @@ def run_demo(config: Path = DEMO_CONFIG, *, latency_scale: float = 0.05, port: i
     for (label, route), n in seen.items():
         print(f"  {n:>2} x {label:32} -> {route}")
     print()
-    print(_table(accounting.settled, PriceBook(catalog)))
+    # The gateway has stopped and flushed its ledger: the table is read back from it.
+    settled = asyncio.run(_ledger(db_url))
+    print(_table(settled, PriceBook(catalog)))
+    print(f"\nledger: {db_url} ({len(settled)} rows)")
     return 0
 
 
