@@ -56,13 +56,14 @@ async def insert_events(
     async with sessions() as session:
         dialect = session.get_bind().dialect.name
         ins = pg_insert if dialect == "postgresql" else sqlite_insert
+        # One cached statement executed over many parameter sets (no per-batch compile).
         stmt = (
             ins(LedgerRow)
-            .values([_row(e) for e in events])
             .on_conflict_do_nothing(index_elements=["request_id"])
             .returning(LedgerRow.request_id)
         )
-        inserted = len((await session.execute(stmt)).all())
+        result = await session.execute(stmt, [_row(e) for e in events])
+        inserted = len(result.all())
         await session.commit()
         return inserted
 
@@ -90,8 +91,10 @@ class StreamDrainer:
         group: str = "ledger-writers",
         batch: int = 500,
         claim_idle_ms: int = 30_000,
+        interval_s: float = 0.2,
     ) -> None:
         self.redis = redis
+        self.interval_s = interval_s
         self.sessions = sessions
         self.stream = stream
         self.group = group
@@ -158,8 +161,12 @@ class StreamDrainer:
         backoff = 0.1
         while not self._stop.is_set():
             try:
-                await self.drain_once(block_ms=500)
+                done = await self.drain_once(block_ms=500)
                 backoff = 0.1
+                if 0 < done < self.batch:
+                    # Batch the writes: a busy gateway must not pay one commit per request.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), timeout=self.interval_s)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database or Redis is away: keep the entries, retry

@@ -277,20 +277,10 @@ class MoneyAccounting:
     async def settle(self, caller: Caller, s: Settlement) -> None:
         entry = await self._entry(caller)
         windows = self._windows(entry, s.ts)
-        before = (
-            await self.store.state(windows)
-            if windows and any(w.spec.soft_thresholds for w in windows)
-            else []
-        )
-        await self.store.settle(s.request_id, windows, s.cost_nanos, event_of(s))
-        for st in before:
-            spec = st.window.spec
-            for t in crossed(
-                st.spent_nanos,
-                st.spent_nanos + s.cost_nanos,
-                spec.limit_nanos,
-                spec.soft_thresholds,
-            ):
+        after = await self.store.settle(s.request_id, windows, s.cost_nanos, event_of(s))
+        for w, spent in zip(windows, after or (), strict=False):
+            spec = w.spec
+            for t in crossed(spent - s.cost_nanos, spent, spec.limit_nanos, spec.soft_thresholds):
                 self.metrics.budget_alerts.labels(spec.scope, spec.scope_id, f"{t:g}").inc()
                 log.warning(
                     "budget threshold crossed",

@@ -69,11 +69,41 @@ def percentiles(xs: list[float]) -> dict[str, float]:
     }
 
 
-def measure(client: httpx.Client, url: str, body: dict[str, object], n: int) -> list[float]:
+def provision(url: str) -> str:
+    """Migrate, then a team with day and month budgets and one key: the full money path."""
+    import asyncio
+
+    from gateway import admin_ops
+    from gateway.db.engine import make_engine, make_sessions
+    from gateway.db.migrate import upgrade
+
+    upgrade(url)
+
+    async def go() -> str:
+        engine = make_engine(url)
+        async with make_sessions(engine)() as s:
+            team = f"bench-{os.getpid()}-{time.time_ns()}"
+            await admin_ops.create_team(s, team)
+            await admin_ops.set_budget(s, "team", team, "day", "1000", [0.8])
+            await admin_ops.set_budget(s, "team", team, "month", "10000")
+            key = await admin_ops.create_key(s, team)
+        await engine.dispose()
+        return key.key
+
+    return asyncio.run(go())
+
+
+def measure(
+    client: httpx.Client,
+    url: str,
+    body: dict[str, object],
+    n: int,
+    headers: dict[str, str] | None = None,
+) -> list[float]:
     out = []
     for _ in range(n):
         t = time.perf_counter()
-        r = client.post(url, json=body)
+        r = client.post(url, json=body, headers=headers or {})
         out.append((time.perf_counter() - t) * 1000)
         if r.status_code != 200:
             raise RuntimeError(f"{url}: {r.status_code} {r.text[:200]}")
@@ -85,6 +115,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--out", default=str(ROOT / "var" / "bench" / "serial.json"))
+    ap.add_argument("--database-url", help="run the money path: keys, budgets, ledger in this DB")
+    ap.add_argument("--redis-url", help="with --database-url: budgets and ledger stream in Redis")
     args = ap.parse_args()
 
     sim_port, gw_port = free_port(), free_port()
@@ -92,7 +124,20 @@ def main() -> int:
     catalog["backends"]["flash-local"]["replicas"] = [f"http://127.0.0.1:{sim_port}"]
     tmp = Path(tempfile.mkdtemp())
     (tmp / "catalog.yaml").write_text(yaml.safe_dump(catalog))
-    env = {**os.environ, "DEEPSEEK_API_KEY": "sim", "TIERGATE_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "DEEPSEEK_API_KEY": "sim",
+        "TIERGATE_LOG_LEVEL": "warning",
+        "TIERGATE_DATABASE_URL": "none",
+    }
+    headers: dict[str, str] = {}
+    if args.database_url:
+        env["TIERGATE_DATABASE_URL"] = args.database_url
+        env["TIERGATE_REQUIRE_API_KEY"] = "true"
+        if args.redis_url:
+            env["TIERGATE_REDIS_URL"] = args.redis_url
+            env["TIERGATE_REDIS_PREFIX"] = f"tgbench{os.getpid()}:"
+        headers["Authorization"] = "Bearer " + provision(args.database_url)
     py = sys.executable
     sim = subprocess.Popen(
         pinned(
@@ -151,13 +196,13 @@ def main() -> int:
         }
         with httpx.Client(timeout=30) as client:
             measure(client, direct_url, direct_body, args.warmup)
-            measure(client, gw_url, BODY, args.warmup)
+            measure(client, gw_url, BODY, args.warmup, headers)
             d: list[float] = []
             g: list[float] = []
             block = 100
             for _ in range(max(1, args.requests // block)):
                 d += measure(client, direct_url, direct_body, block)
-                g += measure(client, gw_url, BODY, block)
+                g += measure(client, gw_url, BODY, block, headers)
     finally:
         for p in (gw, sim):
             p.send_signal(signal.SIGTERM)
@@ -168,6 +213,9 @@ def main() -> int:
                 p.kill()
     res = {
         "requests": len(g),
+        "money_path": "redis+sql"
+        if args.redis_url and args.database_url
+        else ("sql" if args.database_url else "off"),
         "direct_ms": percentiles(d),
         "gateway_ms": percentiles(g),
     }

@@ -3,7 +3,8 @@
 Semantics: ``reserve`` charges a worst-case amount to every budget of a request, all or
 none, refusing when any budget would pass its hard limit; ``settle`` replaces the
 reservation by the actual cost and, in the same atomic step, hands the ledger event to the
-durable path; ``release`` drops a reservation without billing. Reservations that are never
+durable path, returning each window's spend after it (None if already settled);
+``release`` drops a reservation without billing. Reservations that are never
 settled (a gateway killed mid-request) expire after a TTL, so they cannot block a budget
 forever. Settle is idempotent on the request id.
 """
@@ -64,7 +65,7 @@ class BudgetStore(Protocol):
 
     async def settle(
         self, request_id: str, windows: Sequence[Window], actual_nanos: int, event: dict[str, Any]
-    ) -> bool: ...
+    ) -> list[int] | None: ...
 
     async def release(self, request_id: str, windows: Sequence[Window]) -> None: ...
 

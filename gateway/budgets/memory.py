@@ -56,9 +56,9 @@ class MemoryBudgetStore:
 
     async def settle(
         self, request_id: str, windows: Sequence[Window], actual_nanos: int, event: dict[str, Any]
-    ) -> bool:
+    ) -> list[int] | None:
         if request_id in self._settled:
-            return False
+            return None
         counters = [await self._counter(w) for w in windows]
         self._settled[request_id] = time.monotonic()
         for c in counters:
@@ -68,7 +68,7 @@ class MemoryBudgetStore:
             cutoff = time.monotonic() - 3600
             self._settled = {r: t for r, t in self._settled.items() if t > cutoff}
         await self._sink(event)
-        return True
+        return [c.spent for c in counters]
 
     async def release(self, request_id: str, windows: Sequence[Window]) -> None:
         for w in windows:

@@ -79,7 +79,7 @@ class RedisBudgetStore:
 
     async def settle(
         self, request_id: str, windows: Sequence[Window], actual_nanos: int, event: dict[str, Any]
-    ) -> bool:
+    ) -> list[int] | None:
         keys = [self.prefix + "s:" + request_id, self.prefix + "r:" + request_id, self.stream]
         for w in windows:
             keys += self._keys(w)
@@ -90,7 +90,10 @@ class RedisBudgetStore:
             _SETTLED_TTL_S,
             orjson.dumps(event),
         ]
-        return bool(int(await self._settle(keys=keys, args=args)))
+        result = await self._settle(keys=keys, args=args)
+        if int(result[0]) == 0:
+            return None
+        return [int(v) for v in result[1:]]
 
     async def release(self, request_id: str, windows: Sequence[Window]) -> None:
         keys = [self.prefix + "r:" + request_id]

@@ -77,8 +77,8 @@ async def test_reserve_is_all_or_nothing_across_budgets(store: Any) -> None:
 async def test_settle_replaces_reservation_and_is_idempotent(store: Any) -> None:
     ws = windows(TEAM)
     await store.reserve("r1", ws, 800)
-    assert await store.settle("r1", ws, 123, {"request_id": "r1"}) is True
-    assert await store.settle("r1", ws, 123, {"request_id": "r1"}) is False
+    assert await store.settle("r1", ws, 123, {"request_id": "r1"}) == [123]
+    assert await store.settle("r1", ws, 123, {"request_id": "r1"}) is None
     (state,) = await store.state(ws)
     assert (state.spent_nanos, state.reserved_nanos, state.remaining_nanos) == (123, 0, 877)
     assert [e["request_id"] for e in await stream_events(store)] == ["r1"]
