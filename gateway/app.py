@@ -21,7 +21,8 @@ from gateway.accounting import Accounting, OpenAccounting
 from gateway.errors import error_response
 from gateway.logging import configure_logging
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, rule_classifier
+from gateway.router_service import RouterService
 from gateway.routes import admin as admin_routes
 from gateway.routes import openai as openai_routes
 from gateway.routes import system as system_routes
@@ -64,7 +65,19 @@ def create_app(
         engines = build_engines(loaded, session)
         accounting = await accounting_factory(settings, loaded, metrics)
         await accounting.start()
-        pipeline = Pipeline(loaded, engines, accounting, metrics, log_prompts=settings.log_prompts)
+        classifier = (
+            RouterService(loaded, metrics).classify
+            if loaded.routing.classifier == "model"
+            else rule_classifier
+        )
+        pipeline = Pipeline(
+            loaded,
+            engines,
+            accounting,
+            metrics,
+            classifier=classifier,
+            log_prompts=settings.log_prompts,
+        )
         app.state.tiergate = AppState(settings, loaded, metrics, session, engines, pipeline)
         try:
             yield

@@ -40,6 +40,11 @@ from policies.pricing import NANOS_PER_USD, PriceBook
 from policies.usage import Usage
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
+PHYSICS = (
+    "A 2.0 kg block slides down a frictionless incline of angle 30 degrees from a height of 5.0 m, "
+    "then compresses a spring of constant 400 N/m. Find the maximum compression of the spring.\n"
+    "A. 0.50 m\nB. 0.70 m\nC. 1.0 m\nD. 1.2 m\nE. 1.4 m"
+)
 SYSTEM_PROMPT = (
     "You are the support assistant of a company that sells routing gateways. "
     "Answer precisely, cite the relevant policy section, and keep answers short. " * 40
@@ -114,17 +119,13 @@ def _workload(client: Any) -> list[Sent]:
         call("retired name deepseek-chat", "deepseek-chat", user)
     for _ in range(3):
         call("retired name deepseek-reasoner", "deepseek-reasoner", user)
-    call("auto, easy", "auto", [{"role": "user", "content": "What is the capital of France?"}])
+    call("auto, easy", "auto", [{"role": "user", "content": "Write a two-line thank-you note."}])
     call(
-        "auto, hard",
+        "auto, asks to reason",
         "auto",
-        [
-            {
-                "role": "user",
-                "content": "Prove that the square root of 2 is irrational, step by step.",
-            }
-        ],
+        [{"role": "user", "content": "Explain step by step why ice floats."}],
     )
+    call("auto, hard", "auto", [{"role": "user", "content": PHYSICS}])
     call("pinned Pro", "deepseek-v4-pro", user, extra_body={"thinking": {"type": "disabled"}})
     call(
         "streaming", "deepseek-v4-flash", user, stream=True, stream_options={"include_usage": True}

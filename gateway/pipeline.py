@@ -39,15 +39,19 @@ from policies.routing import (
 )
 from policies.usage import Usage
 
-Classifier = Callable[[Catalog, Call], AutoChoice]
+# (catalog, request, the caller's budget asks for cheaper options) -> what `auto` gets
+Classifier = Callable[[Catalog, Call, bool], AutoChoice]
 
 # Output bytes per token, used only to bill a stream that broke before its usage chunk.
 _STREAM_BYTES_PER_TOKEN = 4
 _DONE = b"data: [DONE]\n\n"
 
 
-def default_classifier(catalog: Catalog, call: Call) -> AutoChoice:
-    return simple_auto(catalog, call.last_user_text, call.prompt_chars)
+def rule_classifier(catalog: Catalog, call: Call, downgrade: bool = False) -> AutoChoice:
+    choice = simple_auto(catalog, call.last_user_text, call.prompt_chars)
+    if downgrade and choice.tier != "flash":
+        return AutoChoice("flash", choice.mode, choice.reason + ";budget-downgrade")
+    return choice
 
 
 @dataclass(slots=True)
@@ -92,7 +96,7 @@ class Pipeline:
         accounting: Accounting,
         metrics: Metrics,
         *,
-        classifier: Classifier = default_classifier,
+        classifier: Classifier = rule_classifier,
         log_prompts: bool = False,
     ) -> None:
         self.catalog = catalog
@@ -128,11 +132,9 @@ class Pipeline:
         try:
             self._check_caller(call, caller)
             await self.accounting.check_rate(caller, call.prompt_tokens_est)
-            plan = self._plan(call, caller, headers)
-            p = Prepared(call, caller, request_id, plan, started, started_at)
             view = await self.accounting.budget_view(caller, started_at)
-            if view.downgrade and plan.primary.tier != "flash" and call.model == "auto":
-                p.reasons.append("budget-downgrade")
+            plan = self._plan(call, caller, headers, view.downgrade)
+            p = Prepared(call, caller, request_id, plan, started, started_at)
             p.reserved = self._worst_case(p)
             await self.accounting.reserve(caller, request_id, p.reserved, started_at)
         except TiergateError as err:
@@ -161,14 +163,16 @@ class Pipeline:
                 call.body["max_tokens"] = ceiling
                 call.max_tokens = ceiling
 
-    def _plan(self, call: Call, caller: Caller, headers: Mapping[str, str]) -> RoutePlan:
+    def _plan(
+        self, call: Call, caller: Caller, headers: Mapping[str, str], downgrade: bool = False
+    ) -> RoutePlan:
         target = resolve_target(self.catalog, call.model, call.body)
         override = headers.get("x-tiergate-tier")
         if override and not caller.may_override_tier:
             raise PermissionDenied(
                 "this API key may not choose the tier with x-tiergate-tier", param="x-tiergate-tier"
             )
-        auto = self.classifier(self.catalog, call) if target.tier == "auto" else None
+        auto = self.classifier(self.catalog, call, downgrade) if target.tier == "auto" else None
         tier_guess = override or (auto.tier if auto else target.tier)
         max_out = call.max_tokens or self._default_max_output(tier_guess)
         req = RouteRequest(

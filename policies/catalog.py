@@ -142,6 +142,9 @@ class RoutingDefaults(_Strict):
     spill_to_hosted: bool = True
     reservation_output_cap: int = Field(default=32768, gt=0)
     auto_hard_chars: int = Field(default=4000, gt=0)
+    classifier: Literal["model", "rule"] = "model"
+    auto_pro_share: float = Field(default=0.2, ge=0, le=1)
+    auto_think_share: float = Field(default=0.3, ge=0, le=1)
 
 
 class Catalog(_Strict):

@@ -152,23 +152,29 @@ def test_repeated_long_prefix_is_billed_as_cache_hits(gateway: Gateway) -> None:
 # ---- auto ------------------------------------------------------------------------------
 
 
-def test_auto_sends_easy_and_hard_to_different_options(gateway: Gateway) -> None:
+PHYSICS = (
+    "A 2.0 kg block slides down a frictionless incline of angle 30 degrees from a height of 5.0 m, "
+    "then compresses a spring of constant 400 N/m. Find the maximum compression of the spring.\n"
+    "A. 0.50 m\nB. 0.70 m\nC. 1.0 m\nD. 1.2 m\nE. 1.4 m"
+)
+
+
+def test_auto_routes_easy_reasoning_and_hard_requests_differently(gateway: Gateway) -> None:
     client = gateway.client()
-    easy = client.chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": "What is 2+2?"}], max_tokens=8
-    )
-    hard = client.chat.completions.with_raw_response.create(
-        model="auto",
-        messages=[
-            {
-                "role": "user",
-                "content": "Prove that every bounded monotone sequence converges, step by step.",
-            }
-        ],
-        max_tokens=8,
-    )
-    assert route(easy).startswith("flash/non-thinking/") and "reason=auto:" in route(easy)
-    assert route(hard).startswith("pro/think-") and "reason=auto:" in route(hard)
+
+    def ask(text: str) -> str:
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": text}], max_tokens=8
+        )
+        raw.parse()
+        return route(raw)
+
+    easy = ask("What is 2+2?")
+    asked = ask("Explain step by step why the sky is blue.")
+    hard = ask(PHYSICS)
+    assert easy.startswith("flash/non-thinking/") and "reason=auto:hard=" in easy
+    assert asked.startswith("flash/think-high/") and "asked-to-reason" in asked
+    assert hard.startswith("pro/think-high/") and "reason=auto:hard=" in hard
 
 
 # ---- failover and spill-over -----------------------------------------------------------

@@ -1,0 +1,193 @@
+"""``tiergate router train | eval | report``: train the router, measure it, write its docs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policies.router.data import Row, jsonl_rows, shared_rows
+from policies.router.evaluate import (
+    PairResult,
+    cross_category,
+    cross_source,
+    evaluate_pair,
+    score_rows,
+)
+from policies.router.model import WEIGHTS, LinearModel, _shipped
+from policies.router.train import train_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "routing"
+PAIRS = (
+    ("gemini-1.5-flash-002", "gemini-1.5-pro-002"),
+    ("Meta-Llama-3_1-8B-Instruct", "Meta-Llama-3_1-70B-Instruct"),
+    ("Qwen1.5-7B-Chat", "Qwen1.5-72B-Chat"),
+    ("gpt-4o-2024-05-13", "gemini-3.1-pro-preview"),
+)
+PRO_SHARE, THINK_SHARE = 0.2, 0.3
+
+
+def _rows(args: argparse.Namespace) -> list[Row]:
+    rows: list[Row] = []
+    if args.shared_dir:
+        rows += shared_rows(Path(args.shared_dir))
+    for f in args.data or ():
+        rows += jsonl_rows(Path(f))
+    if not rows:
+        raise SystemExit("no training rows: give --shared-dir and/or --data")
+    return rows
+
+
+def _train(args: argparse.Namespace) -> int:
+    rows = _rows(args)
+    model = train_rows(rows, steps=args.steps)
+    scores = np.array(score_rows(model, rows))
+    model.meta.update(
+        prior_pro=float(np.quantile(scores, 1 - PRO_SHARE)),
+        prior_think=float(np.quantile(scores, 1 - PRO_SHARE - THINK_SHARE)),
+        sources=",".join(sorted({r.source for r in rows})),
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / WEIGHTS).write_bytes(model.to_bytes())
+    print(
+        f"trained on {len(rows)} rows -> {out / WEIGHTS} ({(out / WEIGHTS).stat().st_size} bytes)"
+    )
+    return 0
+
+
+def _result_dict(r: PairResult) -> dict[str, Any]:
+    return {
+        "weak": r.weak,
+        "strong": r.strong,
+        "router": r.router,
+        "rows": r.rows,
+        "weak_acc": r.weak_acc,
+        "strong_acc": r.strong_acc,
+        "apgr": r.apgr,
+        "cpt50": r.cpt50,
+        "cpt80": r.cpt80,
+        "ci95": r.ci,
+        "pgr": list(r.pgr),
+    }
+
+
+def _eval(args: argparse.Namespace) -> int:
+    rows = jsonl_rows(Path(args.data))
+    model = LinearModel.from_bytes(Path(args.weights).read_bytes()) if args.weights else _shipped()
+    scores = dict(zip((r.id for r in rows), score_rows(model, rows), strict=True))
+    if args.scores_out:
+        with open(args.scores_out, "w", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps({"id": r.id, "score": scores[r.id]}) + "\n")
+    try:
+        results = evaluate_pair(rows, scores, args.weak, args.strong, boot=args.bootstrap)
+    except ValueError as exc:
+        print(f"tiergate: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([_result_dict(r) for r in results], indent=2))
+    else:
+        print(_table(results))
+    return 0
+
+
+def _table(results: list[PairResult]) -> str:
+    lines = [f"{'router':12} {'rows':>6} {'APGR':>6} {'95% CI':>15} {'CPT50':>6} {'CPT80':>6}"]
+    for r in results:
+        lo, hi = r.ci.get("apgr", (float("nan"), float("nan")))
+        lines.append(
+            f"{r.router:12} {r.rows:>6} {r.apgr:6.3f} {f'[{lo:.3f}, {hi:.3f}]':>15} "
+            f"{r.cpt50:6.3f} {r.cpt80:6.3f}"
+        )
+    return "\n".join(lines)
+
+
+def _report(args: argparse.Namespace) -> int:
+    rows = shared_rows(Path(args.shared_dir))
+    out: dict[str, Any] = {}
+    plots: dict[str, list[PairResult]] = {}
+    for split, scores in (
+        ("cross-category", cross_category(rows, steps=args.steps)),
+        ("cross-source", cross_source(rows, steps=args.steps)),
+    ):
+        out[split] = []
+        for weak, strong in PAIRS:
+            results = evaluate_pair(rows, scores, weak, strong, boot=args.bootstrap)
+            out[split] += [_result_dict(r) for r in results]
+            if split == "cross-category" and weak.startswith("gemini-1.5"):
+                plots[f"{weak} -> {strong}"] = results
+            print(f"[{split}] {weak} -> {strong}\n{_table(results)}\n")
+    Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json_out).write_text(json.dumps(out, indent=2))
+    if args.plot:
+        _plot(plots, Path(args.plot))
+    return 0
+
+
+def _plot(plots: dict[str, list[PairResult]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for title, results in plots.items():
+        for r in results:
+            shares = np.linspace(0, 1, len(r.pgr))
+            quality = [r.weak_acc + p * (r.strong_acc - r.weak_acc) for p in r.pgr]
+            ax.plot(
+                shares * 100,
+                np.array(quality) * 100,
+                marker="o",
+                label=f"{r.router} (APGR {r.apgr:.3f})",
+            )
+        ax.set_title(f"Held-out MMLU-Pro categories: {title}", fontsize=9)
+    ax.set_xlabel("share of requests sent to the strong model (%) ~ cost")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    router = sub.add_parser("router", help="train and evaluate the request router")
+    rsub = router.add_subparsers(dest="router_command", required=True)
+    t = rsub.add_parser("train", help="train weights on public outcome data and/or JSONL rows")
+    t.add_argument("--shared-dir", default=str(SHARED) if SHARED.exists() else None)
+    t.add_argument(
+        "--data", action="append", help="JSONL rows {id, source, prompt|messages, correct}"
+    )
+    t.add_argument("--out", default=str(ROOT / "policies" / "router"))
+    t.add_argument("--steps", type=int, default=300)
+    t.set_defaults(func=_train)
+    e = rsub.add_parser("eval", help="RouteLLM metrics of the router on labelled rows")
+    e.add_argument("--data", required=True)
+    e.add_argument("--weak", required=True)
+    e.add_argument("--strong", required=True)
+    e.add_argument("--weights", help="weights.npz (default: the shipped ones)")
+    e.add_argument("--json", action="store_true")
+    e.add_argument("--scores-out")
+    e.add_argument("--bootstrap", type=int, default=200)
+    e.set_defaults(func=_eval)
+    r = rsub.add_parser("report", help="held-out evaluation on the public data (docs/routing.md)")
+    r.add_argument("--shared-dir", default=str(SHARED))
+    r.add_argument("--steps", type=int, default=300)
+    r.add_argument("--bootstrap", type=int, default=200)
+    r.add_argument("--json-out", default=str(ROOT / "var" / "bench" / "routing.json"))
+    r.add_argument("--plot", default=str(ROOT / "docs" / "img" / "routing_pgr.png"))
+    r.set_defaults(func=_report)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(prog="python -m gateway.cli_router")
+    add_router_commands(p.add_subparsers(dest="command", required=True))
+    a = p.parse_args()
+    sys.exit(a.func(a))

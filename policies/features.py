@@ -1,0 +1,160 @@
+"""Request features for the router: cheap, bounded work whatever the prompt's size.
+
+Only the last user turn is read, and only its last ``max_scan_chars`` characters; the rest
+of the conversation contributes lengths and counts. A 1M-token prompt costs what a long
+last turn costs. Hashed n-grams use CRC32, stable across processes (never ``hash()``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+HASH_DIM = 1 << 14
+MAX_SCAN_CHARS = 4000
+
+_WORD = re.compile(r"[a-z][a-z0-9_']*|\d+|[^\sa-z0-9]")
+_CODE = re.compile(
+    r"```|\bdef |\bclass |\bfunction\b|\breturn\b|;\s*$|\{\s*$|#include|=>|\bimport ", re.M
+)
+_MATH = re.compile(
+    r"\\frac|\\sqrt|\\sum|\\int|\^|\$|\b\d+\s*[-+*/=]\s*\d+|\bequation\b|\bprobability\b"
+)
+_REASON = re.compile(
+    r"\bstep[- ]by[- ]step\b|\bprove\b|\bproof\b|\bderive\b|\bexplain why\b|\bjustify\b|"
+    r"\breason\w*\b|\bthink carefully\b|\bshow that\b"
+)
+_MULTI = re.compile(r"\bthen\b|\bafter that\b|\bfirst\b|\bsecond\b|\bfinally\b|^\s*\d+[.)]", re.M)
+_CONSTRAINT = re.compile(
+    r"\bmust\b|\bexactly\b|\bat least\b|\bat most\b|\bwithout\b|\bonly\b|\bconstraint|\bensure\b"
+)
+
+DENSE_NAMES = (
+    "bias",
+    "log_total_chars",
+    "log_last_chars",
+    "turns",
+    "code",
+    "math",
+    "reasoning",
+    "multi_step",
+    "constraints",
+    "tools",
+    "json_mode",
+    "questions",
+    "numbers",
+    "digit_share",
+    "has_system",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    dense: tuple[float, ...]
+    hashed: tuple[int, ...]
+    total_chars: int
+    last_user_chars: int
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)
+        )
+    return ""
+
+
+def _length(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(p.get("text", "")) for p in content if isinstance(p, Mapping))
+    return 0
+
+
+def hash_ngrams(text: str) -> tuple[int, ...]:
+    words = _WORD.findall(text.lower())
+    out = {zlib.crc32(w.encode()) % HASH_DIM for w in words}
+    out.update(
+        zlib.crc32(f"{a} {b}".encode()) % HASH_DIM for a, b in zip(words, words[1:], strict=False)
+    )
+    return tuple(sorted(out))
+
+
+def from_text(
+    last: str,
+    *,
+    total_chars: int | None = None,
+    last_chars: int | None = None,
+    turns: int = 1,
+    tools: bool = False,
+    json_mode: bool = False,
+    has_system: bool = False,
+    max_scan_chars: int = MAX_SCAN_CHARS,
+) -> Features:
+    scan = last[-max_scan_chars:]
+    low = scan.lower()
+    n = max(len(scan), 1)
+    last_len = len(last) if last_chars is None else last_chars
+    total = last_len if total_chars is None else total_chars
+    digits = sum(c.isdigit() for c in scan)
+    dense = (
+        1.0,
+        math.log1p(total) / 10,
+        math.log1p(last_len) / 10,
+        min(turns, 50) / 10,
+        min(len(_CODE.findall(scan)), 10) / 5,
+        min(len(_MATH.findall(scan)), 20) / 5,
+        min(len(_REASON.findall(low)), 5) / 2,
+        min(len(_MULTI.findall(low)), 10) / 5,
+        min(len(_CONSTRAINT.findall(low)), 10) / 5,
+        1.0 if tools else 0.0,
+        1.0 if json_mode else 0.0,
+        min(scan.count("?"), 10) / 5,
+        min(len(re.findall(r"\d+(?:\.\d+)?", scan)), 40) / 10,
+        digits / n,
+        1.0 if has_system else 0.0,
+    )
+    return Features(dense, hash_ngrams(scan), total, last_len)
+
+
+def extract_features(
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    tools: bool = False,
+    json_mode: bool = False,
+    max_scan_chars: int = MAX_SCAN_CHARS,
+) -> Features:
+    total = 0
+    last = ""
+    last_len = 0
+    turns = 0
+    has_system = False
+    for m in messages:
+        content = m.get("content")
+        total += _length(content)
+        role = m.get("role")
+        if role == "user":
+            turns += 1
+            last_len = _length(content)
+            last = content if isinstance(content, str) else ""
+            if not last and isinstance(content, list):
+                last = _text(content)[-max_scan_chars:]
+        elif role in ("system", "developer"):
+            has_system = True
+    return from_text(
+        last,
+        total_chars=total,
+        last_chars=last_len,
+        turns=turns,
+        tools=tools,
+        json_mode=json_mode,
+        has_system=has_system,
+        max_scan_chars=max_scan_chars,
+    )

@@ -1,0 +1,128 @@
+"""Training rows from the public outcome data (``shared/data/routing``) and from JSONL files.
+
+Each row carries a soft difficulty target in [0, 1]: the share of evaluated models that got
+an MMLU-Pro question wrong; the MATH level; GSM8K's reasoning-line count; BBH's
+direct-answer and chain-of-thought failures. JSONL rows in the ``router eval`` format
+(``{"id", "source", "prompt" | "messages", "correct": {...}}``) get the share of listed
+models that were wrong.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: str
+    source: str
+    group: str
+    prompt: str
+    target: float
+    correct: dict[str, bool] = field(default_factory=dict)
+
+
+def _read(path: Path) -> Iterator[dict[str, Any]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.startswith("{"):
+        parsed = ast.literal_eval(value)
+        return parsed if isinstance(parsed, dict) else {}
+    return {}
+
+
+def _bool(v: Any) -> bool:
+    return v is True or v == "True" or v == "true"
+
+
+def mmlu_pro(path: Path) -> Iterator[Row]:
+    for r in _read(path):
+        correct = {k: _bool(v) for k, v in _mapping(r["correct"]).items() if v is not None}
+        if not correct:
+            continue
+        options = r["options"] if isinstance(r["options"], list) else ast.literal_eval(r["options"])
+        letters = "ABCDEFGHIJ"
+        prompt = (
+            r["question"] + "\n" + "\n".join(f"{letters[i]}. {o}" for i, o in enumerate(options))
+        )
+        wrong = sum(not v for v in correct.values()) / len(correct)
+        yield Row(r["id"], "mmlu_pro", str(r["category"]), prompt, wrong, correct)
+
+
+def math_levels(path: Path) -> Iterator[Row]:
+    for r in _read(path):
+        yield Row(r["id"], "math", str(r["subject"]), r["problem"], (int(r["level"]) - 1) / 4)
+
+
+def gsm8k(path: Path) -> Iterator[Row]:
+    for r in _read(path):
+        lines = int(r["n_solution_lines"])
+        yield Row(r["id"], "gsm8k", "gsm8k", r["question"], min(max(lines - 1, 0), 8) / 8 * 0.6)
+
+
+def bbh(path: Path) -> Iterator[Row]:
+    for r in _read(path):
+        miss = 0.5 * (not _bool(r["correct_direct"])) + 0.5 * (not _bool(r["correct_cot"]))
+        yield Row(r["id"], "bbh", str(r["task"]), r["input"], miss)
+
+
+LOADERS = {
+    "mmlu_pro_outcomes.jsonl.gz": mmlu_pro,
+    "math_levels.jsonl.gz": math_levels,
+    "gsm8k.jsonl.gz": gsm8k,
+    "bbh_cot.jsonl.gz": bbh,
+}
+
+
+def shared_rows(directory: Path) -> list[Row]:
+    rows: list[Row] = []
+    for name, loader in LOADERS.items():
+        path = directory / name
+        if path.exists():
+            rows.extend(loader(path))
+    return rows
+
+
+def prompt_of(r: dict[str, Any]) -> str:
+    if isinstance(r.get("prompt"), str):
+        return str(r["prompt"])
+    messages = r.get("messages")
+    if isinstance(messages, list):
+        users = [
+            m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"
+        ]
+        if users and isinstance(users[-1], str):
+            return users[-1]
+    raise ValueError(f"row {r.get('id')!r} has neither 'prompt' nor user 'messages'")
+
+
+def jsonl_rows(path: Path) -> list[Row]:
+    rows = []
+    for r in _read(path):
+        correct = {k: _bool(v) for k, v in _mapping(r.get("correct")).items() if v is not None}
+        wrong = sum(not v for v in correct.values()) / len(correct) if correct else 0.5
+        rows.append(
+            Row(
+                str(r["id"]),
+                str(r.get("source", path.stem)),
+                str(r.get("category", r.get("source", ""))),
+                prompt_of(r),
+                wrong,
+                correct,
+            )
+        )
+    return rows

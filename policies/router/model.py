@@ -1,0 +1,84 @@
+"""A linear model over dense features and hashed n-grams; weights ship with the package.
+
+``score`` is the predicted probability that a request is hard: that the cheap option
+(Flash, non-thinking) gets it wrong where a stronger one would not. Inference is a sparse
+dot product in plain Python, tens of microseconds.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from policies.features import DENSE_NAMES, HASH_DIM, Features, extract_features
+
+WEIGHTS = "weights.npz"
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    hard: float
+    features: Features
+
+
+class LinearModel:
+    def __init__(
+        self, dense: np.ndarray, hashed: np.ndarray, meta: Mapping[str, Any] | None = None
+    ) -> None:
+        if dense.shape != (len(DENSE_NAMES),) or hashed.shape != (HASH_DIM,):
+            raise ValueError("weights do not match the feature layout of this version")
+        self.dense = [float(x) for x in dense]
+        self.hashed = hashed.astype(np.float64)
+        self._hashed_list = self.hashed.tolist()
+        self.meta = dict(meta or {})
+
+    def logit(self, f: Features) -> float:
+        h = self._hashed_list
+        dense = sum(w * x for w, x in zip(self.dense, f.dense, strict=True))
+        return float(dense + sum(h[i] for i in f.hashed))
+
+    def predict(self, f: Features) -> float:
+        z = self.logit(f)
+        return 1.0 / (1.0 + math.exp(-max(min(z, 30.0), -30.0)))
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        meta = np.array([f"{k}={v}" for k, v in self.meta.items()])
+        np.savez_compressed(
+            buf, dense=np.array(self.dense), hashed=self.hashed.astype(np.float32), meta=meta
+        )
+        return buf.getvalue()
+
+    @staticmethod
+    def from_bytes(data: bytes) -> LinearModel:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            meta = dict(str(m).split("=", 1) for m in z["meta"])
+            return LinearModel(z["dense"], z["hashed"].astype(np.float64), meta)
+
+
+@lru_cache(maxsize=1)
+def _shipped() -> LinearModel:
+    data = resources.files("policies.router").joinpath(WEIGHTS).read_bytes()
+    return LinearModel.from_bytes(data)
+
+
+class Router:
+    def __init__(self, model: LinearModel) -> None:
+        self.model = model
+
+    @staticmethod
+    def load_default() -> Router:
+        return Router(_shipped())
+
+    def score(
+        self, messages: Sequence[Mapping[str, Any]], *, tools: bool = False, json_mode: bool = False
+    ) -> Scores:
+        f = extract_features(messages, tools=tools, json_mode=json_mode)
+        return Scores(self.model.predict(f), f)

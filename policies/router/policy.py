@@ -1,0 +1,41 @@
+"""The ``auto`` policy: from a hardness score and the budget situation to (tier, mode).
+
+Constraints are applied later by the routing plan (pinned models, context, FIM); this
+decides what ``auto`` asks for: the cheapest option expected to be good enough. Scores at or
+above the Pro threshold go to Pro thinking; above the thinking threshold to Flash
+thinking; the rest to Flash without thinking. Budget pressure pushes down: a team past its
+downgrade threshold gets Flash, and thinking only for the hardest requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from policies.options import NON_THINKING, Mode
+from policies.router.calibration import Thresholds
+from policies.routing import AutoChoice
+
+
+@dataclass(frozen=True, slots=True)
+class AutoInput:
+    score: float
+    thresholds: Thresholds
+    downgrade: bool = False
+    strong_tier: str = "pro"
+    weak_tier: str = "flash"
+
+
+def decide(inp: AutoInput) -> AutoChoice:
+    s, t = inp.score, inp.thresholds
+    tag = f"hard={s:.2f}"
+    if inp.downgrade:
+        if s >= t.pro:
+            return AutoChoice(
+                inp.weak_tier, Mode(True, "high"), f"{tag}>={t.pro:.2f};budget-downgrade"
+            )
+        return AutoChoice(inp.weak_tier, NON_THINKING, f"{tag};budget-downgrade")
+    if s >= t.pro:
+        return AutoChoice(inp.strong_tier, Mode(True, "high"), f"{tag}>={t.pro:.2f}")
+    if s >= t.think:
+        return AutoChoice(inp.weak_tier, Mode(True, "high"), f"{tag}>={t.think:.2f}")
+    return AutoChoice(inp.weak_tier, NON_THINKING, f"{tag}<{t.think:.2f}")
