@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 HASH_DIM = 1 << 14
-MAX_SCAN_CHARS = 4000
+MAX_SCAN_CHARS = 2000
 
 _WORD = re.compile(r"[a-z][a-z0-9_']*|\d+|[^\sa-z0-9]")
 _CODE = re.compile(
@@ -103,7 +103,7 @@ def from_text(
     n = max(len(scan), 1)
     last_len = len(last) if last_chars is None else last_chars
     total = last_len if total_chars is None else total_chars
-    digits = sum(c.isdigit() for c in scan)
+    digits = sum(map(str.isdigit, scan))
     dense = (
         1.0,
         math.log1p(total) / 10,

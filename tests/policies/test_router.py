@@ -1,0 +1,178 @@
+"""Router: features, metrics on hand-computed cases, calibration, policy, shipped weights."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policies.features import DENSE_NAMES, MAX_SCAN_CHARS, extract_features, from_text, hash_ngrams
+from policies.options import NON_THINKING, Mode
+from policies.router import Router
+from policies.router.calibration import Calibrator, Thresholds
+from policies.router.metrics import bootstrap, curve
+from policies.router.model import LinearModel
+from policies.router.policy import AutoInput, decide
+from policies.router.train import fit
+
+D = {n: i for i, n in enumerate(DENSE_NAMES)}
+
+
+@pytest.mark.parametrize(
+    ("text", "feature", "positive"),
+    [
+        ("def f(x):\n    return x", "code", True),
+        ("hello there", "code", False),
+        ("Solve 3 + 4 = x and \\frac{1}{2}", "math", True),
+        ("Explain step by step", "reasoning", True),
+        ("Prove the claim", "reasoning", True),
+        ("First do this, then that, finally stop", "multi_step", True),
+        ("You must use exactly three words", "constraints", True),
+        ("what? why?", "questions", True),
+    ],
+)
+def test_dense_markers(text: str, feature: str, positive: bool) -> None:
+    assert (from_text(text).dense[D[feature]] > 0) is positive
+
+
+def test_conversation_features_and_flags() -> None:
+    msgs = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "answer"},
+        {"role": "user", "content": [{"type": "text", "text": "second question"}]},
+    ]
+    f = extract_features(msgs, tools=True, json_mode=True)
+    assert f.total_chars == len("be brief") + len("first question") + len("answer") + len(
+        "second question"
+    )
+    assert f.last_user_chars == len("second question")
+    assert f.dense[D["turns"]] == 0.2 and f.dense[D["tools"]] == 1 and f.dense[D["json_mode"]] == 1
+    assert f.dense[D["has_system"]] == 1
+    assert set(hash_ngrams("second question")) <= set(f.hashed)
+
+
+def test_hashing_is_stable_and_scan_is_bounded() -> None:
+    assert hash_ngrams("the quick brown fox") == hash_ngrams("the quick brown fox")
+    huge = "word " * 500_000
+    f = from_text(huge)
+    assert f.last_user_chars == len(huge)
+    assert f.hashed == from_text(huge[-MAX_SCAN_CHARS:]).hashed
+
+
+def test_curve_matches_a_hand_computed_case() -> None:
+    # 4 rows; weak right on rows 0,1; strong right on 0,1,2 (gap = 1 row of 4).
+    weak = [True, True, False, False]
+    strong = [True, True, True, False]
+    perfect = [0.1, 0.2, 0.9, 0.3]  # row 2 first: PGR 1 from a 25% strong share on
+    c = curve(weak, strong, perfect)
+    # shares 0, .1, .2 -> k = 0, 0, 1 (round(0.8)=1): PGR 0, 0, 1, then 1 ...
+    assert c.pgr[0] == 0 and c.pgr[1] == 0 and c.pgr[2] == 1 and c.pgr[-1] == 1
+    assert c.apgr == pytest.approx(0.1 * 0.5 + 0.8)  # trapezoid of 0->1 on [.1,.2], then 1
+    assert c.cpt50 == pytest.approx(0.15) and c.cpt80 == pytest.approx(0.18)
+    worst = curve(weak, strong, [0.9, 0.8, 0.1, 0.7])  # row 2 last
+    # k = round(share * 4): rows 0,1,3 up to share 0.8, all four from 0.9
+    assert worst.pgr[-3] == 0 and worst.pgr[-2] == 1 and worst.apgr == pytest.approx(0.05 + 0.1)
+
+
+def test_random_scores_average_half_and_bootstrap_brackets() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.random(2000) < 0.5
+    s = w | (rng.random(2000) < 0.4)
+    assert curve(w, s, [0.0] * 2000).apgr == pytest.approx(0.5, abs=0.05)
+    ci = bootstrap(w, s, s.astype(float) - w.astype(float), n=50)
+    lo, hi = ci["apgr"]
+    assert lo <= curve(w, s, s.astype(float) - w.astype(float)).apgr <= hi and lo > 0.8
+
+
+def test_calibration_meets_the_target_share() -> None:
+    cal = Calibrator(
+        pro_share=0.2,
+        think_share=0.3,
+        prior=Thresholds(0.9, 0.8),
+        min_samples=100,
+        recompute_every=10,
+    )
+    assert cal.thresholds == Thresholds(0.9, 0.8)
+    scores = [i / 1000 for i in range(1000)]
+    for s in scores:
+        cal.observe(s)
+    t = cal.thresholds
+    assert t.pro == pytest.approx(0.8, abs=0.01) and t.think == pytest.approx(0.5, abs=0.01)
+    for s in scores:
+        cal.record(s >= t.pro)
+    assert cal.realised_pro_share == pytest.approx(0.2, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("score", "downgrade", "tier", "mode"),
+    [
+        (0.9, False, "pro", Mode(True, "high")),
+        (0.5, False, "flash", Mode(True, "high")),
+        (0.1, False, "flash", NON_THINKING),
+        (0.9, True, "flash", Mode(True, "high")),
+        (0.5, True, "flash", NON_THINKING),
+    ],
+)
+def test_auto_policy(score: float, downgrade: bool, tier: str, mode: Mode) -> None:
+    choice = decide(AutoInput(score, Thresholds(0.7, 0.4), downgrade))
+    assert (choice.tier, choice.mode) == (tier, mode)
+    assert (
+        choice.reason.startswith(f"hard={score:.2f}")
+        and ("budget-downgrade" in choice.reason) is downgrade
+    )
+
+
+def test_training_learns_a_separable_signal_and_round_trips() -> None:
+    easy = [from_text(f"say hi to {n}") for n in ("ann", "bob", "cy", "di")] * 10
+    hard = [from_text(f"prove theorem {n} step by step") for n in ("a", "b", "c", "d")] * 10
+    model = fit(easy + hard, [0.0] * 40 + [1.0] * 40, steps=200)
+    assert model.predict(hard[0]) > 0.8 > 0.2 > model.predict(easy[0])
+    again = LinearModel.from_bytes(model.to_bytes())
+    assert again.predict(hard[0]) == pytest.approx(model.predict(hard[0]), abs=1e-5)
+
+
+def test_shipped_weights_rank_a_hard_question_above_small_talk() -> None:
+    r = Router.load_default()
+    hard = r.score(
+        [
+            {
+                "role": "user",
+                "content": (
+                    "A 2.0 kg block slides down a frictionless incline of angle 30 degrees from a height of 5.0 m, then "
+                    "compresses a spring of constant 400 N/m. Find the maximum compression.\nA. 0.5 m\nB. 0.7 m\nC. 1.0 m"
+                ),
+            }
+        ]
+    )
+    easy = r.score([{"role": "user", "content": "Write a two-line thank-you note."}])
+    assert hard.hard > 0.6 > 0.3 > easy.hard
+    assert {"prior_pro", "prior_think"} <= set(r.model.meta)
+
+
+FORBIDDEN = {
+    "fastapi",
+    "starlette",
+    "redis",
+    "sqlalchemy",
+    "httpx",
+    "aiohttp",
+    "litellm",
+    "uvicorn",
+}
+
+
+def test_policies_import_no_io_libraries() -> None:
+    root = Path(__file__).resolve().parents[2] / "policies"
+    bad = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            bad += [f"{path.name}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+    assert bad == []
