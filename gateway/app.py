@@ -24,6 +24,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, rule_classifier
 from gateway.router_service import RouterService
 from gateway.routes import admin as admin_routes
+from gateway.routes import anthropic as anthropic_routes
 from gateway.routes import openai as openai_routes
 from gateway.routes import system as system_routes
 from gateway.settings import Settings, get_settings
@@ -44,7 +45,8 @@ async def open_accounting(settings: Settings, catalog: Catalog, metrics: Metrics
 
 
 def _protocol(request: Request) -> str:
-    return "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
+    path = request.url.path
+    return "anthropic" if path.startswith(("/v1/messages", "/anthropic/")) else "openai"
 
 
 def create_app(
@@ -95,6 +97,7 @@ def create_app(
     )
     app.include_router(system_routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(anthropic_routes.router)
     app.include_router(admin_routes.router)
 
     @app.exception_handler(TiergateError)
