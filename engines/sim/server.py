@@ -79,6 +79,7 @@ def create_sim_app(config: SimConfig) -> Starlette:
             return _error(400, "invalid JSON body", state)
         if not isinstance(body, dict):
             return _error(400, "body must be a JSON object", state)
+        state.last_user_id = body.get("user_id") if isinstance(body.get("user_id"), str) else None
         try:
             gen = (
                 plan_chat(state, body, request.headers)

@@ -43,6 +43,7 @@ class SimState:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.healthy = True
+        self.last_user_id: str | None = None
         self.fail_rate = config.fail_rate
         self.fail_status = config.fail_status
         self.fail_mode = config.fail_mode
@@ -144,4 +145,5 @@ class SimState:
             "healthy": self.healthy,
             "fail_rate": self.fail_rate,
             "replica_id": self.config.replica_id,
+            "last_user_id": self.last_user_id,
         }
