@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import openai
 import pytest
 
-from .conftest import Gateway
+from .conftest import Gateway, Sims
 
 TOOLS = [
     {
@@ -103,10 +104,11 @@ def test_thinking_tool_turn_round_trips_reasoning_content(hosted_first: Gateway)
     assert "reasoning_content" in info.value.body["message"]
 
 
-def test_user_id_reaches_the_hosted_api(hosted_first: Gateway) -> None:
+def test_user_id_reaches_the_hosted_api(hosted_first: Gateway, sims: Sims) -> None:
     resp = hosted_first.client().chat.completions.create(
         model="deepseek-chat",
         messages=[{"role": "user", "content": "hi"}],
         extra_body={"user_id": "end-user-7"},
     )
     assert resp.choices[0].message.content
+    assert httpx.get(sims.hosted + "/sim/stats").json()["last_user_id"] == "end-user-7"
