@@ -41,9 +41,13 @@ async def readyz(request: Request) -> Response:
 @router.get("/v1/models", summary="Models and aliases this gateway serves")
 async def list_models(request: Request) -> Response:
     st = state_of(request)
+    caller = await st.pipeline.authenticate(request.headers)
+    allowed = caller.allowed_models
     now = int(time.time())
     data = []
     for name in st.catalog.public_model_names():
+        if allowed is not None and name not in allowed:
+            continue
         entry = st.catalog.lookup_model(name)
         item: dict[str, object] = {
             "id": name,

@@ -420,3 +420,12 @@ def test_sigkill_loses_no_settled_request(gateways: Gateways, pg_url: str) -> No
     assert rows >= len(ok_ids)
     gateways.spawn(int(url.rsplit(":", 1)[1]))
     wait_ready(url)
+
+
+def test_models_list_what_the_key_may_use(gateways: Gateways) -> None:
+    _, _, key = new_key(gateways, "narrow", allowed_models=["deepseek-chat", "auto"])
+    r = httpx.get(gateways.urls[0] + "/v1/models", headers={"Authorization": f"Bearer {key}"})
+    assert sorted(m["id"] for m in r.json()["data"]) == ["auto", "deepseek-chat"]
+    denied = chat(gateways.urls[0], key, model="deepseek-v4-pro")
+    assert denied.status_code == 403 and "may not use model" in denied.json()["error"]["message"]
+    assert httpx.get(gateways.urls[0] + "/v1/models").status_code == 401
