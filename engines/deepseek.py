@@ -109,5 +109,8 @@ class DeepSeekEngine:
     async def health(self) -> bool:
         return bool(self._api_key)
 
+    async def start(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None

@@ -138,6 +138,9 @@ class LitellmEngine:
     async def health(self) -> bool:
         return True
 
+    async def start(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 
 from engines.base import Engine
@@ -11,7 +13,9 @@ from engines.vllm import VllmEngine
 from policies.catalog import Catalog, HostedBackend
 
 
-def build_engines(catalog: Catalog, session: aiohttp.ClientSession) -> dict[str, Engine]:
+def build_engines(
+    catalog: Catalog, session: aiohttp.ClientSession, metrics: Any = None
+) -> dict[str, Engine]:
     engines: dict[str, Engine] = {}
     for name, spec in catalog.backends.items():
         if isinstance(spec, HostedBackend):
@@ -21,7 +25,7 @@ def build_engines(catalog: Catalog, session: aiohttp.ClientSession) -> dict[str,
                 else DeepSeekEngine(name, spec, session)
             )
         else:
-            engines[name] = VllmEngine(name, spec, session)
+            engines[name] = VllmEngine(name, spec, session, metrics=metrics)
     for name, pt in catalog.passthrough.items():
         engines[name] = LitellmEngine(name, passthrough=pt)
     return engines

@@ -1,26 +1,50 @@
 """Engine for a pool of self-hosted vLLM replicas (OpenAI-compatible HTTP).
 
-Picks a replica (fewest in flight; replicas that just failed sit out a cool-down), retries
-connection errors and 5xx on another replica before the first byte, and streams SSE
-through with minimal parsing.
+- Discovery: static URLs from the catalog, or DNS A records refreshed on an interval.
+- Health and load: each replica's ``/health`` and ``/metrics`` (running, waiting, KV usage)
+  polled on an interval, plus the gateway's own in-flight count per replica.
+- Circuit breaker: consecutive failures open it for a cool-down; then one request probes
+  (half-open); a failure re-opens it at once, a success closes it.
+- Selection: ``policies.affinity`` (prefix affinity with bounded load, or least-loaded).
+- Failover: connection errors and 5xx before the first byte go to the next replica.
+- Saturation: when every usable replica's queue is at ``max_queue_depth`` the pool reports
+  itself saturated, and the route plan spills to the hosted API.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from engines.base import EngineRequest, EngineResponse
 from engines.http import error_for_status, read_json_object, translate_errors
 from engines.sse_stream import SSEStream
 from engines.translate import normalize_response, vllm_body
+from policies.affinity import ReplicaView, affinity_key, order
 from policies.catalog import VllmBackend
 from policies.errors import UpstreamError, UpstreamUnavailable
 
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+# The gateway has no tokenizer: 256 V4 tokens are about 1 KiB of English text, so the
+# affinity key hashes the first whole 1 KiB blocks (up to 8) of the prompt's text.
+_BLOCK_CHARS = 1024
+_MAX_BLOCKS = 8
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def resolve_a(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(i[4][0]) for i in infos})
 
 
 @dataclass(slots=True)
@@ -28,19 +52,47 @@ class Replica:
     url: str
     in_flight: int = 0
     failures: int = 0
-    down_until: float = 0.0
+    open_until: float = 0.0
+    half_open: bool = False
+    healthy: bool = True
+    waiting: int = 0
+    running: int = 0
+    kv_usage: float = 0.0
 
     def usable(self, now: float) -> bool:
-        return now >= self.down_until
+        return self.healthy and now >= self.open_until
+
+    @property
+    def breaker(self) -> str:
+        if self.open_until > time.monotonic():
+            return "open"
+        return "half-open" if self.half_open else "closed"
 
     def record_failure(self, now: float, cooldown_s: float, threshold: int) -> None:
         self.failures += 1
-        if self.failures >= threshold:
-            self.down_until = now + cooldown_s
+        if self.half_open or self.failures >= threshold:
+            self.open_until = now + cooldown_s
+            self.half_open = True  # after the cool-down, one probe decides
 
     def record_success(self) -> None:
         self.failures = 0
-        self.down_until = 0.0
+        self.open_until = 0.0
+        self.half_open = False
+
+
+def _prompt_parts(body: dict[str, Any]) -> list[str]:
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        parts = []
+        for m in messages:
+            c = m.get("content") if isinstance(m, dict) else None
+            if isinstance(c, str):
+                parts.append(c)
+            elif isinstance(c, list):
+                parts.extend(p.get("text", "") for p in c if isinstance(p, dict))
+        return parts
+    prompt = body.get("prompt")
+    return [prompt] if isinstance(prompt, str) else []
 
 
 class VllmEngine:
@@ -52,42 +104,148 @@ class VllmEngine:
         spec: VllmBackend,
         session: aiohttp.ClientSession,
         *,
-        failure_threshold: int = 2,
-        cooldown_s: float = 5.0,
+        metrics: Any = None,
+        resolver: Resolver = resolve_a,
     ) -> None:
         self.name = name
         self.spec = spec
         self._session = session
+        self._metrics = metrics
+        self._resolver = resolver
         self._replicas = [Replica(u.rstrip("/")) for u in spec.replicas]
         self._rr = 0
-        self._threshold = failure_threshold
-        self._cooldown = cooldown_s
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=spec.connect_timeout_s, sock_read=spec.timeout_s
         )
+        self._poll_timeout = aiohttp.ClientTimeout(total=max(0.5, spec.poll_interval_s))
+        self._tasks: list[asyncio.Task[None]] = []
 
-    # ---- replica choice ------------------------------------------------------------
+    # ---- lifecycle -----------------------------------------------------------------------
 
-    def _order(self) -> list[Replica]:
-        now = time.monotonic()
-        self._rr = (self._rr + 1) % len(self._replicas)
-        rotated = self._replicas[self._rr :] + self._replicas[: self._rr]
-        usable = sorted((r for r in rotated if r.usable(now)), key=lambda r: r.in_flight)
-        resting = [r for r in rotated if not r.usable(now)]
-        return usable + resting
+    async def start(self) -> None:
+        if self.spec.discovery is not None:
+            await self.refresh_discovery()
+            self._tasks.append(asyncio.create_task(self._discover_loop(), name=f"dns:{self.name}"))
+        self._tasks.append(asyncio.create_task(self._poll_loop(), name=f"poll:{self.name}"))
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+
+    # ---- discovery and polling ---------------------------------------------------------
+
+    async def refresh_discovery(self) -> None:
+        d = self.spec.discovery
+        if d is None:
+            return
+        try:
+            addrs = await self._resolver(d.dns, d.port)
+        except OSError:
+            return  # keep the last known set while DNS is away
+        urls = {f"{d.scheme}://{a}:{d.port}" for a in addrs}
+        keep = [r for r in self._replicas if r.url in urls]
+        known = {r.url for r in keep}
+        self._replicas = keep + [Replica(u) for u in sorted(urls - known)]
+
+    async def _discover_loop(self) -> None:
+        assert self.spec.discovery is not None
+        while True:
+            await asyncio.sleep(self.spec.discovery.interval_s)
+            await self.refresh_discovery()
+
+    async def poll_once(self) -> None:
+        await asyncio.gather(*(self._poll(r) for r in list(self._replicas)))
+        self._export()
+
+    async def _poll(self, r: Replica) -> None:
+        try:
+            async with self._session.get(r.url + "/health", timeout=self._poll_timeout) as h:
+                r.healthy = h.status == 200
+            if not r.healthy:
+                return
+            async with self._session.get(r.url + "/metrics", timeout=self._poll_timeout) as m:
+                text = await m.text()
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            r.healthy = False
+            return
+        values: dict[str, float] = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name in (
+                    "vllm:num_requests_waiting",
+                    "vllm:num_requests_running",
+                    "vllm:kv_cache_usage_perc",
+                    "vllm:gpu_cache_usage_perc",
+                ):
+                    values[s.name] = values.get(s.name, 0.0) + s.value
+        r.waiting = int(values.get("vllm:num_requests_waiting", 0))
+        r.running = int(values.get("vllm:num_requests_running", 0))
+        r.kv_usage = values.get(
+            "vllm:kv_cache_usage_perc", values.get("vllm:gpu_cache_usage_perc", 0.0)
+        )
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await self.poll_once()
+            await asyncio.sleep(self.spec.poll_interval_s)
+
+    def _export(self) -> None:
+        m = self._metrics
+        if m is None:
+            return
+        for r in self._replicas:
+            m.replica_in_flight.labels(self.name, r.url).set(r.in_flight)
+            m.replica_up.labels(self.name, r.url).set(1 if r.usable(time.monotonic()) else 0)
+            m.replica_waiting.labels(self.name, r.url).set(r.waiting)
+
+    # ---- state for the route plan ------------------------------------------------------
 
     def available(self) -> bool:
         now = time.monotonic()
         return any(r.usable(now) for r in self._replicas)
 
+    def saturated(self) -> bool:
+        now = time.monotonic()
+        live = [r for r in self._replicas if r.usable(now)]
+        return bool(live) and all(r.waiting >= self.spec.max_queue_depth for r in live)
+
+    def replicas(self) -> list[Replica]:
+        return list(self._replicas)
+
+    # ---- dispatch --------------------------------------------------------------------------
+
+    def _order(self, req: EngineRequest) -> tuple[list[Replica], str]:
+        now = time.monotonic()
+        self._rr += 1
+        views = [ReplicaView(r.url, r.usable(now), r.in_flight, r.waiting) for r in self._replicas]
+        key = None
+        if self.spec.selection == "affinity":
+            key = affinity_key(
+                req.option.tier + "/" + req.option.mode.label,
+                _prompt_parts(req.body),
+                _BLOCK_CHARS,
+                _MAX_BLOCKS,
+            )
+        idx, why = order(
+            views, key, strategy=self.spec.selection, load_factor=self.spec.load_factor, rr=self._rr
+        )
+        return [self._replicas[i] for i in idx], why
+
     async def _open(
         self, req: EngineRequest, stream: bool
     ) -> tuple[aiohttp.ClientResponse, Replica]:
+        if not self._replicas:
+            raise UpstreamUnavailable(f"backend {self.name} has no replicas (discovery found none)")
         body = vllm_body(req.body, req.option.mode, self.spec.served_model, req.endpoint, stream)
         data = orjson.dumps(body)
         headers = {"Content-Type": "application/json", "X-Request-Id": req.request_id}
+        candidates, why = self._order(req)
         last: UpstreamError | None = None
-        for replica in self._order():
+        for n, replica in enumerate(candidates):
             where = f"replica {replica.url} of {self.name}"
             replica.in_flight += 1
             try:
@@ -106,14 +264,19 @@ class VllmEngine:
                 replica.in_flight -= 1
                 if not exc.retryable:
                     raise
-                replica.record_failure(time.monotonic(), self._cooldown, self._threshold)
+                replica.record_failure(
+                    time.monotonic(), self.spec.breaker_cooldown_s, self.spec.breaker_failures
+                )
                 last = exc
                 continue
             replica.record_success()
+            if self._metrics is not None:
+                self._metrics.replica_selections.labels(
+                    self.name, replica.url, why if n == 0 else "retry"
+                ).inc()
             return resp, replica
-        raise last or UpstreamUnavailable(f"backend {self.name} has no replicas")
-
-    # ---- Engine interface ------------------------------------------------------------
+        self._export()
+        raise last or UpstreamUnavailable(f"backend {self.name} has no usable replica")
 
     async def complete(self, req: EngineRequest) -> EngineResponse:
         resp, replica = await self._open(req, stream=False)
@@ -127,15 +290,13 @@ class VllmEngine:
     async def stream(self, req: EngineRequest) -> SSEStream:
         resp, replica = await self._open(req, stream=True)
         include = bool((req.body.get("stream_options") or {}).get("include_usage"))
-        where = f"replica {replica.url} of {self.name}"
 
         def done() -> None:
             replica.in_flight -= 1
 
-        return SSEStream(resp, replica.url, include, where, on_close=done)
+        return SSEStream(
+            resp, replica.url, include, f"replica {replica.url} of {self.name}", on_close=done
+        )
 
     async def health(self) -> bool:
         return self.available()
-
-    async def close(self) -> None:
-        return None

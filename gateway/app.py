@@ -64,7 +64,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics()
         session = new_session(limit=settings.upstream_connections)
-        engines = build_engines(loaded, session)
+        engines = build_engines(loaded, session, metrics)
+        for engine in engines.values():
+            await engine.start()
         accounting = await accounting_factory(settings, loaded, metrics)
         await accounting.start()
         classifier = (

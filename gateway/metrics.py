@@ -101,6 +101,31 @@ class Metrics:
             "Age of the oldest settled ledger event not yet written to the database.",
             registry=r,
         )
+        pool = ("backend", "replica")
+        self.replica_in_flight = Gauge(
+            "tiergate_replica_in_flight",
+            "Requests in flight per replica (gateway side).",
+            pool,
+            registry=r,
+        )
+        self.replica_up = Gauge(
+            "tiergate_replica_up",
+            "1 if the replica is healthy and its breaker closed.",
+            pool,
+            registry=r,
+        )
+        self.replica_waiting = Gauge(
+            "tiergate_replica_waiting",
+            "Requests waiting in the replica's own queue (polled).",
+            pool,
+            registry=r,
+        )
+        self.replica_selections = Counter(
+            "tiergate_replica_selections",
+            "Replica choices by reason (affinity, affinity-spill, least-loaded, round-robin, retry).",
+            (*pool, "reason"),
+            registry=r,
+        )
         self.in_flight = Gauge(
             "tiergate_in_flight_requests",
             "Requests being served right now.",

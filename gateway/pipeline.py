@@ -114,7 +114,11 @@ class Pipeline:
         states = {}
         for name, engine in self.engines.items():
             available = getattr(engine, "available", None)
-            states[name] = BackendState(available=available() if callable(available) else True)
+            saturated = getattr(engine, "saturated", None)
+            states[name] = BackendState(
+                available=available() if callable(available) else True,
+                saturated=saturated() if callable(saturated) else False,
+            )
         return states
 
     async def authenticate(self, headers: Mapping[str, str], protocol: str = "openai") -> Caller:

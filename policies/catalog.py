@@ -94,6 +94,15 @@ class HostedBackend(_Strict):
     max_retries: int = Field(default=2, ge=0)
 
 
+class Discovery(_Strict):
+    """Replicas from DNS A records, e.g. a Kubernetes headless Service."""
+
+    dns: str
+    port: int = Field(default=8000, gt=0, le=65535)
+    scheme: Literal["http", "https"] = "http"
+    interval_s: float = Field(default=10.0, gt=0)
+
+
 class VllmBackend(_Strict):
     """A pool of self-hosted vLLM replicas serving one tier."""
 
@@ -101,18 +110,25 @@ class VllmBackend(_Strict):
     tier: str
     served_model: str
     replicas: tuple[str, ...] = ()
+    discovery: Discovery | None = None
     max_model_len: int = Field(gt=0)
     cost: SelfHostedCost | None = None
     prices: str | None = None
     timeout_s: float = Field(default=600.0, gt=0)
     connect_timeout_s: float = Field(default=2.0, gt=0)
+    selection: Literal["affinity", "least_loaded", "round_robin"] = "affinity"
+    load_factor: float = Field(default=1.25, ge=1.0)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    max_queue_depth: int = Field(default=32, gt=0)
+    breaker_failures: int = Field(default=2, gt=0)
+    breaker_cooldown_s: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
     def _priced(self) -> VllmBackend:
         if (self.cost is None) == (self.prices is None):
             raise ValueError("a vllm backend needs exactly one of 'cost' (GPU cost) or 'prices'")
-        if not self.replicas:
-            raise ValueError("a vllm backend needs at least one replica URL")
+        if not self.replicas and self.discovery is None:
+            raise ValueError("a vllm backend needs replica URLs or a 'discovery' section")
         return self
 
 
