@@ -236,7 +236,7 @@ class VllmEngine:
         return [self._replicas[i] for i in idx], why
 
     async def _open(
-        self, req: EngineRequest, stream: bool
+        self, req: EngineRequest, stream: bool, skip: frozenset[str] = frozenset()
     ) -> tuple[aiohttp.ClientResponse, Replica]:
         if not self._replicas:
             raise UpstreamUnavailable(f"backend {self.name} has no replicas (discovery found none)")
@@ -244,6 +244,7 @@ class VllmEngine:
         data = orjson.dumps(body)
         headers = {"Content-Type": "application/json", "X-Request-Id": req.request_id}
         candidates, why = self._order(req)
+        candidates = [r for r in candidates if r.url not in skip]
         last: UpstreamError | None = None
         for n, replica in enumerate(candidates):
             where = f"replica {replica.url} of {self.name}"
@@ -279,13 +280,24 @@ class VllmEngine:
         raise last or UpstreamUnavailable(f"backend {self.name} has no usable replica")
 
     async def complete(self, req: EngineRequest) -> EngineResponse:
-        resp, replica = await self._open(req, stream=False)
-        try:
-            body = await read_json_object(resp, f"replica {replica.url} of {self.name}")
-        finally:
-            replica.in_flight -= 1
-        usage = normalize_response(body)
-        return EngineResponse(body=body, usage=usage, replica=replica.url)
+        # Nothing has reached the client yet: a body that breaks off is retried elsewhere too.
+        skip: set[str] = set()
+        while True:
+            resp, replica = await self._open(req, stream=False, skip=frozenset(skip))
+            try:
+                body = await read_json_object(resp, f"replica {replica.url} of {self.name}")
+            except UpstreamError as exc:
+                if not exc.retryable or len(skip) + 1 >= len(self._replicas):
+                    raise
+                replica.record_failure(
+                    time.monotonic(), self.spec.breaker_cooldown_s, self.spec.breaker_failures
+                )
+                skip.add(replica.url)
+                continue
+            finally:
+                replica.in_flight -= 1
+            usage = normalize_response(body)
+            return EngineResponse(body=body, usage=usage, replica=replica.url)
 
     async def stream(self, req: EngineRequest) -> SSEStream:
         resp, replica = await self._open(req, stream=True)

@@ -38,7 +38,10 @@ def _broken(mutate) -> str:
             "unknown 'nope'",
         ),
         (lambda d: d["backends"]["flash-local"].update(kind="tgi"), "backends.flash-local"),
-        (lambda d: d["backends"]["flash-local"].update(replicas=[]), "replica URLs or a 'discovery'"),
+        (
+            lambda d: d["backends"]["flash-local"].update(replicas=[]),
+            "replica URLs or a 'discovery'",
+        ),
         (lambda d: d["prices"]["deepseek-flash"].reverse(), "strictly increasing"),
         (
             lambda d: d["prices"]["deepseek-flash"][0].update(effective="2026-04-24T00:00:00"),

@@ -1,0 +1,194 @@
+"""Replica pools over real HTTP: affinity, bounded load, ejection and re-admission, spill-over."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+import yaml
+
+from engines.sim.config import SimConfig
+from engines.sim.runner import SimServer
+from engines.vllm import VllmEngine
+from policies.catalog import VllmBackend, parse_catalog
+
+from .conftest import DEMO, Gateway, Sims, start_gateway
+
+SYSTEM = "You are the support bot of tenant {t}. Policies follow. " + "Policy text. " * 400
+
+
+@pytest.fixture(scope="module")
+def pool4() -> Iterator[list[SimServer]]:
+    sims = [
+        SimServer(SimConfig.preset("flash", replica_id=f"p{i}", max_num_seqs=1).scaled(0.0))
+        for i in range(4)
+    ]
+    for s in sims:
+        s.start()
+    yield sims
+    for s in sims:
+        s.stop()
+
+
+def catalog_for(urls: list[str], hosted: str, **backend: Any) -> Any:
+    data = yaml.safe_load(DEMO.read_text())
+    data["backends"]["flash-local"]["replicas"] = urls
+    data["backends"]["flash-local"].update(poll_interval_s=0.2, **backend)
+    data["backends"]["pro-local"]["replicas"] = urls[:1]
+    data["backends"]["hosted"]["base_url"] = hosted
+    return parse_catalog(data)
+
+
+@pytest.fixture(scope="module")
+def pooled(
+    pool4: list[SimServer], sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> Iterator[Gateway]:
+    server, gw = start_gateway(catalog_for([s.base_url for s in pool4], sims.hosted))
+    yield gw
+    server.stop()
+
+
+def ask(gw: Gateway, system: str, user: str) -> str:
+    gw.client().chat.completions.create(
+        model="deepseek-chat",
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+        max_tokens=4,
+    )
+    replica = gw.accounting.settled[-1].replica
+    assert replica is not None
+    return replica
+
+
+def test_a_session_stays_on_one_replica_and_tenants_spread(pooled: Gateway) -> None:
+    for t in range(8):
+        seen = {ask(pooled, SYSTEM.format(t=t), f"question {q}") for q in range(4)}
+        assert len(seen) == 1, f"tenant {t} hopped replicas: {seen}"
+    homes = {ask(pooled, SYSTEM.format(t=t), "again") for t in range(8)}
+    assert len(homes) >= 2
+
+
+async def _burst(gw: Gateway, system: str, n: int) -> list[str]:
+    body = {
+        "model": "deepseek-chat",
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+    }
+    async with httpx.AsyncClient(timeout=30) as c:
+        await asyncio.gather(
+            *(c.post(gw.url + "/v1/chat/completions", json=body) for _ in range(n))
+        )
+    return [s.replica for s in gw.accounting.settled[-n:] if s.replica]
+
+
+def test_a_hot_prefix_spreads_under_bounded_load(pooled: Gateway, pool4: list[SimServer]) -> None:
+    for s in pool4:  # slow replicas: requests overlap, so load bounds bite
+        httpx.post(s.base_url + "/sim/control", json={"itl_s": 0.01, "ttft_base_s": 0.02})
+    try:
+        used = Counter(asyncio.run(_burst(pooled, SYSTEM.format(t="hot"), 24)))
+    finally:
+        for s in pool4:
+            httpx.post(s.base_url + "/sim/control", json={"itl_s": 0.0, "ttft_base_s": 0.0})
+    assert len(used) >= 2, used
+    assert max(used.values()) < 24
+
+
+def test_failing_replica_is_ejected_then_readmitted(
+    pooled: Gateway, pool4: list[SimServer]
+) -> None:
+    victim = pool4[0].base_url
+    httpx.post(victim + "/sim/control", json={"healthy": False})
+    time.sleep(0.6)
+    ready = httpx.get(pooled.url + "/metrics").text
+    assert f'tiergate_replica_up{{backend="flash-local",replica="{victim}"}} 0.0' in ready
+    picks = {ask(pooled, SYSTEM.format(t=t), "q") for t in range(12)}
+    assert victim not in picks
+    httpx.post(victim + "/sim/control", json={"healthy": True})
+    time.sleep(0.6)
+    picks = {ask(pooled, SYSTEM.format(t=t), "q") for t in range(12)}
+    assert victim in picks
+
+
+def test_killed_replica_before_first_byte_is_retried(
+    pooled: Gateway, pool4: list[SimServer]
+) -> None:
+    for s in pool4[:2]:
+        httpx.post(s.base_url + "/sim/control", json={"fail_rate": 1.0, "fail_mode": "disconnect"})
+    try:
+        for t in range(6):
+            assert ask(pooled, SYSTEM.format(t=t), "q") in {s.base_url for s in pool4[2:]}
+    finally:
+        for s in pool4[:2]:
+            httpx.post(s.base_url + "/sim/control", json={"fail_rate": 0.0, "fail_mode": ""})
+
+
+def test_saturated_pool_spills_to_hosted_with_reason(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    slow = SimServer(
+        SimConfig.preset("flash", replica_id="slow", max_num_seqs=1, itl_s=0.05, ttft_base_s=0.1)
+    ).start()
+    server, gw = start_gateway(catalog_for([slow.base_url], sims.hosted, max_queue_depth=1))
+    try:
+
+        async def scenario() -> str:
+            body = {
+                "model": "deepseek-chat",
+                "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": 30,
+            }
+            async with httpx.AsyncClient(timeout=30) as c:
+                busy = [
+                    asyncio.create_task(c.post(gw.url + "/v1/chat/completions", json=body))
+                    for _ in range(3)
+                ]
+                await asyncio.sleep(0.6)  # the poller sees a queue on the only replica
+                r = await c.post(gw.url + "/v1/chat/completions", json=body)
+                await asyncio.gather(*busy)
+                return r.headers["x-tiergate-route"]
+
+        route = asyncio.run(scenario())
+    finally:
+        server.stop()
+        slow.stop()
+    assert route.startswith("flash/non-thinking/hosted") and "spill:flash-local:saturated" in route
+
+
+async def test_dns_discovery_follows_the_records(pool4: list[SimServer]) -> None:
+    records = {"vllm-flash": ["127.0.0.1"]}
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return records[host]
+
+    port = int(pool4[0].base_url.rsplit(":", 1)[1])
+    spec = VllmBackend.model_validate(
+        {
+            "kind": "vllm",
+            "tier": "flash",
+            "served_model": "deepseek-ai/DeepSeek-V4-Flash",
+            "discovery": {"dns": "vllm-flash", "port": port, "interval_s": 0.1},
+            "max_model_len": 1000,
+            "prices": "x",
+        }
+    )
+    async with aiohttp.ClientSession() as session:
+        engine = VllmEngine("flash-local", spec, session, resolver=resolver)
+        await engine.start()
+        try:
+            assert [r.url for r in engine.replicas()] == [f"http://127.0.0.1:{port}"]
+            records["vllm-flash"] = ["127.0.0.1", "127.0.0.2"]
+            await asyncio.sleep(0.3)
+            assert [r.url for r in engine.replicas()] == [
+                f"http://127.0.0.1:{port}",
+                f"http://127.0.0.2:{port}",
+            ]
+            records["vllm-flash"] = ["127.0.0.2"]
+            await asyncio.sleep(0.3)
+            assert [r.url for r in engine.replicas()] == [f"http://127.0.0.2:{port}"]
+        finally:
+            await engine.close()
