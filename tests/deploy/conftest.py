@@ -1,0 +1,1 @@
+from tests.e2e.conftest import monkeypatch_module, sims  # noqa: F401  (shared fixtures)
