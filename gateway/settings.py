@@ -21,7 +21,6 @@ class Settings(BaseSettings):
     config: Path = Field(default=Path("examples/demo.yaml"), description="catalog YAML file")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
-    workers: int = Field(default=1, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool | None = None
     log_prompts: bool = False
@@ -33,7 +32,6 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = None
     require_api_key: bool = False
     budget_timezone: str = "UTC"
-    redis_failure_mode: Literal["closed", "open"] = "closed"
 
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     max_messages: int = Field(default=10_000, gt=0)
