@@ -122,7 +122,7 @@ class Metrics:
         )
         self.replica_selections = Counter(
             "tiergate_replica_selections",
-            "Replica choices by reason (affinity, affinity-spill, least-loaded, round-robin, retry).",
+            "Replica choices by reason: affinity, affinity-spill, least-loaded, round-robin, retry.",
             (*pool, "reason"),
             registry=r,
         )
