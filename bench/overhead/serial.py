@@ -110,6 +110,47 @@ def measure(
     return out
 
 
+LITELLM_VENV = ROOT / "var" / "litellm-venv"
+LITELLM_KEY = "sk-bench-" + "7f3a9c2e5b1d4f6a8c0e2b4d6f8a1c3e"
+
+
+def litellm_proxy(sim_port: int, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """LiteLLM's proxy as BENCHMARKING.md says: pinned, own venv, no callbacks, no retries."""
+    exe = LITELLM_VENV / "bin" / "litellm"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        pip = str(LITELLM_VENV / "bin" / "pip")
+        subprocess.run(
+            [pip, "install", "-q", "litellm[proxy]==1.106.2", "opentelemetry-sdk"], check=True
+        )
+    upstream = {
+        "model": "openai/deepseek-ai/DeepSeek-V4-Flash",
+        "api_base": f"http://127.0.0.1:{sim_port}/v1",
+        "api_key": "sim",
+    }
+    cfg = {
+        "model_list": [{"model_name": "deepseek-chat", "litellm_params": upstream}],
+        "litellm_settings": {"callbacks": [], "num_retries": 0},
+        "general_settings": {"master_key": LITELLM_KEY},
+    }
+    path = Path(tempfile.mkdtemp()) / "litellm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    lenv = {**env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    cmd = [str(exe), "--config", str(path), "--host", "127.0.0.1", "--port", str(port)]
+    return subprocess.Popen(
+        pinned([*cmd, "--num_workers", "1"], 0),
+        env=lenv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def start(cmd: list[str], core: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        pinned(cmd, core), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=1000)
@@ -117,9 +158,12 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "var" / "bench" / "serial.json"))
     ap.add_argument("--database-url", help="run the money path: keys, budgets, ledger in this DB")
     ap.add_argument("--redis-url", help="with --database-url: budgets and ledger stream in Redis")
+    ap.add_argument(
+        "--litellm", action="store_true", help="also LiteLLM's proxy (pinned, own venv in var/)"
+    )
     args = ap.parse_args()
 
-    sim_port, gw_port = free_port(), free_port()
+    sim_port, gw_port, ll_port = free_port(), free_port(), free_port()
     catalog = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
     catalog["backends"]["flash-local"]["replicas"] = [f"http://127.0.0.1:{sim_port}"]
     tmp = Path(tempfile.mkdtemp())
@@ -139,54 +183,44 @@ def main() -> int:
             env["TIERGATE_REDIS_PREFIX"] = f"tgbench{os.getpid()}:"
         headers["Authorization"] = "Bearer " + provision(args.database_url)
     py = sys.executable
-    sim = subprocess.Popen(
-        pinned(
-            [
-                py,
-                "-m",
-                "gateway.cli",
-                "sim",
-                "--mode",
-                "vllm",
-                "--preset",
-                "flash",
-                "--zero-latency",
-                "--model",
-                "deepseek-ai/DeepSeek-V4-Flash",
-                "--port",
-                str(sim_port),
-            ],
-            1,
-        ),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    sim_cmd = [py, "-m", "gateway.cli", "sim", "--mode", "vllm", "--preset", "flash"]
+    sim = start(
+        [
+            *sim_cmd,
+            "--zero-latency",
+            "--model",
+            "deepseek-ai/DeepSeek-V4-Flash",
+            "--port",
+            str(sim_port),
+        ],
+        1,
+        env,
     )
-    gw = subprocess.Popen(
-        pinned(
-            [
-                py,
-                "-m",
-                "gateway.cli",
-                "serve",
-                "--config",
-                str(tmp / "catalog.yaml"),
-                "--port",
-                str(gw_port),
-            ],
-            0,
-        ),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    gw = start(
+        [
+            py,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--config",
+            str(tmp / "catalog.yaml"),
+            "--port",
+            str(gw_port),
+        ],
+        0,
+        env,
     )
+    procs = [gw, sim]
+    if args.litellm:
+        procs.append(litellm_proxy(sim_port, ll_port, env))
+    lt: list[float] = []
     try:
         wait_ready(f"http://127.0.0.1:{sim_port}/health")
         wait_ready(f"http://127.0.0.1:{gw_port}/healthz")
         direct_url = f"http://127.0.0.1:{sim_port}/v1/chat/completions"
         gw_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+        ll_url = f"http://127.0.0.1:{ll_port}/v1/chat/completions"
+        ll_headers = {"Authorization": f"Bearer {LITELLM_KEY}"}
         # Direct requests name the simulator's own model and carry what the gateway would
         # add (thinking off), so both sides ask the simulator for the same work.
         direct_body = {
@@ -197,38 +231,46 @@ def main() -> int:
         with httpx.Client(timeout=30) as client:
             measure(client, direct_url, direct_body, args.warmup)
             measure(client, gw_url, BODY, args.warmup, headers)
+            if args.litellm:
+                wait_ready(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=300)
+                measure(client, ll_url, BODY, args.warmup, ll_headers)
             d: list[float] = []
             g: list[float] = []
             block = 100
             for _ in range(max(1, args.requests // block)):
                 d += measure(client, direct_url, direct_body, block)
                 g += measure(client, gw_url, BODY, block, headers)
+                if args.litellm:
+                    lt += measure(client, ll_url, BODY, block, ll_headers)
     finally:
-        for p in (gw, sim):
+        for p in procs:
             p.send_signal(signal.SIGTERM)
-        for p in (gw, sim):
+        for p in procs:
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
-    res = {
+    keys = ("p50", "p90", "p99", "mean")
+    res: dict[str, object] = {
         "requests": len(g),
-        "money_path": "redis+sql"
-        if args.redis_url and args.database_url
-        else ("sql" if args.database_url else "off"),
+        "money_path": ("redis+sql" if args.redis_url else "sql") if args.database_url else "off",
         "direct_ms": percentiles(d),
         "gateway_ms": percentiles(g),
     }
-    res["added_ms"] = {
-        k: res["gateway_ms"][k] - res["direct_ms"][k] for k in ("p50", "p90", "p99", "mean")
-    }
+    res["added_ms"] = {k: percentiles(g)[k] - percentiles(d)[k] for k in keys}
+    if lt:
+        res["litellm_ms"] = percentiles(lt)
+        res["litellm_added_ms"] = {k: percentiles(lt)[k] - percentiles(d)[k] for k in keys}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
-    print(f"{'':10} {'p50':>8} {'p90':>8} {'p99':>8} {'mean':>8}   (ms, {len(g)} serial requests)")
-    for name in ("direct_ms", "gateway_ms", "added_ms"):
-        r = res[name]
-        print(f"{name[:-3]:10} {r['p50']:8.3f} {r['p90']:8.3f} {r['p99']:8.3f} {r['mean']:8.3f}")
+    print(f"{'':16} {'p50':>8} {'p90':>8} {'p99':>8} {'mean':>8}   (ms, {len(g)} serial requests)")
+    for name in ("direct_ms", "gateway_ms", "added_ms", "litellm_ms", "litellm_added_ms"):
+        r = res.get(name)
+        if isinstance(r, dict):
+            print(
+                f"{name[:-3]:16} {r['p50']:8.3f} {r['p90']:8.3f} {r['p99']:8.3f} {r['mean']:8.3f}"
+            )
     print(f"wrote {out}")
     return 0
 
