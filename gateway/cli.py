@@ -49,6 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=False,
         loop="uvloop",
         http="httptools",
+        # SIGTERM: stop accepting, let in-flight requests and streams finish, then flush.
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
     )
     return 0
 

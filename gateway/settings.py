@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     require_api_key: bool = False
     budget_timezone: str = "UTC"
 
+    graceful_shutdown_s: int = Field(default=30, gt=0)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     max_messages: int = Field(default=10_000, gt=0)
     upstream_connections: int = Field(default=1024, gt=0)
