@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 Mode = Literal["vllm", "hosted"]
 
+#: Faults that are not an HTTP status: see ``engines.sim.faults``.
+FAULT_KINDS = ("disconnect", "midstream", "insufficient", "stall")
+
+
+def fault_is_valid(fault: str) -> bool:
+    """``""`` (none), a fault kind, or an HTTP error status such as ``"503"``."""
+    if fault == "" or fault in FAULT_KINDS:
+        return True
+    return fault.isdigit() and 400 <= int(fault) <= 599
+
 
 @dataclass(frozen=True, slots=True)
 class SimConfig:
+    """One simulated backend: a vLLM V4 replica (``mode="vllm"``) or the hosted API.
+
+    Latency model: a request waits for a running slot (``max_num_seqs``), then takes
+    ``ttft_base_s + prefill_s_per_token * uncached_prompt_tokens`` to its first token and
+    ``itl_s`` per further token. With all three latencies at 0 nothing sleeps at all.
+    """
+
     mode: Mode = "vllm"
     model: str = "deepseek-ai/DeepSeek-V4-Flash"
     models: tuple[str, ...] = ("deepseek-v4-flash", "deepseek-v4-pro", "deepseek-flash")
@@ -21,7 +38,7 @@ class SimConfig:
     # prefix cache: chained hashes of fixed-size token blocks, LRU, bounded
     block_size: int = 256
     cache_blocks: int = 4096
-    # scheduler
+    # scheduler and limits
     max_num_seqs: int = 256
     max_model_len: int = 1_048_576
     # output
@@ -30,12 +47,37 @@ class SimConfig:
     reasoning_field: str = "reasoning"
     enable_prompt_tokens_details: bool = True
     keepalive_comments: bool = False
-    # failure injection
+    # failure injection: fail_rate of requests fail with fail_mode if set, else fail_status
     fail_rate: float = 0.0
     fail_status: int = 503
     fail_mode: str = ""
+    stall_s: float = 60.0
     seed: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.mode not in ("vllm", "hosted"):
+            problems.append(f"mode must be 'vllm' or 'hosted', not {self.mode!r}")
+        if min(self.ttft_base_s, self.prefill_s_per_token, self.itl_s, self.stall_s) < 0:
+            problems.append("latencies must not be negative")
+        if self.block_size < 1 or self.cache_blocks < 0:
+            problems.append("block_size must be >= 1 and cache_blocks >= 0")
+        if self.max_num_seqs < 1 or self.max_model_len < 1:
+            problems.append("max_num_seqs and max_model_len must be >= 1")
+        if self.default_output_tokens < 1 or self.reasoning_tokens < 0:
+            problems.append("default_output_tokens must be >= 1 and reasoning_tokens >= 0")
+        if self.reasoning_field not in ("reasoning", "reasoning_content"):
+            problems.append("reasoning_field must be 'reasoning' or 'reasoning_content'")
+        if not 0.0 <= self.fail_rate <= 1.0:
+            problems.append("fail_rate must be within 0..1")
+        if not 400 <= self.fail_status <= 599:
+            problems.append("fail_status must be an HTTP error status (400..599)")
+        if not fault_is_valid(self.fail_mode):
+            problems.append(f"fail_mode must be '', a status or one of {', '.join(FAULT_KINDS)}")
+        if self.mode == "hosted" and not self.models:
+            problems.append("hosted mode needs at least one accepted model name")
+        if problems:
+            raise ValueError("invalid simulator config: " + "; ".join(problems))
 
     @staticmethod
     def preset(name: str, **overrides: object) -> SimConfig:
@@ -54,29 +96,33 @@ class SimConfig:
                 ttft_base_s=0.060,
                 prefill_s_per_token=0.000_05,
                 itl_s=0.025,
+                max_num_seqs=128,
                 reasoning_tokens=32,
             ),
             "hosted": SimConfig(
                 mode="hosted",
                 model="deepseek-v4-flash",
+                replica_id="hosted",
                 ttft_base_s=0.150,
                 prefill_s_per_token=0.000_01,
                 itl_s=0.015,
                 block_size=64,
                 cache_blocks=1_000_000,
+                max_num_seqs=2500,
                 reasoning_field="reasoning_content",
-                enable_prompt_tokens_details=True,
                 keepalive_comments=True,
             ),
         }
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; use one of {', '.join(presets)}")
-        return replace(presets[name], **overrides)  # type: ignore[arg-type]
+        return replace(presets[name], **overrides)  # type: ignore[arg-type]  # checked in init
 
     def zero_latency(self) -> SimConfig:
+        """The same backend with no simulated latency: nothing on the request path sleeps."""
         return replace(self, ttft_base_s=0.0, prefill_s_per_token=0.0, itl_s=0.0)
 
     def scaled(self, factor: float) -> SimConfig:
+        """All latencies multiplied by ``factor`` (0 gives the zero-latency mode)."""
         return replace(
             self,
             ttft_base_s=self.ttft_base_s * factor,

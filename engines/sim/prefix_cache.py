@@ -1,4 +1,8 @@
-"""A bounded prefix cache of token blocks with LRU eviction, like vLLM's automatic prefix caching."""
+"""A bounded prefix cache of token blocks with LRU eviction, like vLLM's prefix caching.
+
+Blocks are named by chained hashes (block i's hash covers blocks 0..i), so a lookup only
+ever matches from the start of the prompt, and a hit on block i implies the whole prefix.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from collections import OrderedDict
 
 class PrefixCache:
     def __init__(self, capacity_blocks: int) -> None:
+        if capacity_blocks < 0:
+            raise ValueError("capacity_blocks must be >= 0")
         self.capacity = capacity_blocks
         self._blocks: OrderedDict[bytes, None] = OrderedDict()
 
@@ -14,23 +20,27 @@ class PrefixCache:
         return len(self._blocks)
 
     def usage(self) -> float:
+        """Share of the capacity in use, 0..1."""
         return len(self._blocks) / self.capacity if self.capacity else 0.0
 
     def match_and_insert(self, hashes: list[bytes]) -> int:
-        """Return how many leading blocks were cached; then cache all of them (most recent)."""
+        """How many leading blocks were cached; then all of them become most recently used.
+
+        Blocks beyond the capacity are evicted least recently used first.
+        """
+        blocks = self._blocks
         hit = 0
         for h in hashes:
-            if h in self._blocks:
-                hit += 1
-            else:
+            if h not in blocks:
                 break
+            hit += 1
         for h in hashes:
-            if h in self._blocks:
-                self._blocks.move_to_end(h)
+            if h in blocks:
+                blocks.move_to_end(h)
             else:
-                self._blocks[h] = None
-        while len(self._blocks) > self.capacity:
-            self._blocks.popitem(last=False)
+                blocks[h] = None
+        while len(blocks) > self.capacity:
+            blocks.popitem(last=False)
         return hit
 
     def clear(self) -> None:

@@ -1,7 +1,9 @@
 """The simulator's HTTP app (Starlette): a vLLM V4 replica or the hosted DeepSeek API.
 
-See ``engines.sim.behaviour`` for what a request produces; this module is the HTTP side:
-routes per mode, auth and model checks, fault injection, streaming, metrics and control.
+``engines.sim.planning`` decides what a request produces; this module is the HTTP side:
+routes per mode, auth, fault injection, pacing (queue, prefill, inter-token latency),
+streaming, metrics and runtime control. In the zero-latency mode the request path never
+sleeps or yields to the event loop beyond reading the request body.
 """
 
 from __future__ import annotations
@@ -13,17 +15,65 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
-from engines.sim.behaviour import Generation, SimError, plan_chat, plan_completion
 from engines.sim.config import SimConfig
+from engines.sim.errors import SimError, error_body, status_message
+from engines.sim.faults import SERVER_SEND, drop_connection, pick_fault, stall
+from engines.sim.generation import Generation
+from engines.sim.metrics import CONTENT_TYPE
+from engines.sim.planning import plan_chat, plan_completion
 from engines.sim.state import SimState
 
-FAULTS = ("disconnect", "midstream", "insufficient", "stall")
+_SSE_HEADERS = {"Cache-Control": "no-cache"}
+_MIDSTREAM_CHUNKS = 3
+
+
+class _SimApp(Starlette):
+    """Starlette plus ``x-sim-replica`` on every response and the server's own ``send``
+    kept in the scope (for faults that close the connection)."""
+
+    def __init__(self, replica_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._replica_header = (b"x-sim-replica", replica_id.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        scope[SERVER_SEND] = send
+        header = self._replica_header
+
+        async def send_with_replica(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        await super().__call__(scope, receive, send_with_replica)
+
+
+class _Nothing(Response):
+    """No response at all: the connection was closed, or the client left."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+
+class _HalfBody(Response):
+    """Announces a whole JSON body, sends half of it, then closes the connection."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        half = self.body[: len(self.body) // 2]
+        await send({"type": "http.response.body", "body": half, "more_body": True})
+        await drop_connection(scope)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -32,119 +82,123 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
-def _error(
-    status: int, message: str, state: SimState, err_type: str = "invalid_request_error"
-) -> Response:
-    headers = {"x-sim-replica": state.config.replica_id}
-    if status == 429:
-        headers["Retry-After"] = "1"
-    return _json(
-        {"error": {"message": message, "type": err_type, "param": None, "code": str(status)}},
-        status,
-        headers,
-    )
-
-
-class _Abort(Exception):
-    """Raised inside a response to drop the connection without a proper end."""
+async def _pause(cfg: SimConfig, until: float) -> None:
+    """Sleep until ``until`` (a ``perf_counter`` time); never in the zero-latency mode."""
+    if cfg.instant:
+        return
+    delay = until - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
 
 
 def create_sim_app(config: SimConfig) -> Starlette:
+    """An ASGI app simulating one backend; its ``SimState`` is at ``app.state.sim``."""
     state = SimState(config)
     rng = random.Random(config.seed)
 
-    def pick_fault(request: Request) -> str:
-        header = request.headers.get("x-sim-fail", "")
-        if header:
-            return header
-        if state.fail_rate and rng.random() < state.fail_rate:
-            return state.fail_mode or str(state.fail_status)
-        return ""
+    def error(status: int, message: str, param: str | None = None) -> Response:
+        state.stats["errors"] += 1
+        headers = {"Retry-After": "1"} if status == 429 else None
+        return _json(error_body(state.config.mode, status, message, param), status, headers)
 
-    async def handle(request: Request, kind: str) -> Response:
+    def authorized(request: Request) -> bool:
+        if state.config.mode != "hosted":
+            return True
+        auth = request.headers.get("authorization", "")
+        return auth[:7].lower() == "bearer " and bool(auth[7:].strip())
+
+    async def generate(request: Request, kind: str) -> Response:
         cfg = state.config
-        if cfg.mode == "hosted":
-            auth = request.headers.get("authorization", "")
-            if not auth.startswith("Bearer ") or not auth[7:].strip():
-                return _error(
-                    401, "Authentication Fails (no such user)", state, "authentication_error"
-                )
-        fault = pick_fault(request)
-        if fault.isdigit():
-            state.stats["faults"] += 1
-            return _error(int(fault), f"simulated failure {fault}", state, "api_error")
+        state.stats["requests"] += 1
+        if not authorized(request):
+            return error(401, "Authentication Fails: no valid API key in the Authorization header")
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
-            return _error(400, "invalid JSON body", state)
+            return error(400, "Invalid Format: the body is not valid JSON")
         if not isinstance(body, dict):
-            return _error(400, "body must be a JSON object", state)
-        state.last_user_id = body.get("user_id") if isinstance(body.get("user_id"), str) else None
+            return error(400, "Invalid Format: the body must be a JSON object")
         try:
-            gen = (
-                plan_chat(state, body, request.headers)
-                if kind == "chat"
-                else plan_completion(state, body, request.headers)
-            )
+            fault = pick_fault(request.headers.get("x-sim-fail"), cfg, rng)
+            if fault:
+                state.stats["faults"] += 1
+            if fault.isdigit():
+                return error(int(fault), status_message(int(fault)))
+            if fault == "disconnect":
+                await drop_connection(request.scope)
+                return _Nothing()
+            user_id = body.get("user_id")
+            state.last_user_id = user_id if isinstance(user_id, str) else None
+            if kind == "chat":
+                beta = request.scope["path"].startswith("/beta/")
+                gen = plan_chat(cfg, state.cache, body, request.headers, beta=beta)
+            else:
+                gen = plan_completion(cfg, state.cache, body, request.headers)
         except SimError as exc:
-            return _error(exc.status, exc.message, state)
+            return error(exc.status, exc.message, exc.param)
         if fault == "stall":
-            # Hold the request until the client gives up (or a minute passes).
-            for _ in range(600):
-                if await request.is_disconnected():
-                    break
-                await asyncio.sleep(0.1)
-            return _error(504, "simulated stall ended", state, "api_error")
+            await stall(request.receive, cfg.stall_s)
+            await drop_connection(request.scope)
+            return _Nothing()
         if fault == "insufficient":
-            gen.finish_reason = "insufficient_system_resource"
-            gen.content_tokens = gen.content_tokens[: max(1, len(gen.content_tokens) // 2)]
-        headers = {"x-sim-replica": cfg.replica_id}
+            gen.break_off()
         if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             return StreamingResponse(
-                _stream(state, gen, include_usage, fault),
+                _stream(state, gen, include_usage, fault, request.scope),
                 media_type="text/event-stream",
-                headers=headers,
+                headers=_SSE_HEADERS,
             )
         async with state.slot() as queued_s:
-            await _sleep(cfg, gen.prefill_s + cfg.itl_s * gen.output_tokens)
-            state.observe(gen, queued_s)
+            started = time.perf_counter()
+            last_token = gen.prefill_s + cfg.itl_s * max(0, gen.output_tokens - 1)
+            await _pause(cfg, started + last_token)
+            state.finished(gen, queued_s)
         payload = orjson.dumps(gen.response_body())
-        if fault in ("disconnect", "midstream"):
-            return _Truncated(payload, headers)
-        return Response(payload, media_type="application/json", headers=headers)
+        if fault == "midstream":
+            return _HalfBody(payload, media_type="application/json")
+        return Response(payload, media_type="application/json")
 
     async def chat(request: Request) -> Response:
-        return await handle(request, "chat")
+        return await generate(request, "chat")
 
     async def completions(request: Request) -> Response:
-        return await handle(request, "completions")
+        return await generate(request, "completions")
 
     async def models(request: Request) -> Response:
-        names = (config.model,) if config.mode == "vllm" else config.models
+        cfg = state.config
+        if not authorized(request):
+            return error(401, "Authentication Fails: no valid API key in the Authorization header")
         now = int(time.time())
-        return _json(
-            {
-                "object": "list",
-                "data": [
-                    {"id": n, "object": "model", "created": now, "owned_by": "sim"} for n in names
-                ],
-            }
-        )
+        if cfg.mode == "vllm":
+            data = [
+                {
+                    "id": cfg.model,
+                    "object": "model",
+                    "created": now,
+                    "owned_by": "vllm",
+                    "root": cfg.model,
+                    "max_model_len": cfg.max_model_len,
+                }
+            ]
+        else:
+            data = [{"id": n, "object": "model", "owned_by": "deepseek"} for n in cfg.models]
+        return _json({"object": "list", "data": data})
 
     async def health(request: Request) -> Response:
         return Response(status_code=200 if state.healthy else 503)
 
     async def metrics(request: Request) -> Response:
-        state.refresh_gauges()
-        return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(state.exposition(), media_type=CONTENT_TYPE)
 
     async def control(request: Request) -> Response:
         try:
-            data = orjson.loads(await request.body())
+            state.control(orjson.loads(await request.body()))
         except orjson.JSONDecodeError:
-            return _error(400, "control body must be JSON", state)
-        state.control(data)
+            return error(400, "control body must be JSON")
+        except SimError as exc:
+            return error(exc.status, exc.message)
         return _json({"ok": True, **state.snapshot()})
 
     async def stats(request: Request) -> Response:
@@ -156,63 +210,47 @@ def create_sim_app(config: SimConfig) -> Starlette:
         Route("/sim/control", control, methods=["POST"]),
         Route("/sim/stats", stats, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
-        Route("/models", models, methods=["GET"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
     ]
     if config.mode == "hosted":
         routes += [
+            Route("/models", models, methods=["GET"]),
             Route("/chat/completions", chat, methods=["POST"]),
             Route("/beta/chat/completions", chat, methods=["POST"]),
             Route("/beta/completions", completions, methods=["POST"]),
             Route("/completions", completions, methods=["POST"]),
         ]
-    app = Starlette(routes=routes)
+    app = _SimApp(config.replica_id, routes=routes)
     app.state.sim = state
     return app
 
 
-async def _sleep(cfg: SimConfig, seconds: float) -> None:
-    if not cfg.instant and seconds > 0:
-        await asyncio.sleep(seconds)
-
-
-class _Truncated(Response):
-    """Announces a full body, sends part of it, then drops the connection."""
-
-    def __init__(self, payload: bytes, headers: dict[str, str]) -> None:
-        super().__init__(payload, media_type="application/json", headers=headers)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        await send(
-            {
-                "type": "http.response.body",
-                "body": self.body[: len(self.body) // 2],
-                "more_body": True,
-            }
-        )
-        raise _Abort("simulated connection drop")
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
 async def _stream(
-    state: SimState, gen: Generation, include_usage: bool, fault: str
+    state: SimState, gen: Generation, include_usage: bool, fault: str, scope: Scope
 ) -> AsyncIterator[bytes]:
     cfg = state.config
+    if cfg.keepalive_comments:  # the hosted API keeps a queued stream open with comments
+        yield b": keep-alive\n\n"
+    lead = 1 if gen.kind == "chat" else 0  # the role chunk leaves with the first token
     async with state.slot() as queued_s:
-        await _sleep(cfg, gen.prefill_s)
-        sent = 0
+        started = time.perf_counter()
+        await _pause(cfg, started + gen.prefill_s)
         for i, chunk in enumerate(gen.chunks()):
-            if i and cfg.itl_s and not cfg.instant:
-                await asyncio.sleep(cfg.itl_s)
-            if cfg.keepalive_comments and i == 1:
-                yield b": keep-alive\n\n"
-            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-            sent += 1
-            if fault in ("midstream", "disconnect") and sent >= 3:
-                raise _Abort("simulated mid-stream drop")
-        yield b"data: " + orjson.dumps(gen.final_chunk()) + b"\n\n"
+            if i > lead:
+                await _pause(cfg, started + gen.prefill_s + (i - lead) * cfg.itl_s)
+            yield _sse(chunk)
+            if fault == "midstream" and i + 1 >= _MIDSTREAM_CHUNKS:
+                break
+        if fault == "midstream":  # a few chunks (all of a short answer), never the end
+            await drop_connection(scope)
+            return
+        yield _sse(gen.final_chunk())
         if include_usage:
-            yield b"data: " + orjson.dumps(gen.usage_chunk()) + b"\n\n"
+            yield _sse(gen.usage_chunk())
         yield b"data: [DONE]\n\n"
-        state.observe(gen, queued_s)
+        state.finished(gen, queued_s)

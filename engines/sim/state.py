@@ -1,4 +1,4 @@
-"""Mutable simulator state: prefix cache, scheduler slots, vLLM-named metrics, counters."""
+"""Mutable simulator state: config, prefix cache, scheduler slots, counters, runtime control."""
 
 from __future__ import annotations
 
@@ -7,35 +7,20 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import Any
 
 from engines.sim.config import SimConfig
+from engines.sim.errors import SimError
+from engines.sim.generation import Generation
+from engines.sim.metrics import VllmMetrics
 from engines.sim.prefix_cache import PrefixCache
 
-if TYPE_CHECKING:
-    from engines.sim.behaviour import Generation
-
-_BUCKETS = (
-    0.001,
-    0.005,
-    0.01,
-    0.02,
-    0.04,
-    0.06,
-    0.08,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    1,
-    2.5,
-    5,
-    10,
-    20,
-    40,
-    80,
+_LATENCY_KEYS = ("ttft_base_s", "prefill_s_per_token", "itl_s")
+_COUNT_KEYS = ("default_output_tokens", "reasoning_tokens")
+_CONTROL_KEYS = frozenset(
+    ("healthy", "fail_rate", "fail_status", "fail_mode", "models", "reset_cache")
+    + _LATENCY_KEYS
+    + _COUNT_KEYS
 )
 
 
@@ -44,52 +29,37 @@ class SimState:
         self.config = config
         self.healthy = True
         self.last_user_id: str | None = None
-        self.fail_rate = config.fail_rate
-        self.fail_status = config.fail_status
-        self.fail_mode = config.fail_mode
         self.cache = PrefixCache(config.cache_blocks)
+        self.metrics = VllmMetrics(config.model)
         self.running = 0
         self.waiting = 0
         self._slots = asyncio.Semaphore(config.max_num_seqs)
         self.stats: dict[str, int] = {
-            "requests": 0,
+            "requests": 0,  # generation requests received
+            "completed": 0,  # answered in full
+            "errors": 0,  # answered with an error status (refused or injected)
+            "faults": 0,  # injected failures of any kind
             "prompt_tokens": 0,
             "cached_tokens": 0,
             "generation_tokens": 0,
-            "faults": 0,
         }
-        self.registry = CollectorRegistry(auto_describe=True)
-        label = ("model_name",)
-        r = self.registry
-        self._running = Gauge("vllm:num_requests_running", "Requests running.", label, registry=r)
-        self._waiting = Gauge("vllm:num_requests_waiting", "Requests waiting.", label, registry=r)
-        self._kv = Gauge("vllm:kv_cache_usage_perc", "KV-cache usage, 1 = full.", label, registry=r)
-        self._pq = Counter(
-            "vllm:prefix_cache_queries", "Prefix-cache queried tokens.", label, registry=r
-        )
-        self._ph = Counter("vllm:prefix_cache_hits", "Prefix-cache hit tokens.", label, registry=r)
-        self._prompt = Counter("vllm:prompt_tokens", "Prefill tokens processed.", label, registry=r)
-        self._gen = Counter("vllm:generation_tokens", "Generation tokens.", label, registry=r)
-        self._ttft = Histogram(
-            "vllm:time_to_first_token_seconds", "TTFT.", label, buckets=_BUCKETS, registry=r
-        )
-        self._e2e = Histogram(
-            "vllm:e2e_request_latency_seconds", "E2E latency.", label, buckets=_BUCKETS, registry=r
-        )
-        self._queue = Histogram(
-            "vllm:request_queue_time_seconds", "Queue time.", label, buckets=_BUCKETS, registry=r
-        )
-        self._model = config.model
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[float]:
-        """Wait for a running slot (max_num_seqs); yields the time spent queued."""
+        """Hold one of ``max_num_seqs`` running slots; yields the seconds spent queued.
+
+        A free slot is taken without suspending, so an idle zero-latency simulator never
+        yields to the event loop here.
+        """
         start = time.perf_counter()
-        self.waiting += 1
-        try:
+        if self._slots.locked():
+            self.waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self.waiting -= 1
+        else:
             await self._slots.acquire()
-        finally:
-            self.waiting -= 1
         self.running += 1
         try:
             yield time.perf_counter() - start
@@ -97,53 +67,74 @@ class SimState:
             self.running -= 1
             self._slots.release()
 
-    def observe(self, gen: Generation, queued_s: float) -> None:
-        m = self._model
-        self.stats["requests"] += 1
-        self.stats["prompt_tokens"] += gen.prompt_tokens
-        self.stats["cached_tokens"] += gen.cached_tokens
-        self.stats["generation_tokens"] += gen.output_tokens
-        self._pq.labels(m).inc(gen.prompt_tokens)
-        self._ph.labels(m).inc(gen.cached_tokens)
-        self._prompt.labels(m).inc(gen.prompt_tokens - gen.cached_tokens)
-        self._gen.labels(m).inc(gen.output_tokens)
-        self._ttft.labels(m).observe(queued_s + gen.prefill_s)
-        self._e2e.labels(m).observe(time.perf_counter() - gen.started)
-        self._queue.labels(m).observe(queued_s)
+    def finished(self, gen: Generation, queued_s: float) -> None:
+        stats = self.stats
+        stats["completed"] += 1
+        stats["prompt_tokens"] += gen.prompt_tokens
+        stats["cached_tokens"] += gen.cached_tokens
+        stats["generation_tokens"] += gen.output_tokens
+        self.metrics.finished(
+            prompt_tokens=gen.prompt_tokens,
+            cached_tokens=gen.cached_tokens,
+            output_tokens=gen.output_tokens,
+            finish_reason=gen.finish_reason,
+            queued_s=queued_s,
+            ttft_s=queued_s + gen.prefill_s,
+            e2e_s=time.perf_counter() - gen.started,
+        )
 
-    def refresh_gauges(self) -> None:
-        m = self._model
-        self._running.labels(m).set(self.running)
-        self._waiting.labels(m).set(self.waiting)
-        self._kv.labels(m).set(self.cache.usage())
+    def exposition(self) -> bytes:
+        return self.metrics.exposition(
+            running=self.running, waiting=self.waiting, kv_usage=self.cache.usage()
+        )
 
-    def control(self, data: dict[str, Any]) -> None:
+    def control(self, data: Any) -> None:
+        """Apply a runtime change (all of it, or none of it if anything is invalid)."""
+        if not isinstance(data, dict):
+            raise SimError(400, "control body must be a JSON object")
+        unknown = sorted(set(data) - _CONTROL_KEYS)
+        if unknown:
+            raise SimError(400, f"unknown control keys {unknown}; known: {sorted(_CONTROL_KEYS)}")
+        changes: dict[str, Any] = {}
+        try:
+            for key in _LATENCY_KEYS:
+                if key in data:
+                    changes[key] = float(data[key])
+            for key in _COUNT_KEYS:
+                if key in data:
+                    changes[key] = int(data[key])
+            if "fail_rate" in data:
+                changes["fail_rate"] = float(data["fail_rate"])
+            if "fail_status" in data:
+                changes["fail_status"] = int(data["fail_status"])
+            if "fail_mode" in data:
+                changes["fail_mode"] = str(data["fail_mode"] or "")
+            if "models" in data:
+                if not isinstance(data["models"], list):
+                    raise TypeError("models must be a list of names")
+                changes["models"] = tuple(str(m) for m in data["models"])
+            config = replace(self.config, **changes)
+        except (TypeError, ValueError) as exc:
+            raise SimError(400, f"invalid control: {exc}") from exc
+        self.config = config
         if "healthy" in data:
             self.healthy = bool(data["healthy"])
-        if "fail_rate" in data:
-            self.fail_rate = float(data["fail_rate"])
-        if "fail_status" in data:
-            self.fail_status = int(data["fail_status"])
-        if "fail_mode" in data:
-            self.fail_mode = str(data["fail_mode"] or "")
-        if isinstance(data.get("models"), list):
-            self.config = replace(self.config, models=tuple(str(m) for m in data["models"]))
         if data.get("reset_cache"):
             self.cache.clear()
-        latency = {
-            k: float(data[k]) for k in ("ttft_base_s", "prefill_s_per_token", "itl_s") if k in data
-        }
-        if latency:
-            self.config = replace(self.config, **latency)  # type: ignore[arg-type]
 
     def snapshot(self) -> dict[str, Any]:
+        cfg = self.config
         return {
             **self.stats,
             "running": self.running,
             "waiting": self.waiting,
+            "in_flight": self.running + self.waiting,
             "cache_blocks": len(self.cache),
+            "cache_capacity": self.cache.capacity,
             "healthy": self.healthy,
-            "fail_rate": self.fail_rate,
-            "replica_id": self.config.replica_id,
+            "fail_rate": cfg.fail_rate,
+            "fail_status": cfg.fail_status,
+            "fail_mode": cfg.fail_mode,
+            "replica_id": cfg.replica_id,
             "last_user_id": self.last_user_id,
         }

@@ -1,10 +1,12 @@
 """A deterministic, prefix-stable stand-in for the V4 tokenizer and chat template.
 
 About four characters per token. Rendering is prefix-stable: a conversation extended by
-more turns renders to text that starts with the shorter conversation's text, so its
-tokens start with the shorter conversation's tokens, as with a real chat template.
-Thinking and non-thinking requests render with different prefixes (max effort adds a
-system prefix), so they never share cached blocks.
+more turns renders to text that starts with the shorter conversation's text (the
+generation prompt ``<assistant>`` is also how an assistant turn starts), so its tokens
+start with the shorter conversation's tokens, as with a real chat template. Thinking and
+non-thinking requests render with different prefixes (max effort adds a system prefix),
+so they never share cached blocks. A final assistant message marked ``prefix`` is left
+open: the model continues it instead of starting a new turn.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ from collections.abc import Sequence
 from typing import Any
 
 CHARS_PER_TOKEN = 4
+_GENERATION_PROMPT = "<assistant>"
 
 
-def _text(content: Any) -> str:
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string or a list of ``{"type": "text"}`` parts."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         return "".join(
-            p.get("text", "") if isinstance(p, dict) and isinstance(p.get("text"), str) else ""
+            p["text"] if isinstance(p, dict) and isinstance(p.get("text"), str) else ""
             for p in content
         )
     return str(content)
@@ -35,17 +39,31 @@ def render_chat(
     thinking: bool,
     effort: str | None = None,
     tools: Sequence[Any] | None = None,
+    continue_last: bool = False,
 ) -> str:
+    """Render a conversation; ``continue_last`` leaves the final (assistant) message open."""
     parts = ["<think-mode>" if thinking else "<chat-mode>"]
     if thinking and effort == "max":
         parts.append("<sys>Reason with maximum effort.</sys>")
     if tools:
         parts.append(f"<tools n={len(tools)}>{tools!r}</tools>")
     for m in messages:
-        parts.append(f"<{m.get('role', 'user')}>{_text(m.get('content'))}")
+        role = m.get("role", "user")
+        parts.append(f"<{role}>")
+        reasoning = m.get("reasoning_content")
+        if thinking and role == "assistant" and isinstance(reasoning, str) and reasoning:
+            parts.append(f"<think>{reasoning}</think>")
+        parts.append(content_text(m.get("content")))
         if m.get("tool_calls"):
             parts.append(repr(m["tool_calls"]))
+    if not continue_last:
+        parts.append(_GENERATION_PROMPT)
     return "".join(parts)
+
+
+def render_fim(prompt: str, suffix: str | None) -> str:
+    """Fill-in-the-middle input: the text before the hole, then the text after it."""
+    return "<fim-prefix>" + prompt + ("<fim-suffix>" + suffix if suffix else "") + "<fim-middle>"
 
 
 def count_tokens(text: str) -> int:
@@ -55,10 +73,9 @@ def count_tokens(text: str) -> int:
 def block_hashes(text: str, block_tokens: int) -> list[bytes]:
     """Chained hashes of the full token blocks of ``text``: hash i covers blocks 0..i."""
     block_chars = block_tokens * CHARS_PER_TOKEN
-    full = len(text) // block_chars
     out: list[bytes] = []
     h = b""
-    for i in range(full):
+    for i in range(len(text) // block_chars):
         h = hashlib.blake2b(
             h + text[i * block_chars : (i + 1) * block_chars].encode(), digest_size=16
         ).digest()

@@ -1,0 +1,276 @@
+"""From a request body to a ``Generation``: validation, thinking, prefix cache, output.
+
+Each check answers the way its backend does: a vLLM replica serves one model name (404
+for others) and thinks only when ``chat_template_kwargs.thinking`` is true; the hosted
+API accepts its aliases (400 for others), thinks unless ``thinking.type`` is
+``disabled``, insists that tool-call turns carry their ``reasoning_content`` back in
+thinking mode, and offers FIM and chat prefix completion on its ``/beta`` paths only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from engines.sim.config import SimConfig
+from engines.sim.errors import SimError
+from engines.sim.generation import Generation, Kind, split_tokens, words
+from engines.sim.prefix_cache import PrefixCache
+from engines.sim.tokens import block_hashes, count_tokens, render_chat, render_fim
+
+_EFFORTS = {"low": "high", "medium": "high", "high": "high", "max": "max", "xhigh": "max"}
+_MAX_STOPS = 16
+
+
+def _int_header(headers: Mapping[str, str], name: str, default: int) -> int:
+    raw = headers.get(name)
+    if raw is None:
+        return default
+    try:
+        return max(0, int(raw))
+    except ValueError as exc:
+        raise SimError(400, f"header {name} must be a whole number, not {raw!r}") from exc
+
+
+def _model(cfg: SimConfig, body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if cfg.mode == "vllm":
+        if model is None:
+            return cfg.model
+        if model != cfg.model:
+            raise SimError(404, f"The model `{model}` does not exist.", param="model")
+        return cfg.model
+    if not isinstance(model, str) or model not in cfg.models:
+        raise SimError(400, f"Model Not Exist: {model!r}", param="model")
+    return model
+
+
+def _thinking(cfg: SimConfig, body: dict[str, Any]) -> tuple[bool, str | None]:
+    if cfg.mode == "vllm":
+        kw = body.get("chat_template_kwargs") or {}
+        if not isinstance(kw, dict):
+            raise SimError(400, "chat_template_kwargs must be an object")
+        effort = kw.get("reasoning_effort")
+        return bool(kw.get("thinking", False)), effort if isinstance(effort, str) else None
+    raw = body.get("thinking")
+    if raw is None:
+        enabled = True
+    elif isinstance(raw, dict) and raw.get("type") in ("enabled", "disabled"):
+        enabled = raw["type"] == "enabled"
+    else:
+        raise SimError(400, "thinking.type must be 'enabled' or 'disabled'", param="thinking")
+    effort = body.get("reasoning_effort")
+    if effort is None:
+        return enabled, None
+    if effort not in _EFFORTS:
+        raise SimError(400, f"unknown reasoning_effort {effort!r}", param="reasoning_effort")
+    return enabled, _EFFORTS[effort]
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    v = body.get("max_tokens", body.get("max_completion_tokens"))
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise SimError(400, "max_tokens must be a positive integer", param="max_tokens")
+    return v
+
+
+def _stops(body: dict[str, Any]) -> list[str]:
+    raw = body.get("stop")
+    stops = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else None
+    if raw is None:
+        return []
+    if stops is None or not all(isinstance(s, str) for s in stops) or len(stops) > _MAX_STOPS:
+        raise SimError(400, f"stop must be a string or up to {_MAX_STOPS} strings", param="stop")
+    return stops
+
+
+def _check_common(cfg: SimConfig, body: dict[str, Any], prompt_tokens: int) -> int | None:
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise SimError(400, "only n=1 is supported", param="n")
+    max_tokens = _max_tokens(body)
+    wanted = prompt_tokens + (max_tokens or 0)
+    if wanted > cfg.max_model_len:
+        raise SimError(
+            400,
+            f"This model's maximum context length is {cfg.max_model_len} tokens. However, you "
+            f"requested {wanted} tokens ({prompt_tokens} in the messages, "
+            f"{max_tokens or 0} in the completion).",
+        )
+    return max_tokens
+
+
+def _new(
+    cfg: SimConfig, cache: PrefixCache, kind: Kind, model: str, text: str, thinking: bool
+) -> Generation:
+    prompt_tokens = count_tokens(text)
+    hit_blocks = cache.match_and_insert(block_hashes(text, cfg.block_size))
+    cached = min(hit_blocks * cfg.block_size, prompt_tokens)
+    return Generation(
+        mode=cfg.mode,
+        kind=kind,
+        model=model,
+        replica=cfg.replica_id,
+        thinking=thinking,
+        reasoning_field="reasoning_content" if cfg.mode == "hosted" else cfg.reasoning_field,
+        details=cfg.enable_prompt_tokens_details,
+        prompt_tokens=prompt_tokens,
+        cached_tokens=cached,
+        prefill_s=cfg.ttft_base_s + (prompt_tokens - cached) * cfg.prefill_s_per_token,
+    )
+
+
+def _answer(gen: Generation, seed: bytes, n_tokens: int) -> list[str]:
+    """The answer: who answered (model and replica), then deterministic words."""
+    return [f" [{gen.model}@{gen.replica}]", *words(seed, max(0, n_tokens - 1))]
+
+
+def _messages(cfg: SimConfig, body: dict[str, Any], thinking: bool) -> list[dict[str, Any]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise SimError(400, "messages must be a non-empty list", param="messages")
+    if not all(isinstance(m, dict) for m in messages):
+        raise SimError(400, "each message must be an object", param="messages")
+    if cfg.mode == "hosted" and thinking:
+        for i, m in enumerate(messages):
+            if (
+                m.get("role") == "assistant"
+                and m.get("tool_calls")
+                and not m.get("reasoning_content")
+            ):
+                raise SimError(
+                    400,
+                    f"Missing `reasoning_content` field in the assistant message at message "
+                    f"index {i}. In thinking mode the reasoning_content of tool-call turns "
+                    "must be passed back.",
+                    param="messages",
+                )
+    return messages
+
+
+def _continues_last(
+    cfg: SimConfig, body: dict[str, Any], messages: list[dict[str, Any]], beta: bool
+) -> bool:
+    last = messages[-1]
+    wanted = last.get("prefix") is True or (
+        cfg.mode == "vllm" and body.get("continue_final_message") is True
+    )
+    if not wanted:
+        return False
+    if last.get("role") != "assistant":
+        raise SimError(400, "prefix completion needs the last message to be the assistant's")
+    if cfg.mode == "hosted" and not beta:
+        raise SimError(400, "chat prefix completion is only available at the /beta base URL")
+    return True
+
+
+def plan_chat(
+    cfg: SimConfig,
+    cache: PrefixCache,
+    body: dict[str, Any],
+    headers: Mapping[str, str],
+    *,
+    beta: bool = False,
+) -> Generation:
+    model = _model(cfg, body)
+    thinking, effort = _thinking(cfg, body)
+    messages = _messages(cfg, body, thinking)
+    continue_last = _continues_last(cfg, body, messages, beta)
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise SimError(400, "tools must be a list", param="tools")
+    text = render_chat(
+        messages, thinking=thinking, effort=effort, tools=tools, continue_last=continue_last
+    )
+    max_tokens = _check_common(cfg, body, count_tokens(text))
+    stops = _stops(body)
+    tool = _tool_name(body, tools or [], headers)
+    gen = _new(cfg, cache, "chat", model, text, thinking)
+    seed = text[-512:].encode()
+    if thinking:
+        default = cfg.reasoning_tokens * (2 if effort == "max" else 1)
+        gen.reasoning = words(seed + b"r", _int_header(headers, "x-sim-reasoning-tokens", default))
+    gen.content = _answer(
+        gen, seed, _int_header(headers, "x-sim-output-tokens", cfg.default_output_tokens)
+    )
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        doc = {"answer": gen.text.strip(), "model": model, "replica": cfg.replica_id}
+        gen.content = split_tokens(orjson.dumps(doc).decode())
+    if tool:
+        _add_tool_call(gen, tool, seed)
+    if gen.tool_call is None:
+        gen.stop_at(stops)
+    gen.cap(max_tokens)
+    if gen.tool_call is not None:
+        gen.content = []
+        gen.finish_reason = "tool_calls"
+    return gen
+
+
+def _tool_name(body: dict[str, Any], tools: list[Any], headers: Mapping[str, str]) -> str | None:
+    choice = body.get("tool_choice")
+    if choice == "none":
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        if not isinstance(name, str) or not name:
+            raise SimError(400, "tool_choice must name a function", param="tool_choice")
+        return name
+    forced = headers.get("x-sim-tool-call")
+    if forced:
+        return forced
+    if choice == "required":
+        if not tools:
+            raise SimError(400, "tool_choice 'required' needs tools", param="tool_choice")
+        first = tools[0] if isinstance(tools[0], dict) else {}
+        name = (first.get("function") or {}).get("name")
+        return name if isinstance(name, str) and name else None
+    return None
+
+
+def _add_tool_call(gen: Generation, name: str, seed: bytes) -> None:
+    args = orjson.dumps({"query": "".join(words(seed, 3)).strip()}).decode()
+    gen.tool_call = {
+        "id": "call_" + hashlib.blake2b(seed + name.encode(), digest_size=8).hexdigest(),
+        "type": "function",
+        "function": {"name": name, "arguments": args},
+    }
+    gen.tool_call_tokens = count_tokens(name + args)
+
+
+def plan_completion(
+    cfg: SimConfig,
+    cache: PrefixCache,
+    body: dict[str, Any],
+    headers: Mapping[str, str],
+) -> Generation:
+    """A plain or fill-in-the-middle completion (``prompt`` and optional ``suffix``)."""
+    model = _model(cfg, body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise SimError(400, "prompt must be a string", param="prompt")
+    suffix = body.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise SimError(400, "suffix must be a string", param="suffix")
+    thinking = body.get("thinking")
+    if cfg.mode == "hosted" and isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        raise SimError(400, "FIM completion is only available in non-thinking mode")
+    text = render_fim(prompt, suffix)
+    max_tokens = _check_common(cfg, body, count_tokens(text))
+    stops = _stops(body)
+    gen = _new(cfg, cache, "completions", model, text, False)
+    seed = text[-512:].encode()
+    gen.content = _answer(
+        gen, seed, _int_header(headers, "x-sim-output-tokens", cfg.default_output_tokens)
+    )
+    gen.stop_at(stops)
+    gen.cap(max_tokens)
+    return gen
