@@ -1,0 +1,69 @@
+"""An unplanned failure inside the gateway still reaches the client in its protocol's shape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from engines.asgi_thread import BackgroundServer
+from gateway.accounting import Caller, OpenAccounting
+from gateway.app import create_app
+from gateway.settings import Settings
+
+from .conftest import Sims, demo_catalog
+
+
+class BrokenAccounting(OpenAccounting):
+    async def budget_view(self, caller: Caller, now: datetime) -> Any:
+        raise RuntimeError("budget store exploded")
+
+
+@pytest.fixture(scope="module")
+def broken(sims: Sims) -> Iterator[str]:
+    accounting = BrokenAccounting()
+
+    async def factory(*_: Any) -> BrokenAccounting:
+        return accounting
+
+    app = create_app(
+        Settings(log_level="error", log_json=True),
+        catalog=demo_catalog(sims),
+        accounting_factory=factory,
+    )
+    server = BackgroundServer(app).start()
+    yield server.base_url
+    server.stop()
+
+
+def test_openai_client_gets_a_server_error_body(broken: str) -> None:
+    client = openai.OpenAI(base_url=broken + "/v1", api_key="k", max_retries=0)
+    with pytest.raises(openai.InternalServerError) as exc:
+        client.chat.completions.create(
+            model="deepseek-v4-flash", messages=[{"role": "user", "content": "hi"}]
+        )
+    body = exc.value.body
+    assert isinstance(body, dict)
+    assert body["type"] == "server_error" and "RuntimeError" in body["message"]
+    assert "exploded" not in body["message"]  # details stay in the log
+
+
+def test_anthropic_client_gets_an_api_error_body(broken: str) -> None:
+    client = anthropic.Anthropic(base_url=broken, api_key="k", max_retries=0)
+    with pytest.raises(anthropic.InternalServerError) as exc:
+        client.messages.create(
+            model="deepseek-v4-flash", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert exc.value.body == {
+        "type": "error",
+        "error": {"type": "api_error", "message": exc.value.body["error"]["message"]},  # type: ignore[index]
+    }
+
+
+def test_the_gateway_keeps_serving_after_the_error(broken: str) -> None:
+    assert httpx.get(broken + "/healthz").status_code == 200
