@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -115,6 +116,18 @@ def create_app(
         else:
             err = InvalidRequest(str(exc.detail))
             err.status = exc.status_code
+        return error_response(err, _protocol(request))  # type: ignore[arg-type]
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # A bug or an unplanned failure (a dependency timing out): the client still gets its
+        # protocol's error shape, and the traceback goes to the log.
+        structlog.get_logger("tiergate").exception(
+            "unhandled_error", path=request.url.path, error=type(exc).__name__
+        )
+        err = TiergateError(
+            f"internal error ({type(exc).__name__}); the gateway logged the details"
+        )
         return error_response(err, _protocol(request))  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)

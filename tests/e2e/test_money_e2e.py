@@ -34,6 +34,7 @@ class Gateways:
     def __init__(self, env: dict[str, str], config: Path) -> None:
         self.env = env
         self.config = config
+        self.logs = config.parent  # gateway-<port>.log: read them when a test fails
         self.procs: list[subprocess.Popen[bytes]] = []
         self.urls: list[str] = []
 
@@ -59,7 +60,7 @@ class Gateways:
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=(self.logs / f"gateway-{port}.log").open("ab"),
         )
         url = f"http://127.0.0.1:{port}"
         if url in self.urls:

@@ -15,7 +15,8 @@ from redis.asyncio import Redis
 from gateway.budgets import BudgetExceeded, MemoryBudgetStore, RedisBudgetStore, Window
 from policies.budget import BudgetSpec
 
-NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
+# Noon today: windows of a fixed past day would already have expired in Redis (EXPIREAT).
+NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
 TEAM = BudgetSpec("b-team", "team", "t1", "day", 1_000)
 KEY = BudgetSpec("b-key", "key", "k1", "total", 600)
 
