@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: install demo test lint typecheck bench clean
 
@@ -14,12 +15,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Tests also run the attention kernels (torch + triton, on the CPU in Triton's interpreter).
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,kernels]'
+	touch $(TEST_STAMP)
+
 ## Run the offline demo: simulated Flash/Pro replicas + simulated hosted API, no servers or keys.
 demo: install
 	$(VENV)/bin/tiergate demo
 
 ## Install everything (Python packages, local Redis/PostgreSQL if missing) and run the test suite.
-test: install
+test: $(TEST_STAMP)
 	bash scripts/test.sh
 
 lint: install

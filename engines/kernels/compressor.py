@@ -1,0 +1,217 @@
+"""Decode-time compressor update (Triton).
+
+Every decode step feeds one new token per row into the layer's compressor. Each row keeps
+an online-softmax state per dim for the (at most two) entries still being pooled:
+``state [rows, 2, 3, D]`` float32, slot ``e % 2`` holding entry ``e`` as
+``(max logit, sum of weights, weighted sum of values)``. A token at ``pos`` in block
+``b = pos // ratio`` adds its part 0 to entry ``b`` and, for CSA, its part 1 to entry
+``b + 1``. When the token closes its block, entry ``b`` is finished: it is divided out,
+roped at ``ratio * b``, written to the paged cache (bf16 or FP8) and its slot is cleared.
+A row at ``pos == 0`` starts from an empty state whatever the slot holds.
+
+This matches ``reference.compress`` (a whole sequence at once) and
+``reference.prefill_state`` (the state after a prefill).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from engines.kernels.paged import PagedEntries
+from engines.kernels.shapes import LayerKind
+from engines.kernels.tl_entries import SCALE_BLOCK, store_fp8_blocks, to_bf16
+
+
+def new_state(rows: int, dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """An empty compressor state ``[rows, 2, 3, dim]``."""
+    state = torch.zeros(rows, 2, 3, dim, dtype=torch.float32, device=device)
+    state[:, :, 0] = float("-inf")
+    return state
+
+
+@triton.jit
+def _accumulate(  # type: ignore[no-untyped-def]
+    state_ptr,
+    kv_ptr,
+    gate_ptr,
+    ape_ptr,
+    st_row,
+    row,
+    slot,
+    part,
+    offset,
+    pos,
+    d,
+    D: tl.constexpr,
+    P: tl.constexpr,
+):
+    base = state_ptr + st_row * (6 * D) + slot * (3 * D) + d
+    fresh = pos == 0
+    m = tl.where(fresh, float("-inf"), tl.load(base))
+    lsum = tl.where(fresh, 0.0, tl.load(base + D))
+    acc = tl.where(fresh, 0.0, tl.load(base + 2 * D))
+    src = row * (P * D) + part * D + d
+    z = tl.load(gate_ptr + src).to(tl.float32) + tl.load(ape_ptr + offset * (P * D) + part * D + d)
+    v = tl.load(kv_ptr + src).to(tl.float32)
+    m_new = tl.maximum(m, z)
+    alpha = tl.exp(m - m_new)
+    w = tl.exp(z - m_new)
+    return m_new, lsum * alpha + w, acc * alpha + w * v
+
+
+@triton.jit
+def _store_state(state_ptr, st_row, slot, d, m, lsum, acc, D: tl.constexpr):  # type: ignore[no-untyped-def]
+    base = state_ptr + st_row * (6 * D) + slot * (3 * D) + d
+    tl.store(base, m)
+    tl.store(base + D, lsum)
+    tl.store(base + 2 * D, acc)
+
+
+@triton.jit
+def _rope(
+    entry, d, pos, cos_ptr, sin_ptr, D: tl.constexpr, ROPE: tl.constexpr, BLOCK_D: tl.constexpr
+):  # type: ignore[no-untyped-def]
+    half: tl.constexpr = ROPE // 2
+    i = d - (D - ROPE)
+    in_rope = i >= 0
+    first = i < half
+    local = tl.arange(0, BLOCK_D)
+    partner = tl.where(in_rope, tl.where(first, local + half, local - half), local)
+    other = tl.gather(entry, partner, 0)
+    k = tl.where(in_rope, i % half, 0)
+    c = tl.load(cos_ptr + pos * half + k, mask=in_rope, other=1.0)
+    s = tl.load(sin_ptr + pos * half + k, mask=in_rope, other=0.0)
+    rot = tl.where(first, entry * c - other * s, entry * c + other * s)
+    return tl.where(in_rope, rot, entry)
+
+
+@triton.jit
+def _compress_decode_kernel(  # type: ignore[no-untyped-def]
+    kv_ptr,
+    gate_ptr,
+    ape_ptr,
+    pos_ptr,
+    state_idx_ptr,
+    state_ptr,
+    cos_ptr,
+    sin_ptr,
+    table_ptr,
+    table_stride,
+    block_size,
+    body_ptr,
+    tail_ptr,
+    scale_ptr,
+    stride,
+    D: tl.constexpr,
+    P: tl.constexpr,
+    RATIO: tl.constexpr,
+    ROPE: tl.constexpr,
+    TAIL: tl.constexpr,
+    FP8: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    row = tl.program_id(0)
+    pd = tl.program_id(1)
+    pos = tl.load(pos_ptr + row)
+    st = tl.load(state_idx_ptr + row).to(tl.int64)
+    blk = pos // RATIO
+    offset = pos % RATIO
+    d = pd * BLOCK_D + tl.arange(0, BLOCK_D)
+    m0, l0, a0 = _accumulate(
+        state_ptr, kv_ptr, gate_ptr, ape_ptr, st, row, blk % 2, 0, offset, pos, d, D, P
+    )
+    if P == 2:
+        m1, l1, a1 = _accumulate(
+            state_ptr, kv_ptr, gate_ptr, ape_ptr, st, row, (blk + 1) % 2, 1, offset, pos, d, D, P
+        )
+        _store_state(state_ptr, st, (blk + 1) % 2, d, m1, l1, a1, D)
+    if offset == RATIO - 1:
+        empty = tl.zeros([BLOCK_D], dtype=tl.float32)
+        _store_state(state_ptr, st, blk % 2, d, empty - float("inf"), empty, empty, D)
+        entry = a0 / l0
+        if ROPE > 0:
+            entry = _rope(entry, d, blk * RATIO, cos_ptr, sin_ptr, D, ROPE, BLOCK_D)
+        page = tl.load(table_ptr + row.to(tl.int64) * table_stride + blk // block_size)
+        slot = page.to(tl.int64) * block_size + blk % block_size
+        if FP8:
+            nb: tl.constexpr = BLOCK_D // SCALE_BLOCK
+            ids = pd * nb + tl.arange(0, nb)
+            blocks = tl.reshape(entry, (nb, SCALE_BLOCK))
+            store_fp8_blocks(
+                body_ptr, scale_ptr, slot, blocks, ids, ids < (D - TAIL) // SCALE_BLOCK, stride
+            )
+            if TAIL > 0:
+                tail_d = tl.where(d >= D - TAIL, d - (D - TAIL), 0)
+                tl.store(
+                    tail_ptr + slot * (stride // 2) + tail_d,
+                    to_bf16(entry),
+                    mask=d >= D - TAIL,
+                )
+        else:
+            tl.store(body_ptr + slot * stride + d, to_bf16(entry))
+    else:
+        _store_state(state_ptr, st, blk % 2, d, m0, l0, a0, D)
+
+
+def compress_decode(
+    kv: torch.Tensor,
+    gate: torch.Tensor,
+    ape: torch.Tensor,
+    pos: torch.Tensor,
+    state: torch.Tensor,
+    cache: PagedEntries,
+    kind: LayerKind,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    state_index: torch.Tensor | None = None,
+    block_d: int = 128,
+) -> None:
+    """Feed one token per row into the compressor; finished entries go to ``cache``.
+
+    ``kv, gate [R, P, D]`` are the token's compressor projections (``P = 2`` for CSA),
+    ``ape [ratio, P, D]`` the learned logit bias, ``pos [R]`` int32 the token positions,
+    ``state [S, 2, 3, D]`` float32 (rows pick their state with ``state_index [R]``, default
+    ``arange(R)``), ``cos, sin [max_pos, rope_dim // 2]`` float32. Updates ``state`` and
+    ``cache`` in place.
+    """
+    rows, parts, dim = kv.shape
+    if kind is LayerKind.WINDOW or parts != (2 if kind.overlap else 1):
+        raise ValueError(f"{kind} layers take {2 if kind.overlap else 1} parts, got {parts}")
+    if cache.dim != dim or state.shape[1:] != (2, 3, dim) or state.dtype != torch.float32:
+        raise ValueError("state must be float32 [S, 2, 3, D] and the cache of dim D")
+    rope = 2 * cos.shape[1]
+    block_d = min(block_d, dim)
+    if dim % block_d or block_d < max(rope, SCALE_BLOCK):
+        raise ValueError(f"block_d {block_d} must divide {dim} and hold the {rope} roped dims")
+    if state_index is None:
+        state_index = torch.arange(rows, dtype=torch.int32, device=kv.device)
+    args = cache.kernel_args()
+    tail = cache.fmt.tail if cache.fmt else 0
+    grid = (rows, dim // block_d)
+    _compress_decode_kernel[grid](
+        kv.contiguous(),
+        gate.contiguous(),
+        ape.float().contiguous(),
+        pos,
+        state_index,
+        state,
+        cos,
+        sin,
+        cache.block_table,
+        cache.block_table.stride(0),
+        cache.block_size,
+        args.body,
+        args.tail,
+        args.scales,
+        args.stride,
+        D=dim,
+        P=parts,
+        RATIO=kind.ratio,
+        ROPE=rope,
+        TAIL=tail,
+        FP8=cache.fmt is not None,
+        BLOCK_D=block_d,
+    )

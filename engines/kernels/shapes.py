@@ -1,0 +1,89 @@
+"""DeepSeek V4 attention shapes (pure Python: no torch, no triton).
+
+One layer of V4 attention is shared-KV MQA over a 512-dim latent (the last 64 dims roped),
+a sliding window over the last 128 raw tokens, a per-head sink, and, depending on the layer
+kind, compressed entries:
+
+* ``CSA``: 4:1 compression with overlapping windows (each entry pools 8 tokens, stride 4);
+  a lightning indexer picks the top-k visible entries.
+* ``HCA``: 128:1 non-overlapping compression; every visible entry is attended.
+* ``WINDOW``: the sliding window only.
+
+Causality: a query at position ``i`` may use entry ``j`` of a layer with ratio ``r`` only when
+``i >= r * j + r - 1``, i.e. when the last token the entry pools has been seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class LayerKind(StrEnum):
+    WINDOW = "window"
+    CSA = "csa"
+    HCA = "hca"
+
+    @property
+    def ratio(self) -> int:
+        """Raw tokens per compressed entry (0: no compressed entries)."""
+        return {LayerKind.WINDOW: 0, LayerKind.CSA: 4, LayerKind.HCA: 128}[self]
+
+    @property
+    def overlap(self) -> bool:
+        """Whether an entry also pools the previous block (CSA: 8 tokens at stride 4)."""
+        return self is LayerKind.CSA
+
+
+def visible_entries(pos: int, ratio: int) -> int:
+    """Number of compressed entries a query at ``pos`` may use (entries ``0 .. n-1``)."""
+    if ratio <= 0:
+        return 0
+    return (pos + 1) // ratio
+
+
+def window_start(pos: int, window: int) -> int:
+    """First raw token in the sliding window of a query at ``pos`` (the window ends at pos)."""
+    return max(0, pos - window + 1)
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """Per-layer attention dimensions of one V4 model."""
+
+    name: str
+    n_heads: int
+    index_topk: int
+    window_layers: int
+    csa_layers: int
+    hca_layers: int
+    head_dim: int = 512
+    rope_dim: int = 64
+    window: int = 128
+    index_heads: int = 64
+    index_dim: int = 128
+    index_rope_dim: int = 64
+
+    @property
+    def n_layers(self) -> int:
+        return self.window_layers + self.csa_layers + self.hca_layers
+
+    @property
+    def softmax_scale(self) -> float:
+        return float(self.head_dim) ** -0.5
+
+    def layer_count(self, kind: LayerKind) -> int:
+        return {
+            LayerKind.WINDOW: self.window_layers,
+            LayerKind.CSA: self.csa_layers,
+            LayerKind.HCA: self.hca_layers,
+        }[kind]
+
+
+FLASH = AttentionShape(
+    name="flash", n_heads=64, index_topk=512, window_layers=2, csa_layers=21, hca_layers=20
+)
+PRO = AttentionShape(
+    name="pro", n_heads=128, index_topk=1024, window_layers=0, csa_layers=30, hca_layers=31
+)
+SHAPES = {s.name: s for s in (FLASH, PRO)}
