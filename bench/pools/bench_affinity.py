@@ -35,9 +35,10 @@ from gateway.settings import Settings
 from policies.catalog import parse_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
-WORDS = (
-    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi".split()
-)
+WORDS = [
+    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta",
+    "iota", "kappa", "lambda", "mu", "nu", "xi", "omicron", "pi",
+]  # fmt: skip
 
 
 def text(rng: random.Random, tokens: int) -> str:
@@ -193,7 +194,8 @@ def main() -> int:
     reqs = workload(args.requests)
     results = []
     print(
-        f"{'replicas':>8} {'strategy':13} {'hit rate':>8} {'max/mean':>8} {'TTFT p50':>9} {'TTFT p99':>9}"
+        f"{'replicas':>8} {'strategy':13} {'hit rate':>8} {'max/mean':>8}"
+        f" {'TTFT p50':>9} {'TTFT p99':>9}"
     )
     for n in args.replicas:
         for strategy in ("round_robin", "least_loaded", "affinity", "oracle"):
@@ -206,8 +208,8 @@ def main() -> int:
             )
     kill = run("affinity", 4, reqs, args, kill=True)
     print(
-        f"replica stopped mid-run (4 replicas, affinity): {kill['failures']} client-visible failures "
-        f"of {len(reqs)} streamed requests"
+        f"replica stopped mid-run (4 replicas, affinity): {kill['failures']} client-visible"
+        f" failures of {len(reqs)} streamed requests"
     )
     results.append({**kill, "strategy": "affinity+kill"})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

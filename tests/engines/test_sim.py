@@ -283,14 +283,16 @@ def test_status_faults_by_header(hosted: SimServer, status: int) -> None:
 
 def test_midstream_drop_and_insufficient_resource(vllm: SimServer) -> None:
     body = {"model": FLASH, "messages": MSG, "stream": True}
-    with pytest.raises(httpx.HTTPError):
-        with httpx.stream(
+    with (
+        pytest.raises(httpx.HTTPError),
+        httpx.stream(
             "POST",
             vllm.base_url + "/v1/chat/completions",
             json=body,
             headers={"x-sim-fail": "midstream"},
-        ) as r:
-            list(r.iter_lines())
+        ) as r,
+    ):
+        list(r.iter_lines())
     r = post(
         vllm,
         "/v1/chat/completions",

@@ -126,7 +126,7 @@ async def test_batched_writer_flushes_on_stop(tmp_path) -> None:
     s = make_sessions(engine)
     w = BatchedWriter(s, interval_s=60)
     w.start()
-    for i in range(7):
+    for _ in range(7):
         await w.put(event(f"{uuid.uuid4().hex}"))
     await w.stop()
     assert await count(s) == 7 and w.pending == []

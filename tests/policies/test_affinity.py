@@ -8,8 +8,8 @@ from policies.affinity import ReplicaView, affinity_key, order
 def views(loads: list[int], usable: list[bool] | None = None) -> list[ReplicaView]:
     usable = usable or [True] * len(loads)
     return [
-        ReplicaView(f"r{i}", u, in_flight=l)
-        for i, (l, u) in enumerate(zip(loads, usable, strict=True))
+        ReplicaView(f"r{i}", u, in_flight=load)
+        for i, (load, u) in enumerate(zip(loads, usable, strict=True))
     ]
 
 

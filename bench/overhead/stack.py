@@ -1,0 +1,103 @@
+"""The processes an overhead benchmark runs against: simulator(s), the gateway, LiteLLM's proxy.
+
+The gateway is pinned to core 0; simulators and the load generator share core 1. With
+``database_url`` (and ``redis_url``) the gateway runs its whole money path: API keys,
+budgets in Redis, the ledger in SQL, as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+import yaml
+from serial import LITELLM_KEY, free_port, litellm_proxy, provision, start, wait_ready
+
+ROOT = Path(__file__).resolve().parents[2]
+SIM_MODEL = "deepseek-ai/DeepSeek-V4-Flash"
+
+
+class Stack:
+    def __init__(
+        self,
+        *,
+        database_url: str | None = None,
+        redis_url: str | None = None,
+        litellm: bool = False,
+        sim_args: tuple[str, ...] = ("--zero-latency",),
+    ) -> None:
+        self.sim_port, self.gw_port, self.ll_port = free_port(), free_port(), free_port()
+        self.database_url, self.redis_url, self.litellm = database_url, redis_url, litellm
+        self.sim_args = sim_args
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.gateway_headers: dict[str, str] = {}
+        self.litellm_headers = {"Authorization": f"Bearer {LITELLM_KEY}"}
+        self.gateway: subprocess.Popen[bytes] | None = None
+
+    def url(self, who: str) -> str:
+        port = {"direct": self.sim_port, "tiergate": self.gw_port, "litellm": self.ll_port}[who]
+        return f"http://127.0.0.1:{port}"
+
+    def headers(self, who: str) -> dict[str, str]:
+        return {"tiergate": self.gateway_headers, "litellm": self.litellm_headers}.get(who, {})
+
+    def __enter__(self) -> Stack:
+        catalog = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
+        catalog["backends"]["flash-local"]["replicas"] = [self.url("direct")]
+        tmp = Path(tempfile.mkdtemp())
+        (tmp / "catalog.yaml").write_text(yaml.safe_dump(catalog))
+        env = {
+            **os.environ,
+            "DEEPSEEK_API_KEY": "sim",
+            "TIERGATE_LOG_LEVEL": "warning",
+            "TIERGATE_DATABASE_URL": "none",
+        }
+        if self.database_url:
+            env["TIERGATE_DATABASE_URL"] = self.database_url
+            env["TIERGATE_REQUIRE_API_KEY"] = "true"
+            if self.redis_url:
+                env["TIERGATE_REDIS_URL"] = self.redis_url
+                env["TIERGATE_REDIS_PREFIX"] = f"tgbench{os.getpid()}:"
+            self.gateway_headers = {"Authorization": "Bearer " + provision(self.database_url)}
+        py = sys.executable
+        sim = [py, "-m", "gateway.cli", "sim", "--mode", "vllm", "--preset", "flash"]
+        sim += [*self.sim_args, "--model", SIM_MODEL, "--port", str(self.sim_port)]
+        self.procs.append(start(sim, 1, env))
+        serve = [py, "-m", "gateway.cli", "serve", "--config", str(tmp / "catalog.yaml")]
+        self.gateway = start([*serve, "--port", str(self.gw_port)], 0, env)
+        self.procs.append(self.gateway)
+        if self.litellm:
+            self.procs.append(litellm_proxy(self.sim_port, self.ll_port, env))
+        try:
+            wait_ready(self.url("direct") + "/health")
+            wait_ready(self.url("tiergate") + "/healthz")
+            if self.litellm:
+                wait_ready(self.url("litellm") + "/health/liveliness", timeout=300)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def direct_body(body: dict[str, object]) -> dict[str, object]:
+    """The request the gateway would send upstream: the simulator's model, thinking off."""
+    return {**body, "model": SIM_MODEL, "chat_template_kwargs": {"thinking": False}}
