@@ -49,6 +49,7 @@ class Settlement:
     hosted_equiv_nanos: int
     latency_ms: float
     status: int
+    kind: str = "client"  # "shadow": shadow-mode calls, outside every client budget
 
 
 @dataclass(frozen=True, slots=True)

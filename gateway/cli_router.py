@@ -1,10 +1,13 @@
-"""``tiergate router train | eval | report``: train the router, measure it, write its docs."""
+"""``tiergate router train | eval | report | labels export``: train the router, measure it,
+write its docs, and export shadow-mode labels as training rows."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from policies.router.evaluate import (
     score_rows,
 )
 from policies.router.model import WEIGHTS, LinearModel, _shipped
+from policies.router.shadow import Label, training_row
 from policies.router.train import train_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,10 +40,10 @@ def _rows(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     if args.shared_dir:
         rows += shared_rows(Path(args.shared_dir))
-    for f in args.data or ():
+    for f in [*(args.data or ()), *(getattr(args, "labels", None) or ())]:
         rows += jsonl_rows(Path(f))
     if not rows:
-        raise SystemExit("no training rows: give --shared-dir and/or --data")
+        raise SystemExit("no training rows: give --shared-dir, --data and/or --labels")
     return rows
 
 
@@ -157,6 +161,63 @@ def _plot(plots: dict[str, list[PairResult]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+async def export_labels(
+    database_url: str, out: Path, *, since: datetime | None = None, team: str | None = None
+) -> tuple[int, int]:
+    """Write shadow-mode labels as training rows; returns (written, skipped as invalid)."""
+    from sqlalchemy import select
+
+    from gateway.db.engine import make_engine, make_sessions
+    from gateway.db.models import RouterLabel
+
+    engine = make_engine(database_url)
+    written = skipped = 0
+    try:
+        q = select(RouterLabel).order_by(RouterLabel.id)
+        if since is not None:
+            q = q.where(RouterLabel.ts >= since)
+        if team is not None:
+            q = q.where(RouterLabel.team_id == team)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        async with make_sessions(engine)() as session:
+            with out.open("w", encoding="utf-8") as fh:
+                for r in (await session.scalars(q)).all():
+                    row = training_row(
+                        Label(
+                            r.request_id,
+                            r.team_id,
+                            r.weak,
+                            r.strong,
+                            r.verdict,
+                            r.better,
+                            r.weak_ok,
+                            r.strong_ok,
+                            r.prompt,
+                            r.features,
+                        )
+                    )
+                    if row is None:
+                        skipped += 1
+                        continue
+                    fh.write(json.dumps(row) + "\n")
+                    written += 1
+    finally:
+        await engine.dispose()
+    return written, skipped
+
+
+def _labels_export(args: argparse.Namespace) -> int:
+    url = args.database_url
+    if not url:
+        from gateway.settings import get_settings
+
+        url = get_settings().database_url
+    since = datetime.fromisoformat(args.since) if args.since else None
+    written, skipped = asyncio.run(export_labels(url, Path(args.out), since=since, team=args.team))
+    print(f"wrote {written} label rows to {args.out} ({skipped} without a valid verdict skipped)")
+    return 0
+
+
 def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     router = sub.add_parser("router", help="train and evaluate the request router")
     rsub = router.add_subparsers(dest="router_command", required=True)
@@ -164,6 +225,11 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     t.add_argument("--shared-dir", default=str(SHARED) if SHARED.exists() else None)
     t.add_argument(
         "--data", action="append", help="JSONL rows {id, source, prompt|messages, correct}"
+    )
+    t.add_argument(
+        "--labels",
+        action="append",
+        help="JSONL from `router labels export` (shadow-mode labels), added as rows",
     )
     t.add_argument("--out", default=str(ROOT / "policies" / "router"))
     t.add_argument("--steps", type=int, default=300)
@@ -184,6 +250,14 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     r.add_argument("--json-out", default=str(ROOT / "var" / "bench" / "routing.json"))
     r.add_argument("--plot", default=str(ROOT / "docs" / "img" / "routing_pgr.png"))
     r.set_defaults(func=_report)
+    labels = rsub.add_parser("labels", help="shadow-mode labels stored by the gateway")
+    lsub = labels.add_subparsers(dest="labels_command", required=True)
+    x = lsub.add_parser("export", help="write labels as training JSONL for `router train`")
+    x.add_argument("--out", required=True)
+    x.add_argument("--database-url", help="default: TIERGATE_DATABASE_URL / settings")
+    x.add_argument("--since", help="ISO timestamp with timezone, e.g. 2026-11-01T00:00:00Z")
+    x.add_argument("--team", help="only this team's labels")
+    x.set_defaults(func=_labels_export)
 
 
 if __name__ == "__main__":

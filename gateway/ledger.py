@@ -44,6 +44,7 @@ def event_of(s: Settlement) -> dict[str, Any]:
 def _row(event: dict[str, Any]) -> dict[str, Any]:
     row = dict(event)
     row["ts"] = datetime.fromisoformat(row["ts"])
+    row.setdefault("kind", "client")
     return row
 
 
@@ -75,7 +76,7 @@ async def spent_since(
     async with sessions() as session:
         total = await session.scalar(
             select(func.coalesce(func.sum(LedgerRow.cost_nanos), 0)).where(
-                column == scope_id, LedgerRow.ts >= since
+                column == scope_id, LedgerRow.ts >= since, LedgerRow.kind != "shadow"
             )
         )
     return int(total or 0)

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engines.base import Engine, EngineRequest, EngineResponse, EngineStream
 from gateway.accounting import Accounting, Caller, Settlement
@@ -29,6 +29,7 @@ from policies.errors import (
 )
 from policies.options import Option, resolve_target
 from policies.pricing import NANOS_PER_USD, PriceBook
+from policies.router.shadow import answer_text, stream_text
 from policies.routing import (
     AutoChoice,
     BackendState,
@@ -39,12 +40,17 @@ from policies.routing import (
 )
 from policies.usage import Usage
 
+if TYPE_CHECKING:
+    from gateway.shadow import ShadowService
+
 # (catalog, request, the caller's budget asks for cheaper options) -> what `auto` gets
 Classifier = Callable[[Catalog, Call, bool], AutoChoice]
 
 # Output bytes per token, used only to bill a stream that broke before its usage chunk.
 _STREAM_BYTES_PER_TOKEN = 4
 _DONE = b"data: [DONE]\n\n"
+# Events kept from a stream sampled for shadow mode; a longer answer is not sampled.
+_SHADOW_STREAM_BYTES = 4 * 1024 * 1024
 
 
 def rule_classifier(catalog: Catalog, call: Call, downgrade: bool = False) -> AutoChoice:
@@ -68,6 +74,8 @@ class Prepared:
     option: Option | None = None
     replica: str | None = None
     reasons: list[str] = field(default_factory=list)
+    shadow: bool = False  # sampled for shadow mode (gateway/shadow.py)
+    shadow_events: list[bytes] | None = None
 
     @property
     def reason(self) -> str:
@@ -107,6 +115,7 @@ class Pipeline:
         self.classifier = classifier
         self.log = get_logger("tiergate.request")
         self.log_prompts = log_prompts
+        self.shadow: ShadowService | None = None
 
     # ---- before dispatch ---------------------------------------------------------------
 
@@ -147,6 +156,8 @@ class Pipeline:
             raise
         how = plan.reason.split(":", 1)[0]
         self.metrics.route_decisions.labels(how, plan.primary.tier, plan.primary.mode.label).inc()
+        if self.shadow is not None:
+            p.shadow = self.shadow.pick(p)
         return p
 
     def _check_caller(self, call: Call, caller: Caller) -> None:
@@ -239,6 +250,8 @@ class Pipeline:
             raise
         p.replica = resp.replica
         await self._settle(p, resp.usage, 200, provider_cost_usd=resp.provider_cost_usd)
+        if p.shadow:
+            self._shadow_submit(p, lambda: answer_text(resp.body))
         return resp
 
     async def open_stream(self, p: Prepared) -> EngineStream:
@@ -261,9 +274,17 @@ class Pipeline:
         """
         first, settled = True, False
         option = p.option or p.plan.primary
+        kept = 0
         try:
             done: bytes | None = None
             async for event in stream:
+                if p.shadow:
+                    kept += len(event)
+                    if kept > _SHADOW_STREAM_BYTES:
+                        p.shadow, p.shadow_events = False, None
+                    else:
+                        p.shadow_events = p.shadow_events or []
+                        p.shadow_events.append(event)
                 if first:
                     first = False
                     self.metrics.ttft.labels(
@@ -275,6 +296,9 @@ class Pipeline:
                 yield event
             settled = True
             await self._finish_stream(p, stream, 200)
+            if p.shadow and stream.outcome.usage is not None:
+                events = p.shadow_events or []
+                self._shadow_submit(p, lambda: stream_text(events))
             if done is not None:
                 yield done
         except TiergateError as err:
@@ -300,6 +324,14 @@ class Pipeline:
         await self._settle(p, usage, status)
 
     # ---- after the response ------------------------------------------------------------
+
+    def _shadow_submit(self, p: Prepared, answer: Callable[[], str]) -> None:
+        """Hand a sampled, successful request to shadow mode; never affects the client."""
+        try:
+            if self.shadow is not None:
+                self.shadow.submit(p, answer())
+        except Exception as exc:
+            self.log.warning("shadow submit failed", request_id=p.request_id, error=repr(exc))
 
     async def _fail(self, p: Prepared, err: TiergateError) -> None:
         err.headers.setdefault("x-request-id", p.request_id)

@@ -118,6 +118,8 @@ class VllmBackend(_Strict):
     connect_timeout_s: float = Field(default=2.0, gt=0)
     selection: Literal["affinity", "least_loaded", "round_robin"] = "affinity"
     load_factor: float = Field(default=1.25, ge=1.0)
+    # Prefixes remembered per pool for affinity (chain elements, ~256 tokens each); 0: off.
+    prefix_index_entries: int = Field(default=65_536, ge=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
     max_queue_depth: int = Field(default=32, gt=0)
     breaker_failures: int = Field(default=2, gt=0)
@@ -151,6 +153,26 @@ class ModelEntry(_Strict):
     note: str = ""
 
 
+class ShadowMode(_Strict):
+    """Opt-in shadow mode: a sampled share of cheap-routed requests is replayed on the strong
+    option in the background, a judge compares the two answers, and the verdict becomes a
+    training label for the router. Shadow spend is capped per day (UTC) in nano-dollars."""
+
+    enabled: bool = False
+    share: float = Field(default=0.02, ge=0, le=1)
+    budget_nanos_per_day: int = Field(default=1_000_000_000, ge=0)
+    strong_tier: str = "pro"
+    strong_thinking: bool = True
+    strong_effort: Literal["high", "max"] = "high"
+    judge_tier: str = "pro"
+    judge_thinking: bool = True
+    judge_effort: Literal["high", "max"] = "high"
+    max_output_tokens: int = Field(default=8192, gt=0)
+    judge_max_tokens: int = Field(default=4096, gt=0)
+    store_prompts: bool = False
+    max_in_flight: int = Field(default=4, gt=0)
+
+
 class RoutingDefaults(_Strict):
     default_thinking: bool = True
     default_effort: Literal["high", "max"] = "high"
@@ -161,6 +183,7 @@ class RoutingDefaults(_Strict):
     classifier: Literal["model", "rule"] = "model"
     auto_pro_share: float = Field(default=0.2, ge=0, le=1)
     auto_think_share: float = Field(default=0.3, ge=0, le=1)
+    shadow: ShadowMode = ShadowMode()
 
 
 class Catalog(_Strict):
@@ -205,6 +228,12 @@ class Catalog(_Strict):
                 errors.append(f"passthrough.{pname}: also declared under models")
             if pt.prices is not None and pt.prices not in self.prices:
                 errors.append(f"passthrough.{pname}.prices: unknown '{pt.prices}'")
+        shadow = self.routing.shadow
+        if shadow.enabled:
+            for what in ("strong_tier", "judge_tier"):
+                tier = getattr(shadow, what)
+                if tier not in self.tiers or not self.backends_for_tier(tier):
+                    errors.append(f"routing.shadow.{what}: no backend serves tier '{tier}'")
         if errors:
             raise ValueError("; ".join(errors))
         return self

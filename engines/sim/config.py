@@ -45,6 +45,8 @@ class SimConfig:
     default_output_tokens: int = 24
     reasoning_tokens: int = 16
     reasoning_field: str = "reasoning"
+    # a fixed answer text for chat requests instead of generated words ("" = generate)
+    reply: str = ""
     enable_prompt_tokens_details: bool = True
     keepalive_comments: bool = False
     # failure injection: fail_rate of requests fail with fail_mode if set, else fail_status

@@ -198,6 +198,8 @@ def plan_chat(
     gen.content = _answer(
         gen, seed, _int_header(headers, "x-sim-output-tokens", cfg.default_output_tokens)
     )
+    if cfg.reply:
+        gen.content = split_tokens(cfg.reply)
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
         doc = {"answer": gen.text.strip(), "model": model, "replica": cfg.replica_id}

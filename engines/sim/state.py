@@ -18,7 +18,7 @@ from engines.sim.prefix_cache import PrefixCache
 _LATENCY_KEYS = ("ttft_base_s", "prefill_s_per_token", "itl_s")
 _COUNT_KEYS = ("default_output_tokens", "reasoning_tokens")
 _CONTROL_KEYS = frozenset(
-    ("healthy", "fail_rate", "fail_status", "fail_mode", "models", "reset_cache")
+    ("healthy", "fail_rate", "fail_status", "fail_mode", "models", "reset_cache", "reply")
     + _LATENCY_KEYS
     + _COUNT_KEYS
 )
@@ -109,6 +109,8 @@ class SimState:
                 changes["fail_status"] = int(data["fail_status"])
             if "fail_mode" in data:
                 changes["fail_mode"] = str(data["fail_mode"] or "")
+            if "reply" in data:
+                changes["reply"] = str(data["reply"] or "")
             if "models" in data:
                 if not isinstance(data["models"], list):
                     raise TypeError("models must be a list of names")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -100,3 +102,29 @@ class LedgerRow(Base):
     hosted_equiv_nanos: Mapped[int] = mapped_column(BigInteger)
     latency_ms: Mapped[float] = mapped_column(Float)
     status: Mapped[int] = mapped_column(Integer)
+    # "client" for served requests; "shadow" for shadow-mode calls (not in client budgets).
+    kind: Mapped[str] = mapped_column(String(16), default="client", server_default="client")
+
+
+class RouterLabel(Base):
+    """One shadow-mode label: the weak and strong options' answers judged for one request."""
+
+    __tablename__ = "router_labels"
+    __table_args__ = (Index("ix_router_labels_team_ts", "team_id", "ts"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    team_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    weak: Mapped[str] = mapped_column(String(200))
+    strong: Mapped[str] = mapped_column(String(200))
+    verdict: Mapped[str] = mapped_column(String(16))
+    better: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    weak_ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    strong_ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    features: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    shadow_cost_nanos: Mapped[int] = mapped_column(BigInteger)
+    judge_cost_nanos: Mapped[int] = mapped_column(BigInteger)

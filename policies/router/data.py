@@ -3,8 +3,9 @@
 Each row carries a soft difficulty target in [0, 1]: the share of evaluated models that got
 an MMLU-Pro question wrong; the MATH level; GSM8K's reasoning-line count; BBH's
 direct-answer and chain-of-thought failures. JSONL rows in the ``router eval`` format
-(``{"id", "source", "prompt" | "messages", "correct": {...}}``) get the share of listed
-models that were wrong.
+(``{"id", "source", "prompt" | "messages" | "features", "correct": {...}}``) get the share
+of listed models that were wrong; shadow-mode labels without prompt text carry the router's
+feature vector instead (``features``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from policies.features import DENSE_NAMES, HASH_DIM, Features
+
 
 @dataclass(frozen=True, slots=True)
 class Row:
@@ -26,6 +29,7 @@ class Row:
     prompt: str
     target: float
     correct: dict[str, bool] = field(default_factory=dict)
+    features: Features | None = None
 
 
 def _read(path: Path) -> Iterator[dict[str, Any]]:
@@ -110,19 +114,41 @@ def prompt_of(r: dict[str, Any]) -> str:
     raise ValueError(f"row {r.get('id')!r} has neither 'prompt' nor user 'messages'")
 
 
+def features_of(value: Any) -> Features:
+    """A stored feature vector (``{"dense": [...], "hashed": [...], ...}``), checked."""
+    if not isinstance(value, dict):
+        raise ValueError("'features' must be an object with 'dense' and 'hashed'")
+    dense, hashed = value.get("dense"), value.get("hashed")
+    if not isinstance(dense, list) or len(dense) != len(DENSE_NAMES):
+        raise ValueError(f"'features.dense' must list {len(DENSE_NAMES)} numbers")
+    if not isinstance(hashed, list) or not all(
+        isinstance(i, int) and 0 <= i < HASH_DIM for i in hashed
+    ):
+        raise ValueError(f"'features.hashed' must list slots in [0, {HASH_DIM})")
+    return Features(
+        tuple(float(x) for x in dense),
+        tuple(sorted(set(hashed))),
+        int(value.get("total_chars", 0)),
+        int(value.get("last_user_chars", 0)),
+    )
+
+
 def jsonl_rows(path: Path) -> list[Row]:
     rows = []
     for r in _read(path):
         correct = {k: _bool(v) for k, v in _mapping(r.get("correct")).items() if v is not None}
         wrong = sum(not v for v in correct.values()) / len(correct) if correct else 0.5
+        has_text = isinstance(r.get("prompt"), str) or isinstance(r.get("messages"), list)
+        features = None if has_text or "features" not in r else features_of(r["features"])
         rows.append(
             Row(
                 str(r["id"]),
                 str(r.get("source", path.stem)),
                 str(r.get("category", r.get("source", ""))),
-                prompt_of(r),
+                "" if features is not None else prompt_of(r),
                 wrong,
                 correct,
+                features,
             )
         )
     return rows

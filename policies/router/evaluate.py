@@ -36,7 +36,7 @@ class PairResult:
 
 
 def score_rows(model: LinearModel, rows: Sequence[Row]) -> list[float]:
-    return [model.predict(from_text(r.prompt)) for r in rows]
+    return [model.predict(r.features or from_text(r.prompt)) for r in rows]
 
 
 def cross_category(rows: Sequence[Row], folds: int = 5, *, steps: int = 300) -> dict[str, float]:
@@ -65,7 +65,9 @@ def evaluate_pair(
     s = [r.correct[strong] for r in both]
     routers = {
         "tiergate": [scores[r.id] for r in both],
-        "length-only": [float(len(r.prompt)) for r in both],
+        "length-only": [
+            float(r.features.last_user_chars if r.features else len(r.prompt)) for r in both
+        ],
         "random": [0.0] * len(both),
     }
     out = []

@@ -12,7 +12,7 @@ from policies.router.model import LinearModel
 
 
 def featurize(rows: Sequence[Row]) -> list[Features]:
-    return [from_text(r.prompt) for r in rows]
+    return [r.features or from_text(r.prompt) for r in rows]
 
 
 def fit(

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from gateway.db.migrate import current_revision, downgrade, head_revision, upgrade
 
-TABLES = {"teams", "api_keys", "budgets", "rate_limits", "ledger"}
+TABLES = {"teams", "api_keys", "budgets", "rate_limits", "ledger", "router_labels"}
 
 
 def tables(url: str) -> set[str]:
