@@ -29,15 +29,17 @@ from engines.base import EngineRequest, EngineResponse
 from engines.http import error_for_status, read_json_object, translate_errors
 from engines.sse_stream import SSEStream
 from engines.translate import normalize_response, vllm_body
-from policies.affinity import ReplicaView, affinity_key, order
+from policies.affinity import PrefixIndex, ReplicaView, order, prefix_chain
 from policies.catalog import VllmBackend
 from policies.errors import UpstreamError, UpstreamUnavailable
 
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
-# The gateway has no tokenizer: 256 V4 tokens are about 1 KiB of English text, so the
-# affinity key hashes the first whole 1 KiB blocks (up to 8) of the prompt's text.
+# The gateway has no tokenizer: 256 V4 tokens are about 1 KiB of English text, so prompts
+# are cut into 1 KiB blocks. The rendezvous key covers the first 8 blocks; the prefix index
+# follows up to 64 (about 16k tokens) so that growing conversations keep their replica.
 _BLOCK_CHARS = 1024
-_MAX_BLOCKS = 8
+_KEY_BLOCKS = 8
+_MAX_BLOCKS = 64
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
@@ -114,6 +116,8 @@ class VllmEngine:
         self._resolver = resolver
         self._replicas = [Replica(u.rstrip("/")) for u in spec.replicas]
         self._rr = 0
+        entries = spec.prefix_index_entries
+        self._prefixes = PrefixIndex(entries) if entries and spec.selection == "affinity" else None
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=spec.connect_timeout_s, sock_read=spec.timeout_s
         )
@@ -218,22 +222,32 @@ class VllmEngine:
 
     # ---- dispatch --------------------------------------------------------------------------
 
-    def _order(self, req: EngineRequest) -> tuple[list[Replica], str]:
+    def _order(self, req: EngineRequest) -> tuple[list[Replica], str, list[bytes]]:
         now = time.monotonic()
         self._rr += 1
         views = [ReplicaView(r.url, r.usable(now), r.in_flight, r.waiting) for r in self._replicas]
         key = None
+        matched: dict[str, int] = {}
+        chain: list[bytes] = []
         if self.spec.selection == "affinity":
-            key = affinity_key(
+            chain = prefix_chain(
                 req.option.tier + "/" + req.option.mode.label,
                 _prompt_parts(req.body),
                 _BLOCK_CHARS,
-                _MAX_BLOCKS,
+                _MAX_BLOCKS if self._prefixes is not None else _KEY_BLOCKS,
             )
+            key = chain[min(len(chain), _KEY_BLOCKS) - 1] if chain else None
+            if self._prefixes is not None:
+                matched = self._prefixes.matched(chain)
         idx, why = order(
-            views, key, strategy=self.spec.selection, load_factor=self.spec.load_factor, rr=self._rr
+            views,
+            key,
+            strategy=self.spec.selection,
+            load_factor=self.spec.load_factor,
+            rr=self._rr,
+            matched=matched,
         )
-        return [self._replicas[i] for i in idx], why
+        return [self._replicas[i] for i in idx], why, chain
 
     async def _open(
         self, req: EngineRequest, stream: bool, skip: frozenset[str] = frozenset()
@@ -243,7 +257,7 @@ class VllmEngine:
         body = vllm_body(req.body, req.option.mode, self.spec.served_model, req.endpoint, stream)
         data = orjson.dumps(body)
         headers = {"Content-Type": "application/json", "X-Request-Id": req.request_id}
-        candidates, why = self._order(req)
+        candidates, why, chain = self._order(req)
         candidates = [r for r in candidates if r.url not in skip]
         last: UpstreamError | None = None
         for n, replica in enumerate(candidates):
@@ -271,6 +285,8 @@ class VllmEngine:
                 last = exc
                 continue
             replica.record_success()
+            if chain and self._prefixes is not None:
+                self._prefixes.record(chain, replica.url)
             if self._metrics is not None:
                 self._metrics.replica_selections.labels(
                     self.name, replica.url, why if n == 0 else "retry"

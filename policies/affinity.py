@@ -1,18 +1,27 @@
 """Replica choice: prefix affinity with bounded load, least-loaded otherwise. Pure.
 
 Requests that share a prompt prefix should land where that prefix is already cached.
-Each replica gets a rendezvous-hash rank for the request's affinity key (so adding or
-removing a replica only moves the keys that hashed to it); the first replica in rank
-order whose load stays within ``load_factor`` times the mean (plus one) takes it. A hot
-prefix thus spills to its second-ranked replica instead of piling onto one; requests with
-no useful prefix go to the least-loaded replica.
+
+* The prompt's leading text is cut into blocks and hashed as a chain: element ``i`` names
+  blocks ``0..i`` (so two prompts share element ``i`` exactly when they share that prefix).
+* A :class:`PrefixIndex` remembers, for recent chain elements, which replica served them
+  last: an approximation of every replica's prefix cache as seen from this gateway. The
+  replica holding the longest match of a new prompt has the most of it cached.
+* Only replicas whose load stays within ``load_factor`` times the mean (plus one) are
+  eligible. Among them the longest match wins (ties go to the better rendezvous rank);
+  with no match anywhere, the first eligible replica in rendezvous-hash order of the
+  prompt's affinity key takes it (so adding or removing a replica moves only its keys).
+  A hot prefix thus spreads to a second replica, and the sessions that continue there
+  follow their own longer prefixes back to it.
+* Requests with no whole block go to the least-loaded replica.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,8 +51,13 @@ def order(
     strategy: Strategy = "affinity",
     load_factor: float = 1.25,
     rr: int = 0,
+    matched: Mapping[str, int] | None = None,
 ) -> tuple[list[int], str]:
-    """Indices in the order to try them, and why the first was chosen."""
+    """Indices in the order to try them, and why the first was chosen.
+
+    ``matched`` gives, per replica name, how many leading prompt blocks it is known to hold
+    (from :meth:`PrefixIndex.matched`).
+    """
     live = [i for i, r in enumerate(replicas) if r.usable]
     dead = [i for i, r in enumerate(replicas) if not r.usable]
     if not live:
@@ -57,20 +71,29 @@ def order(
     ranked = sorted(live, key=lambda i: _rank(key, replicas[i].name))
     total = sum(replicas[i].load for i in live)
     bound = math.ceil(load_factor * (total + 1) / len(live))
-    for pos, i in enumerate(ranked):
-        if replicas[i].load < bound:
-            rest = [j for j in ranked if j != i]
-            return [i, *rest, *dead], "affinity" if pos == 0 else "affinity-spill"
-    return by_load + dead, "least-loaded"
+    eligible = [i for i in ranked if replicas[i].load < bound]
+    if not eligible:
+        return by_load + dead, "least-loaded"
+    why = "affinity" if eligible[0] == ranked[0] else "affinity-spill"
+    pick = eligible[0]
+    if matched:
+        best = max(eligible, key=lambda i: matched.get(replicas[i].name, 0))
+        if matched.get(replicas[best].name, 0) > 0:
+            pick = best
+            why = "prefix-match"
+    rest = [j for j in ranked if j != pick]
+    return [pick, *rest, *dead], why
 
 
-def affinity_key(
+def prefix_chain(
     scope: str, parts: Sequence[str], block_chars: int, max_blocks: int
-) -> bytes | None:
-    """Key from the leading whole blocks of the prompt text, scoped by tier and mode.
+) -> list[bytes]:
+    """Chained hashes of the prompt's leading whole blocks, scoped by tier and mode.
 
-    Thinking and non-thinking requests render differently upstream and never share cache,
-    so the mode is part of the scope. Prompts shorter than one block get no key.
+    Element ``i`` depends on the scope and blocks ``0..i`` only. Thinking and non-thinking
+    requests render differently upstream and never share cache, so the mode is part of
+    the scope. At most ``max_blocks * block_chars`` characters are read, however long the
+    prompt; a prompt shorter than one block gives an empty chain.
     """
     need = block_chars * max_blocks
     taken: list[str] = []
@@ -80,8 +103,51 @@ def affinity_key(
         size += len(taken[-1])
         if size >= need:
             break
-    blocks = size // block_chars
-    if blocks == 0:
-        return None
-    text = "".join(taken)[: blocks * block_chars]
-    return hashlib.blake2b((scope + "\0" + text).encode(), digest_size=16).digest()
+    text = "".join(taken).encode()
+    chain: list[bytes] = []
+    h = hashlib.blake2b(scope.encode(), digest_size=16).digest()
+    for b in range(size // block_chars):
+        block = text[b * block_chars : (b + 1) * block_chars]
+        h = hashlib.blake2b(h + block, digest_size=16).digest()
+        chain.append(h)
+    return chain
+
+
+def affinity_key(
+    scope: str, parts: Sequence[str], block_chars: int, max_blocks: int
+) -> bytes | None:
+    """Rendezvous key: the chain element covering the first ``max_blocks`` whole blocks."""
+    chain = prefix_chain(scope, parts, block_chars, max_blocks)
+    return chain[-1] if chain else None
+
+
+class PrefixIndex:
+    """Which replica last served each recent prompt prefix (bounded, least recently used).
+
+    Holding chain element ``i`` means having served a prompt with blocks ``0..i``, so a
+    replica's match length is the deepest element it holds. Entries age out after
+    ``capacity`` newer ones; a replica's own cache evicting a prefix is not seen here,
+    which the capacity bounds.
+    """
+
+    def __init__(self, capacity: int = 65_536) -> None:
+        self.capacity = capacity
+        self._owner: OrderedDict[bytes, str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+    def matched(self, chain: Sequence[bytes]) -> dict[str, int]:
+        depth: dict[str, int] = {}
+        for i, h in enumerate(chain):
+            owner = self._owner.get(h)
+            if owner is not None:
+                depth[owner] = i + 1
+        return depth
+
+    def record(self, chain: Sequence[bytes], replica: str) -> None:
+        for h in chain:
+            self._owner[h] = replica
+            self._owner.move_to_end(h)
+        while len(self._owner) > self.capacity:
+            self._owner.popitem(last=False)

@@ -83,9 +83,11 @@ def workload(n: int, seed: int = 7) -> list[list[dict[str, str]]]:
     return out
 
 
-def catalog(urls: list[str], strategy: str) -> Any:
+def catalog(urls: list[str], strategy: str, load_factor: float = 1.25) -> Any:
     data = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
-    data["backends"]["flash-local"].update(replicas=urls, selection=strategy, poll_interval_s=0.5)
+    data["backends"]["flash-local"].update(
+        replicas=urls, selection=strategy, poll_interval_s=0.5, load_factor=load_factor
+    )
     data["backends"]["pro-local"]["replicas"] = urls[:1]
     data["backends"]["hosted"]["base_url"] = "http://127.0.0.1:9"
     data["routing"]["spill_to_hosted"] = False
@@ -152,7 +154,9 @@ def run(
     app = create_app(
         Settings(log_level="warning", database_url="none"),
         catalog=catalog(
-            [s.base_url for s in sims], "affinity" if strategy == "oracle" else strategy
+            [s.base_url for s in sims],
+            "affinity" if strategy == "oracle" else strategy,
+            args.load_factor,
         ),
     )
     try:
@@ -186,6 +190,11 @@ def main() -> int:
     ap.add_argument("--replicas", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--requests", type=int, default=320)
     ap.add_argument("--concurrency", type=int, default=12)
+    ap.add_argument("--no-kill", action="store_true", help="skip the stopped-replica run")
+    ap.add_argument("--load-factor", type=float, default=1.25, help="the pools' load bound")
+    ap.add_argument(
+        "--strategies", nargs="+", default=["round_robin", "least_loaded", "affinity", "oracle"]
+    )
     ap.add_argument("--cache-blocks", type=int, default=48, help="per replica, 256-token blocks")
     ap.add_argument("--latency-scale", type=float, default=0.2)
     ap.add_argument("--out", default=str(ROOT / "var" / "bench" / "pools.json"))
@@ -198,7 +207,7 @@ def main() -> int:
         f" {'TTFT p50':>9} {'TTFT p99':>9}"
     )
     for n in args.replicas:
-        for strategy in ("round_robin", "least_loaded", "affinity", "oracle"):
+        for strategy in args.strategies:
             r = run(strategy, n, reqs, args)
             results.append(r)
             print(
@@ -206,12 +215,13 @@ def main() -> int:
                 f"{r['ttft_p50_ms']:9.1f} {r['ttft_p99_ms']:9.1f}",
                 flush=True,
             )
-    kill = run("affinity", 4, reqs, args, kill=True)
-    print(
-        f"replica stopped mid-run (4 replicas, affinity): {kill['failures']} client-visible"
-        f" failures of {len(reqs)} streamed requests"
-    )
-    results.append({**kill, "strategy": "affinity+kill"})
+    if not args.no_kill:
+        kill = run("affinity", 4, reqs, args, kill=True)
+        print(
+            f"replica stopped mid-run (4 replicas, affinity): {kill['failures']} client-visible"
+            f" failures of {len(reqs)} streamed requests"
+        )
+        results.append({**kill, "strategy": "affinity+kill"})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     return 0

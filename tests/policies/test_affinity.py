@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from policies.affinity import ReplicaView, affinity_key, order
+from policies.affinity import PrefixIndex, ReplicaView, affinity_key, order, prefix_chain
 
 
 def views(loads: list[int], usable: list[bool] | None = None) -> list[ReplicaView]:
@@ -59,3 +59,49 @@ def test_affinity_key_uses_whole_leading_blocks_scoped_by_mode() -> None:
     c = affinity_key("flash/think-high", [sys_prompt, "question one"], 1024, 4)
     assert a == b != c and a is not None
     assert affinity_key("flash/non-thinking", ["short"], 1024, 4) is None
+
+
+def test_prefix_chain_shares_exactly_the_common_leading_blocks() -> None:
+    doc = "".join(chr(97 + i % 26) * 1024 for i in range(6))
+    a = prefix_chain("flash/non-thinking", [doc, "x" * 2048], 1024, 64)
+    b = prefix_chain("flash/non-thinking", [doc[:4096] + "Z" * 4096], 1024, 64)
+    assert len(a) == 8 and len(b) == 8
+    assert a[:4] == b[:4] and all(x != y for x, y in zip(a[4:], b[4:], strict=True))
+    assert set(prefix_chain("flash/think-high", [doc], 1024, 64)).isdisjoint(a)
+    assert len(prefix_chain("s", ["y" * 10**6], 1024, 64)) == 64  # bounded work
+    assert prefix_chain("s", ["short"], 1024, 64) == []
+    assert affinity_key("s", [doc], 1024, 4) == prefix_chain("s", [doc], 1024, 64)[3]
+
+
+def test_prefix_index_tracks_the_deepest_holder_and_ages_out() -> None:
+    idx = PrefixIndex(capacity=6)
+    chain = [bytes([i]) for i in range(5)]
+    idx.record(chain[:3], "r1")
+    idx.record(chain, "r2")  # r2 served the longer prompt last
+    assert idx.matched(chain) == {"r2": 5}
+    idx.record(chain[:2], "r1")
+    assert idx.matched(chain) == {"r1": 2, "r2": 5}
+    idx.record([b"x", b"y", b"z"], "r3")  # 8 entries > 6: the two oldest (chain[2], [3]) go
+    assert len(idx) == 6 and idx.matched(chain) == {"r1": 2, "r2": 5}
+    idx.record([b"w", b"v"], "r3")  # then chain[4]
+    assert idx.matched(chain) == {"r1": 2}
+
+
+@pytest.mark.parametrize(
+    ("loads", "matched", "first", "why"),
+    [
+        ([0, 0, 0], {"r2": 3, "r0": 1}, 2, "prefix-match"),  # longest match wins
+        ([0, 9, 0], {"r1": 5, "r2": 1}, 2, "prefix-match"),  # deepest is overloaded: next
+        ([0, 0, 0], {}, None, "affinity"),  # nothing known: rendezvous order
+        ([9, 9, 0], {"r0": 4, "r1": 4}, 2, None),  # holders overloaded: plain bounded affinity
+    ],
+)
+def test_order_prefers_the_longest_match_within_the_load_bound(
+    loads: list[int], matched: dict[str, int], first: int | None, why: str | None
+) -> None:
+    reps = views(loads)
+    idx, reason = order(reps, b"key", matched=matched)
+    plain, plain_why = order(reps, b"key")
+    assert reason == (why if why is not None else plain_why)
+    assert idx[0] == (plain[0] if first is None else first)
+    assert sorted(idx) == [0, 1, 2]
