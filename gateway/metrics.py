@@ -91,6 +91,19 @@ class Metrics:
             ("scope", "scope_id", "threshold"),
             registry=r,
         )
+        budget = ("scope", "scope_id", "period")
+        self.budget_limit = Gauge(
+            "tiergate_budget_limit_nanodollars",
+            "Configured limit of each budget in nano-dollars, set when a request settles on it.",
+            budget,
+            registry=r,
+        )
+        self.budget_spent = Gauge(
+            "tiergate_budget_spent_nanodollars",
+            "Spend in the budget's current window in nano-dollars, as of the last settlement.",
+            budget,
+            registry=r,
+        )
         self.ledger_lag_events = Gauge(
             "tiergate_ledger_lag_events",
             "Settled ledger events not yet written to the database.",
@@ -99,6 +112,23 @@ class Metrics:
         self.ledger_lag_seconds = Gauge(
             "tiergate_ledger_lag_seconds",
             "Age of the oldest settled ledger event not yet written to the database.",
+            registry=r,
+        )
+        self.degraded = Gauge(
+            "tiergate_degraded",
+            "1 while a component (redis) is unreachable and the gateway runs without it.",
+            ("component",),
+            registry=r,
+        )
+        self.degraded_requests = Counter(
+            "tiergate_degraded_requests",
+            "Requests admitted with per-process limits while a component was unreachable.",
+            ("component",),
+            registry=r,
+        )
+        self.ledger_spool_events = Gauge(
+            "tiergate_ledger_spool_events",
+            "Settlements held in process while Redis is unreachable, replayed when it answers.",
             registry=r,
         )
         pool = ("backend", "replica")
@@ -122,12 +152,31 @@ class Metrics:
         )
         self.replica_selections = Counter(
             "tiergate_replica_selections",
-            "Replica choices by reason: affinity, affinity-spill, least-loaded, round-robin, retry.",
+            "Replica choices by reason: prefix-match, affinity, affinity-spill, least-loaded,"
+            " round-robin, retry.",
             (*pool, "reason"),
             registry=r,
         )
         self.in_flight = Gauge(
             "tiergate_in_flight_requests",
             "Requests being served right now.",
+            registry=r,
+        )
+        self.shadow_requests = Counter(
+            "tiergate_shadow_requests",
+            "Shadow-mode samples by outcome (labelled, unparsed, over_budget, busy, failed).",
+            ("outcome",),
+            registry=r,
+        )
+        self.shadow_spend = Counter(
+            "tiergate_shadow_spend_nanodollars",
+            "Shadow-mode spend (strong replays and judge calls) in nano-dollars.",
+            ("call", "team"),
+            registry=r,
+        )
+        self.shadow_verdicts = Counter(
+            "tiergate_shadow_verdicts",
+            "Judge verdicts on shadow samples (weak_ok, strong_needed, both_bad, invalid).",
+            ("verdict",),
             registry=r,
         )

@@ -2,7 +2,9 @@
 
 Embedded default: SQLite ledger and key store, in-process budgets and batched ledger
 writes. Production: PostgreSQL plus Redis, where budgets, rate limits, key revocations
-and the ledger stream are shared by every gateway replica.
+and the ledger stream are shared by every gateway replica. While Redis is unreachable,
+``RedisGuard`` (gateway/outage.py) refuses requests or serves them with per-process limits,
+as ``TIERGATE_REDIS_FAILURE_MODE`` says; while the database is, cached keys keep working.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import asyncio
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -26,9 +30,15 @@ from gateway.db.models import ApiKey, Budget, RateLimit
 from gateway.keys import hash_key
 from gateway.ledger import BatchedWriter, StreamDrainer, event_of, spent_since
 from gateway.metrics import Metrics
+from gateway.outage import DATABASE_DOWN, REDIS_DOWN, FailureMode, RedisGuard
 from gateway.ratelimit import RateLimiter
 from policies.budget import PERIODS, BudgetSpec, Period, crossed, should_downgrade
-from policies.errors import AuthenticationFailed, BudgetExceededError, RateLimited
+from policies.errors import (
+    AuthenticationFailed,
+    BudgetExceededError,
+    RateLimited,
+    ServiceUnavailable,
+)
 from policies.pricing import NANOS_PER_USD
 
 log = structlog.get_logger("tiergate.money")
@@ -66,6 +76,7 @@ class MoneyAccounting:
         key_cache_ttl_s: float = 5.0,
         prefix: str = "tg:",
         claim_idle_ms: int = 30_000,
+        redis_failure_mode: FailureMode = "closed",
     ) -> None:
         self.engine = engine
         self.sessions = sessions
@@ -79,10 +90,22 @@ class MoneyAccounting:
         self.rates = RateLimiter(redis, prefix=prefix)
         self.writer: StreamDrainer | BatchedWriter
         self.store: BudgetStore
+        self.guard: RedisGuard | None = None
         if redis is not None:
-            self.store = RedisBudgetStore(redis, self._load_spent, prefix=prefix)
+            store = RedisBudgetStore(redis, self._load_spent, prefix=prefix)
+            self.store = store
             self.writer = StreamDrainer(
                 redis, sessions, prefix + "ledger", claim_idle_ms=claim_idle_ms
+            )
+            self.guard = RedisGuard(
+                redis,
+                store,
+                self.rates,
+                metrics,
+                sessions,
+                self._load_spent,
+                mode=redis_failure_mode,
+                on_recover=self._redis_recovered,
             )
         else:
             writer = BatchedWriter(sessions)
@@ -99,6 +122,8 @@ class MoneyAccounting:
         self.writer.start()
         if self.redis is not None:
             self._listener = asyncio.create_task(self._listen_revocations(), name="key-revocations")
+        if self.guard is not None:
+            self.guard.start()
         self._lag_task = asyncio.create_task(self._watch_lag(), name="ledger-lag")
 
     async def _watch_lag(self) -> None:
@@ -115,6 +140,8 @@ class MoneyAccounting:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if self.guard is not None:  # before the drainer's last pass: replayed events drain
+            await self.guard.close()
         await self.writer.stop()
         await self.store.close()
         if self.redis is not None:
@@ -123,14 +150,36 @@ class MoneyAccounting:
 
     async def _listen_revocations(self) -> None:
         assert self.redis is not None
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(self.prefix + REVOKED_CHANNEL)
-        try:
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    self.forget(message["data"].decode())
-        finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        lost = False
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.prefix + REVOKED_CHANNEL)
+                if lost:
+                    # Revocations published while Redis was away were missed: reload every
+                    # key from the database on its next request.
+                    self._expire_all()
+                    lost = False
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self.forget(message["data"].decode())
+            except REDIS_DOWN as exc:
+                if not lost:
+                    log.warning("key revocation channel lost; resubscribing", error=str(exc))
+                lost = True
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _redis_recovered(self) -> None:
+        self._expire_all()
+        if isinstance(self.writer, StreamDrainer):
+            await self.writer.ensure_group()  # Redis may have restarted empty
+
+    def _expire_all(self) -> None:
+        """Reload every cached key on its next request, keeping it as a fallback."""
+        self._cache = {h: replace(e, expires=0.0) for h, e in self._cache.items()}
 
     def forget(self, key_hash: str) -> None:
         self._cache.pop(key_hash, None)
@@ -206,12 +255,33 @@ class MoneyAccounting:
         h = hash_key(raw_key)
         entry = self._cache.get(h)
         if entry is None or entry.expires < time.monotonic():
-            entry = await self._load(h)
+            try:
+                loaded = await self._load(h)
+            except DATABASE_DOWN as exc:
+                return self._stale(h, entry, exc)
+            entry = loaded
             if entry is None:
                 self._cache.pop(h, None)
                 raise AuthenticationFailed("invalid or revoked API key")
             entry.caller.extra["hash"] = h
             self._cache[h] = entry
+        return entry.caller
+
+    def _stale(self, h: str, entry: _Entry | None, exc: BaseException) -> Caller:
+        """The database is unreachable: a key seen before keeps working, an unknown one 503s."""
+        if entry is None:
+            raise ServiceUnavailable(
+                "key store unavailable: the database cannot be reached to check this API key; "
+                "keys this gateway has seen recently keep working. Retry in a few seconds.",
+                retry_after=5,
+            ) from None
+        log.warning(
+            "database unreachable; serving a cached API key",
+            key=entry.caller.key_prefix,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        # Try the database again in a second, not on every request.
+        self._cache[h] = replace(entry, expires=time.monotonic() + 1.0)
         return entry.caller
 
     # ---- limits and budgets ----------------------------------------------------------
@@ -228,7 +298,11 @@ class MoneyAccounting:
         entry = await self._entry(caller)
         if entry is None or (not entry.rpm and not entry.tpm):
             return
-        retry = await self.rates.allow(entry.caller.key_id or "", entry.rpm, entry.tpm, tokens)
+        key_id = entry.caller.key_id or ""
+        if self.guard is not None:
+            retry = await self.guard.allow(key_id, entry.rpm, entry.tpm, tokens)
+        else:
+            retry = await self.rates.allow(key_id, entry.rpm, entry.tpm, tokens)
         if retry:
             raise RateLimited(
                 f"rate limit for key {caller.key_prefix}: {entry.rpm or '-'} requests and "
@@ -240,7 +314,8 @@ class MoneyAccounting:
         entry = await self._entry(caller)
         if entry is None or not any(b.downgrade_at is not None for b in entry.budgets):
             return BudgetView()
-        states = await self.store.state(self._windows(entry, now))
+        windows = self._windows(entry, now)
+        states = await (self.guard or self.store).state(windows)
         worst = max(
             (s.spent_nanos / max(s.window.spec.limit_nanos, 1) for s in states), default=0.0
         )
@@ -252,10 +327,14 @@ class MoneyAccounting:
     ) -> None:
         entry = await self._entry(caller)
         windows = self._windows(entry, now)
-        if not windows:
+        if self.guard is not None:  # every request: with Redis down, closed refuses them all
+            reserve = self.guard.reserve(request_id, windows, amount_nanos)
+        elif not windows:
             return
+        else:
+            reserve = self.store.reserve(request_id, windows, amount_nanos)
         try:
-            await self.store.reserve(request_id, windows, amount_nanos)
+            await reserve
         except BudgetExceeded as exc:
             spec = exc.window.spec
             remaining = max(exc.remaining_nanos, 0)
@@ -277,9 +356,14 @@ class MoneyAccounting:
     async def settle(self, caller: Caller, s: Settlement) -> None:
         entry = await self._entry(caller)
         windows = self._windows(entry, s.ts)
-        after = await self.store.settle(s.request_id, windows, s.cost_nanos, event_of(s))
+        after = await (self.guard or self.store).settle(
+            s.request_id, windows, s.cost_nanos, event_of(s)
+        )
         for w, spent in zip(windows, after or (), strict=False):
             spec = w.spec
+            labels = (spec.scope, spec.scope_id, spec.period)
+            self.metrics.budget_limit.labels(*labels).set(spec.limit_nanos)
+            self.metrics.budget_spent.labels(*labels).set(spent)
             for t in crossed(spent - s.cost_nanos, spent, spec.limit_nanos, spec.soft_thresholds):
                 self.metrics.budget_alerts.labels(spec.scope, spec.scope_id, f"{t:g}").inc()
                 log.warning(
@@ -293,14 +377,20 @@ class MoneyAccounting:
     async def release(self, caller: Caller, request_id: str) -> None:
         entry = await self._entry(caller)
         windows = self._windows(entry, datetime.now(UTC))
-        if windows:
+        if self.guard is not None:
+            await self.guard.release(request_id, windows)
+        elif windows:
             await self.store.release(request_id, windows)
 
     async def ledger_lag(self) -> tuple[int, float]:
         return await self.writer.lag()
 
     def describe(self) -> dict[str, Any]:
-        return {"redis": self.redis is not None, "cached_keys": len(self._cache)}
+        return {
+            "redis": self.redis is not None,
+            "redis_down": self.guard is not None and self.guard.down,
+            "cached_keys": len(self._cache),
+        }
 
 
 async def open_money(settings: Any, metrics: Metrics) -> MoneyAccounting:
@@ -310,7 +400,18 @@ async def open_money(settings: Any, metrics: Metrics) -> MoneyAccounting:
 
     await asyncio.to_thread(require_head, settings.database_url)
     engine = make_engine(settings.database_url)
-    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    # Fail fast when Redis is away (one quick retry for a connection it dropped), so that
+    # RedisGuard, not a pile of retries, decides what a request does.
+    redis = (
+        Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            retry=Retry(NoBackoff(), 1),
+        )
+        if settings.redis_url
+        else None
+    )
     return MoneyAccounting(
         engine,
         make_sessions(engine),
@@ -320,4 +421,5 @@ async def open_money(settings: Any, metrics: Metrics) -> MoneyAccounting:
         timezone=settings.budget_timezone,
         prefix=settings.redis_prefix,
         claim_idle_ms=settings.ledger_claim_idle_ms,
+        redis_failure_mode=settings.redis_failure_mode,
     )

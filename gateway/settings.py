@@ -28,14 +28,25 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./var/tiergate.db"
     redis_url: str | None = None
     redis_prefix: str = "tg:"
+    # What requests do while Redis is unreachable: "closed" refuses them with 503,
+    # "open" serves them with per-process budgets and rate limits (see docs/money.md).
+    redis_failure_mode: Literal["closed", "open"] = "closed"
     ledger_claim_idle_ms: int = Field(default=30_000, gt=0)
     master_key: SecretStr | None = None
+    # When set, /metrics needs 'Authorization: Bearer <metrics_key>' (it shows per-team spend).
+    metrics_key: SecretStr | None = None
     require_api_key: bool = False
     budget_timezone: str = "UTC"
 
     graceful_shutdown_s: int = Field(default=30, gt=0)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     max_messages: int = Field(default=10_000, gt=0)
+    # Connection limits of `tiergate serve` (gateway/http_guard.py, uvicorn); see
+    # docs/reliability.md for what they protect against and what needs a reverse proxy.
+    max_header_bytes: int = Field(default=64 * 1024, gt=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    keep_alive_s: int = Field(default=5, gt=0)
+    limit_concurrency: int | None = Field(default=None, gt=0)
     upstream_connections: int = Field(default=1024, gt=0)
 
 
