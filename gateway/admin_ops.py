@@ -47,8 +47,35 @@ class CreatedKey:
     team_id: str
 
 
+# Column limits: a value past them is a 422, never a database error.
+_INT32_MAX = 2**31 - 1
+MAX_LIMIT_USD = 1_000_000_000
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def text(value: Any, field: str, *, max_len: int = 200, empty: bool = True) -> str:
+    """A string the database can store: no NUL character, at most ``max_len`` characters."""
+    if not isinstance(value, str) or len(value) > max_len or (not empty and not value):
+        size = "a non-empty string" if not empty else "a string"
+        raise Unprocessable(
+            f"'{field}' must be {size} of at most {max_len} characters", param=field
+        )
+    if "\x00" in value:
+        raise Unprocessable(f"'{field}' must not contain NUL characters", param=field)
+    return value
+
+
+def _positive_int(value: Any, field: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _INT32_MAX:
+        raise Unprocessable(
+            f"'{field}' must be a positive integer of at most {_INT32_MAX}, or null", param=field
+        )
+    return value
 
 
 def usd_to_nanos(value: Any, field: str) -> int:
@@ -60,14 +87,13 @@ def usd_to_nanos(value: Any, field: str) -> int:
         ) from None
     if not d.is_finite() or d <= 0:
         raise Unprocessable(f"'{field}' must be a positive number of US dollars", param=field)
+    if d > MAX_LIMIT_USD:
+        raise Unprocessable(f"'{field}' must be at most {MAX_LIMIT_USD} US dollars", param=field)
     return int(d * NANOS_PER_USD)
 
 
 async def create_team(s: AsyncSession, name: str) -> dict[str, Any]:
-    if not name or not isinstance(name, str) or len(name) > 200:
-        raise Unprocessable(
-            "'name' must be a non-empty string of at most 200 characters", param="name"
-        )
+    name = text(name, "name", empty=False)
     team = Team(id=new_id("team"), name=name, created_at=_now())
     s.add(team)
     try:
@@ -86,6 +112,7 @@ async def list_teams(s: AsyncSession) -> list[dict[str, Any]]:
 
 
 async def _team(s: AsyncSession, team: str) -> Team:
+    team = text(team, "team", max_len=200)
     row = await s.scalar(select(Team).where((Team.id == team) | (Team.name == team)))
     if row is None:
         raise NotFound(f"no team '{team}' (give its id or name)", param="team")
@@ -102,16 +129,17 @@ async def create_key(
     max_tokens_ceiling: int | None = None,
 ) -> CreatedKey:
     t = await _team(s, team)
-    if allowed_models is not None and not all(isinstance(m, str) and m for m in allowed_models):
+    name = text(name, "name")
+    if allowed_models is not None and not (
+        isinstance(allowed_models, list)
+        and all(isinstance(m, str) and m and "\x00" not in m for m in allowed_models)
+    ):
         raise Unprocessable(
             "'allowed_models' must be a list of model names", param="allowed_models"
         )
-    if max_tokens_ceiling is not None and (
-        not isinstance(max_tokens_ceiling, int) or max_tokens_ceiling < 1
-    ):
-        raise Unprocessable(
-            "'max_tokens_ceiling' must be a positive integer", param="max_tokens_ceiling"
-        )
+    if not isinstance(may_override_tier, bool):
+        raise Unprocessable("'may_override_tier' must be true or false", param="may_override_tier")
+    max_tokens_ceiling = _positive_int(max_tokens_ceiling, "max_tokens_ceiling")
     raw, prefix, digest = generate_key()
     key = ApiKey(
         id=new_id("key"),
@@ -149,6 +177,7 @@ async def list_keys(s: AsyncSession, team: str | None = None) -> list[dict[str, 
 
 async def revoke_key(s: AsyncSession, key_id: str) -> str:
     """Revoke by id or display prefix; returns the key's hash (for cache invalidation)."""
+    key_id = text(key_id, "key", max_len=64)
     key = await s.scalar(select(ApiKey).where((ApiKey.id == key_id) | (ApiKey.prefix == key_id)))
     if key is None:
         raise NotFound(f"no API key '{key_id}'", param="key")
@@ -167,6 +196,7 @@ async def set_budget(
     soft_thresholds: list[float] | None = None,
     downgrade_at: float | None = None,
 ) -> dict[str, Any]:
+    scope_id = text(scope_id, "scope_id", max_len=200)
     if scope not in ("key", "team"):
         raise Unprocessable("'scope' must be 'key' or 'team'", param="scope")
     if period not in PERIODS:
@@ -224,9 +254,9 @@ async def list_budgets(s: AsyncSession) -> list[dict[str, Any]]:
 async def set_limits(
     s: AsyncSession, key_id: str, rpm: int | None, tpm: int | None
 ) -> dict[str, Any]:
-    for name, v in (("requests_per_minute", rpm), ("tokens_per_minute", tpm)):
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise Unprocessable(f"'{name}' must be a positive integer or null", param=name)
+    rpm = _positive_int(rpm, "requests_per_minute")
+    tpm = _positive_int(tpm, "tokens_per_minute")
+    key_id = text(key_id, "key_id", max_len=64)
     if await s.get(ApiKey, key_id) is None:
         raise NotFound(f"no API key with id '{key_id}'", param="key_id")
     row = await s.get(RateLimit, key_id) or RateLimit(key_id=key_id)
@@ -273,7 +303,7 @@ async def spend_report(
     if until is not None:
         q = q.where(LedgerRow.ts < until)
     if team is not None:
-        q = q.where(LedgerRow.team_id == team)
+        q = q.where(LedgerRow.team_id == text(team, "team"))
     if cols:
         q = q.group_by(*cols).order_by(*cols)
     out = []

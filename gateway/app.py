@@ -20,6 +20,7 @@ from engines.http import new_session
 from engines.registry import build_engines
 from gateway.accounting import Accounting, OpenAccounting
 from gateway.errors import error_response
+from gateway.http_guard import BodyLimit
 from gateway.logging import configure_logging
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, rule_classifier
@@ -29,6 +30,7 @@ from gateway.routes import anthropic as anthropic_routes
 from gateway.routes import openai as openai_routes
 from gateway.routes import system as system_routes
 from gateway.settings import Settings, get_settings
+from gateway.shadow import ShadowService
 from gateway.state import AppState
 from policies.catalog import Catalog, load_catalog
 from policies.errors import InvalidRequest, TiergateError, UnknownModel
@@ -83,10 +85,14 @@ def create_app(
             classifier=classifier,
             log_prompts=settings.log_prompts,
         )
+        if loaded.routing.shadow.enabled:
+            pipeline.shadow = ShadowService(loaded, engines, accounting, metrics)
         app.state.tiergate = AppState(settings, loaded, metrics, session, engines, pipeline)
         try:
             yield
         finally:
+            if pipeline.shadow is not None:
+                await pipeline.shadow.close()
             await accounting.close()
             for engine in engines.values():
                 await engine.close()
@@ -98,6 +104,7 @@ def create_app(
         summary="Cost-aware routing gateway for DeepSeek V4",
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(system_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)

@@ -25,6 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.http_guard import guarded_protocol
     from gateway.settings import Settings
 
     overrides: dict[str, object] = {}
@@ -48,7 +49,9 @@ def _serve(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(settings.max_header_bytes, settings.header_timeout_s),
+        timeout_keep_alive=settings.keep_alive_s,
+        limit_concurrency=settings.limit_concurrency,
         # SIGTERM: stop accepting, let in-flight requests and streams finish, then flush.
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
     )

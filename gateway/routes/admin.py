@@ -15,6 +15,8 @@ from gateway import admin_ops
 from gateway.admin_ops import Unprocessable
 from gateway.keys import master_key_matches
 from gateway.money import MoneyAccounting
+from gateway.openapi_bodies import BUDGET, KEY, LIMITS, TEAM
+from gateway.openapi_bodies import body as json_body
 from gateway.parse import load_json_object
 from gateway.state import state_of
 from policies.errors import AuthenticationFailed, InvalidRequest, ServiceUnavailable
@@ -60,7 +62,7 @@ def _time(value: str | None, name: str) -> datetime | None:
         ) from None
 
 
-@router.post("/teams", status_code=201)
+@router.post("/teams", status_code=201, openapi_extra=json_body(TEAM))
 async def create_team(request: Request) -> Response:
     money = _money(request)
     body = await _body(request)
@@ -74,7 +76,7 @@ async def list_teams(request: Request) -> Response:
         return _json({"data": await admin_ops.list_teams(s)})
 
 
-@router.post("/keys", status_code=201)
+@router.post("/keys", status_code=201, openapi_extra=json_body(KEY))
 async def create_key(request: Request) -> Response:
     money = _money(request)
     body = await _body(request)
@@ -84,9 +86,9 @@ async def create_key(request: Request) -> Response:
         k = await admin_ops.create_key(
             s,
             body["team"],
-            name=str(body.get("name", "")),
+            name=body.get("name", ""),
             allowed_models=body.get("allowed_models"),
-            may_override_tier=bool(body.get("may_override_tier", False)),
+            may_override_tier=body.get("may_override_tier", False),
             max_tokens_ceiling=body.get("max_tokens_ceiling"),
         )
     return _json(
@@ -116,7 +118,7 @@ async def revoke_key(request: Request, key_id: str) -> Response:
     return _json({"id": key_id, "revoked": True})
 
 
-@router.put("/budgets")
+@router.put("/budgets", openapi_extra=json_body(BUDGET))
 async def set_budget(request: Request) -> Response:
     money = _money(request)
     b = await _body(request)
@@ -143,7 +145,7 @@ async def list_budgets(request: Request) -> Response:
         return _json({"data": await admin_ops.list_budgets(s)})
 
 
-@router.put("/limits/{key_id}")
+@router.put("/limits/{key_id}", openapi_extra=json_body(LIMITS))
 async def set_limits(request: Request, key_id: str) -> Response:
     money = _money(request)
     b = await _body(request)

@@ -13,6 +13,7 @@ from gateway.anthropic import (
     to_message,
     translate_stream,
 )
+from gateway.openapi_bodies import COUNT_TOKENS, MESSAGES, body
 from gateway.state import pipeline_of, settings_of
 
 router = APIRouter()
@@ -57,6 +58,7 @@ for prefix in ("", "/anthropic"):
         messages,
         methods=["POST"],
         summary="Create a message (Anthropic format)",
+        openapi_extra=body(MESSAGES),
         include_in_schema=not prefix,
     )
     router.add_api_route(
@@ -64,5 +66,6 @@ for prefix in ("", "/anthropic"):
         tokens,
         methods=["POST"],
         summary="Estimate input tokens (Anthropic format)",
+        openapi_extra=body(COUNT_TOKENS),
         include_in_schema=not prefix,
     )

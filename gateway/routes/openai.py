@@ -8,6 +8,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.accounting import Caller
 from gateway.errors import sse_error_event
+from gateway.openapi_bodies import CHAT_COMPLETION, COMPLETION, body
 from gateway.parse import Call, parse_chat, parse_completion
 from gateway.pipeline import Pipeline
 from gateway.state import pipeline_of, settings_of
@@ -33,7 +34,11 @@ async def _serve(pipeline: Pipeline, call: Call, request: Request, caller: Calle
     return Response(orjson.dumps(resp.body), media_type="application/json", headers=headers)
 
 
-@router.post("/v1/chat/completions", summary="Chat completion (OpenAI/DeepSeek format)")
+@router.post(
+    "/v1/chat/completions",
+    summary="Chat completion (OpenAI/DeepSeek format)",
+    openapi_extra=body(CHAT_COMPLETION),
+)
 async def chat_completions(request: Request) -> Response:
     s, pipeline = settings_of(request), pipeline_of(request)
     caller = await pipeline.authenticate(request.headers)
@@ -41,7 +46,11 @@ async def chat_completions(request: Request) -> Response:
     return await _serve(pipeline, call, request, caller)
 
 
-@router.post("/v1/completions", summary="Text completion and fill-in-the-middle (prompt + suffix)")
+@router.post(
+    "/v1/completions",
+    summary="Text completion and fill-in-the-middle (prompt + suffix)",
+    openapi_extra=body(COMPLETION),
+)
 async def completions(request: Request) -> Response:
     s, pipeline = settings_of(request), pipeline_of(request)
     caller = await pipeline.authenticate(request.headers)

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
+from gateway.keys import master_key_matches
 from gateway.state import state_of
+from policies.errors import AuthenticationFailed
 
 router = APIRouter()
 
@@ -69,6 +71,14 @@ async def list_models(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
+    required = state_of(request).settings.metrics_key
+    if required is not None:
+        auth = request.headers.get("authorization", "")
+        presented = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        if not master_key_matches(presented, required.get_secret_value()):
+            raise AuthenticationFailed(
+                "/metrics: wrong or missing metrics key (Authorization: Bearer <metrics key>)"
+            )
     return Response(
         generate_latest(state_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
     )

@@ -1,0 +1,152 @@
+"""Request-body schemas for the OpenAPI document (``/openapi.json``).
+
+The routes read raw bodies and parse them themselves (gateway/parse.py, gateway/anthropic.py,
+gateway/routes/admin.py), so FastAPI cannot infer their shape. These schemas describe the
+fields the gateway checks; unknown fields are allowed and travel upstream untouched. They
+document the API and drive the schema-based tests; they are not used to parse requests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_TEXT_PART = {
+    "type": "object",
+    "required": ["type", "text"],
+    "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+}
+
+_OPENAI_MESSAGE = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {
+            "type": "string",
+            "enum": ["system", "developer", "user", "assistant", "tool", "function"],
+        },
+        "content": {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": _TEXT_PART},
+                {"type": "null"},
+            ]
+        },
+    },
+}
+
+_ANTHROPIC_MESSAGE = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"type": "string", "enum": ["user", "assistant"]},
+        "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]},
+    },
+}
+
+_MODEL = {"type": "string", "minLength": 1, "examples": ["deepseek-chat", "auto"]}
+_MAX_TOKENS = {"type": "integer", "minimum": 1}
+_STREAM = {"type": "boolean"}
+
+CHAT_COMPLETION = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        "model": _MODEL,
+        "messages": {"type": "array", "minItems": 1, "items": _OPENAI_MESSAGE},
+        "max_tokens": _MAX_TOKENS,
+        "max_completion_tokens": _MAX_TOKENS,
+        "stream": _STREAM,
+        "stream_options": {
+            "type": "object",
+            "properties": {"include_usage": {"type": "boolean"}},
+        },
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "response_format": {"type": "object"},
+    },
+}
+
+COMPLETION = {
+    "type": "object",
+    "required": ["model", "prompt"],
+    "properties": {
+        "model": _MODEL,
+        "prompt": {"type": "string"},
+        "suffix": {"type": "string"},
+        "max_tokens": _MAX_TOKENS,
+        "stream": _STREAM,
+    },
+}
+
+MESSAGES = {
+    "type": "object",
+    "required": ["model", "max_tokens", "messages"],
+    "properties": {
+        "model": _MODEL,
+        "max_tokens": _MAX_TOKENS,
+        "messages": {"type": "array", "minItems": 1, "items": _ANTHROPIC_MESSAGE},
+        "system": {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]},
+        "stream": _STREAM,
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+}
+
+COUNT_TOKENS = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        "model": _MODEL,
+        "messages": {"type": "array", "minItems": 1, "items": _ANTHROPIC_MESSAGE},
+        "system": {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]},
+    },
+}
+
+TEAM = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200}},
+}
+
+KEY = {
+    "type": "object",
+    "required": ["team"],
+    "properties": {
+        "team": {"type": "string", "description": "team id or name"},
+        "name": {"type": "string", "maxLength": 200},
+        "allowed_models": {"anyOf": [{"type": "array", "items": _MODEL}, {"type": "null"}]},
+        "may_override_tier": {"type": "boolean"},
+        "max_tokens_ceiling": {
+            "anyOf": [{"type": "integer", "minimum": 1, "maximum": 2**31 - 1}, {"type": "null"}]
+        },
+    },
+}
+
+BUDGET = {
+    "type": "object",
+    "required": ["scope", "scope_id", "period", "limit_usd"],
+    "properties": {
+        "scope": {"type": "string", "enum": ["team", "key"]},
+        "scope_id": {"type": "string"},
+        "period": {"type": "string", "enum": ["day", "week", "month", "total"]},
+        "limit_usd": {"type": "number", "exclusiveMinimum": 0},
+        "soft_thresholds": {
+            "type": "array",
+            "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        },
+        "downgrade_at": {
+            "anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 1}, {"type": "null"}]
+        },
+    },
+}
+
+_PER_MINUTE = {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 2**31 - 1}, {"type": "null"}]}
+
+LIMITS = {
+    "type": "object",
+    "properties": {"requests_per_minute": _PER_MINUTE, "tokens_per_minute": _PER_MINUTE},
+}
+
+
+def body(schema: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` for a route whose JSON body the route parses itself."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
