@@ -3,20 +3,24 @@
 The gateway runs the embedded money path (SQLite ledger, a key with a tiny budget) in front
 of the simulators; a workload exercises routing, streaming, failover, budget alerts and
 refusals; Prometheus (Debian's package) scrapes it every second on loopback; then each
-panel's query must succeed and return at least one series. Alert rules are checked and unit
-tested with promtool.
+panel's query must succeed and return at least one series, and the budget gauges must agree
+with the spend counters. The Cost dashboard is drawn from the scraped data with
+scripts/render_dashboard.py (to TIERGATE_RENDER_DASHBOARD when set, e.g.
+docs/img/dashboard_cost.png). Alert rules are checked and unit tested with promtool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import openai
@@ -29,6 +33,7 @@ from gateway.app import create_app
 from gateway.db.engine import make_engine, make_sessions
 from gateway.db.migrate import upgrade
 from gateway.settings import Settings
+from scripts.render_dashboard import render
 from tests.conftest import REQUIRE
 from tests.e2e.conftest import Sims, demo_catalog
 
@@ -82,23 +87,45 @@ def test_alert_rules_check_and_unit_tests() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-async def _provision(url: str) -> str:
+BUDGET_USD = "0.002"
+
+
+class Scraped(NamedTuple):
+    api: str  # Prometheus base URL
+    team: str  # id of the team whose key ran the workload (it has a daily budget)
+    started: float  # epoch seconds when the workload began
+
+
+async def _provision(url: str) -> tuple[str, str]:
     engine = make_engine(url)
     async with make_sessions(engine)() as s:
-        await admin_ops.create_team(s, "dash")
-        await admin_ops.set_budget(s, "team", "dash", "day", "0.002", [0.02, 0.05])
+        team = await admin_ops.create_team(s, "dash")
+        await admin_ops.set_budget(s, "team", "dash", "day", BUDGET_USD, [0.02, 0.05])
         key = await admin_ops.create_key(s, "dash", may_override_tier=True)
     await engine.dispose()
-    return key.key
+    return key.key, team["id"]
+
+
+def _wait_for(api: str, query: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(api + "/api/v1/query", params={"query": query})
+            if r.status_code == 200 and r.json()["data"]["result"]:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"Prometheus returned nothing for {query} within {timeout_s} s")
 
 
 @pytest.fixture(scope="module")
-def scraped(sims: Sims, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[str]:
+def scraped(sims: Sims, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Scraped]:
     prometheus = need("prometheus")
     work = Path(tempfile.mkdtemp(prefix="tiergate-prom-"))
     db = f"sqlite+aiosqlite:///{work}/ledger.db"
     upgrade(db)
-    key = asyncio.run(_provision(db))
+    key, team = asyncio.run(_provision(db))
     catalog = demo_catalog(sims)
     app = create_app(
         Settings(log_level="warning", database_url=db, require_api_key=True), catalog=catalog
@@ -128,7 +155,11 @@ def scraped(sims: Sims, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[str]
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    api = f"http://127.0.0.1:{port}"
     try:
+        # Scraping runs through the whole workload, so gauges are seen changing (burn rates).
+        _wait_for(api, 'up{job="tiergate"} == 1')
+        started = time.time()
         client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0)
         user = [{"role": "user", "content": "Write a two-line thank-you note."}]
         for model in ("auto", "deepseek-chat", "deepseek-reasoner", "deepseek-v4-pro"):
@@ -153,21 +184,10 @@ def scraped(sims: Sims, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[str]
                 )
             except openai.RateLimitError:
                 break
-        api = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                r = httpx.get(
-                    api + "/api/v1/query",
-                    params={"query": "count(rate(tiergate_requests_total[1m]))"},
-                )
-                if r.status_code == 200 and r.json()["data"]["result"]:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+            time.sleep(0.2)  # spend over several scrapes: a burn rate, not a single step
+        _wait_for(api, "count(rate(tiergate_requests_total[1m]))")
         time.sleep(3)
-        yield api
+        yield Scraped(api, team, started)
     finally:
         prom.terminate()
         prom.wait(10)
@@ -177,9 +197,48 @@ def scraped(sims: Sims, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[str]
 
 @pytest.mark.parametrize(("dashboard", "title", "expr"), panels(), ids=lambda v: str(v)[:40])
 def test_every_panel_query_returns_series(
-    scraped: str, dashboard: str, title: str, expr: str
+    scraped: Scraped, dashboard: str, title: str, expr: str
 ) -> None:
-    r = httpx.get(scraped + "/api/v1/query", params={"query": expr})
+    r = httpx.get(scraped.api + "/api/v1/query", params={"query": expr})
     body = r.json()
     assert r.status_code == 200 and body["status"] == "success", body
     assert body["data"]["result"], f"{dashboard}/{title}: no series for {expr}"
+
+
+def _instant(api: str, expr: str) -> dict[str, float]:
+    r = httpx.get(api + "/api/v1/query", params={"query": expr})
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "success", body
+    return {
+        json.dumps(s["metric"], sort_keys=True): float(s["value"][1])
+        for s in body["data"]["result"]
+    }
+
+
+def test_budget_gauges_agree_with_the_spend_counters(scraped: Scraped) -> None:
+    sel = f'{{scope="team", scope_id="{scraped.team}", period="day"}}'
+    limit = _instant(scraped.api, f"tiergate_budget_limit_nanodollars{sel}")
+    spent = _instant(scraped.api, f"tiergate_budget_spent_nanodollars{sel}")
+    cost = _instant(scraped.api, f'sum(tiergate_cost_nanodollars_total{{team="{scraped.team}"}})')
+    assert list(limit.values()) == [float(BUDGET_USD) * 1e9]
+    # Every request of the workload settled on this budget: the gauge is the counter's sum,
+    # and the workload ran until the budget refused, so spend is close to the limit.
+    assert list(spent.values()) == list(cost.values())
+    assert 0.5 * float(BUDGET_USD) * 1e9 < next(iter(spent.values())) <= float(BUDGET_USD) * 1e9
+    budgets = json.loads((ROOT / "helm/tiergate/files/dashboards/budgets.json").read_text())
+    exhaustion = next(p for p in budgets["panels"] if p["title"].startswith("Projected"))
+    left = _instant(scraped.api, exhaustion["targets"][0]["expr"])
+    assert len(left) == 1 and 0 <= next(iter(left.values())) < 3600, left
+
+
+def test_cost_dashboard_renders_from_scraped_data(scraped: Scraped, tmp_path: Path) -> None:
+    out = Path(os.environ.get("TIERGATE_RENDER_DASHBOARD") or tmp_path / "cost.png")
+    if not out.is_absolute():
+        out = ROOT / out
+    panels = render(scraped.api, out, start=scraped.started, end=time.time(), step=1.0)
+    cost = json.loads((ROOT / "helm/tiergate/files/dashboards/cost.json").read_text())
+    assert sorted(p.title for p in panels) == sorted(p["title"] for p in cost["panels"])
+    assert all(p.series and any(s.values for s in p.series) for p in panels), [
+        p.title for p in panels if not p.series
+    ]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000

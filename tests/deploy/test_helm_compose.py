@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from engines.profiles import Profile, build
 from policies.catalog import parse_catalog
 from tests.conftest import REQUIRE
 
@@ -100,7 +101,7 @@ def test_chart_wires_what_the_gateway_needs(helm: str) -> None:
         if d["metadata"]["name"] == "t-tiergate-vllm-flash" and d["kind"] == "Deployment"
     )
     args = vllm["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert {"--kv-cache-dtype=fp8", "--block-size=256", "--enable-expert-parallel"} <= set(args)
+    assert {"--kv-cache-dtype", "--block-size", "--enable-expert-parallel"} <= set(args)
     # The catalog the chart ships is valid and discovers the replicas the chart runs.
     cm = next(
         d
@@ -109,6 +110,91 @@ def test_chart_wires_what_the_gateway_needs(helm: str) -> None:
     )
     catalog = parse_catalog(yaml.safe_load(cm["data"]["catalog.yaml"]))
     assert catalog.backends["flash-pool"].discovery.dns == "t-tiergate-vllm-flash"  # type: ignore[union-attr]
+
+
+# The vLLM Deployments run exactly what engines/profiles.py builds: the chart ships the JSON of
+# `tiergate engine profile ... --format json` (files/vllm/<tier>.json, or a value given with
+# --set-file) and copies its argv, env and GPU count; it holds no vLLM flags of its own.
+SHIPPED = {
+    "flash": build("flash", "h200", 4, max_model_len=393_216),
+    "pro": build("pro", "h200", 8),
+}
+
+
+def _vllm(docs: list[dict], tier: str) -> dict:
+    dep = next(
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == f"t-tiergate-vllm-{tier}"
+    )
+    container: dict = dep["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def _served_name(profile: Profile) -> str:
+    return profile.argv[profile.argv.index("--served-model-name") + 1]
+
+
+@pytest.mark.parametrize("tier", sorted(SHIPPED))
+def test_vllm_deployments_run_the_shipped_launch_profiles(helm: str, tier: str) -> None:
+    profile = SHIPPED[tier]
+    shipped = CHART / "files" / "vllm" / f"{tier}.json"
+    assert shipped.read_text() == profile.json(), (
+        f"{shipped} is stale: regenerate it with `tiergate engine profile {tier} --gpu h200 "
+        f"--gpus {profile.gpus} --max-model-len {profile.max_model_len} --format json "
+        f"--write {shipped.relative_to(ROOT)}`"
+    )
+    docs = render(helm, "-f", str(CHART / "ci" / "production-values.yaml"))
+    c = _vllm(docs, tier)
+    assert c["command"] + c["args"] == profile.argv
+    assert {e["name"]: e["value"] for e in c["env"]} == profile.env
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == profile.gpus
+    # The shipped catalog routes to what these replicas serve, sized as they are.
+    cm = next(d for d in docs if d["metadata"]["name"] == "t-tiergate-catalog")
+    pool = yaml.safe_load(cm["data"]["catalog.yaml"])["backends"][f"{tier}-pool"]
+    assert pool["served_model"] == _served_name(profile)
+    assert pool["max_model_len"] == profile.max_model_len
+    assert pool["cost"]["gpus_per_replica"] == profile.gpus
+
+
+def test_vllm_profile_from_the_cli_replaces_the_shipped_one(helm: str, tmp_path: Path) -> None:
+    out = tmp_path / "pro.json"
+    cli = [sys.executable, "-m", "gateway.cli", "engine", "profile", "pro", "--gpu", "b200"]
+    opts = ["--gpus", "16", "--max-model-len", "1048576", "--mtp", "1", "--format", "json"]
+    subprocess.run([*cli, *opts, "--write", str(out)], check=True, capture_output=True)
+    docs = render(
+        helm,
+        "--set",
+        "secrets.masterKey=x",
+        "--set",
+        "vllm.pro.enabled=true",
+        "--set-file",
+        f"vllm.pro.profile={out}",
+        "--set",
+        "vllm.pro.extraArgs={--enable-log-requests}",
+    )
+    profile = build("pro", "b200", 16, max_model_len=1_048_576, mtp_tokens=1)
+    c = _vllm(docs, "pro")
+    assert c["command"] + c["args"] == [*profile.argv, "--enable-log-requests"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 16
+    # A profile of the other model is refused rather than deployed under the wrong tier.
+    wrong = subprocess.run(
+        [
+            helm,
+            "template",
+            "t",
+            str(CHART),
+            "--set",
+            "secrets.masterKey=x",
+            "--set",
+            "vllm.flash.enabled=true",
+            "--set-file",
+            f"vllm.flash.profile={out}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert wrong.returncode != 0 and "vllm.flash.profile must be" in wrong.stderr
 
 
 def test_schema_rejects_bad_values(helm: str) -> None:
