@@ -70,9 +70,9 @@ def _store_state(state_ptr, st_row, slot, d, m, lsum, acc, D: tl.constexpr):  # 
 
 
 @triton.jit
-def _rope(
+def _rope(  # type: ignore[no-untyped-def]
     entry, d, pos, cos_ptr, sin_ptr, D: tl.constexpr, ROPE: tl.constexpr, BLOCK_D: tl.constexpr
-):  # type: ignore[no-untyped-def]
+):
     half: tl.constexpr = ROPE // 2
     i = d - (D - ROPE)
     in_rope = i >= 0

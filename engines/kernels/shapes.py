@@ -15,6 +15,7 @@ Causality: a query at position ``i`` may use entry ``j`` of a layer with ratio `
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -70,7 +71,7 @@ class AttentionShape:
 
     @property
     def softmax_scale(self) -> float:
-        return float(self.head_dim) ** -0.5
+        return 1.0 / math.sqrt(self.head_dim)
 
     def layer_count(self, kind: LayerKind) -> int:
         return {
