@@ -18,6 +18,7 @@ _EXTENSIONS: tuple[tuple[str, str], ...] = (
     ("gateway.cli_admin", "add_admin_commands"),
     ("gateway.cli_router", "add_router_commands"),
     ("gateway.cli_engine", "add_engine_commands"),
+    ("gateway.cli_ledger", "add_ledger_commands"),
 )
 
 

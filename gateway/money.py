@@ -77,6 +77,7 @@ class MoneyAccounting:
         prefix: str = "tg:",
         claim_idle_ms: int = 30_000,
         redis_failure_mode: FailureMode = "closed",
+        drain_inline: bool = True,
     ) -> None:
         self.engine = engine
         self.sessions = sessions
@@ -91,6 +92,7 @@ class MoneyAccounting:
         self.writer: StreamDrainer | BatchedWriter
         self.store: BudgetStore
         self.guard: RedisGuard | None = None
+        self._drain_inline = drain_inline
         if redis is not None:
             store = RedisBudgetStore(redis, self._load_spent, prefix=prefix)
             self.store = store
@@ -119,7 +121,8 @@ class MoneyAccounting:
     async def start(self) -> None:
         if isinstance(self.writer, StreamDrainer):
             await self.writer.ensure_group()
-        self.writer.start()
+        if self._drain_inline or not isinstance(self.writer, StreamDrainer):
+            self.writer.start()  # else `tiergate ledger drain` processes write the stream
         if self.redis is not None:
             self._listener = asyncio.create_task(self._listen_revocations(), name="key-revocations")
         if self.guard is not None:
@@ -422,4 +425,5 @@ async def open_money(settings: Any, metrics: Metrics) -> MoneyAccounting:
         prefix=settings.redis_prefix,
         claim_idle_ms=settings.ledger_claim_idle_ms,
         redis_failure_mode=settings.redis_failure_mode,
+        drain_inline=settings.ledger_drain == "inline",
     )

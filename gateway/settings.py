@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     # "open" serves them with per-process budgets and rate limits (see docs/money.md).
     redis_failure_mode: Literal["closed", "open"] = "closed"
     ledger_claim_idle_ms: int = Field(default=30_000, gt=0)
+    # With Redis: "inline" drains the ledger stream into the database inside each gateway
+    # process; "external" leaves it to `tiergate ledger drain` processes, so the batched
+    # inserts never share the request path's event loop.
+    ledger_drain: Literal["inline", "external"] = "inline"
     master_key: SecretStr | None = None
     # When set, /metrics needs 'Authorization: Bearer <metrics_key>' (it shows per-team spend).
     metrics_key: SecretStr | None = None

@@ -234,3 +234,24 @@ def test_compose_config_is_valid() -> None:
     assert gw["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert gw["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "healthcheck" in gw and cfg["services"]["vllm-flash"]["profiles"] == ["gpu"]
+
+
+def test_ledger_drain_pods_take_the_stream_off_the_gateways(helm: str) -> None:
+    def env_of(d: dict) -> dict[str, dict]:
+        return {e["name"]: e for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    docs = render(helm, "-f", str(CHART / "ci" / "production-values.yaml"))
+    deps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    drain, gw = deps["t-tiergate-ledger-drain"], deps["t-tiergate"]
+    assert drain["spec"]["template"]["spec"]["containers"][0]["args"] == ["ledger", "drain"]
+    assert drain["spec"]["replicas"] == 2
+    for d in (drain, gw):
+        assert env_of(d)["TIERGATE_LEDGER_DRAIN"]["value"] == "external"
+    assert env_of(drain)["TIERGATE_REDIS_URL"] == env_of(gw)["TIERGATE_REDIS_URL"]
+    default = render(helm, "-f", str(CHART / "ci" / "dev-values.yaml"))
+    names = {d["metadata"]["name"] for d in default if d["kind"] == "Deployment"}
+    assert "t-tiergate-ledger-drain" not in names
+    gw = next(
+        d for d in default if d["kind"] == "Deployment" and d["metadata"]["name"] == "t-tiergate"
+    )
+    assert env_of(gw)["TIERGATE_LEDGER_DRAIN"]["value"] == "inline"

@@ -37,4 +37,6 @@ app.kubernetes.io/component: gateway
   value: {{ .Values.budgetTimezone | quote }}
 - name: TIERGATE_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
+- name: TIERGATE_LEDGER_DRAIN
+  value: {{ ternary "external" "inline" .Values.ledgerDrain.enabled | quote }}
 {{- end -}}
