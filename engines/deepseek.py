@@ -89,11 +89,13 @@ class DeepSeekEngine:
             except UpstreamError as exc:
                 if not exc.retryable or attempt >= self.spec.max_retries:
                     raise
+                # Exponential backoff with jitter, but never sooner than Retry-After asks.
                 delay = min(self._backoff * (2**attempt), _MAX_BACKOFF_S)
+                delay *= 0.5 + random.random() / 2
                 if exc.retry_after is not None:
                     delay = min(max(delay, exc.retry_after), _MAX_BACKOFF_S)
                 attempt += 1
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                await asyncio.sleep(delay)
 
     async def complete(self, req: EngineRequest) -> EngineResponse:
         resp = await self._open(req, stream=False)

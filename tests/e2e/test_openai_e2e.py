@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -265,6 +266,47 @@ def test_hosted_only_overload_is_reported_after_retries(
     assert info.value.status_code == status and info.value.body["code"] == code
     if retry_after:
         assert info.value.response.headers.get("retry-after")
+
+
+def _hosted_requests(sims: Sims) -> int:
+    return int(httpx.get(sims.hosted + "/sim/stats", timeout=5).json()["requests"])
+
+
+@pytest.mark.parametrize(
+    ("status", "attempts", "min_seconds"),
+    [
+        (503, 3, (0.25 + 0.5) / 2),  # 1 + max_retries (2); backoff 0.25, 0.5 s, jitter >= 1/2
+        (429, 3, 2 * 1.0),  # Retry-After: 1 from the hosted simulator sets the floor
+        (402, 1, 0.0),  # insufficient balance: never retried
+    ],
+)
+def test_hosted_retries_with_backoff_only_where_safe(
+    hosted_only: Gateway, sims: Sims, status: int, attempts: int, min_seconds: float
+) -> None:
+    sims.control(sims.hosted, fail_rate=1.0, fail_status=status)
+    before = _hosted_requests(sims)
+    t = time.perf_counter()
+    with pytest.raises(openai.APIStatusError) as info:
+        hosted_only.client().chat.completions.create(
+            model="deepseek-chat", messages=USER, max_tokens=8
+        )
+    elapsed = time.perf_counter() - t
+    assert info.value.status_code == status
+    assert _hosted_requests(sims) - before == attempts
+    assert elapsed >= min_seconds * 0.9
+
+
+def test_insufficient_system_resource_is_passed_on_and_billed(
+    hosted_only: Gateway, sims: Sims
+) -> None:
+    sims.control(sims.hosted, fail_rate=1.0, fail_mode="insufficient")
+    before = len(hosted_only.accounting.settled)
+    out = hosted_only.client().chat.completions.create(
+        model="deepseek-chat", messages=USER, max_tokens=32
+    )
+    assert out.choices[0].finish_reason == "insufficient_system_resource"
+    assert len(hosted_only.accounting.settled) == before + 1
+    assert out.usage is not None and out.usage.prompt_tokens > 0
 
 
 def test_unknown_model_is_404_listing_models(gateway: Gateway) -> None:
