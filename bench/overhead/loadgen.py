@@ -107,21 +107,30 @@ async def run_rate(
     async def one(due: float) -> None:
         nonlocal opened, errors, ok
         conn = idle.pop() if idle else None
-        try:
-            if conn is None:
-                if opened >= max_conns:
-                    errors += 1
-                    return
-                opened += 1
-                conn = _Conn(*await asyncio.open_connection(host, port))
-            conn.writer.write(payload)
-            status = await asyncio.wait_for(_read_response(conn.reader), timeout_s)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
-            errors += 1
-            if conn is not None:
-                conn.writer.close()
-                opened -= 1
-            return
+        reused = conn is not None
+        while True:
+            try:
+                if conn is None:
+                    if opened >= max_conns:
+                        errors += 1
+                        return
+                    opened += 1
+                    conn = _Conn(*await asyncio.open_connection(host, port))
+                conn.writer.write(payload)
+                status = await asyncio.wait_for(_read_response(conn.reader), timeout_s)
+                break
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                if conn is not None:
+                    conn.writer.close()
+                    opened -= 1
+                    conn = None
+                # A keep-alive connection the server closed while idle: retry once on a new
+                # one, as HTTP clients do. Anything else counts as an error.
+                if reused and isinstance(exc, (asyncio.IncompleteReadError, ConnectionError)):
+                    reused = False
+                    continue
+                errors += 1
+                return
         latencies.append((time.perf_counter() - due) * 1000)
         if status == 200:
             ok += 1

@@ -56,7 +56,7 @@ def sweep(
                 misses = 0
             else:
                 misses += 1
-                if misses == 2:
+                if misses == 3 or summary["achieved"] < 0.9 * rate:
                     break
     finally:
         loop.close()
@@ -71,6 +71,7 @@ def main() -> int:
     ap.add_argument("--database-url")
     ap.add_argument("--redis-url")
     ap.add_argument("--litellm", action="store_true")
+    ap.add_argument("--only", choices=("direct", "tiergate", "litellm"), help="one contender")
     ap.add_argument("--out", default=str(ROOT / "var" / "bench" / "openloop.json"))
     args = ap.parse_args()
     res: dict[str, object] = {
@@ -82,6 +83,8 @@ def main() -> int:
         database_url=args.database_url, redis_url=args.redis_url, litellm=args.litellm
     ) as stack:
         contenders = ["direct", "tiergate"] + (["litellm"] if args.litellm else [])
+        if args.only:
+            contenders = [args.only]
         for who in contenders:
             res[who] = sweep(stack, who, args.seconds, args.p99_ms, args.max_rate)
     out = Path(args.out)

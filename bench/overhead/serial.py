@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -163,93 +162,32 @@ def main() -> int:
     )
     args = ap.parse_args()
 
-    sim_port, gw_port, ll_port = free_port(), free_port(), free_port()
-    catalog = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
-    catalog["backends"]["flash-local"]["replicas"] = [f"http://127.0.0.1:{sim_port}"]
-    tmp = Path(tempfile.mkdtemp())
-    (tmp / "catalog.yaml").write_text(yaml.safe_dump(catalog))
-    env = {
-        **os.environ,
-        "DEEPSEEK_API_KEY": "sim",
-        "TIERGATE_LOG_LEVEL": "warning",
-        "TIERGATE_DATABASE_URL": "none",
-    }
-    headers: dict[str, str] = {}
-    if args.database_url:
-        env["TIERGATE_DATABASE_URL"] = args.database_url
-        env["TIERGATE_REQUIRE_API_KEY"] = "true"
-        if args.redis_url:
-            env["TIERGATE_REDIS_URL"] = args.redis_url
-            env["TIERGATE_REDIS_PREFIX"] = f"tgbench{os.getpid()}:"
-        headers["Authorization"] = "Bearer " + provision(args.database_url)
-    py = sys.executable
-    sim_cmd = [py, "-m", "gateway.cli", "sim", "--mode", "vllm", "--preset", "flash"]
-    sim = start(
-        [
-            *sim_cmd,
-            "--zero-latency",
-            "--model",
-            "deepseek-ai/DeepSeek-V4-Flash",
-            "--port",
-            str(sim_port),
-        ],
-        1,
-        env,
-    )
-    gw = start(
-        [
-            py,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--config",
-            str(tmp / "catalog.yaml"),
-            "--port",
-            str(gw_port),
-        ],
-        0,
-        env,
-    )
-    procs = [gw, sim]
-    if args.litellm:
-        procs.append(litellm_proxy(sim_port, ll_port, env))
+    from stack import Stack, direct_body  # beside this file; it imports the helpers above
+
     lt: list[float] = []
-    try:
-        wait_ready(f"http://127.0.0.1:{sim_port}/health")
-        wait_ready(f"http://127.0.0.1:{gw_port}/healthz")
-        direct_url = f"http://127.0.0.1:{sim_port}/v1/chat/completions"
-        gw_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-        ll_url = f"http://127.0.0.1:{ll_port}/v1/chat/completions"
-        ll_headers = {"Authorization": f"Bearer {LITELLM_KEY}"}
+    with Stack(
+        database_url=args.database_url, redis_url=args.redis_url, litellm=args.litellm
+    ) as stack:
+        direct_url = stack.url("direct") + "/v1/chat/completions"
+        gw_url = stack.url("tiergate") + "/v1/chat/completions"
+        ll_url = stack.url("litellm") + "/v1/chat/completions"
+        headers, ll_headers = stack.headers("tiergate"), stack.headers("litellm")
         # Direct requests name the simulator's own model and carry what the gateway would
         # add (thinking off), so both sides ask the simulator for the same work.
-        direct_body = {
-            **BODY,
-            "model": "deepseek-ai/DeepSeek-V4-Flash",
-            "chat_template_kwargs": {"thinking": False},
-        }
+        dbody = direct_body(BODY)
         with httpx.Client(timeout=30) as client:
-            measure(client, direct_url, direct_body, args.warmup)
+            measure(client, direct_url, dbody, args.warmup)
             measure(client, gw_url, BODY, args.warmup, headers)
             if args.litellm:
-                wait_ready(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=300)
                 measure(client, ll_url, BODY, args.warmup, ll_headers)
             d: list[float] = []
             g: list[float] = []
             block = 100
             for _ in range(max(1, args.requests // block)):
-                d += measure(client, direct_url, direct_body, block)
+                d += measure(client, direct_url, dbody, block)
                 g += measure(client, gw_url, BODY, block, headers)
                 if args.litellm:
                     lt += measure(client, ll_url, BODY, block, ll_headers)
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
     keys = ("p50", "p90", "p99", "mean")
     res: dict[str, object] = {
         "requests": len(g),

@@ -12,9 +12,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 
+import httpx
 import yaml
 from serial import LITELLM_KEY, free_port, litellm_proxy, provision, start, wait_ready
 
@@ -76,12 +78,28 @@ class Stack:
         try:
             wait_ready(self.url("direct") + "/health")
             wait_ready(self.url("tiergate") + "/healthz")
+            self._wait_routable()
             if self.litellm:
                 wait_ready(self.url("litellm") + "/health/liveliness", timeout=300)
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _wait_routable(self, timeout: float = 30.0) -> None:
+        """Until the gateway's first health poll has seen the replica, requests would spill."""
+        body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]}
+        deadline = time.monotonic() + timeout
+        while True:
+            r = httpx.post(
+                self.url("tiergate") + "/v1/chat/completions",
+                json={**body, "max_tokens": 1},
+                headers=self.gateway_headers,
+                timeout=10,
+            )
+            if r.status_code == 200 or time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
 
     def __exit__(
         self,
