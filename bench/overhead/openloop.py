@@ -71,16 +71,23 @@ def main() -> int:
     ap.add_argument("--database-url")
     ap.add_argument("--redis-url")
     ap.add_argument("--litellm", action="store_true")
+    ap.add_argument(
+        "--external-drain", action="store_true", help="ledger inserts in a separate process"
+    )
     ap.add_argument("--only", choices=("direct", "tiergate", "litellm"), help="one contender")
     ap.add_argument("--out", default=str(ROOT / "var" / "bench" / "openloop.json"))
     args = ap.parse_args()
     res: dict[str, object] = {
         "money_path": ("redis+sql" if args.redis_url else "sql") if args.database_url else "off",
+        "ledger_drain": "external" if args.external_drain else "inline",
         "p99_bar_ms": args.p99_ms,
         "seconds_per_rate": args.seconds,
     }
     with Stack(
-        database_url=args.database_url, redis_url=args.redis_url, litellm=args.litellm
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+        litellm=args.litellm,
+        external_drain=args.external_drain,
     ) as stack:
         contenders = ["direct", "tiergate"] + (["litellm"] if args.litellm else [])
         if args.only:

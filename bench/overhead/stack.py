@@ -32,10 +32,12 @@ class Stack:
         redis_url: str | None = None,
         litellm: bool = False,
         sim_args: tuple[str, ...] = ("--zero-latency",),
+        external_drain: bool = False,
     ) -> None:
         self.sim_port, self.gw_port, self.ll_port = free_port(), free_port(), free_port()
         self.database_url, self.redis_url, self.litellm = database_url, redis_url, litellm
         self.sim_args = sim_args
+        self.external_drain = external_drain
         self.procs: list[subprocess.Popen[bytes]] = []
         self.gateway_headers: dict[str, str] = {}
         self.litellm_headers = {"Authorization": f"Bearer {LITELLM_KEY}"}
@@ -66,6 +68,12 @@ class Stack:
                 env["TIERGATE_REDIS_URL"] = self.redis_url
                 env["TIERGATE_REDIS_PREFIX"] = f"tgbench{os.getpid()}:"
             self.gateway_headers = {"Authorization": "Bearer " + provision(self.database_url)}
+            if self.redis_url and self.external_drain:
+                # Ledger inserts in their own process (on the client's core), not the gateway's.
+                env["TIERGATE_LEDGER_DRAIN"] = "external"
+                self.procs.append(
+                    start([sys.executable, "-m", "gateway.cli", "ledger", "drain"], 1, env)
+                )
         py = sys.executable
         sim = [py, "-m", "gateway.cli", "sim", "--mode", "vllm", "--preset", "flash"]
         sim += [*self.sim_args, "--model", SIM_MODEL, "--port", str(self.sim_port)]

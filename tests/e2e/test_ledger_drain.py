@@ -11,39 +11,32 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 
-from .conftest import DEMO, Sims
-from .test_money_e2e import MASTER, ROOT, Gateways, chat, new_key, sql, wait_rows
+from .conftest import Sims
+from .test_money_e2e import (
+    ROOT,
+    Gateways,
+    chat,
+    drop_keys,
+    money_env,
+    new_key,
+    sims_catalog,
+    sql,
+    wait_rows,
+)
 
 
 @pytest.fixture(scope="module")
 def external(
     sims: Sims, pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateways]:
-    data = yaml.safe_load(DEMO.read_text())
-    data["backends"]["flash-local"]["replicas"] = sims.flash
-    data["backends"]["pro-local"]["replicas"] = sims.pro
-    data["backends"]["hosted"]["base_url"] = sims.hosted
-    config = tmp_path_factory.mktemp("drain") / "catalog.yaml"
-    config.write_text(yaml.safe_dump(data))
+    config = sims_catalog(sims, tmp_path_factory.mktemp("drain"))
     prefix = f"tgd:{os.getpid()}:"
-    env = {
-        **os.environ,
-        "DEEPSEEK_API_KEY": "sim-key",
-        "TIERGATE_DATABASE_URL": pg_url,
-        "TIERGATE_REDIS_URL": redis_url,
-        "TIERGATE_REDIS_PREFIX": prefix,
-        "TIERGATE_MASTER_KEY": MASTER,
-        "TIERGATE_REQUIRE_API_KEY": "true",
-        "TIERGATE_LEDGER_DRAIN": "external",
-        "TIERGATE_LEDGER_CLAIM_IDLE_MS": "1000",
-        "TIERGATE_LOG_LEVEL": "warning",
-    }
-    gw = Gateways(env, config)
+    gw = Gateways(money_env(pg_url, redis_url, prefix, TIERGATE_LEDGER_DRAIN="external"), config)
     gw.start(1)
     yield gw
     gw.stop()
+    drop_keys(redis_url, prefix)
 
 
 def drain(gw: Gateways, *args: str) -> subprocess.Popen[str]:

@@ -93,18 +93,20 @@ def wait_ready(url: str, timeout: float = 60) -> None:
     raise TimeoutError(f"gateway {url} did not start")
 
 
-@pytest.fixture(scope="module")
-def gateways(
-    sims: Sims, pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateways]:
+def sims_catalog(sims: Sims, folder: Path) -> Path:
+    """The demo catalog pointed at the running simulators, written to ``folder``."""
     data = yaml.safe_load(DEMO.read_text())
     data["backends"]["flash-local"]["replicas"] = sims.flash
     data["backends"]["pro-local"]["replicas"] = sims.pro
     data["backends"]["hosted"]["base_url"] = sims.hosted
-    config = tmp_path_factory.mktemp("money") / "catalog.yaml"
+    config = folder / "catalog.yaml"
     config.write_text(yaml.safe_dump(data))
-    prefix = f"tgm:{os.getpid()}:"
-    env = {
+    return config
+
+
+def money_env(pg_url: str, redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
+    """Environment of a gateway process with keys, Redis budgets and the PostgreSQL ledger."""
+    return {
         **os.environ,
         "DEEPSEEK_API_KEY": "sim-key",
         "TIERGATE_DATABASE_URL": pg_url,
@@ -114,11 +116,11 @@ def gateways(
         "TIERGATE_REQUIRE_API_KEY": "true",
         "TIERGATE_LEDGER_CLAIM_IDLE_MS": "1000",
         "TIERGATE_LOG_LEVEL": "warning",
+        **extra,
     }
-    gw = Gateways(env, config)
-    gw.start(3)
-    yield gw
-    gw.stop()
+
+
+def drop_keys(redis_url: str, prefix: str) -> None:
     import redis
 
     r = redis.Redis.from_url(redis_url)
@@ -126,6 +128,19 @@ def gateways(
     if keys:
         r.delete(*keys)
     r.close()
+
+
+@pytest.fixture(scope="module")
+def gateways(
+    sims: Sims, pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateways]:
+    config = sims_catalog(sims, tmp_path_factory.mktemp("money"))
+    prefix = f"tgm:{os.getpid()}:"
+    gw = Gateways(money_env(pg_url, redis_url, prefix), config)
+    gw.start(3)
+    yield gw
+    gw.stop()
+    drop_keys(redis_url, prefix)
 
 
 def admin(

@@ -7,7 +7,6 @@ openai and anthropic SDKs.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,29 +21,22 @@ import httpx
 import openai
 import pytest
 import redis
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from policies.catalog import load_catalog
 from policies.pricing import PriceBook
 from policies.usage import usage_from_openai
 
-from .conftest import DEMO, Sims
+from .conftest import Sims
 from .tcpproxy import TcpProxy
-from .test_money_e2e import MASTER, Gateways, admin, new_key, sql
+from .test_money_e2e import Gateways, admin, money_env, new_key, sims_catalog, sql
 
 MESSAGES: Any = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture(scope="module")
 def catalog_file(sims: Sims, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data = yaml.safe_load(DEMO.read_text())
-    data["backends"]["flash-local"]["replicas"] = sims.flash
-    data["backends"]["pro-local"]["replicas"] = sims.pro
-    data["backends"]["hosted"]["base_url"] = sims.hosted
-    config = tmp_path_factory.mktemp("outages") / "catalog.yaml"
-    config.write_text(yaml.safe_dump(data))
-    return config
+    return sims_catalog(sims, tmp_path_factory.mktemp("outages"))
 
 
 def _proxy_for(url: str, default_port: int) -> TcpProxy:
@@ -66,18 +58,12 @@ def gateway(
     """One gateway process that reaches Redis (cut="redis") or PostgreSQL through a proxy."""
     proxy = _proxy_for(redis_url, 6379) if cut == "redis" else _proxy_for(pg_url, 5432)
     prefix = f"tgo:{uuid.uuid4().hex[:8]}:"
-    env = {
-        **os.environ,
-        "DEEPSEEK_API_KEY": "sim-key",
-        "TIERGATE_DATABASE_URL": _via(pg_url, proxy) if cut == "postgres" else pg_url,
-        "TIERGATE_REDIS_URL": _via(redis_url, proxy) if cut == "redis" else redis_url,
-        "TIERGATE_REDIS_PREFIX": prefix,
-        "TIERGATE_REDIS_FAILURE_MODE": mode,
-        "TIERGATE_MASTER_KEY": MASTER,
-        "TIERGATE_REQUIRE_API_KEY": "true",
-        "TIERGATE_LEDGER_CLAIM_IDLE_MS": "1000",
-        "TIERGATE_LOG_LEVEL": "warning",
-    }
+    env = money_env(
+        _via(pg_url, proxy) if cut == "postgres" else pg_url,
+        _via(redis_url, proxy) if cut == "redis" else redis_url,
+        prefix,
+        TIERGATE_REDIS_FAILURE_MODE=mode,
+    )
     gw = Gateways(env, config)
     gw.prefix = prefix  # type: ignore[attr-defined]
     try:
