@@ -41,6 +41,12 @@ class Metrics:
             (*_OPTION, "team"),
             registry=r,
         )
+        self.pro_equivalent = Counter(
+            "tiergate_pro_equivalent_nanodollars",
+            "What hosted Pro would have charged for the same tokens, in nano-dollars.",
+            (*_OPTION, "team"),
+            registry=r,
+        )
         self.cache_saved = Counter(
             "tiergate_cache_savings_nanodollars",
             "Money cache hits saved versus paying the cache-miss price, in nano-dollars.",
