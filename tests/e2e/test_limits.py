@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,11 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from engines.asgi_thread import free_port
-
-from .conftest import DEMO, Sims
+from .conftest import Sims
+from .test_money_e2e import Gateways, sims_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_BODY = 64_000
@@ -34,14 +30,7 @@ HEAD_TIMEOUT = 3.0
 
 @pytest.fixture(scope="module")
 def served(sims: Sims, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = yaml.safe_load(DEMO.read_text())
-    data["backends"]["flash-local"]["replicas"] = sims.flash
-    data["backends"]["pro-local"]["replicas"] = sims.pro
-    data["backends"]["hosted"]["base_url"] = sims.hosted
-    tmp = tmp_path_factory.mktemp("limits")
-    config = tmp / "catalog.yaml"
-    config.write_text(yaml.safe_dump(data))
-    port = free_port()
+    config = sims_catalog(sims, tmp_path_factory.mktemp("limits"))
     env = {
         **os.environ,
         "DEEPSEEK_API_KEY": "sim-key",
@@ -52,38 +41,10 @@ def served(sims: Sims, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         "TIERGATE_MAX_HEADER_BYTES": str(MAX_HEAD),
         "TIERGATE_HEADER_TIMEOUT_S": str(HEAD_TIMEOUT),
     }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp / "gateway.log").open("ab"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-        time.sleep(0.1)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    gw = Gateways(env, config)
+    gw.start(1)
+    yield gw.urls[0]
+    gw.stop()
 
 
 def chat_body(n_messages: int = 1, text: str = "hi") -> dict[str, Any]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,14 +20,13 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from engines.asgi_thread import free_port
 from gateway import keys
 from gateway.app import create_app
 from gateway.settings import Settings
 
-from .conftest import DEMO, Sims
+from .conftest import Sims
+from .test_money_e2e import Gateways, sims_catalog, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 MASTER = "master-" + uuid.uuid4().hex
@@ -61,15 +58,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(sims: Sims, pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    data = yaml.safe_load(DEMO.read_text())
-    data["backends"]["flash-local"]["replicas"] = sims.flash
-    data["backends"]["pro-local"]["replicas"] = sims.pro
-    data["backends"]["hosted"]["base_url"] = sims.hosted
-    tmp = tmp_path_factory.mktemp("security")
-    config = tmp / "catalog.yaml"
-    config.write_text(yaml.safe_dump(data))
-    log = tmp / "gateway.log"
-    port = free_port()
+    config = sims_catalog(sims, tmp_path_factory.mktemp("security"))
     env = {
         **os.environ,
         "DEEPSEEK_API_KEY": "sim-key",
@@ -81,38 +70,11 @@ def served(sims: Sims, pg_url: str, tmp_path_factory: pytest.TempPathFactory) ->
         "TIERGATE_LOG_JSON": "true",
     }
     env.pop("TIERGATE_LOG_PROMPTS", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
-    yield Served(url, log)
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    gw = Gateways(env, config)
+    port = gw.spawn()
+    wait_ready(gw.urls[0])
+    yield Served(gw.urls[0], config.parent / f"gateway-{port}.log")
+    gw.stop()
 
 
 def chat(url: str, key: str, **kw: Any) -> httpx.Response:
