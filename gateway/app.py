@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,6 +19,7 @@ from engines.http import new_session
 from engines.registry import build_engines
 from gateway.accounting import Accounting, OpenAccounting
 from gateway.errors import error_response
+from gateway.fastpath import TiergateApp, unexpected_error
 from gateway.http_guard import BodyLimit
 from gateway.logging import configure_logging
 from gateway.metrics import Metrics
@@ -98,13 +98,22 @@ def create_app(
                 await engine.close()
             await session.close()
 
-    app = FastAPI(
+    app = TiergateApp(
         title="tiergate",
         version="0.1.0",
         summary="Cost-aware routing gateway for DeepSeek V4",
         lifespan=lifespan,
+        max_body_bytes=settings.max_body_bytes,
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Model requests skip FastAPI's middleware chain and router (gateway/fastpath.py).
+    app.hot_routes(
+        {
+            "/v1/chat/completions": openai_routes.chat_completions,
+            "/v1/completions": openai_routes.completions,
+            **{p + "/v1/messages": anthropic_routes.messages for p in ("", "/anthropic")},
+        }
+    )
     app.include_router(system_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)
@@ -129,13 +138,7 @@ def create_app(
     async def _unexpected(request: Request, exc: Exception) -> Response:
         # A bug or an unplanned failure (a dependency timing out): the client still gets its
         # protocol's error shape, and the traceback goes to the log.
-        structlog.get_logger("tiergate").exception(
-            "unhandled_error", path=request.url.path, error=type(exc).__name__
-        )
-        err = TiergateError(
-            f"internal error ({type(exc).__name__}); the gateway logged the details"
-        )
-        return error_response(err, _protocol(request))  # type: ignore[arg-type]
+        return unexpected_error(request.url.path, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:

@@ -1,0 +1,66 @@
+"""The data-plane routes on a pure-ASGI path, past FastAPI's middleware chain and router.
+
+Every model request pays for each ASGI layer in front of its handler: FastAPI's error,
+telemetry and body-limit middlewares, the exception middleware, the async exit stack and
+the router's path matching. The handlers of the hot routes need none of it: they take a
+``Request``, return a ``Response`` and raise ``TiergateError`` for anything a client should
+hear about. ``TiergateApp`` answers those few ``POST`` paths itself, behind the same
+``BodyLimit`` and with the same error shapes as the app's exception handlers, and hands
+everything else (admin, models, health, metrics, docs, lifespan) to FastAPI. The routes stay
+registered with FastAPI too, so the OpenAPI document still describes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway.errors import error_response
+from gateway.http_guard import BodyLimit, protocol_of_path
+from policies.errors import TiergateError
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def unexpected_error(path: str, exc: Exception) -> Response:
+    """A bug or an unplanned failure: the protocol's 500 shape, the traceback in the log."""
+    structlog.get_logger("tiergate").exception(
+        "unhandled_error", path=path, error=type(exc).__name__
+    )
+    err = TiergateError(f"internal error ({type(exc).__name__}); the gateway logged the details")
+    return error_response(err, protocol_of_path(path))
+
+
+class TiergateApp(FastAPI):
+    def __init__(self, *, max_body_bytes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._hot: dict[str, Endpoint] = {}
+        self._hot_app = BodyLimit(self._serve_hot, max_body_bytes)
+
+    def hot_routes(self, routes: Mapping[str, Endpoint]) -> None:
+        """Serve these ``POST`` paths on the fast path."""
+        self._hot.update(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self._hot:
+            scope["app"] = self
+            await self._hot_app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def _serve_hot(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        request = Request(scope, receive, send)
+        try:
+            response = await self._hot[path](request)
+        except TiergateError as exc:
+            response = error_response(exc, protocol_of_path(path), exc.headers.get("x-request-id"))
+        except Exception as exc:
+            response = unexpected_error(path, exc)
+        await response(scope, receive, send)
