@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sqlalchemy import or_, select
@@ -405,12 +405,18 @@ async def open_money(settings: Any, metrics: Metrics) -> MoneyAccounting:
     engine = make_engine(settings.database_url)
     # Fail fast when Redis is away (one quick retry for a connection it dropped), so that
     # RedisGuard, not a pile of retries, decides what a request does.
+    # A blocking pool: at its size a request waits for a free connection (up to the reply
+    # timeout) instead of failing, which RedisGuard would take for an outage.
     redis = (
-        Redis.from_url(
-            settings.redis_url,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            retry=Retry(NoBackoff(), 1),
+        Redis(
+            connection_pool=BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=settings.redis_max_connections,
+                timeout=5,
+                socket_connect_timeout=2,
+                socket_timeout=5,
+                retry=Retry(NoBackoff(), 1),
+            )
         )
         if settings.redis_url
         else None
