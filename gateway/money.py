@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -78,6 +79,7 @@ class MoneyAccounting:
         claim_idle_ms: int = 30_000,
         redis_failure_mode: FailureMode = "closed",
         drain_inline: bool = True,
+        spool_dir: Path | None = None,
     ) -> None:
         self.engine = engine
         self.sessions = sessions
@@ -108,6 +110,7 @@ class MoneyAccounting:
                 self._load_spent,
                 mode=redis_failure_mode,
                 on_recover=self._redis_recovered,
+                spool_dir=spool_dir,
             )
         else:
             writer = BatchedWriter(sessions)
@@ -432,4 +435,5 @@ async def open_money(settings: Any, metrics: Metrics) -> MoneyAccounting:
         claim_idle_ms=settings.ledger_claim_idle_ms,
         redis_failure_mode=settings.redis_failure_mode,
         drain_inline=settings.ledger_drain == "inline",
+        spool_dir=Path(settings.spool_dir) if settings.spool_dir else None,
     )

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import redis.exceptions
@@ -40,6 +40,7 @@ from gateway.budgets.base import SpentLoader
 from gateway.ledger import insert_events
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter
+from gateway.spool import Spooled, SpoolFile
 from policies.errors import ServiceUnavailable
 
 log = structlog.get_logger("tiergate.outage")
@@ -57,16 +58,6 @@ REDIS_DOWN = (
 DATABASE_DOWN = (OperationalError, InterfaceError, OSError, TimeoutError)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Spooled:
-    """A settlement Redis could not take yet: replayed through the settle script later."""
-
-    request_id: str
-    windows: tuple[Window, ...]
-    cost_nanos: int
-    event: dict[str, Any]
 
 
 async def _discard(_: dict[str, Any]) -> None:
@@ -88,6 +79,7 @@ class RedisGuard:
         probe_interval_s: float = 0.5,
         heartbeat_s: float = 1.0,
         remind_s: float = 30.0,
+        spool_dir: Path | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -107,6 +99,7 @@ class RedisGuard:
         self.local = self._new_local()
         self._held: dict[str, MemoryBudgetStore] = {}  # request id -> local store it reserved in
         self.spool: list[Spooled] = []
+        self._file = SpoolFile(spool_dir) if spool_dir is not None else None
         self._replaying = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         metrics.degraded.labels("redis").set(0)
@@ -228,7 +221,10 @@ class RedisGuard:
         # Served, but Redis cannot take the settlement now: count it locally, keep it for later.
         after = await (local or self.local).settle(request_id, windows, actual_nanos, event)
         if after is not None:
-            self.spool.append(Spooled(request_id, tuple(windows), actual_nanos, event))
+            item = Spooled(request_id, tuple(windows), actual_nanos, event)
+            self.spool.append(item)
+            if self._file is not None:
+                self._file.append([item])
             self.metrics.ledger_spool_events.set(len(self.spool))
         return after
 
@@ -247,6 +243,9 @@ class RedisGuard:
     # ---- probing and recovery ----------------------------------------------------------
 
     def start(self) -> None:
+        if self._file is not None:  # what processes killed during an outage left behind
+            self.spool += self._file.adopt_orphans()
+            self.metrics.ledger_spool_events.set(len(self.spool))
         self._task = asyncio.create_task(self._watch(), name="redis-guard")
 
     async def _watch(self) -> None:
@@ -288,6 +287,8 @@ class RedisGuard:
                 self.spool.pop(0)
                 self.metrics.ledger_spool_events.set(len(self.spool))
                 done += 1
+            if self._file is not None:
+                self._file.clear()
         if done:
             log.info("spooled settlements replayed to Redis", count=done)
         return done
@@ -298,6 +299,13 @@ class RedisGuard:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        try:
+            await self._flush_spool()
+        finally:
+            if self._file is not None:
+                self._file.close()
+
+    async def _flush_spool(self) -> None:
         if not self.spool:
             return
         with contextlib.suppress(Exception):
@@ -309,7 +317,12 @@ class RedisGuard:
             await insert_events(self.sessions, events)
         except Exception as exc:
             log.error(
-                "spooled settlements lost: neither Redis nor the database answered at shutdown",
+                "spooled settlements not written: neither Redis nor the database answered at "
+                + (
+                    f"shutdown; they stay in {self._file.path} for the next gateway process"
+                    if self._file is not None
+                    else "shutdown, and no spool directory is set: they are lost"
+                ),
                 count=len(events),
                 request_ids=[item.request_id for item in self.spool][:100],
                 error=str(exc),
@@ -321,4 +334,6 @@ class RedisGuard:
             count=len(events),
         )
         self.spool.clear()
+        if self._file is not None:
+            self._file.clear()
         self.metrics.ledger_spool_events.set(0)

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # What requests do while Redis is unreachable: "closed" refuses them with 503,
     # "open" serves them with per-process budgets and rate limits (see docs/money.md).
     redis_failure_mode: Literal["closed", "open"] = "closed"
+    # Settlements made while Redis is unreachable are also kept here (gateway/spool.py), so a
+    # process killed during an outage loses none; "" keeps them in memory only.
+    spool_dir: str = "var/spool"
     # Connections to Redis per gateway process; past it requests wait for a free one.
     redis_max_connections: int = Field(default=512, gt=0)
     ledger_claim_idle_ms: int = Field(default=30_000, gt=0)

@@ -84,6 +84,9 @@ def test_chart_wires_what_the_gateway_needs(helm: str) -> None:
     ):
         assert name in env
     assert env["TIERGATE_MASTER_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "tiergate-prod"
+    spool = env["TIERGATE_SPOOL_DIR"]["value"]
+    assert {"name": "spool", "mountPath": spool} in c["volumeMounts"]
+    assert {"name": "spool", "emptyDir": {}} in gw["spec"]["template"]["spec"]["volumes"]
     assert (
         c["readinessProbe"]["httpGet"]["path"] == "/readyz"
         and c["livenessProbe"]["httpGet"]["path"] == "/healthz"

@@ -29,7 +29,7 @@ from policies.usage import usage_from_openai
 
 from .conftest import Sims
 from .tcpproxy import TcpProxy
-from .test_money_e2e import Gateways, admin, money_env, new_key, sims_catalog, sql
+from .test_money_e2e import Gateways, admin, money_env, new_key, sims_catalog, sql, wait_ready
 
 MESSAGES: Any = [{"role": "user", "content": "hello"}]
 
@@ -63,6 +63,7 @@ def gateway(
         _via(redis_url, proxy) if cut == "redis" else redis_url,
         prefix,
         TIERGATE_REDIS_FAILURE_MODE=mode,
+        TIERGATE_SPOOL_DIR=str(config.parent / ("spool-" + prefix.split(":")[1])),
     )
     gw = Gateways(env, config)
     gw.prefix = prefix  # type: ignore[attr-defined]
@@ -272,6 +273,34 @@ def test_redis_down_fail_open_serves_with_local_limits_and_settles_once_after_re
         spent = sum(int(r_.hget(k, "spent") or 0) for k in counters)
         r_.close()
         assert counters and spent == total
+
+
+def test_spend_spooled_during_an_outage_survives_sigkill(
+    catalog_file: Path, pg_url: str, redis_url: str
+) -> None:
+    with gateway(catalog_file, pg_url, redis_url, cut="redis", mode="open") as (gw, proxy):
+        team_id, _, key = team_with_budget(gw, f"kill-{uuid.uuid4().hex[:6]}")
+        client, served = openai_client(gw, key), Served()
+        proxy.cut()
+        spooled = {served.call(client) for _ in range(3)}
+        assert metric(gw, "tiergate_ledger_spool_events") == 3
+        spool_dir = Path(gw.env["TIERGATE_SPOOL_DIR"])
+        assert [p.stat().st_size > 0 for p in spool_dir.glob("*.jsonl")] == [True]
+
+        port = int(gw.urls[0].rsplit(":", 1)[1])
+        gw.procs[0].kill()  # SIGKILL: no shutdown, the in-memory spool is gone
+        gw.procs[0].wait(10)
+        assert not {row[0] for row in ledger_rows(pg_url, team_id)} & spooled
+
+        proxy.restore()
+        gw.spawn(port)  # a new process on the same spool directory takes the file over
+        wait_ready(gw.urls[0])
+        assert_ledger_matches(pg_url, team_id, served, catalog_file)
+        wait_for(
+            lambda: all(p.stat().st_size == 0 for p in spool_dir.glob("*.jsonl")),
+            15,
+            "the adopted spool to be replayed",
+        )
 
 
 # ---- PostgreSQL down -----------------------------------------------------------------
