@@ -396,8 +396,7 @@ class Pipeline:
                 m.tokens.labels(kind, *lbl, team).inc(n)
         m.cost.labels(*lbl, team, p.caller.key_prefix or "none", "1" if peak else "0").inc(cost)
         m.hosted_equivalent.labels(*lbl, team).inc(hosted_cost)
-        strong = "pro" if "pro" in self.catalog.tiers else list(self.catalog.tiers)[-1]
-        pro = self.prices.hosted_rate(strong, p.started_at)
+        pro = self.prices.hosted_rate(self.catalog.strong_tier, p.started_at)
         m.pro_equivalent.labels(*lbl, team).inc(pro.cost_nanos(usage) if pro else cost)
         if usage.cache_hit_tokens and self.prices.has(option.backend, option.tier):
             rate = self.prices.rate(option.backend, option.tier, p.started_at)

@@ -29,7 +29,7 @@ class RouterService:
         prior = Thresholds(float(meta.get("prior_pro", 0.7)), float(meta.get("prior_think", 0.4)))
         r = catalog.routing
         self.calibrator = Calibrator(r.auto_pro_share, r.auto_think_share, prior)
-        self.strong = "pro" if "pro" in catalog.tiers else list(catalog.tiers)[-1]
+        self.strong = catalog.strong_tier
         self.weak = "flash" if "flash" in catalog.tiers else list(catalog.tiers)[0]
         self.share = Gauge(
             "tiergate_router_pro_share",

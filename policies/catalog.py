@@ -240,6 +240,11 @@ class Catalog(_Strict):
 
     # ---- lookups ---------------------------------------------------------------------
 
+    @property
+    def strong_tier(self) -> str:
+        """The tier `auto` escalates to and savings are measured against: "pro", else the last."""
+        return "pro" if "pro" in self.tiers else list(self.tiers)[-1]
+
     def backends_for_tier(self, tier: str) -> list[str]:
         """Backend names that can serve ``tier``, in the configured preference order."""
         hosted = [

@@ -149,7 +149,7 @@ def simple_auto(catalog: Catalog, last_user_text: str, prompt_chars: int) -> Aut
     text = last_user_text[:4000].lower()
     hits = [m for m in _HARD_MARKERS if m in text]
     tiers = list(catalog.tiers)
-    strong = "pro" if "pro" in catalog.tiers else tiers[-1]
+    strong = catalog.strong_tier
     weak = "flash" if "flash" in catalog.tiers else tiers[0]
     if hits or prompt_chars > catalog.routing.auto_hard_chars:
         why = f"marker={hits[0]}" if hits else f"long={prompt_chars}"

@@ -26,7 +26,7 @@ from gateway.app import create_app
 from gateway.settings import Settings
 
 from .conftest import Sims
-from .test_money_e2e import Gateways, sims_catalog, wait_ready
+from .test_money_e2e import Gateways, chat, sims_catalog, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 MASTER = "master-" + uuid.uuid4().hex
@@ -75,21 +75,6 @@ def served(sims: Sims, pg_url: str, tmp_path_factory: pytest.TempPathFactory) ->
     wait_ready(gw.urls[0])
     yield Served(gw.urls[0], config.parent / f"gateway-{port}.log")
     gw.stop()
-
-
-def chat(url: str, key: str, **kw: Any) -> httpx.Response:
-    body = {
-        "model": "deepseek-chat",
-        "messages": [{"role": "user", "content": "hello"}],
-        "max_tokens": 8,
-        **kw,
-    }
-    return httpx.post(
-        url + "/v1/chat/completions",
-        json=body,
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=30,
-    )
 
 
 # ---- keys -----------------------------------------------------------------------------------
