@@ -73,6 +73,13 @@ class Metrics:
             ("backend", "code"),
             registry=r,
         )
+        self.settlement_failures = Counter(
+            "tiergate_settlement_failures",
+            "Answered requests whose settlement failed: their spend is missing from budgets "
+            "and the ledger (the log line 'settlement failed' carries the usage).",
+            ("backend",),
+            registry=r,
+        )
         self.fallbacks = Counter(
             "tiergate_fallbacks",
             "Requests served by a later option of the plan after an earlier one failed.",

@@ -116,6 +116,7 @@ class Pipeline:
         self.log = get_logger("tiergate.request")
         self.log_prompts = log_prompts
         self.shadow: ShadowService | None = None
+        self.settling = 0  # answered non-stream requests whose settlement has not ended
 
     # ---- before dispatch ---------------------------------------------------------------
 
@@ -242,17 +243,38 @@ class Pipeline:
             return result
         raise last or UpstreamUnavailable("no backend could take the request")
 
-    async def complete(self, p: Prepared) -> EngineResponse:
+    async def answer(self, p: Prepared) -> EngineResponse:
+        """Dispatch a non-stream request. Its settlement is :meth:`finish`, which the caller
+        runs once the response is on its way (``SettledResponse``): the reservation holds
+        the worst case until then, so no budget can be overspent in between."""
         try:
             resp: EngineResponse = await self._dispatch(p, lambda e, r: e.complete(r))
         except TiergateError as err:
             await self._fail(p, err)
             raise
         p.replica = resp.replica
-        await self._settle(p, resp.usage, 200, provider_cost_usd=resp.provider_cost_usd)
+        self.settling += 1
+        return resp
+
+    async def finish(self, p: Prepared, resp: EngineResponse) -> None:
+        """Settle an answered request; never raises (the client already has its answer)."""
+        try:
+            await self._settle(p, resp.usage, 200, provider_cost_usd=resp.provider_cost_usd)
+        except Exception as exc:
+            self.metrics.settlement_failures.labels((p.option or p.plan.primary).backend).inc()
+            self.log.error(
+                "settlement failed",
+                request_id=p.request_id,
+                error=repr(exc),
+                cache_hit=resp.usage.cache_hit_tokens,
+                cache_miss=resp.usage.cache_miss_tokens,
+                output=resp.usage.output_tokens,
+            )
+            return
+        finally:
+            self.settling -= 1
         if p.shadow:
             self._shadow_submit(p, lambda: answer_text(resp.body))
-        return resp
 
     async def open_stream(self, p: Prepared) -> EngineStream:
         try:

@@ -77,6 +77,14 @@ def rate_at(name: str, schedule: tuple[PricePoint, ...], when: datetime) -> Rate
     )
 
 
+def _minute_aligned(point: PricePoint) -> bool:
+    """Whether this point's start and peak edges all fall on whole UTC minutes."""
+    times = [point.effective.astimezone(UTC).time()]
+    for w in point.peak_windows:
+        times += [w.start, w.end]
+    return all(t.second == 0 and t.microsecond == 0 for t in times)
+
+
 def _self_hosted_schedule(backend: VllmBackend) -> tuple[PricePoint, ...]:
     cost = backend.cost
     assert cost is not None
@@ -116,12 +124,27 @@ class PriceBook:
             if pt.prices is not None:
                 self._schedules[(pname, pname)] = (pt.prices, catalog.prices[pt.prices])
 
+        # Every price change and peak edge falls on a whole UTC minute in practice; then a
+        # rate is the same for the whole minute and can be looked up once per minute.
+        self._by_minute = all(
+            _minute_aligned(p) for _, sched in self._schedules.values() for p in sched
+        )
+        self._memo: dict[tuple[str, str, int], Rate] = {}
+
     def has(self, backend: str, tier: str) -> bool:
         return (backend, tier) in self._schedules
 
     def rate(self, backend: str, tier: str, when: datetime) -> Rate:
         name, schedule = self._schedules[(backend, tier)]
-        return rate_at(name, schedule, when)
+        if not self._by_minute:
+            return rate_at(name, schedule, when)
+        key = (backend, tier, int(when.timestamp() // 60))
+        rate = self._memo.get(key)
+        if rate is None:
+            if len(self._memo) >= 4096:
+                self._memo.clear()
+            rate = self._memo[key] = rate_at(name, schedule, when)
+        return rate
 
     def hosted_rate(self, tier: str, when: datetime) -> Rate | None:
         """What the hosted API would charge for ``tier`` (the savings baseline)."""

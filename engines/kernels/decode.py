@@ -169,7 +169,7 @@ def default_splits(rows: int, head_blocks: int, n_tiles: int, device: torch.devi
     """Splits per (row, head block) so that about two waves of programs fill the GPU."""
     if device.type != "cuda":
         return max(1, min(n_tiles, 2))
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = int(torch.cuda.get_device_properties(device).multi_processor_count)
     return max(1, min(n_tiles, math.ceil(2 * sms / (rows * head_blocks))))
 
 

@@ -14,6 +14,7 @@ from gateway.anthropic import (
     translate_stream,
 )
 from gateway.openapi_bodies import COUNT_TOKENS, MESSAGES, body
+from gateway.settled import settled_response
 from gateway.state import pipeline_of, settings_of
 
 router = APIRouter()
@@ -34,12 +35,10 @@ async def messages(request: Request) -> Response:
         return StreamingResponse(
             events, media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
         )
-    resp = await pipeline.complete(p)
+    resp = await pipeline.answer(p)
     headers["x-tiergate-route"] = p.route_header()
-    return Response(
-        orjson.dumps(to_message(resp.body, call.model)),
-        media_type="application/json",
-        headers=headers,
+    return await settled_response(
+        pipeline, p, resp, lambda: orjson.dumps(to_message(resp.body, call.model)), headers
     )
 
 

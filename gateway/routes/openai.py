@@ -11,6 +11,7 @@ from gateway.errors import sse_error_event
 from gateway.openapi_bodies import CHAT_COMPLETION, COMPLETION, body
 from gateway.parse import Call, parse_chat, parse_completion
 from gateway.pipeline import Pipeline
+from gateway.settled import settled_response
 from gateway.state import pipeline_of, settings_of
 
 router = APIRouter()
@@ -29,9 +30,9 @@ async def _serve(pipeline: Pipeline, call: Call, request: Request, caller: Calle
         }
         events = pipeline.relay(p, stream, lambda err: sse_error_event(err, "openai"))
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-    resp = await pipeline.complete(p)
+    resp = await pipeline.answer(p)
     headers = {"x-request-id": p.request_id, "x-tiergate-route": p.route_header()}
-    return Response(orjson.dumps(resp.body), media_type="application/json", headers=headers)
+    return await settled_response(pipeline, p, resp, lambda: orjson.dumps(resp.body), headers)
 
 
 @router.post(

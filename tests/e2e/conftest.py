@@ -7,6 +7,7 @@ the demo catalog pointed at them.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import yaml
 from engines.asgi_thread import BackgroundServer
 from engines.sim.config import SimConfig
 from engines.sim.runner import SimServer
-from gateway.accounting import OpenAccounting
+from gateway.accounting import OpenAccounting, Settlement
 from gateway.app import create_app
 from gateway.settings import Settings
 from policies.catalog import Catalog, parse_catalog
@@ -87,9 +88,23 @@ def demo_catalog(sims: Sims, **routing: Any) -> Catalog:
 class Gateway:
     url: str
     accounting: OpenAccounting
+    app: Any = None
 
     def client(self, **kw: Any) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key="test", max_retries=0, **kw)
+
+    def settled(self) -> list[Settlement]:
+        """Settlements so far, once those of the answers already received have ended.
+
+        A non-stream answer is sent before its settlement (gateway/settled.py); the
+        pipeline counts the settlements still running.
+        """
+        pipeline = self.app.state.tiergate.pipeline
+        deadline = time.monotonic() + 10
+        while pipeline.settling and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not pipeline.settling, "settlements did not finish within 10 s"
+        return self.accounting.settled
 
 
 def start_gateway(catalog: Catalog, **settings: Any) -> tuple[BackgroundServer, Gateway]:
@@ -104,7 +119,7 @@ def start_gateway(catalog: Catalog, **settings: Any) -> tuple[BackgroundServer, 
         accounting_factory=factory,
     )
     server = BackgroundServer(app).start()
-    return server, Gateway(server.base_url, accounting)
+    return server, Gateway(server.base_url, accounting, app)
 
 
 @pytest.fixture(scope="module")

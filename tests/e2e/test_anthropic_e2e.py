@@ -42,7 +42,7 @@ def test_plain_message(request: pytest.FixtureRequest, fixture: str) -> None:
     assert [b.type for b in msg.content] == ["text"]  # no thinking unless asked, as Anthropic does
     assert msg.usage.input_tokens > 0 and msg.usage.output_tokens > 0
     assert raw.headers["x-tiergate-route"].startswith("flash/non-thinking/")
-    s = gw.accounting.settled[-1]
+    s = gw.settled()[-1]
     assert s.protocol == "anthropic" and s.requested_model == "claude-sonnet-4-5"
 
 

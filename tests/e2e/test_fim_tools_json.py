@@ -33,7 +33,7 @@ def test_fim_is_non_thinking_and_billed(request: pytest.FixtureRequest, fixture:
         "/non-thinking/" in raw.headers["x-tiergate-route"]
         and "fim-non-thinking" in raw.headers["x-tiergate-route"]
     )
-    s = gw.accounting.settled[-1]
+    s = gw.settled()[-1]
     assert s.cost_nanos > 0 and s.output_tokens == resp.usage.completion_tokens
 
 

@@ -117,13 +117,13 @@ def test_stream_reasoning_then_content_then_usage(
     assert (
         extra["prompt_cache_hit_tokens"] + extra["prompt_cache_miss_tokens"] == usage.prompt_tokens
     )
-    settled = gw.accounting.settled[-1]
+    settled = gw.settled()[-1]
     assert settled.output_tokens == usage.completion_tokens and settled.status == 200
     assert settled.cost_nanos > 0
 
 
 def test_stream_without_usage_request_gets_no_usage_chunk_but_is_billed(gateway: Gateway) -> None:
-    before = len(gateway.accounting.settled)
+    before = len(gateway.settled())
     chunks = list(
         gateway.client().chat.completions.create(
             model="deepseek-chat", messages=USER, max_tokens=8, stream=True
@@ -131,7 +131,7 @@ def test_stream_without_usage_request_gets_no_usage_chunk_but_is_billed(gateway:
     )
     assert chunks and all(c.usage is None for c in chunks)
     assert len(gateway.accounting.settled) == before + 1
-    assert gateway.accounting.settled[-1].output_tokens > 0
+    assert gateway.settled()[-1].output_tokens > 0
 
 
 # ---- prefix cache shows up as cheaper cache-hit tokens ----------------------------------
@@ -146,7 +146,7 @@ def test_repeated_long_prefix_is_billed_as_cache_hits(gateway: Gateway) -> None:
     )
     hits = (second.usage.model_extra or {})["prompt_cache_hit_tokens"]
     assert hits >= 256 and hits % 256 == 0
-    a, b = gateway.accounting.settled[-2:]
+    a, b = gateway.settled()[-2:]
     assert b.cache_hit_tokens == hits and b.cost_nanos < a.cost_nanos
 
 
@@ -190,7 +190,7 @@ def test_failing_replica_is_retried_on_another(gateway: Gateway, sims: Sims) -> 
         )
         raw.parse()
         assert "/flash-local;" in route(raw)
-        assert gateway.accounting.settled[-1].replica == sims.flash[1]
+        assert gateway.settled()[-1].replica == sims.flash[1]
 
 
 def test_all_replicas_down_spills_to_hosted_with_reason(gateway: Gateway, sims: Sims) -> None:
@@ -202,7 +202,7 @@ def test_all_replicas_down_spills_to_hosted_with_reason(gateway: Gateway, sims: 
     raw.parse()
     assert route(raw).startswith("flash/non-thinking/hosted")
     assert "failover:flash-local" in route(raw) or "spill:flash-local" in route(raw)
-    assert gateway.accounting.settled[-1].backend == "hosted"
+    assert gateway.settled()[-1].backend == "hosted"
 
 
 # ---- upstream errors reach the client in OpenAI's shape ---------------------------------
@@ -220,7 +220,7 @@ def test_non_retryable_hosted_errors_reach_the_client(
 ) -> None:
     # The hosted API is first in line: 402 and 400 must not be retried anywhere else.
     sims.control(sims.hosted, fail_rate=1.0, fail_status=status)
-    before = len(hosted_first.accounting.settled)
+    before = len(hosted_first.settled())
     with pytest.raises(exc) as info:
         hosted_first.client().chat.completions.create(
             model="deepseek-chat", messages=USER, max_tokens=8
@@ -300,12 +300,12 @@ def test_insufficient_system_resource_is_passed_on_and_billed(
     hosted_only: Gateway, sims: Sims
 ) -> None:
     sims.control(sims.hosted, fail_rate=1.0, fail_mode="insufficient")
-    before = len(hosted_only.accounting.settled)
+    before = len(hosted_only.settled())
     out = hosted_only.client().chat.completions.create(
         model="deepseek-chat", messages=USER, max_tokens=32
     )
     assert out.choices[0].finish_reason == "insufficient_system_resource"
-    assert len(hosted_only.accounting.settled) == before + 1
+    assert len(hosted_only.settled()) == before + 1
     assert out.usage is not None and out.usage.prompt_tokens > 0
 
 
@@ -408,6 +408,7 @@ def test_metrics_cost_equals_sum_of_settled_costs(
                 model="deepseek-chat", messages=USER, max_tokens=8, stream=True
             )
         )
+        gw.settled()  # every answer's settlement has ended
         text = httpx.get(gw.url + "/metrics").text
     finally:
         server.stop()

@@ -232,6 +232,8 @@ def test_redis_down_fail_open_serves_with_local_limits_and_settles_once_after_re
         client, served = openai_client(gw, key), Served()
         _minute_margin(25)
         served.call(client)  # counted in Redis: 1 of 5 this minute
+        # its settlement (sent after the answer) reaches the ledger before the cut
+        wait_for(lambda: len(ledger_rows(pg_url, team_id)) == 1, 15, "the first ledger row")
 
         proxy.cut()
         degraded: list[str] = []

@@ -56,7 +56,7 @@ def test_stream_dying_midway_ends_with_an_error_event_and_is_billed(
     strict_gateway: Gateway, sims: Sims
 ) -> None:
     sims.control(sims.flash[0], fail_rate=1.0, fail_mode="midstream")
-    before = len(strict_gateway.accounting.settled)
+    before = len(strict_gateway.settled())
     try:
         with httpx.stream(
             "POST",
@@ -109,7 +109,7 @@ def test_hosted_through_litellm_keeps_deepseek_shape(litellm_gateway: Gateway) -
     u = resp.usage.model_extra or {}
     assert u["prompt_cache_hit_tokens"] + u["prompt_cache_miss_tokens"] == resp.usage.prompt_tokens
     assert "provider_specific_fields" not in raw.text
-    s = litellm_gateway.accounting.settled[-1]
+    s = litellm_gateway.settled()[-1]
     assert (
         s.backend == "hosted" and s.cost_nanos > 0 and s.price_version.startswith("deepseek-flash@")
     )
@@ -128,7 +128,7 @@ def test_hosted_through_litellm_streams(litellm_gateway: Gateway) -> None:
     assert any(c.choices and c.choices[0].delta.content for c in chunks)
     assert chunks[-1].usage is not None and chunks[-1].choices == []
     assert (
-        litellm_gateway.accounting.settled[-1].output_tokens == chunks[-1].usage.completion_tokens
+        litellm_gateway.settled()[-1].output_tokens == chunks[-1].usage.completion_tokens
     )
 
 
@@ -148,5 +148,5 @@ def test_passthrough_model_priced_from_litellm_price_map(
     )
     raw.parse()
     assert raw.headers["x-tiergate-route"].startswith("gpt-4o-mini/non-thinking/gpt-4o-mini")
-    s = litellm_gateway.accounting.settled[-1]
+    s = litellm_gateway.settled()[-1]
     assert s.price_version == "litellm-price-map" and s.cost_nanos > 0

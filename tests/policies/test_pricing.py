@@ -1,4 +1,4 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -122,3 +122,38 @@ def test_hosted_rate_is_the_savings_baseline() -> None:
     when = t("2026-08-22T12:00")
     hosted = BOOK.hosted_rate("pro", when)
     assert hosted is not None and hosted.version.startswith("deepseek-pro")
+
+
+def _edges() -> list[datetime]:
+    """Instants around every price change and peak edge of the demo catalog, to the second."""
+    out: list[datetime] = []
+    for sched in load_catalog(EXAMPLES / "demo.yaml").prices.values():
+        for point in sched:
+            out.append(point.effective)
+            for w in point.peak_windows:
+                for day in range(24, 31):  # a whole week of 2026-08-24..30
+                    for edge in (w.start, w.end):
+                        out.append(t(f"2026-08-{day}T{edge.isoformat()}"))
+    shifts = (-61, -60, -1, -0.000001, 0, 0.5, 1, 59, 59.999999, 60)
+    return [e + timedelta(seconds=s) for e in out for s in shifts]
+
+
+def test_rates_looked_up_once_a_minute_match_the_schedule_to_the_second() -> None:
+    book = PriceBook(load_catalog(EXAMPLES / "demo.yaml"))
+    assert book._by_minute  # the demo's edges are whole minutes, so the cache is on
+    for when in _edges():
+        for (backend, tier), (name, sched) in book._schedules.items():
+            assert book.rate(backend, tier, when) == rate_at(name, sched, when), (backend, when)
+
+
+def test_a_price_change_off_the_minute_turns_the_minute_cache_off() -> None:
+    catalog = load_catalog(EXAMPLES / "demo.yaml")
+    sched = catalog.prices["deepseek-flash"]
+    odd = sched[-1].model_copy(
+        update={"effective": t("2026-12-01T00:00:30"), "version": "odd", "output": Decimal(9)}
+    )
+    prices = {**catalog.prices, "deepseek-flash": (*sched, odd)}
+    book = PriceBook(catalog.model_copy(update={"prices": prices}))
+    assert not book._by_minute
+    assert book.rate("hosted", "flash", t("2026-12-01T00:00:29")).version != "deepseek-flash@odd"
+    assert book.rate("hosted", "flash", t("2026-12-01T00:00:31")).version == "deepseek-flash@odd"

@@ -1,0 +1,135 @@
+"""A non-stream answer is sent before its settlement, which still always happens.
+
+The client should not wait for the budget script, the ledger event, metrics and the log
+line; the reservation holds the worst case until the settlement replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from engines.asgi_thread import BackgroundServer
+from gateway.accounting import Caller, OpenAccounting, Settlement
+from gateway.app import create_app
+from gateway.settings import Settings
+from gateway.settled import SettledResponse
+
+from .conftest import Sims, demo_catalog
+
+
+class GatedAccounting(OpenAccounting):
+    """Settlements wait for ``gate``; one may be told to fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.fail_next = False
+
+    async def settle(self, caller: Caller, s: Settlement) -> None:
+        await asyncio.to_thread(self.gate.wait, 30)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("ledger store exploded")
+        await super().settle(caller, s)
+
+
+@pytest.fixture(scope="module")
+def gated(sims: Sims) -> Iterator[tuple[str, GatedAccounting]]:
+    accounting = GatedAccounting()
+
+    async def factory(*_: Any) -> GatedAccounting:
+        return accounting
+
+    app = create_app(
+        Settings(log_level="error", log_json=True),
+        catalog=demo_catalog(sims),
+        accounting_factory=factory,
+    )
+    server = BackgroundServer(app).start()
+    yield server.base_url, accounting
+    server.stop()
+
+
+def _wait_for(cond: Any, timeout: float = 10.0) -> None:
+    done = threading.Event()
+    for _ in range(int(timeout / 0.02)):
+        if cond():
+            return
+        done.wait(0.02)
+    raise AssertionError("condition not reached")
+
+
+def test_answers_arrive_before_settlement_and_are_then_settled(
+    gated: tuple[str, GatedAccounting],
+) -> None:
+    url, acct = gated
+    acct.gate.clear()
+    before = len(acct.settled)
+    oa = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+    an = anthropic.Anthropic(base_url=url, api_key="k", max_retries=0)
+    chat = oa.chat.completions.with_raw_response.create(
+        model="deepseek-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=16
+    )
+    msg = an.messages.with_raw_response.create(
+        model="deepseek-v4-flash", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+    )
+    # Both clients hold their answers while both settlements are still waiting.
+    assert chat.parse().choices[0].message.content
+    assert msg.parse().content
+    assert len(acct.settled) == before
+    acct.gate.set()
+    _wait_for(lambda: len(acct.settled) == before + 2)
+    ids = {s.request_id for s in acct.settled[before:]}
+    assert ids == {chat.headers["x-request-id"], msg.headers["x-request-id"]}
+    assert all(s.status == 200 and s.output_tokens > 0 for s in acct.settled[before:])
+
+
+def test_a_failed_settlement_is_counted_and_the_client_keeps_its_answer(
+    gated: tuple[str, GatedAccounting],
+) -> None:
+    url, acct = gated
+    acct.gate.set()
+    acct.fail_next = True
+    before = len(acct.settled)
+    oa = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+    r = oa.chat.completions.create(
+        model="deepseek-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=16
+    )
+    assert r.choices[0].message.content
+    _wait_for(lambda: "tiergate_settlement_failures_total{" in httpx.get(url + "/metrics").text)
+    metrics = httpx.get(url + "/metrics").text
+    line = next(
+        x for x in metrics.splitlines() if x.startswith("tiergate_settlement_failures_total{")
+    )
+    assert line.endswith(" 1.0")
+    # the next request settles normally
+    oa.chat.completions.create(
+        model="deepseek-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=16
+    )
+    _wait_for(lambda: len(acct.settled) == before + 1)
+
+
+async def test_settlement_runs_even_when_the_client_is_gone() -> None:
+    ran: list[str] = []
+
+    async def after() -> None:
+        ran.append("settled")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        raise OSError("connection reset by peer")
+
+    response = SettledResponse(b"{}", headers={}, after=after)
+    with pytest.raises(OSError):
+        await response({"type": "http", "method": "POST"}, receive, send)
+    assert ran == ["settled"]
