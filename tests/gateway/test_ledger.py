@@ -131,3 +131,39 @@ async def test_batched_writer_flushes_on_stop(tmp_path) -> None:
     await w.stop()
     assert await count(s) == 7 and w.pending == []
     await engine.dispose()
+
+
+async def _check_every_column_survives_the_batch_insert(s) -> None:
+    big = 3 * 2**40  # past 32 bits
+    rows = [
+        event("x1", cost=big),
+        {**event("x2", team="t2"), "replica": "http://10.0.0.7:8000", "latency_ms": 0.125},
+        {**event("x3"), "key_id": None, "team_id": None, "kind": "shadow", "status": 499},
+        event("x1", cost=1),  # the same id again in one batch: the first one stays
+    ]
+    assert await insert_events(s, rows) == 3
+    async with s() as session:
+        stored = {r.request_id: r for r in (await session.scalars(select(LedgerRow))).all()}
+    assert sorted(stored) == ["x1", "x2", "x3"]
+    for want in rows[:3]:
+        got = stored[want["request_id"]]
+        for name, value in want.items():
+            have = getattr(got, name)
+            if name == "ts":
+                have = have.replace(tzinfo=have.tzinfo or UTC).isoformat()
+            assert have == value, (want["request_id"], name)
+    assert stored["x1"].kind == "client" and stored["x3"].kind == "shadow"
+
+
+async def test_every_column_survives_the_batch_insert_postgresql(sessions) -> None:
+    await _check_every_column_survives_the_batch_insert(sessions)
+
+
+async def test_every_column_survives_the_batch_insert_sqlite(tmp_path) -> None:
+    from gateway.db.migrate import upgrade
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/l.db"
+    upgrade(url)
+    engine = make_engine(url)
+    await _check_every_column_survives_the_batch_insert(make_sessions(engine))
+    await engine.dispose()
