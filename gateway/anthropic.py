@@ -11,7 +11,8 @@ with usage, message_stop). Cache hits are reported as ``cache_read_input_tokens`
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import orjson
@@ -415,24 +416,27 @@ class StreamTranslator:
         )
 
 
-async def translate_stream(events: AsyncIterator[bytes], model: str) -> AsyncIterator[bytes]:
+async def translate_stream(
+    events: AsyncGenerator[bytes, None], model: str
+) -> AsyncGenerator[bytes, None]:
     tr = StreamTranslator(model)
-    yield tr.start()
-    async for raw in events:
-        if not raw.startswith(b"data: "):
-            continue  # keep-alive comments
-        payload = raw[6:].strip()
-        if payload == b"[DONE]":
-            yield tr.end()
-            return
-        chunk = orjson.loads(payload)
-        if "error" in chunk and not chunk.get("choices"):
-            err = chunk["error"]
-            yield sse_error_event(UpstreamError(str(err.get("message", err))), "anthropic")
-            return
-        out = tr.feed(chunk)
-        if out:
-            yield out
+    async with aclosing(events):  # closing this stream early closes the relay too
+        yield tr.start()
+        async for raw in events:
+            if not raw.startswith(b"data: "):
+                continue  # keep-alive comments
+            payload = raw[6:].strip()
+            if payload == b"[DONE]":
+                yield tr.end()
+                return
+            chunk = orjson.loads(payload)
+            if "error" in chunk and not chunk.get("choices"):
+                err = chunk["error"]
+                yield sse_error_event(UpstreamError(str(err.get("message", err))), "anthropic")
+                return
+            out = tr.feed(chunk)
+            if out:
+                yield out
 
 
 def stream_error(err: TiergateError) -> bytes:

@@ -70,9 +70,7 @@ _PG_COLUMNS = tuple(c.name for c in LedgerRow.__table__.columns if c.name != "id
 _PG_INSERT = text(
     f"INSERT INTO {LedgerRow.__tablename__} ({', '.join(_PG_COLUMNS)}) "
     "SELECT * FROM unnest("
-    + ", ".join(
-        f"CAST(:{c} AS {_pg_array_type(LedgerRow.__table__.c[c])}[])" for c in _PG_COLUMNS
-    )
+    + ", ".join(f"CAST(:{c} AS {_pg_array_type(LedgerRow.__table__.c[c])}[])" for c in _PG_COLUMNS)
     + ") ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
 )
 

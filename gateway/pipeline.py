@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -287,7 +287,7 @@ class Pipeline:
 
     async def relay(
         self, p: Prepared, stream: EngineStream, on_error: Callable[[TiergateError], bytes]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Yield the stream's events; on a failure mid-stream, end with one error event.
 
         Settles in all cases, and before the client sees the end of the stream (``[DONE]``

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from gateway.anthropic import (
     count_tokens,
@@ -13,6 +13,7 @@ from gateway.anthropic import (
     to_message,
     translate_stream,
 )
+from gateway.event_stream import EventStreamResponse
 from gateway.openapi_bodies import COUNT_TOKENS, MESSAGES, body
 from gateway.settled import settled_response
 from gateway.state import pipeline_of, settings_of
@@ -32,9 +33,7 @@ async def messages(request: Request) -> Response:
         stream = await pipeline.open_stream(p)
         headers["x-tiergate-route"] = p.route_header()
         events = translate_stream(pipeline.relay(p, stream, stream_error), call.model)
-        return StreamingResponse(
-            events, media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
-        )
+        return EventStreamResponse(events, headers={**headers, "Cache-Control": "no-cache"})
     resp = await pipeline.answer(p)
     headers["x-tiergate-route"] = p.route_header()
     return await settled_response(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from gateway.accounting import Caller
 from gateway.errors import sse_error_event
+from gateway.event_stream import EventStreamResponse
 from gateway.openapi_bodies import CHAT_COMPLETION, COMPLETION, body
 from gateway.parse import Call, parse_chat, parse_completion
 from gateway.pipeline import Pipeline
@@ -29,7 +30,7 @@ async def _serve(pipeline: Pipeline, call: Call, request: Request, caller: Calle
             "x-tiergate-route": p.route_header(),
         }
         events = pipeline.relay(p, stream, lambda err: sse_error_event(err, "openai"))
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        return EventStreamResponse(events, headers=headers)
     resp = await pipeline.answer(p)
     headers = {"x-request-id": p.request_id, "x-tiergate-route": p.route_header()}
     return await settled_response(pipeline, p, resp, lambda: orjson.dumps(resp.body), headers)

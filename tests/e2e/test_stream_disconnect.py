@@ -41,21 +41,21 @@ def running(sim: SimServer) -> int:
     return int(httpx.get(sim.base_url + "/sim/stats").json()["running"])
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
 def test_leaving_mid_stream_stops_the_upstream_and_bills_what_was_sent(
-    gw: Gateway, slow: SimServer
+    gw: Gateway, slow: SimServer, path: str
 ) -> None:
     before = len(gw.settled())
     body = {
-        "model": "deepseek-chat",
+        "model": "deepseek-chat",  # Flash non-thinking: the slow replica
         "messages": [{"role": "user", "content": "tell me a long story"}],
         "max_tokens": 400,
         "stream": True,
-        "stream_options": {"include_usage": True},
     }
     events = 0
     with (
         httpx.Client(timeout=30) as client,
-        client.stream("POST", gw.url + "/v1/chat/completions", json=body) as r,
+        client.stream("POST", gw.url + path, json=body) as r,
     ):
         assert r.status_code == 200
         request_id = r.headers["x-request-id"]
