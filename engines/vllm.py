@@ -1,8 +1,9 @@
 """Engine for a pool of self-hosted vLLM replicas (OpenAI-compatible HTTP).
 
 - Discovery: static URLs from the catalog, or DNS A records refreshed on an interval.
-- Health and load: each replica's ``/health`` and ``/metrics`` (running, waiting, KV usage)
-  polled on an interval, plus the gateway's own in-flight count per replica.
+- Health and load: each replica's ``/health`` and ``/metrics`` (running, waiting, KV usage,
+  KV-cache size from ``vllm:cache_config_info``) polled on an interval, plus the gateway's
+  own in-flight count per replica.
 - Circuit breaker: consecutive failures open it for a cool-down; then one request probes
   (half-open); a failure re-opens it at once, a success closes it.
 - Selection: ``policies.affinity`` (prefix affinity with bounded load, or least-loaded).
@@ -29,7 +30,7 @@ from engines.base import EngineRequest, EngineResponse
 from engines.http import error_for_status, read_json_object, translate_errors
 from engines.sse_stream import SSEStream
 from engines.translate import normalize_response, vllm_body
-from policies.affinity import PrefixIndex, ReplicaView, order, prefix_chain
+from policies.affinity import PrefixIndex, ReplicaView, cache_blocks, order, prefix_chain
 from policies.catalog import VllmBackend
 from policies.errors import UpstreamError, UpstreamUnavailable
 
@@ -60,6 +61,7 @@ class Replica:
     waiting: int = 0
     running: int = 0
     kv_usage: float = 0.0
+    cache_tokens: int | None = None  # KV-cache size reported by the replica
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.open_until
@@ -80,6 +82,55 @@ class Replica:
         self.failures = 0
         self.open_until = 0.0
         self.half_open = False
+
+
+@dataclass(frozen=True, slots=True)
+class PolledMetrics:
+    waiting: int = 0
+    running: int = 0
+    kv_usage: float = 0.0
+    cache_tokens: int | None = None  # num_gpu_blocks x block_size; None: not reported
+
+
+_LOAD = frozenset(
+    (
+        "vllm:num_requests_waiting",
+        "vllm:num_requests_running",
+        "vllm:kv_cache_usage_perc",
+        "vllm:gpu_cache_usage_perc",
+    )
+)
+
+
+def parse_metrics(text: str) -> PolledMetrics:
+    """Load and KV-cache size from a replica's Prometheus exposition.
+
+    Gauges summed over engines; the cache size comes from the labels of the
+    ``vllm:cache_config_info`` info gauge (``num_gpu_blocks`` x ``block_size`` tokens),
+    the largest single engine's where a data-parallel replica reports several (each engine
+    caches on its own).
+    """
+    values: dict[str, float] = {}
+    tokens: int | None = None
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in _LOAD:
+                values[s.name] = values.get(s.name, 0.0) + s.value
+            elif s.name == "vllm:cache_config_info":
+                try:
+                    t = int(s.labels["num_gpu_blocks"]) * int(s.labels["block_size"])
+                except (KeyError, ValueError):  # "None" before the engine has profiled
+                    continue
+                if t > 0:
+                    tokens = max(tokens or 0, t)
+    return PolledMetrics(
+        waiting=int(values.get("vllm:num_requests_waiting", 0)),
+        running=int(values.get("vllm:num_requests_running", 0)),
+        kv_usage=values.get(
+            "vllm:kv_cache_usage_perc", values.get("vllm:gpu_cache_usage_perc", 0.0)
+        ),
+        cache_tokens=tokens,
+    )
 
 
 def _prompt_parts(body: dict[str, Any]) -> list[str]:
@@ -154,6 +205,8 @@ class VllmEngine:
         keep = [r for r in self._replicas if r.url in urls]
         known = {r.url for r in keep}
         self._replicas = keep + [Replica(u) for u in sorted(urls - known)]
+        if self._prefixes is not None:
+            self._prefixes.retain(urls)
 
     async def _discover_loop(self) -> None:
         assert self.spec.discovery is not None
@@ -165,32 +218,39 @@ class VllmEngine:
         await asyncio.gather(*(self._poll(r) for r in list(self._replicas)))
         self._export()
 
-    async def _poll(self, r: Replica) -> None:
+    async def _scrape(self, r: Replica) -> str | None:
+        """The replica's ``/metrics`` text; ``None`` when it is unhealthy or unreachable."""
         try:
             async with self._session.get(r.url + "/health", timeout=self._poll_timeout) as h:
-                r.healthy = h.status == 200
-            if not r.healthy:
-                return
+                if h.status != 200:
+                    return None
             async with self._session.get(r.url + "/metrics", timeout=self._poll_timeout) as m:
-                text = await m.text()
+                return await m.text()
         except (aiohttp.ClientError, TimeoutError, OSError):
-            r.healthy = False
+            return None
+
+    async def _poll(self, r: Replica) -> None:
+        text = await self._scrape(r)
+        r.healthy = text is not None
+        if text is None:
+            if self._prefixes is not None:
+                self._prefixes.forget(r.url)  # it may come back with an empty cache
             return
-        values: dict[str, float] = {}
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                if s.name in (
-                    "vllm:num_requests_waiting",
-                    "vllm:num_requests_running",
-                    "vllm:kv_cache_usage_perc",
-                    "vllm:gpu_cache_usage_perc",
-                ):
-                    values[s.name] = values.get(s.name, 0.0) + s.value
-        r.waiting = int(values.get("vllm:num_requests_waiting", 0))
-        r.running = int(values.get("vllm:num_requests_running", 0))
-        r.kv_usage = values.get(
-            "vllm:kv_cache_usage_perc", values.get("vllm:gpu_cache_usage_perc", 0.0)
-        )
+        try:
+            m = parse_metrics(text)
+        except ValueError:  # not a Prometheus exposition: keep the last values
+            return
+        r.waiting, r.running, r.kv_usage = m.waiting, m.running, m.kv_usage
+        r.cache_tokens = m.cache_tokens
+        if self._prefixes is not None:
+            self._prefixes.set_capacity(r.url, self._index_blocks(r))
+
+    def _index_blocks(self, r: Replica) -> int | None:
+        """The replica's KV cache in index blocks: reported, else configured, else unknown."""
+        tokens = r.cache_tokens or self.spec.kv_cache_tokens
+        if tokens is None:
+            return None
+        return cache_blocks(tokens, self.spec.chars_per_token, _BLOCK_CHARS)
 
     async def _poll_loop(self) -> None:
         while True:
@@ -225,7 +285,10 @@ class VllmEngine:
     def _order(self, req: EngineRequest) -> tuple[list[Replica], str, list[bytes]]:
         now = time.monotonic()
         self._rr += 1
-        views = [ReplicaView(r.url, r.usable(now), r.in_flight, r.waiting) for r in self._replicas]
+        views = [
+            ReplicaView(r.url, r.usable(now), r.in_flight, r.waiting, r.kv_usage)
+            for r in self._replicas
+        ]
         key = None
         matched: dict[str, int] = {}
         chain: list[bytes] = []

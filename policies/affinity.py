@@ -4,15 +4,18 @@ Requests that share a prompt prefix should land where that prefix is already cac
 
 * The prompt's leading text is cut into blocks and hashed as a chain: element ``i`` names
   blocks ``0..i`` (so two prompts share element ``i`` exactly when they share that prefix).
-* A :class:`PrefixIndex` remembers, for recent chain elements, which replica served them
-  last: an approximation of every replica's prefix cache as seen from this gateway. The
-  replica holding the longest match of a new prompt has the most of it cached.
+* A :class:`PrefixIndex` keeps, per replica, the chain elements it was sent in an LRU
+  bounded by that replica's KV-cache size in blocks: an approximation of each replica's
+  own prefix cache (touching a chain refreshes all its elements, as the replica's LRU
+  does; the replica's own evictions follow from the bound). A replica's match length is
+  how many leading elements of the new prompt it plausibly still holds.
 * Only replicas whose load stays within ``load_factor`` times the mean (plus one) are
-  eligible. Among them the longest match wins (ties go to the better rendezvous rank);
-  with no match anywhere, the first eligible replica in rendezvous-hash order of the
-  prompt's affinity key takes it (so adding or removing a replica moves only its keys).
-  A hot prefix thus spreads to a second replica, and the sessions that continue there
-  follow their own longer prefixes back to it.
+  eligible. Among them the longest match wins (ties go to the lower load, then the
+  emptier KV cache, then the better rendezvous rank); with no match anywhere, the first
+  eligible replica in rendezvous-hash order of the prompt's affinity key takes it (so
+  adding or removing a replica moves only its keys). A hot prefix thus spreads to a
+  second replica, and the sessions that continue there follow their own longer prefixes
+  back to it.
 * Requests with no whole block go to the least-loaded replica.
 """
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +37,7 @@ class ReplicaView:
     usable: bool
     in_flight: int = 0
     waiting: int = 0
+    kv_usage: float = 0.0  # polled share of the replica's KV cache in use, 0..1
 
     @property
     def load(self) -> int:
@@ -77,7 +81,16 @@ def order(
     why = "affinity" if eligible[0] == ranked[0] else "affinity-spill"
     pick = eligible[0]
     if matched:
-        best = max(eligible, key=lambda i: matched.get(replicas[i].name, 0))
+        rank = {i: n for n, i in enumerate(eligible)}
+        best = min(
+            eligible,
+            key=lambda i: (
+                -matched.get(replicas[i].name, 0),
+                replicas[i].load,
+                replicas[i].kv_usage,
+                rank[i],
+            ),
+        )
         if matched.get(replicas[best].name, 0) > 0:
             pick = best
             why = "prefix-match"
@@ -121,33 +134,81 @@ def affinity_key(
     return chain[-1] if chain else None
 
 
-class PrefixIndex:
-    """Which replica last served each recent prompt prefix (bounded, least recently used).
+def cache_blocks(tokens: int, chars_per_token: float, block_chars: int) -> int:
+    """A replica's KV cache of ``tokens`` tokens, in ``block_chars``-character index blocks.
 
-    Holding chain element ``i`` means having served a prompt with blocks ``0..i``, so a
-    replica's match length is the deepest element it holds. Entries age out after
-    ``capacity`` newer ones; a replica's own cache evicting a prefix is not seen here,
-    which the capacity bounds.
+    The gateway has no tokenizer; ``chars_per_token`` is the approximation (about 4 for
+    English text, nearer 1.5 for Chinese). At least one block.
+    """
+    return max(1, int(tokens * chars_per_token) // block_chars)
+
+
+class PrefixIndex:
+    """Per replica, the prompt prefixes it plausibly still caches (LRU, bounded per replica).
+
+    Each replica's chain elements sit in an LRU of its own, bounded by the replica's
+    KV-cache capacity in blocks (:meth:`set_capacity`; ``capacity`` when unknown, and never
+    more). Recording a chain for a replica touches all its elements in order, and evicts
+    that replica's least recently used elements beyond its capacity, as the replica itself
+    would have had to. A replica holds a prompt's first ``n`` blocks when it holds elements
+    ``0..n-1``. Within one prompt the first block counts as the least recent (as in the
+    simulator; vLLM frees a prompt's tail blocks first, so there the index gives a prefix
+    up somewhat early, the safe side).
     """
 
     def __init__(self, capacity: int = 65_536) -> None:
         self.capacity = capacity
-        self._owner: OrderedDict[bytes, str] = OrderedDict()
+        self._held: dict[str, OrderedDict[bytes, None]] = {}
+        self._limit: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return len(self._owner)
+        return sum(len(lru) for lru in self._held.values())
+
+    def capacity_of(self, replica: str) -> int:
+        return min(self._limit.get(replica, self.capacity), self.capacity)
+
+    def set_capacity(self, replica: str, blocks: int | None) -> None:
+        """The replica's cache size in index blocks; ``None`` falls back to ``capacity``."""
+        if blocks is None or blocks <= 0:
+            self._limit.pop(replica, None)
+        else:
+            self._limit[replica] = blocks
+        self._trim(replica)
+
+    def forget(self, replica: str) -> None:
+        """Drop what a replica holds (it left the pool, or restarted with an empty cache)."""
+        self._held.pop(replica, None)
+
+    def retain(self, replicas: Iterable[str]) -> None:
+        keep = set(replicas)
+        for name in [n for n in self._held if n not in keep]:
+            del self._held[name]
+        for name in [n for n in self._limit if n not in keep]:
+            del self._limit[name]
 
     def matched(self, chain: Sequence[bytes]) -> dict[str, int]:
         depth: dict[str, int] = {}
-        for i, h in enumerate(chain):
-            owner = self._owner.get(h)
-            if owner is not None:
-                depth[owner] = i + 1
+        for name, lru in self._held.items():
+            n = 0
+            for h in chain:
+                if h not in lru:
+                    break
+                n += 1
+            if n:
+                depth[name] = n
         return depth
 
     def record(self, chain: Sequence[bytes], replica: str) -> None:
+        lru = self._held.setdefault(replica, OrderedDict())
         for h in chain:
-            self._owner[h] = replica
-            self._owner.move_to_end(h)
-        while len(self._owner) > self.capacity:
-            self._owner.popitem(last=False)
+            lru[h] = None
+            lru.move_to_end(h)
+        self._trim(replica)
+
+    def _trim(self, replica: str) -> None:
+        lru = self._held.get(replica)
+        if lru is None:
+            return
+        cap = self.capacity_of(replica)
+        while len(lru) > cap:
+            lru.popitem(last=False)

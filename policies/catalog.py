@@ -118,8 +118,14 @@ class VllmBackend(_Strict):
     connect_timeout_s: float = Field(default=2.0, gt=0)
     selection: Literal["affinity", "least_loaded", "round_robin"] = "affinity"
     load_factor: float = Field(default=1.25, ge=1.0)
-    # Prefixes remembered per pool for affinity (chain elements, ~256 tokens each); 0: off.
+    # Prefixes remembered per replica for affinity (chain elements, ~256 tokens each): the
+    # ceiling, and the bound when a replica's KV-cache size is unknown; 0: no index.
     prefix_index_entries: int = Field(default=65_536, ge=0)
+    # A replica's KV cache in tokens when its /metrics lacks vllm:cache_config_info
+    # (None: prefix_index_entries bounds it), and the characters per token assumed to
+    # convert it to the index's 1 KiB blocks.
+    kv_cache_tokens: int | None = Field(default=None, gt=0)
+    chars_per_token: float = Field(default=4.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
     max_queue_depth: int = Field(default=32, gt=0)
     breaker_failures: int = Field(default=2, gt=0)

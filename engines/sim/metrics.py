@@ -2,8 +2,10 @@
 
 Names and meanings follow vLLM's V1 engine: prefix-cache queries and hits count tokens,
 ``vllm:prompt_tokens_total`` counts every prompt token (cached or not), and
-``vllm:kv_cache_usage_perc`` is the share of the cache in use (0..1). Gauges are set
-when scraped, so the request path only touches counters and histograms.
+``vllm:kv_cache_usage_perc`` is the share of the cache in use (0..1), and the info gauge
+``vllm:cache_config_info`` (value 1) carries the cache size in its ``num_gpu_blocks`` and
+``block_size`` labels. Gauges are set when scraped, so the request path only touches
+counters and histograms.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class VllmMetrics:
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, *, block_size: int = 256, num_gpu_blocks: int = 0) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r, label, m = self.registry, ("model_name",), model_name
 
@@ -74,6 +76,12 @@ class VllmMetrics:
             registry=r,
         )
         self._model = model_name
+        Gauge(
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig.",
+            ("block_size", "num_gpu_blocks", "enable_prefix_caching"),
+            registry=r,
+        ).labels(str(block_size), str(num_gpu_blocks), "True").set(1)
 
     def finished(
         self,

@@ -30,7 +30,9 @@ class SimState:
         self.healthy = True
         self.last_user_id: str | None = None
         self.cache = PrefixCache(config.cache_blocks)
-        self.metrics = VllmMetrics(config.model)
+        self.metrics = VllmMetrics(
+            config.model, block_size=config.block_size, num_gpu_blocks=config.cache_blocks
+        )
         self.running = 0
         self.waiting = 0
         self._slots = asyncio.Semaphore(config.max_num_seqs)

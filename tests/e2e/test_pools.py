@@ -60,7 +60,7 @@ def ask(gw: Gateway, system: str, user: str) -> str:
         messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
         max_tokens=4,
     )
-    replica = gw.accounting.settled[-1].replica
+    replica = gw.settled()[-1].replica  # settled after the answer: wait for it
     assert replica is not None
     return replica
 
@@ -83,7 +83,7 @@ async def _burst(gw: Gateway, system: str, n: int) -> list[str]:
         await asyncio.gather(
             *(c.post(gw.url + "/v1/chat/completions", json=body) for _ in range(n))
         )
-    return [s.replica for s in gw.accounting.settled[-n:] if s.replica]
+    return [s.replica for s in gw.settled()[-n:] if s.replica]
 
 
 def test_a_hot_prefix_spreads_under_bounded_load(pooled: Gateway, pool4: list[SimServer]) -> None:
@@ -195,3 +195,30 @@ async def test_dns_discovery_follows_the_records(pool4: list[SimServer]) -> None
             assert [r.url for r in engine.replicas()] == [f"http://127.0.0.2:{port}"]
         finally:
             await engine.close()
+
+
+async def test_prefix_index_is_bounded_by_each_replicas_reported_cache() -> None:
+    small = SimServer(SimConfig.preset("flash", replica_id="s", cache_blocks=160).scaled(0.0))
+    big = SimServer(SimConfig.preset("flash", replica_id="b", cache_blocks=1000).scaled(0.0))
+    with small, big:
+        spec = VllmBackend.model_validate(
+            {
+                "kind": "vllm",
+                "tier": "flash",
+                "served_model": "deepseek-ai/DeepSeek-V4-Flash",
+                "replicas": [small.base_url, big.base_url, "http://127.0.0.1:9"],
+                "max_model_len": 1000,
+                "prices": "x",
+                "prefix_index_entries": 500,
+            }
+        )
+        async with aiohttp.ClientSession() as session:
+            engine = VllmEngine("flash-local", spec, session)
+            index = engine._prefixes
+            assert index is not None
+            index.record([b"a", b"b"], "http://127.0.0.1:9")
+            await engine.poll_once()
+    # 160 x 256 tokens at 4 characters each are 160 1-KiB blocks; 1000 are over the
+    # ceiling; the unreachable replica is unknown (the ceiling) and its entries are gone
+    assert [index.capacity_of(u) for u in spec.replicas] == [160, 500, 500]
+    assert index.matched([b"a", b"b"]) == {}

@@ -2,7 +2,15 @@ from collections import Counter
 
 import pytest
 
-from policies.affinity import PrefixIndex, ReplicaView, affinity_key, order, prefix_chain
+from engines.vllm import PolledMetrics, parse_metrics
+from policies.affinity import (
+    PrefixIndex,
+    ReplicaView,
+    affinity_key,
+    cache_blocks,
+    order,
+    prefix_chain,
+)
 
 
 def views(loads: list[int], usable: list[bool] | None = None) -> list[ReplicaView]:
@@ -73,18 +81,123 @@ def test_prefix_chain_shares_exactly_the_common_leading_blocks() -> None:
     assert affinity_key("s", [doc], 1024, 4) == prefix_chain("s", [doc], 1024, 64)[3]
 
 
-def test_prefix_index_tracks_the_deepest_holder_and_ages_out() -> None:
-    idx = PrefixIndex(capacity=6)
-    chain = [bytes([i]) for i in range(5)]
-    idx.record(chain[:3], "r1")
-    idx.record(chain, "r2")  # r2 served the longer prompt last
-    assert idx.matched(chain) == {"r2": 5}
-    idx.record(chain[:2], "r1")
-    assert idx.matched(chain) == {"r1": 2, "r2": 5}
-    idx.record([b"x", b"y", b"z"], "r3")  # 8 entries > 6: the two oldest (chain[2], [3]) go
-    assert len(idx) == 6 and idx.matched(chain) == {"r1": 2, "r2": 5}
-    idx.record([b"w", b"v"], "r3")  # then chain[4]
-    assert idx.matched(chain) == {"r1": 2}
+C = [bytes([i]) for i in range(5)]  # one prompt's chain: C[i] covers blocks 0..i
+X, Y, Z = b"x", b"y", b"z"  # elements of unrelated prompts
+
+Op = tuple[str, str, object]
+
+
+@pytest.mark.parametrize(
+    ("fallback", "ops", "expect", "entries"),
+    [
+        # each replica holds what it was sent: both hold the shared first 3 blocks
+        (64, [("rec", "r1", C[:3]), ("rec", "r2", C)], {"r1": 3, "r2": 5}, 8),
+        # r1's cache (4 blocks) overflows: its oldest element, C[0], is gone, so nothing
+        # of the prompt matches there any more (C[1], C[2] are held, but not leading)
+        (
+            64,
+            [("cap", "r1", 4), ("rec", "r1", C[:3]), ("rec", "r1", [X, Y]), ("rec", "r2", C)],
+            {"r2": 5},
+            9,
+        ),
+        # ... while another replica's traffic never evicts r1's entries
+        (
+            64,
+            [("cap", "r1", 4), ("rec", "r1", C[:3]), ("rec", "r2", [X, Y, Z] * 30)],
+            {"r1": 3},
+            6,
+        ),
+        # touching a chain refreshes all its elements: the unrelated X ages out instead
+        (
+            64,
+            [("cap", "r1", 4), ("rec", "r1", C[:2]), ("rec", "r1", [X])]
+            + [("rec", "r1", C[:2]), ("rec", "r1", [Y, Z])],
+            {"r1": 2},
+            4,
+        ),
+        # the same without the refresh: C[0] is the oldest and goes
+        (
+            64,
+            [("cap", "r1", 4), ("rec", "r1", C[:2]), ("rec", "r1", [X]), ("rec", "r1", [Y, Z])],
+            {},
+            4,
+        ),
+        # a chain longer than the cache keeps only its tail, which matches nothing
+        (64, [("cap", "r1", 3), ("rec", "r1", C)], {}, 3),
+        # unknown capacity: the fallback bounds each replica; it is also the ceiling
+        (3, [("rec", "r1", C)], {}, 3),
+        (3, [("cap", "r1", 100), ("rec", "r1", C[:3]), ("rec", "r1", [X])], {}, 3),
+        (3, [("cap", "r1", 2), ("cap", "r1", None), ("rec", "r1", C[:3])], {"r1": 3}, 3),
+        # a smaller reported capacity trims at once
+        (64, [("rec", "r1", C), ("cap", "r1", 2)], {}, 2),
+        # a replica that restarted or left holds nothing
+        (64, [("rec", "r1", C), ("rec", "r2", C[:2]), ("forget", "r1", None)], {"r2": 2}, 2),
+        (64, [("rec", "r1", C), ("rec", "r2", C[:2]), ("retain", "", ["r1"])], {"r1": 5}, 5),
+    ],
+)
+def test_prefix_index_models_each_replicas_bounded_cache(
+    fallback: int, ops: list[Op], expect: dict[str, int], entries: int
+) -> None:
+    idx = PrefixIndex(capacity=fallback)
+    for op, name, arg in ops:
+        if op == "rec":
+            idx.record(arg, name)  # type: ignore[arg-type]  # table rows carry chains
+        elif op == "cap":
+            idx.set_capacity(name, arg)  # type: ignore[arg-type]  # int or None
+        elif op == "forget":
+            idx.forget(name)
+        else:
+            idx.retain(arg)  # type: ignore[arg-type]  # a list of names
+    assert idx.matched(C) == expect
+    assert len(idx) == entries
+
+
+@pytest.mark.parametrize(
+    ("tokens", "chars_per_token", "blocks"),
+    [
+        (160 * 256, 4.0, 160),  # the benchmark's simulated replica: 160 x 256-token blocks
+        (2_000_000, 4.0, 7812),
+        (2_000_000, 1.5, 2929),  # Chinese text: fewer characters per token
+        (100, 4.0, 1),  # at least one block
+    ],
+)
+def test_cache_blocks_converts_tokens_to_index_blocks(
+    tokens: int, chars_per_token: float, blocks: int
+) -> None:
+    assert cache_blocks(tokens, chars_per_token, 1024) == blocks
+
+
+_GAUGES = (
+    'vllm:num_requests_running{model_name="m"} 2.0\n'
+    'vllm:num_requests_waiting{model_name="m"} 3.0\n'
+    'vllm:kv_cache_usage_perc{model_name="m"} 0.5\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("", PolledMetrics()),
+        (_GAUGES, PolledMetrics(waiting=3, running=2, kv_usage=0.5)),
+        (
+            _GAUGES + 'vllm:cache_config_info{block_size="256",num_gpu_blocks="160"} 1.0\n',
+            PolledMetrics(waiting=3, running=2, kv_usage=0.5, cache_tokens=40960),
+        ),
+        (  # data parallel: one info sample per engine; each engine caches on its own
+            'vllm:cache_config_info{block_size="256",engine="0",num_gpu_blocks="900"} 1.0\n'
+            'vllm:cache_config_info{block_size="256",engine="1",num_gpu_blocks="1000"} 1.0\n',
+            PolledMetrics(cache_tokens=256_000),
+        ),
+        (  # not yet profiled, or no size at all: unknown
+            'vllm:cache_config_info{block_size="256",num_gpu_blocks="None"} 1.0\n'
+            'vllm:cache_config_info{block_size="16"} 1.0\n',
+            PolledMetrics(),
+        ),
+        ('vllm:gpu_cache_usage_perc{model_name="m"} 0.25\n', PolledMetrics(kv_usage=0.25)),
+    ],
+)
+def test_parse_metrics_reads_load_and_cache_size(text: str, expect: PolledMetrics) -> None:
+    assert parse_metrics(text) == expect
 
 
 @pytest.mark.parametrize(
@@ -105,3 +218,22 @@ def test_order_prefers_the_longest_match_within_the_load_bound(
     assert reason == (why if why is not None else plain_why)
     assert idx[0] == (plain[0] if first is None else first)
     assert sorted(idx) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("loads", "kv", "matched", "first"),
+    [
+        ([0, 3, 1], [0.0, 0.0, 0.0], {"r1": 4, "r2": 4}, 2),  # equal match: lower load
+        ([1, 1, 1], [0.9, 0.2, 0.5], {"r0": 4, "r1": 4, "r2": 4}, 1),  # then emptier cache
+        ([0, 3, 1], [0.0, 0.0, 0.0], {"r1": 5, "r2": 4}, 1),  # a longer match still wins
+    ],
+)
+def test_equal_matches_go_to_the_lighter_replica(
+    loads: list[int], kv: list[float], matched: dict[str, int], first: int
+) -> None:
+    reps = [
+        ReplicaView(f"r{i}", True, in_flight=load, kv_usage=u)
+        for i, (load, u) in enumerate(zip(loads, kv, strict=True))
+    ]
+    idx, why = order(reps, b"key", matched=matched, load_factor=2.0)
+    assert (idx[0], why) == (first, "prefix-match")
