@@ -148,12 +148,12 @@ class PrefixIndex:
 
     Each replica's chain elements sit in an LRU of its own, bounded by the replica's
     KV-cache capacity in blocks (:meth:`set_capacity`; ``capacity`` when unknown, and never
-    more). Recording a chain for a replica touches all its elements in order, and evicts
+    more). Recording a chain for a replica touches all its elements, tail first, and evicts
     that replica's least recently used elements beyond its capacity, as the replica itself
-    would have had to. A replica holds a prompt's first ``n`` blocks when it holds elements
-    ``0..n-1``. Within one prompt the first block counts as the least recent (as in the
-    simulator; vLLM frees a prompt's tail blocks first, so there the index gives a prefix
-    up somewhat early, the safe side).
+    would have had to: within one prompt the tail goes first, as in vLLM (which frees a
+    finished request's blocks in reverse) and in the simulator, so a prompt's head outlives
+    its tail. A replica holds a prompt's first ``n`` blocks when it holds elements
+    ``0..n-1``.
     """
 
     def __init__(self, capacity: int = 65_536) -> None:
@@ -200,7 +200,7 @@ class PrefixIndex:
 
     def record(self, chain: Sequence[bytes], replica: str) -> None:
         lru = self._held.setdefault(replica, OrderedDict())
-        for h in chain:
+        for h in reversed(chain):  # tail first: a replica evicts a prompt's tail first
             lru[h] = None
             lru.move_to_end(h)
         self._trim(replica)

@@ -34,7 +34,9 @@ class PrefixCache:
             if h not in blocks:
                 break
             hit += 1
-        for h in hashes:
+        # Touched tail first, so the prompt's head is the most recently used: like vLLM,
+        # which frees a finished request's blocks in reverse and so evicts tails first.
+        for h in reversed(hashes):
             if h in blocks:
                 blocks.move_to_end(h)
             else:

@@ -92,12 +92,12 @@ Op = tuple[str, str, object]
     [
         # each replica holds what it was sent: both hold the shared first 3 blocks
         (64, [("rec", "r1", C[:3]), ("rec", "r2", C)], {"r1": 3, "r2": 5}, 8),
-        # r1's cache (4 blocks) overflows: its oldest element, C[0], is gone, so nothing
-        # of the prompt matches there any more (C[1], C[2] are held, but not leading)
+        # r1's cache (4 blocks) overflows: the tail of its prompt, C[2], goes first (as a
+        # replica evicts tails first), so the head still matches 2 blocks
         (
             64,
             [("cap", "r1", 4), ("rec", "r1", C[:3]), ("rec", "r1", [X, Y]), ("rec", "r2", C)],
-            {"r2": 5},
+            {"r1": 2, "r2": 5},
             9,
         ),
         # ... while another replica's traffic never evicts r1's entries
@@ -115,21 +115,21 @@ Op = tuple[str, str, object]
             {"r1": 2},
             4,
         ),
-        # the same without the refresh: C[0] is the oldest and goes
+        # the same without the refresh: the prompt's tail C[1] is the oldest and goes
         (
             64,
             [("cap", "r1", 4), ("rec", "r1", C[:2]), ("rec", "r1", [X]), ("rec", "r1", [Y, Z])],
-            {},
+            {"r1": 1},
             4,
         ),
-        # a chain longer than the cache keeps only its tail, which matches nothing
-        (64, [("cap", "r1", 3), ("rec", "r1", C)], {}, 3),
+        # a chain longer than the cache keeps its head
+        (64, [("cap", "r1", 3), ("rec", "r1", C)], {"r1": 3}, 3),
         # unknown capacity: the fallback bounds each replica; it is also the ceiling
-        (3, [("rec", "r1", C)], {}, 3),
-        (3, [("cap", "r1", 100), ("rec", "r1", C[:3]), ("rec", "r1", [X])], {}, 3),
+        (3, [("rec", "r1", C)], {"r1": 3}, 3),
+        (3, [("cap", "r1", 100), ("rec", "r1", C[:3]), ("rec", "r1", [X])], {"r1": 2}, 3),
         (3, [("cap", "r1", 2), ("cap", "r1", None), ("rec", "r1", C[:3])], {"r1": 3}, 3),
         # a smaller reported capacity trims at once
-        (64, [("rec", "r1", C), ("cap", "r1", 2)], {}, 2),
+        (64, [("rec", "r1", C), ("cap", "r1", 2)], {"r1": 2}, 2),
         # a replica that restarted or left holds nothing
         (64, [("rec", "r1", C), ("rec", "r2", C[:2]), ("forget", "r1", None)], {"r2": 2}, 2),
         (64, [("rec", "r1", C), ("rec", "r2", C[:2]), ("retain", "", ["r1"])], {"r1": 5}, 5),

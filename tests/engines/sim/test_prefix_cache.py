@@ -15,7 +15,8 @@ from engines.sim.prefix_cache import PrefixCache
         (10, [[b"a", b"b", b"c"], [b"a", b"x", b"c"]], [0, 1]),  # hits stop at the first miss
         (2, [[b"a", b"b"], [b"c", b"d"], [b"a", b"b"]], [0, 0, 0]),  # evicted
         (3, [[b"a", b"b"], [b"a"], [b"c", b"d"], [b"a"]], [0, 1, 0, 1]),  # LRU keeps the used a
-        (3, [[b"a", b"b"], [b"c", b"d"], [b"b"], [b"a"]], [0, 0, 1, 0]),  # a was the LRU block
+        # tails go first (as in vLLM): b is evicted before a, so the head still hits
+        (3, [[b"a", b"b"], [b"c", b"d"], [b"a", b"b"]], [0, 0, 1]),
         (0, [[b"a"], [b"a"]], [0, 0]),  # no capacity, no hits
     ],
 )
