@@ -33,7 +33,14 @@ from gateway.ledger import BatchedWriter, StreamDrainer, event_of, spent_since
 from gateway.metrics import Metrics
 from gateway.outage import DATABASE_DOWN, REDIS_DOWN, FailureMode, RedisGuard
 from gateway.ratelimit import RateLimiter
-from policies.budget import PERIODS, BudgetSpec, Period, crossed, should_downgrade
+from policies.budget import (
+    PERIODS,
+    BudgetSpec,
+    Period,
+    PeriodClock,
+    crossed,
+    should_downgrade,
+)
 from policies.errors import (
     AuthenticationFailed,
     BudgetExceededError,
@@ -87,6 +94,7 @@ class MoneyAccounting:
         self.metrics = metrics
         self.require_key = require_key
         self.tz = timezone
+        self._clock = PeriodClock(timezone)
         self.prefix = prefix
         self._ttl = key_cache_ttl_s
         self._cache: dict[str, _Entry] = {}
@@ -295,7 +303,7 @@ class MoneyAccounting:
     def _windows(self, entry: _Entry | None, when: datetime) -> list[Window]:
         if entry is None:
             return []
-        return [Window.of(b, when, self.tz) for b in entry.budgets]
+        return [Window(b, *self._clock.window(b.period, when)) for b in entry.budgets]
 
     async def _load_spent(self, w: Window) -> int:
         return await spent_since(self.sessions, w.spec.scope, w.spec.scope_id, w.start)

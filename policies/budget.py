@@ -46,6 +46,24 @@ def period_window(period: Period, now: datetime, tz: str = "UTC") -> tuple[datet
     return start.replace(tzinfo=zone).astimezone(UTC), end.replace(tzinfo=zone).astimezone(UTC)
 
 
+class PeriodClock:
+    """``period_window`` for one timezone, remembering the last window of each period.
+
+    Periods tile time, so the remembered window answers every moment inside it; any other
+    moment (the next period, or an earlier request settling late) is computed afresh.
+    """
+
+    def __init__(self, tz: str = "UTC") -> None:
+        self.tz = tz
+        self._last: dict[Period, tuple[datetime, datetime]] = {}
+
+    def window(self, period: Period, now: datetime) -> tuple[datetime, datetime]:
+        span = self._last.get(period)
+        if span is None or not span[0] <= now < span[1]:
+            span = self._last[period] = period_window(period, now, self.tz)
+        return span
+
+
 def pressure(spent_nanos: int, limit_nanos: int) -> float:
     if limit_nanos <= 0:
         return 1.0

@@ -35,3 +35,22 @@ def test_pressure_thresholds_and_downgrade() -> None:
     assert crossed(400, 850, 1000, spec.soft_thresholds) == [0.5, 0.8]
     assert crossed(850, 900, 1000, spec.soft_thresholds) == []
     assert not should_downgrade(spec, 799) and should_downgrade(spec, 800)
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata"])
+def test_period_clock_agrees_with_period_window_moving_both_ways(tz: str) -> None:
+    from datetime import timedelta
+
+    from policies.budget import PeriodClock
+
+    clock = PeriodClock(tz)
+    # Around the New York DST end and a month end, forward then back (late settlements).
+    moments = []
+    for base in ("2026-10-31T03:00", "2026-11-30T21:00"):
+        t0 = utc(base)
+        moments += [t0 + timedelta(minutes=17 * i) for i in range(0, 800)]
+    moments += list(reversed(moments))
+    moments += [utc("2026-11-01T04:59:59.999999"), utc("2026-11-01T05:00"), utc("2026-11-01T04:00")]
+    for now in moments:
+        for period in ("day", "week", "month", "total"):
+            assert clock.window(period, now) == period_window(period, now, tz), (period, now)
