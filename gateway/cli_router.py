@@ -23,7 +23,9 @@ from policies.router.evaluate import (
 )
 from policies.router.model import WEIGHTS, LinearModel, _shipped
 from policies.router.shadow import Label, training_row
-from policies.router.train import train_rows
+from policies.router.train import DEFAULT_TARGET, TARGETS, train_rows
+
+_TARGET_HELP = "what the model learns: difficulty (shipped), gain of the stronger model, or a mix"
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "routing"
@@ -49,7 +51,7 @@ def _rows(args: argparse.Namespace) -> list[Row]:
 
 def _train(args: argparse.Namespace) -> int:
     rows = _rows(args)
-    model = train_rows(rows, steps=args.steps)
+    model = train_rows(rows, steps=args.steps, target=args.target)
     scores = np.array(score_rows(model, rows))
     model.meta.update(
         prior_pro=float(np.quantile(scores, 1 - PRO_SHARE)),
@@ -117,8 +119,8 @@ def _report(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {}
     plots: dict[str, list[PairResult]] = {}
     for split, scores in (
-        ("cross-category", cross_category(rows, steps=args.steps)),
-        ("cross-source", cross_source(rows, steps=args.steps)),
+        ("cross-category", cross_category(rows, steps=args.steps, target=args.target)),
+        ("cross-source", cross_source(rows, steps=args.steps, target=args.target)),
     ):
         out[split] = []
         for weak, strong in PAIRS:
@@ -233,6 +235,7 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     t.add_argument("--out", default=str(ROOT / "policies" / "router"))
     t.add_argument("--steps", type=int, default=300)
+    t.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help=_TARGET_HELP)
     t.set_defaults(func=_train)
     e = rsub.add_parser("eval", help="RouteLLM metrics of the router on labelled rows")
     e.add_argument("--data", required=True)
@@ -246,6 +249,7 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     r = rsub.add_parser("report", help="held-out evaluation on the public data (docs/routing.md)")
     r.add_argument("--shared-dir", default=str(SHARED))
     r.add_argument("--steps", type=int, default=300)
+    r.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help=_TARGET_HELP)
     r.add_argument("--bootstrap", type=int, default=200)
     r.add_argument("--json-out", default=str(ROOT / "var" / "bench" / "routing.json"))
     r.add_argument("--plot", default=str(ROOT / "docs" / "img" / "routing_pgr.png"))

@@ -6,6 +6,11 @@ direct-answer and chain-of-thought failures. JSONL rows in the ``router eval`` f
 (``{"id", "source", "prompt" | "messages" | "features", "correct": {...}}``) get the share
 of listed models that were wrong; shadow-mode labels without prompt text carry the router's
 feature vector instead (``features``).
+
+Rows with per-model outcomes (MMLU-Pro's models, BBH's ``direct`` / ``cot`` answers, JSONL
+``correct``) also support a *gain* target (``gain_targets``): the expected net gain of the
+stronger option of a pair over the weaker one. Which option is stronger is decided by
+accuracy on the rows given, so under cross-validation only training rows order the models.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ from __future__ import annotations
 import ast
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from policies.features import DENSE_NAMES, HASH_DIM, Features
 
@@ -80,8 +87,9 @@ def gsm8k(path: Path) -> Iterator[Row]:
 
 def bbh(path: Path) -> Iterator[Row]:
     for r in _read(path):
-        miss = 0.5 * (not _bool(r["correct_direct"])) + 0.5 * (not _bool(r["correct_cot"]))
-        yield Row(r["id"], "bbh", str(r["task"]), r["input"], miss)
+        direct, cot = _bool(r["correct_direct"]), _bool(r["correct_cot"])
+        miss = 0.5 * (not direct) + 0.5 * (not cot)
+        yield Row(r["id"], "bbh", str(r["task"]), r["input"], miss, {"direct": direct, "cot": cot})
 
 
 LOADERS = {
@@ -152,3 +160,65 @@ def jsonl_rows(path: Path) -> list[Row]:
             )
         )
     return rows
+
+
+# Gain target. A pair counts when its stronger option's accuracy exceeds the weaker one's by
+# at least GAIN_MIN_GAP; a row's label is 0.5 + the mean over its labelled pairs of
+# (strong right) - (weak right), clipped to [0, 1]: 0.5 = no gain, 1 = the strong option
+# always fixes it. Rows without pairwise outcomes (MATH, GSM8K) are mapped from their
+# difficulty d to 0.5 + PRIOR_GAIN * d. Both constants are fixed a priori, not tuned.
+GAIN_MIN_GAP = 0.05
+PRIOR_GAIN = 0.4
+
+
+def accuracies(rows: Sequence[Row]) -> dict[str, float]:
+    """Each option's share of right answers over the rows that label it."""
+    right: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    for r in rows:
+        for m, ok in r.correct.items():
+            seen[m] = seen.get(m, 0) + 1
+            right[m] = right.get(m, 0) + int(ok)
+    return {m: right[m] / seen[m] for m in seen}
+
+
+def gain_pairs(acc: Mapping[str, float], min_gap: float = GAIN_MIN_GAP) -> list[tuple[str, str]]:
+    """(weaker, stronger) pairs whose accuracies differ by at least ``min_gap``."""
+    names = sorted(acc, key=lambda m: (acc[m], m))
+    return [
+        (w, s)
+        for i, w in enumerate(names)
+        for s in names[i + 1 :]
+        if acc[s] - acc[w] >= min_gap - 1e-12
+    ]
+
+
+def gain_targets(rows: Sequence[Row], *, min_gap: float = GAIN_MIN_GAP) -> list[float]:
+    """The gain label of every row; options are ordered per source, on these rows only."""
+    out = [min(1.0, 0.5 + PRIOR_GAIN * r.target) for r in rows]
+    by_source: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r.correct:
+            by_source.setdefault(r.source, []).append(i)
+    for idx in by_source.values():
+        members = [rows[i] for i in idx]
+        pairs = gain_pairs(accuracies(members), min_gap)
+        if not pairs:
+            continue
+        names = sorted({m for p in pairs for m in p})
+        col = {m: j for j, m in enumerate(names)}
+        c = np.full((len(members), len(names)), np.nan)
+        for k, r in enumerate(members):
+            for m, ok in r.correct.items():
+                if m in col:
+                    c[k, col[m]] = float(ok)
+        weak = np.array([col[w] for w, _ in pairs])
+        strong = np.array([col[s] for _, s in pairs])
+        diff = c[:, strong] - c[:, weak]
+        labelled = ~np.isnan(diff)
+        n = labelled.sum(axis=1)
+        net = np.where(labelled, diff, 0.0).sum(axis=1) / np.maximum(n, 1)
+        for k, i in enumerate(idx):
+            if n[k]:
+                out[i] = float(min(1.0, max(0.0, 0.5 + net[k])))
+    return out

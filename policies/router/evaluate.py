@@ -17,7 +17,7 @@ from policies.features import from_text
 from policies.router.data import Row
 from policies.router.metrics import bootstrap, curve
 from policies.router.model import LinearModel
-from policies.router.train import train_rows
+from policies.router.train import DEFAULT_TARGET, train_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,20 +39,24 @@ def score_rows(model: LinearModel, rows: Sequence[Row]) -> list[float]:
     return [model.predict(r.features or from_text(r.prompt)) for r in rows]
 
 
-def cross_category(rows: Sequence[Row], folds: int = 5, *, steps: int = 300) -> dict[str, float]:
-    target = sorted({r.group for r in rows if r.source == "mmlu_pro"})
-    fold_of = {g: i % folds for i, g in enumerate(target)}
+def cross_category(
+    rows: Sequence[Row], folds: int = 5, *, steps: int = 300, target: str = DEFAULT_TARGET
+) -> dict[str, float]:
+    groups = sorted({r.group for r in rows if r.source == "mmlu_pro"})
+    fold_of = {g: i % folds for i, g in enumerate(groups)}
     scores: dict[str, float] = {}
     for k in range(folds):
         held = [r for r in rows if r.source == "mmlu_pro" and fold_of[r.group] == k]
         train = [r for r in rows if not (r.source == "mmlu_pro" and fold_of[r.group] == k)]
-        model = train_rows(train, steps=steps)
+        model = train_rows(train, steps=steps, target=target)
         scores.update(zip((r.id for r in held), score_rows(model, held), strict=True))
     return scores
 
 
-def cross_source(rows: Sequence[Row], *, steps: int = 300) -> dict[str, float]:
-    model = train_rows([r for r in rows if r.source != "mmlu_pro"], steps=steps)
+def cross_source(
+    rows: Sequence[Row], *, steps: int = 300, target: str = DEFAULT_TARGET
+) -> dict[str, float]:
+    model = train_rows([r for r in rows if r.source != "mmlu_pro"], steps=steps, target=target)
     held = [r for r in rows if r.source == "mmlu_pro"]
     return dict(zip((r.id for r in held), score_rows(model, held), strict=True))
 

@@ -1,4 +1,9 @@
-"""Training the linear router: logistic regression with soft targets, L2, full-batch Adam."""
+"""Training the linear router: logistic regression with soft targets, L2, full-batch Adam.
+
+Targets (``train_rows(..., target=...)``): ``difficulty`` (``Row.target``), ``gain`` (the
+stronger option's expected net gain, ``data.gain_targets``, computed from the training rows
+only) or ``mix`` (their mean).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from policies.features import DENSE_NAMES, HASH_DIM, Features, from_text
-from policies.router.data import Row
+from policies.router.data import Row, gain_targets
 from policies.router.model import LinearModel
 
 
@@ -54,10 +59,27 @@ def fit(
     return LinearModel(wd, wh, {"rows": n, "steps": steps, "l2": l2})
 
 
-def train_rows(rows: Sequence[Row], **kw: float) -> LinearModel:
+TARGETS = ("difficulty", "gain", "mix")
+DEFAULT_TARGET = "difficulty"
+
+
+def targets(rows: Sequence[Row], target: str = DEFAULT_TARGET) -> list[float]:
+    if target == "difficulty":
+        return [r.target for r in rows]
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
+    gain = gain_targets(rows)
+    if target == "gain":
+        return gain
+    return [0.5 * r.target + 0.5 * g for r, g in zip(rows, gain, strict=True)]
+
+
+def train_rows(rows: Sequence[Row], *, target: str = DEFAULT_TARGET, **kw: float) -> LinearModel:
     """Each source weighs the same in total, whatever its row count."""
     per_source: dict[str, int] = {}
     for r in rows:
         per_source[r.source] = per_source.get(r.source, 0) + 1
     weights = [1.0 / per_source[r.source] for r in rows]
-    return fit(featurize(rows), [r.target for r in rows], weights=weights, **kw)  # type: ignore[arg-type]
+    model = fit(featurize(rows), targets(rows, target), weights=weights, **kw)  # type: ignore[arg-type]
+    model.meta["target"] = target
+    return model
