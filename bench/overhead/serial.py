@@ -98,9 +98,12 @@ def measure(
     body: dict[str, object],
     n: int,
     headers: dict[str, str] | None = None,
+    gap_s: float = 0.0,
 ) -> list[float]:
     out = []
     for _ in range(n):
+        if gap_s:
+            time.sleep(gap_s)  # the next request finds the server idle, as between real calls
         t = time.perf_counter()
         r = client.post(url, json=body, headers=headers or {})
         out.append((time.perf_counter() - t) * 1000)
@@ -154,6 +157,13 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument(
+        "--gap-ms",
+        type=float,
+        default=0.0,
+        help="pause before each timed request (0: back to back, each request arriving while "
+        "the server may still finish the previous one's work)",
+    )
     ap.add_argument("--out", default=str(ROOT / "var" / "bench" / "serial.json"))
     ap.add_argument("--database-url", help="run the money path: keys, budgets, ledger in this DB")
     ap.add_argument("--redis-url", help="with --database-url: budgets and ledger stream in Redis")
@@ -184,14 +194,16 @@ def main() -> int:
             g: list[float] = []
             block = 100
             for _ in range(max(1, args.requests // block)):
-                d += measure(client, direct_url, dbody, block)
-                g += measure(client, gw_url, BODY, block, headers)
+                gap = args.gap_ms / 1000
+                d += measure(client, direct_url, dbody, block, gap_s=gap)
+                g += measure(client, gw_url, BODY, block, headers, gap_s=gap)
                 if args.litellm:
-                    lt += measure(client, ll_url, BODY, block, ll_headers)
+                    lt += measure(client, ll_url, BODY, block, ll_headers, gap_s=gap)
     keys = ("p50", "p90", "p99", "mean")
     res: dict[str, object] = {
         "requests": len(g),
         "money_path": ("redis+sql" if args.redis_url else "sql") if args.database_url else "off",
+        "gap_ms": args.gap_ms,
         "direct_ms": percentiles(d),
         "gateway_ms": percentiles(g),
     }
