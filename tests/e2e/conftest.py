@@ -107,14 +107,17 @@ class Gateway:
         return self.accounting.settled
 
 
-def start_gateway(catalog: Catalog, **settings: Any) -> tuple[BackgroundServer, Gateway]:
-    accounting = OpenAccounting()
+def start_gateway(
+    catalog: Catalog, accounting: OpenAccounting | None = None, **settings: Any
+) -> tuple[BackgroundServer, Gateway]:
+    """A gateway on a loopback port with in-memory accounting (this one, if given)."""
+    accounting = accounting or OpenAccounting()
 
     async def factory(*_: Any) -> OpenAccounting:
         return accounting
 
     app = create_app(
-        Settings(log_level="warning", log_json=True, **settings),
+        Settings(**{"log_level": "warning", "log_json": True, **settings}),
         catalog=catalog,
         accounting_factory=factory,
     )

@@ -11,12 +11,9 @@ import httpx
 import openai
 import pytest
 
-from engines.asgi_thread import BackgroundServer
 from gateway.accounting import Caller, OpenAccounting
-from gateway.app import create_app
-from gateway.settings import Settings
 
-from .conftest import Sims, demo_catalog
+from .conftest import Sims, demo_catalog, start_gateway
 
 
 class BrokenAccounting(OpenAccounting):
@@ -26,18 +23,8 @@ class BrokenAccounting(OpenAccounting):
 
 @pytest.fixture(scope="module")
 def broken(sims: Sims) -> Iterator[str]:
-    accounting = BrokenAccounting()
-
-    async def factory(*_: Any) -> BrokenAccounting:
-        return accounting
-
-    app = create_app(
-        Settings(log_level="error", log_json=True),
-        catalog=demo_catalog(sims),
-        accounting_factory=factory,
-    )
-    server = BackgroundServer(app).start()
-    yield server.base_url
+    server, gw = start_gateway(demo_catalog(sims), BrokenAccounting(), log_level="error")
+    yield gw.url
     server.stop()
 
 

@@ -16,13 +16,10 @@ import httpx
 import openai
 import pytest
 
-from engines.asgi_thread import BackgroundServer
 from gateway.accounting import Caller, OpenAccounting, Settlement
-from gateway.app import create_app
-from gateway.settings import Settings
 from gateway.settled import SettledResponse
 
-from .conftest import Sims, demo_catalog
+from .conftest import Sims, demo_catalog, start_gateway
 
 
 class GatedAccounting(OpenAccounting):
@@ -44,17 +41,8 @@ class GatedAccounting(OpenAccounting):
 @pytest.fixture(scope="module")
 def gated(sims: Sims) -> Iterator[tuple[str, GatedAccounting]]:
     accounting = GatedAccounting()
-
-    async def factory(*_: Any) -> GatedAccounting:
-        return accounting
-
-    app = create_app(
-        Settings(log_level="error", log_json=True),
-        catalog=demo_catalog(sims),
-        accounting_factory=factory,
-    )
-    server = BackgroundServer(app).start()
-    yield server.base_url, accounting
+    server, gw = start_gateway(demo_catalog(sims), accounting)
+    yield gw.url, accounting
     server.stop()
 
 
