@@ -127,9 +127,7 @@ def test_hosted_through_litellm_streams(litellm_gateway: Gateway) -> None:
     )
     assert any(c.choices and c.choices[0].delta.content for c in chunks)
     assert chunks[-1].usage is not None and chunks[-1].choices == []
-    assert (
-        litellm_gateway.settled()[-1].output_tokens == chunks[-1].usage.completion_tokens
-    )
+    assert litellm_gateway.settled()[-1].output_tokens == chunks[-1].usage.completion_tokens
 
 
 def test_passthrough_model_priced_from_litellm_price_map(
