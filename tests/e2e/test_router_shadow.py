@@ -75,11 +75,11 @@ class ShadowGateway:
         raise AssertionError(f"expected {n} rows of {sql!r}, got {rows}")
 
 
-async def _seed(db: str) -> tuple[str, str, str]:
+async def _seed(db: str, team_name: str = "shadow-team") -> tuple[str, str, str]:
     engine = make_engine(db)
     try:
         async with make_sessions(engine)() as s:
-            team = await admin_ops.create_team(s, "shadow-team")
+            team = await admin_ops.create_team(s, team_name)
             key = await admin_ops.create_key(s, team["id"])
             await admin_ops.set_budget(s, "key", key.id, "day", "5")
             await admin_ops.set_budget(s, "team", team["id"], "day", "5")
@@ -88,13 +88,28 @@ async def _seed(db: str) -> tuple[str, str, str]:
         await engine.dispose()
 
 
-def start(sims: Sims, tmp_path: Path, **shadow: Any) -> ShadowGateway:
-    db = f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
-    upgrade(db)
-    raw, key_id, team_id = asyncio.run(_seed(db))
+def start(
+    sims: Sims, tmp_path: Path, *, redis: tuple[str, str, str] | None = None, **shadow: Any
+) -> ShadowGateway:
+    """With ``redis`` = (PostgreSQL URL, Redis URL, key prefix): the production stores."""
+    settings: dict[str, Any] = {}
+    if redis is None:
+        db = f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
+        upgrade(db)
+        raw, key_id, team_id = asyncio.run(_seed(db))
+    else:
+        db, redis_url, prefix = redis
+        settings = {"redis_url": redis_url, "redis_prefix": prefix}
+        raw, key_id, team_id = asyncio.run(_seed(db, f"shadow-{prefix}"))
     catalog = demo_catalog(sims, shadow={"enabled": True, "share": 1.0, **shadow})
     app = create_app(
-        Settings(log_level="warning", log_json=True, database_url=db, require_api_key=True),
+        Settings(
+            log_level="warning",
+            log_json=True,
+            database_url=db,
+            require_api_key=True,
+            **settings,
+        ),
         catalog=catalog,
     )
     server = BackgroundServer(app).start()
@@ -274,4 +289,51 @@ def test_shadow_failure_never_reaches_the_client(
     finally:
         for url in sims.pro:
             sims.control(url, fail_rate=0.0)
+        gw.server.stop()
+
+
+def test_with_redis_the_shadow_budget_is_shared_and_exact(
+    sims: Sims,
+    tmp_path: Path,
+    monkeypatch_module: pytest.MonkeyPatch,
+    pro_says_verdict: None,
+    pg_url: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    import redis
+
+    gw = start(sims, tmp_path, redis=(pg_url, redis_url, redis_prefix))
+    try:
+        rid, text, _ = _ask(gw, False)
+        assert text
+        gw.wait_for(f"SELECT 1 FROM router_labels WHERE request_id = '{rid}'", 1)
+        shadow = gw.wait_for(
+            f"SELECT cost_nanos FROM ledger WHERE kind = 'shadow' AND route_reason LIKE '%{rid}'",
+            2,
+        )
+        client = gw.wait_for(f"SELECT cost_nanos FROM ledger WHERE request_id = '{rid}'", 1)
+        shadow_cost, client_cost = sum(r.cost_nanos for r in shadow), client[0].cost_nanos
+        r = redis.Redis.from_url(redis_url)
+        try:
+
+            def counters(pattern: str) -> dict[str, tuple[int, int]]:
+                out = {}
+                for k in r.scan_iter(pattern):
+                    if not k.endswith((b":z", b":h")):
+                        spent, held = r.hmget(k, "spent", "reserved")
+                        out[k.decode()] = (int(spent or 0), int(held or 0))
+                return out
+
+            # Settlement in Redis precedes the ledger rows read above. The shadow budget
+            # lives in Redis (shared by every gateway process): it holds exactly the two
+            # shadow calls' cost and no reservation.
+            assert list(counters(redis_prefix + "shadow:b:*").values()) == [(shadow_cost, 0)]
+            # The key's and the team's budgets count the client's request only.
+            client_budgets = counters(redis_prefix + "b:*")
+            assert len(client_budgets) == 2
+            assert set(client_budgets.values()) == {(client_cost, 0)}
+        finally:
+            r.close()
+    finally:
         gw.server.stop()
