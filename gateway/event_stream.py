@@ -10,7 +10,7 @@ disconnect and cancels the sending task; that cancellation ends here, not in the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], *, headers: Mapping[str, str]) -> None:
+    def __init__(self, events: AsyncGenerator[bytes, None], *, headers: Mapping[str, str]) -> None:
         super().__init__(headers=headers)
         self.events = events
         # set by Response.init_headers for a body; a stream has none
@@ -55,6 +55,4 @@ class EventStreamResponse(Response):
             watcher.cancel()
             # Stopped while sending (not inside the relay): close it now, so that it
             # settles and releases the upstream at once rather than when collected.
-            aclose = getattr(self.events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await self.events.aclose()
