@@ -1,14 +1,20 @@
 """Prefix-affinity benchmark: cache hit rate, load balance and TTFT per replica-choice strategy.
 
-    .venv/bin/python bench/pools/bench_affinity.py --replicas 2 4 8 --requests 320
+    .venv/bin/python bench/pools/bench_affinity.py --replicas 2 4 8 --requests 320 --runs 4
 
 A multi-tenant workload (tenants with long shared system prompts, multi-turn sessions that
 grow, long documents queried repeatedly, one-off requests) is streamed through the gateway
 to N simulated Flash replicas with bounded prefix caches, once per strategy:
 round-robin, least-loaded, ours (prefix affinity with bounded load), and an oracle (one
 replica with an unbounded cache: the best hit rate any routing could reach). Hit rates
-come from the replicas' own counters. Then a replica is stopped mid-run to count
+come from the replicas' own counters. Then a replica is killed mid-run to count
 client-visible failures.
+
+The gateway and every replica run as processes of their own (the gateway pinned to core 0,
+replicas and client on core 1 where taskset exists), as in production, so that one
+process's work does not delay another's under a shared interpreter lock. Each run starts
+fresh processes; strategies take turns within a run, and TTFT percentiles pool every
+run's requests.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ import asyncio
 import json
 import os
 import random
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,14 +36,12 @@ from typing import Any
 import httpx
 import yaml
 
-from engines.asgi_thread import BackgroundServer
-from engines.sim.config import SimConfig
-from engines.sim.runner import SimServer
-from gateway.app import create_app
-from gateway.settings import Settings
-from policies.catalog import parse_catalog
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench" / "overhead"))
+from serial import free_port, pinned, wait_ready  # noqa: E402
+
+from policies.catalog import parse_catalog  # noqa: E402
+
 WORDS = [
     "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta",
     "iota", "kappa", "lambda", "mu", "nu", "xi", "omicron", "pi",
@@ -83,20 +90,27 @@ def workload(n: int, seed: int = 7) -> list[list[dict[str, str]]]:
     return out
 
 
-def catalog(urls: list[str], strategy: str, load_factor: float = 1.25) -> Any:
-    data = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
+def warmup(n: int) -> list[list[dict[str, str]]]:
+    rng = random.Random(1)
+    return [[{"role": "user", "content": text(rng, 20)}] for _ in range(n)]
+
+
+def catalog(urls: list[str], strategy: str, load_factor: float) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
     data["backends"]["flash-local"].update(
         replicas=urls, selection=strategy, poll_interval_s=0.5, load_factor=load_factor
     )
     data["backends"]["pro-local"]["replicas"] = urls[:1]
     data["backends"]["hosted"]["base_url"] = "http://127.0.0.1:9"
     data["routing"]["spill_to_hosted"] = False
-    return parse_catalog(data)
+    parse_catalog(data)  # fail here, not in the gateway process, if it is invalid
+    return data
 
 
 async def drive(
     url: str, reqs: list[list[dict[str, str]]], concurrency: int, kill: Any = None
-) -> dict[str, Any]:
+) -> tuple[list[float], int]:
+    """Stream every request at ``concurrency``; TTFT in ms of each, and failures."""
     sem = asyncio.Semaphore(concurrency)
     ttft: list[float] = []
     failures = 0
@@ -124,12 +138,92 @@ async def drive(
 
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as c:
         await asyncio.gather(*(one(i, m, c) for i, m in enumerate(reqs)))
-    ttft.sort()
-    return {
-        "ttft_p50_ms": statistics.median(ttft) if ttft else None,
-        "ttft_p99_ms": ttft[int(0.99 * len(ttft))] if ttft else None,
-        "failures": failures,
-    }
+    return ttft, failures
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+class Pool:
+    """N simulated replicas and a gateway in front of them, each a process of its own."""
+
+    def __init__(self, n: int, strategy: str, args: argparse.Namespace) -> None:
+        self.n, self.strategy, self.args = n, strategy, args
+        self.sims: list[subprocess.Popen[bytes]] = []
+        self.ports = [free_port() for _ in range(n)]
+        self.gw_port = free_port()
+        self.gateway: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gw_port}"
+
+    def sim_url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.ports[i]}"
+
+    def __enter__(self) -> Pool:
+        env = {
+            **os.environ,
+            "DEEPSEEK_API_KEY": "unused",
+            "TIERGATE_LOG_LEVEL": "warning",
+            "TIERGATE_DATABASE_URL": "none",
+        }
+        py = sys.executable
+        oracle = self.strategy == "oracle"
+        for i, port in enumerate(self.ports):
+            cmd = [py, "-m", "gateway.cli", "sim", "--preset", "flash", "--log-level", "warning"]
+            cmd += ["--replica-id", f"r{i}", "--port", str(port), "--max-num-seqs", "4"]
+            cmd += ["--cache-blocks", str(10**9 if oracle else self.args.cache_blocks)]
+            cmd += ["--latency-scale", str(self.args.latency_scale)]
+            self.sims.append(self._start(cmd, 1, env))
+        tmp = Path(tempfile.mkdtemp(prefix="tg-pools-"))
+        urls = [self.sim_url(i) for i in range(self.n)]
+        data = catalog(urls, "affinity" if oracle else self.strategy, self.args.load_factor)
+        (tmp / "catalog.yaml").write_text(yaml.safe_dump(data))
+        serve = [py, "-m", "gateway.cli", "serve", "--config", str(tmp / "catalog.yaml")]
+        self.gateway = self._start([*serve, "--port", str(self.gw_port)], 0, env)
+        try:
+            for u in urls:
+                wait_ready(u + "/health")
+            wait_ready(self.url + "/healthz")
+            time.sleep(1.2)  # two health polls: every replica is known and usable
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    @staticmethod
+    def _start(cmd: list[str], core: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            pinned(cmd, core),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def kill(self, i: int) -> None:
+        """A crash, not a shutdown: the process gets no chance to finish its requests."""
+        self.sims[i].send_signal(signal.SIGKILL)
+
+    def stats(self) -> list[dict[str, Any]]:
+        out = []
+        for i, proc in enumerate(self.sims):
+            if proc.poll() is None:
+                out.append(httpx.get(self.sim_url(i) + "/sim/stats").json())
+        return out
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in [*self.sims, *([self.gateway] if self.gateway else [])]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.sims, *([self.gateway] if self.gateway else [])]:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def run(
@@ -139,91 +233,119 @@ def run(
     args: argparse.Namespace,
     kill: bool = False,
 ) -> dict[str, Any]:
-    blocks = 10**9 if strategy == "oracle" else args.cache_blocks
-    count = 1 if strategy == "oracle" else n
-    sims = [
-        SimServer(
-            SimConfig.preset(
-                "flash", replica_id=f"r{i}", cache_blocks=blocks, max_num_seqs=4
-            ).scaled(args.latency_scale)
+    with Pool(1 if strategy == "oracle" else n, strategy, args) as pool:
+        # Warm every process's first-request paths with prompts under one block (no
+        # affinity, nothing worth caching); the counters' deltas leave them out.
+        asyncio.run(drive(pool.url, warmup(4 * args.concurrency), args.concurrency))
+        before = pool.stats()
+        ttft, failures = asyncio.run(
+            drive(pool.url, reqs, args.concurrency, (lambda: pool.kill(n - 1)) if kill else None)
         )
-        for i in range(count)
+        after = pool.stats()
+    if kill:
+        before = before[: len(after)]
+    stats = [
+        {k: a[k] - b[k] for k in ("prompt_tokens", "cached_tokens", "requests")}
+        for a, b in zip(after, before, strict=True)
     ]
-    for s in sims:
-        s.start()
-    app = create_app(
-        Settings(log_level="warning", database_url="none"),
-        catalog=catalog(
-            [s.base_url for s in sims],
-            "affinity" if strategy == "oracle" else strategy,
-            args.load_factor,
-        ),
-    )
-    try:
-        with BackgroundServer(app) as gw:
-            time.sleep(0.6)
-            res = asyncio.run(
-                drive(gw.base_url, reqs, args.concurrency, sims[-1].stop if kill else None)
-            )
-        stats = [
-            httpx.get(s.base_url + "/sim/stats").json()
-            for s in sims
-            if not (kill and s is sims[-1])
-        ]
-    finally:
-        for s in sims:
-            s.stop()
     prompt = sum(s["prompt_tokens"] for s in stats)
     cached = sum(s["cached_tokens"] for s in stats)
     loads = [s["requests"] for s in stats]
-    res.update(
-        strategy=strategy,
-        replicas=n,
-        hit_rate=cached / prompt if prompt else 0.0,
-        max_over_mean_load=max(loads) / statistics.fmean(loads) if strategy != "oracle" else 1.0,
-    )
-    return res
+    return {
+        "strategy": strategy,
+        "replicas": n,
+        "hit_rate": cached / prompt if prompt else 0.0,
+        "max_over_mean_load": max(loads) / statistics.fmean(loads) if strategy != "oracle" else 1.0,
+        "ttft_ms": ttft,
+        "failures": failures,
+    }
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ttft = [t for r in rows for t in r["ttft_ms"]]
+    return {
+        "strategy": rows[0]["strategy"],
+        "replicas": rows[0]["replicas"],
+        "runs": len(rows),
+        "hit_rate": statistics.fmean(r["hit_rate"] for r in rows),
+        "hit_rate_range": [min(r["hit_rate"] for r in rows), max(r["hit_rate"] for r in rows)],
+        "max_over_mean_load": statistics.fmean(r["max_over_mean_load"] for r in rows),
+        "max_over_mean_worst": max(r["max_over_mean_load"] for r in rows),
+        "ttft_p50_ms": pct(ttft, 0.50) if ttft else None,
+        "ttft_p99_ms": pct(ttft, 0.99) if ttft else None,
+        "requests": len(ttft),
+        "failures": sum(r["failures"] for r in rows),
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--replicas", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--requests", type=int, default=320)
+    ap.add_argument("--runs", type=int, default=1, help="fresh processes per run; results pooled")
     ap.add_argument("--concurrency", type=int, default=12)
-    ap.add_argument("--no-kill", action="store_true", help="skip the stopped-replica run")
+    ap.add_argument("--no-kill", action="store_true", help="skip the killed-replica run")
     ap.add_argument("--load-factor", type=float, default=1.25, help="the pools' load bound")
     ap.add_argument(
         "--strategies", nargs="+", default=["round_robin", "least_loaded", "affinity", "oracle"]
     )
-    ap.add_argument("--cache-blocks", type=int, default=48, help="per replica, 256-token blocks")
-    ap.add_argument("--latency-scale", type=float, default=0.2)
+    ap.add_argument("--cache-blocks", type=int, default=160, help="per replica, 256-token blocks")
+    ap.add_argument(
+        "--latency-scale",
+        type=float,
+        default=1.0,
+        help="x the V4-like preset's latencies; far below 1, routing's effect on TTFT "
+        "shrinks to the size of the host's scheduling noise",
+    )
     ap.add_argument("--out", default=str(ROOT / "var" / "bench" / "pools.json"))
     args = ap.parse_args()
-    os.environ.setdefault("DEEPSEEK_API_KEY", "unused")
     reqs = workload(args.requests)
-    results = []
-    print(
-        f"{'replicas':>8} {'strategy':13} {'hit rate':>8} {'max/mean':>8}"
-        f" {'TTFT p50':>9} {'TTFT p99':>9}"
-    )
-    for n in args.replicas:
-        for strategy in args.strategies:
-            r = run(strategy, n, reqs, args)
-            results.append(r)
-            print(
-                f"{n:>8} {strategy:13} {r['hit_rate']:8.3f} {r['max_over_mean_load']:8.2f} "
-                f"{r['ttft_p50_ms']:9.1f} {r['ttft_p99_ms']:9.1f}",
-                flush=True,
+    per_run: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for k in range(args.runs):
+        for n in args.replicas:
+            # Strategies take turns, in a rotated order per run, so drift hits each alike.
+            order = (
+                args.strategies[k % len(args.strategies) :]
+                + args.strategies[: k % len(args.strategies)]
             )
+            for strategy in order:
+                r = run(strategy, n, reqs, args)
+                per_run.setdefault((n, strategy), []).append(r)
+                print(
+                    f"run {k + 1}: {n} replicas {strategy:13} hit {r['hit_rate']:.3f} "
+                    f"max/mean {r['max_over_mean_load']:.2f} "
+                    f"p99 {pct(r['ttft_ms'], 0.99):.1f} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    results = [summary(per_run[(n, s)]) for n in args.replicas for s in args.strategies]
+    rr = {r["replicas"]: r["hit_rate"] for r in results if r["strategy"] == "round_robin"}
+    oracle = {r["replicas"]: r["hit_rate"] for r in results if r["strategy"] == "oracle"}
+    print(
+        f"{'replicas':>8} {'strategy':13} {'hit rate':>8} {'x RR':>5} {'of oracle':>9}"
+        f" {'max/mean':>8} {'worst':>6} {'TTFT p50':>9} {'TTFT p99':>9}"
+    )
+    for r in results:
+        n = r["replicas"]
+        x_rr = f"{r['hit_rate'] / rr[n]:5.2f}" if n in rr else "    -"
+        of = f"{r['hit_rate'] / oracle[n]:8.0%}" if n in oracle else "        -"
+        print(
+            f"{n:>8} {r['strategy']:13} {r['hit_rate']:8.3f} {x_rr} {of} "
+            f"{r['max_over_mean_load']:8.2f} {r['max_over_mean_worst']:6.2f} "
+            f"{r['ttft_p50_ms']:9.1f} {r['ttft_p99_ms']:9.1f}",
+            flush=True,
+        )
+    out: dict[str, Any] = {"args": vars(args), "results": results}
     if not args.no_kill:
         kill = run("affinity", 4, reqs, args, kill=True)
         print(
-            f"replica stopped mid-run (4 replicas, affinity): {kill['failures']} client-visible"
+            f"replica killed mid-run (4 replicas, affinity): {kill['failures']} client-visible"
             f" failures of {len(reqs)} streamed requests"
         )
-        results.append({**kill, "strategy": "affinity+kill"})
+        out["kill"] = {k: v for k, v in kill.items() if k != "ttft_ms"}
+    out["runs"] = {f"{n}/{s}": rows for (n, s), rows in per_run.items()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    Path(args.out).write_text(json.dumps(out, indent=2))
     return 0
 
 
