@@ -8,8 +8,12 @@
   (half-open); a failure re-opens it at once, a success closes it.
 - Selection: ``policies.affinity`` (prefix affinity with bounded load, or least-loaded).
 - Failover: connection errors and 5xx before the first byte go to the next replica.
-- Saturation: when every usable replica's queue is at ``max_queue_depth`` the pool reports
-  itself saturated, and the route plan spills to the hosted API.
+- Gateway-side queue (``engines.admission``): with ``max_in_flight_per_replica`` set,
+  requests beyond every replica's share wait in the gateway for a free slot, up to
+  ``queue_timeout_s``.
+- Saturation: when every usable replica's queue is at ``max_queue_depth``, or the gateway's
+  own queue holds ``max_queued`` requests, the pool reports itself saturated, and the route
+  plan spills to the hosted API.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from engines.admission import Admission
 from engines.base import EngineRequest, EngineResponse
 from engines.http import error_for_status, read_json_object, translate_errors
 from engines.sse_stream import SSEStream
@@ -174,6 +179,16 @@ class VllmEngine:
         )
         self._poll_timeout = aiohttp.ClientTimeout(total=max(0.5, spec.poll_interval_s))
         self._tasks: list[asyncio.Task[None]] = []
+        self._admission = (
+            Admission(
+                name,
+                self._free_slots,
+                max_queued=spec.max_queued,
+                timeout_s=spec.queue_timeout_s,
+            )
+            if spec.max_in_flight_per_replica
+            else None
+        )
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -207,6 +222,8 @@ class VllmEngine:
         self._replicas = keep + [Replica(u) for u in sorted(urls - known)]
         if self._prefixes is not None:
             self._prefixes.retain(urls)
+        if self._admission is not None:
+            self._admission.wake_free()
 
     async def _discover_loop(self) -> None:
         assert self.spec.discovery is not None
@@ -216,6 +233,8 @@ class VllmEngine:
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(r) for r in list(self._replicas)))
+        if self._admission is not None:
+            self._admission.wake_free()
         self._export()
 
     async def _scrape(self, r: Replica) -> str | None:
@@ -265,6 +284,10 @@ class VllmEngine:
             m.replica_in_flight.labels(self.name, r.url).set(r.in_flight)
             m.replica_up.labels(self.name, r.url).set(1 if r.usable(time.monotonic()) else 0)
             m.replica_waiting.labels(self.name, r.url).set(r.waiting)
+            state = r.breaker
+            for s in ("closed", "half-open", "open"):
+                m.replica_breaker.labels(self.name, r.url, s).set(1 if s == state else 0)
+        m.pool_queued.labels(self.name).set(self._admission.queued if self._admission else 0)
 
     # ---- state for the route plan ------------------------------------------------------
 
@@ -274,8 +297,20 @@ class VllmEngine:
 
     def saturated(self) -> bool:
         now = time.monotonic()
+        if self._admission is not None and self._admission.full:
+            return True
         live = [r for r in self._replicas if r.usable(now)]
         return bool(live) and all(r.waiting >= self.spec.max_queue_depth for r in live)
+
+    def _free_slots(self) -> int:
+        cap = self.spec.max_in_flight_per_replica or 0
+        now = time.monotonic()
+        return sum(max(0, cap - r.in_flight) for r in self._replicas if r.usable(now))
+
+    def _release(self, replica: Replica) -> None:
+        replica.in_flight -= 1
+        if self._admission is not None:
+            self._admission.wake()
 
     def replicas(self) -> list[Replica]:
         return list(self._replicas)
@@ -285,8 +320,16 @@ class VllmEngine:
     def _order(self, req: EngineRequest) -> tuple[list[Replica], str, list[bytes]]:
         now = time.monotonic()
         self._rr += 1
+        cap = self.spec.max_in_flight_per_replica
         views = [
-            ReplicaView(r.url, r.usable(now), r.in_flight, r.waiting, r.kv_usage)
+            ReplicaView(
+                r.url,
+                r.usable(now),
+                r.in_flight,
+                r.waiting,
+                r.kv_usage,
+                full=cap is not None and r.in_flight >= cap,
+            )
             for r in self._replicas
         ]
         key = None
@@ -320,6 +363,10 @@ class VllmEngine:
         body = vllm_body(req.body, req.option.mode, self.spec.served_model, req.endpoint, stream)
         data = orjson.dumps(body)
         headers = {"Content-Type": "application/json", "X-Request-Id": req.request_id}
+        if self._admission is not None:
+            waited = await self._admission.admit()
+            if self._metrics is not None:
+                self._metrics.pool_queue_wait.labels(self.name).observe(waited)
         candidates, why, chain = self._order(req)
         candidates = [r for r in candidates if r.url not in skip]
         last: UpstreamError | None = None
@@ -339,7 +386,7 @@ class VllmEngine:
                         resp.release()
                         raise error_for_status(resp.status, payload, resp.headers, where)
             except UpstreamError as exc:
-                replica.in_flight -= 1
+                self._release(replica)
                 if not exc.retryable:
                     raise
                 replica.record_failure(
@@ -374,7 +421,7 @@ class VllmEngine:
                 skip.add(replica.url)
                 continue
             finally:
-                replica.in_flight -= 1
+                self._release(replica)
             usage = normalize_response(body)
             return EngineResponse(body=body, usage=usage, replica=replica.url)
 
@@ -382,11 +429,12 @@ class VllmEngine:
         resp, replica = await self._open(req, stream=True)
         include = bool((req.body.get("stream_options") or {}).get("include_usage"))
 
-        def done() -> None:
-            replica.in_flight -= 1
-
         return SSEStream(
-            resp, replica.url, include, f"replica {replica.url} of {self.name}", on_close=done
+            resp,
+            replica.url,
+            include,
+            f"replica {replica.url} of {self.name}",
+            on_close=lambda: self._release(replica),
         )
 
     async def health(self) -> bool:

@@ -86,6 +86,13 @@ class Metrics:
             ("from_backend", "to_backend"),
             registry=r,
         )
+        self.spillovers = Counter(
+            "tiergate_spillovers",
+            "Requests planned past a backend of their tier, by that backend and why"
+            " (down, saturated, context).",
+            ("backend", "reason"),
+            registry=r,
+        )
         self.route_decisions = Counter(
             "tiergate_route_decisions",
             "Routing decisions by how the tier was chosen (pinned, alias, auto, override).",
@@ -161,6 +168,26 @@ class Metrics:
             "tiergate_replica_waiting",
             "Requests waiting in the replica's own queue (polled).",
             pool,
+            registry=r,
+        )
+        self.replica_breaker = Gauge(
+            "tiergate_replica_breaker",
+            "Circuit breaker per replica: 1 on the series of its current state"
+            " (closed, half-open, open).",
+            (*pool, "state"),
+            registry=r,
+        )
+        self.pool_queued = Gauge(
+            "tiergate_pool_queued",
+            "Requests waiting in the gateway for a free replica slot.",
+            ("backend",),
+            registry=r,
+        )
+        self.pool_queue_wait = Histogram(
+            "tiergate_pool_queue_wait_seconds",
+            "Time requests waited in the gateway for a free replica slot.",
+            ("backend",),
+            buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.replica_selections = Counter(

@@ -157,6 +157,8 @@ class Pipeline:
             raise
         how = plan.reason.split(":", 1)[0]
         self.metrics.route_decisions.labels(how, plan.primary.tier, plan.primary.mode.label).inc()
+        for backend, why in plan.skipped:
+            self.metrics.spillovers.labels(backend, why).inc()
         if self.shadow is not None:
             p.shadow = self.shadow.pick(p)
         return p

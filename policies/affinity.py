@@ -38,6 +38,7 @@ class ReplicaView:
     in_flight: int = 0
     waiting: int = 0
     kv_usage: float = 0.0  # polled share of the replica's KV cache in use, 0..1
+    full: bool = False  # at the gateway's in-flight cap: tried after those with a free slot
 
     @property
     def load(self) -> int:
@@ -66,6 +67,10 @@ def order(
     dead = [i for i, r in enumerate(replicas) if not r.usable]
     if not live:
         return dead, "none-usable"
+    if any(replicas[i].full for i in live) and not all(replicas[i].full for i in live):
+        # Replicas at the in-flight cap are tried only after every one with a free slot.
+        dead = [i for i in live if replicas[i].full] + dead
+        live = [i for i in live if not replicas[i].full]
     if strategy == "round_robin":
         k = rr % len(live)
         return live[k:] + live[:k] + dead, "round-robin"

@@ -128,6 +128,12 @@ class VllmBackend(_Strict):
     chars_per_token: float = Field(default=4.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
     max_queue_depth: int = Field(default=32, gt=0)
+    # The gateway's own queue: at most this many requests in flight per replica (None: no
+    # cap; each replica's scheduler queues the excess), the rest waiting in the gateway up
+    # to queue_timeout_s, at most max_queued of them (more spill or are refused).
+    max_in_flight_per_replica: int | None = Field(default=None, gt=0)
+    queue_timeout_s: float = Field(default=5.0, gt=0)
+    max_queued: int = Field(default=256, gt=0)
     breaker_failures: int = Field(default=2, gt=0)
     breaker_cooldown_s: float = Field(default=5.0, gt=0)
 

@@ -50,6 +50,7 @@ class RoutePlan:
     primary: Option
     fallbacks: tuple[Option, ...]
     reason: str
+    skipped: tuple[tuple[str, str], ...] = ()  # (backend, why) passed over: down, saturated...
 
     def options(self) -> tuple[Option, ...]:
         return (self.primary, *self.fallbacks)
@@ -104,31 +105,32 @@ def plan_route(
             param="messages",
         )
     usable: list[str] = []
-    skipped: list[str] = []
+    skipped: list[tuple[str, str]] = []
     for name in catalog.backends_for_tier(tier):
         state = states.get(name, BackendState())
         if not _fits(catalog, name, tier, needed):
-            skipped.append(f"{name}:context")
+            skipped.append((name, "context"))
         elif not state.available:
-            skipped.append(f"{name}:down")
+            skipped.append((name, "down"))
         elif state.saturated:
-            skipped.append(f"{name}:saturated")
+            skipped.append((name, "saturated"))
         else:
             usable.append(name)
     preferred = catalog.backends_for_tier(tier)
     local_first = bool(preferred) and not isinstance(catalog.backends[preferred[0]], HostedBackend)
     if local_first and not catalog.routing.spill_to_hosted:
         usable = [n for n in usable if not isinstance(catalog.backends[n], HostedBackend)]
+    passed = [f"{name}:{why}" for name, why in skipped]
     if not usable:
-        why = ", ".join(skipped) or "no backend configured"
+        why = ", ".join(passed) or "no backend configured"
         raise ServiceUnavailable(
             f"no backend can serve tier '{tier}' right now ({why}); retry shortly",
             retry_after=1.0,
         )
     if skipped:
-        reason += ";spill:" + ",".join(skipped)
+        reason += ";spill:" + ",".join(passed)
     options = tuple(Option(tier, mode, name) for name in usable)
-    return RoutePlan(primary=options[0], fallbacks=options[1:], reason=reason)
+    return RoutePlan(options[0], options[1:], reason, tuple(skipped))
 
 
 _HARD_MARKERS = (

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -222,3 +223,159 @@ async def test_prefix_index_is_bounded_by_each_replicas_reported_cache() -> None
     # ceiling; the unreachable replica is unknown (the ceiling) and its entries are gone
     assert [index.capacity_of(u) for u in spec.replicas] == [160, 500, 500]
     assert index.matched([b"a", b"b"]) == {}
+
+
+QUEUE_SUM = 'vllm:request_queue_time_seconds_sum{model_name="deepseek-ai/DeepSeek-V4-Flash"}'
+
+
+def _metric(text: str, name: str) -> float:
+    """The value of one exposition line, named with its labels."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not exposed")
+
+
+async def _together(gw: Gateway, n: int, *, stagger_s: float = 0.0) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=30) as c:
+
+        async def one(i: int) -> httpx.Response:
+            await asyncio.sleep(i * stagger_s)
+            body = {
+                "model": "deepseek-chat",
+                "messages": [{"role": "user", "content": f"request {i}: " + "words " * 300}],
+                "max_tokens": 8,
+            }
+            return await c.post(gw.url + "/v1/chat/completions", json=body)
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def test_gateway_queue_holds_a_burst_until_replica_slots_free(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    # Replicas that run one request at a time: with the gateway's cap at one, a burst waits
+    # in the gateway and no request ever queues inside a replica.
+    pool = [
+        SimServer(
+            SimConfig.preset("flash", replica_id=f"q{i}", max_num_seqs=1, ttft_base_s=0.03)
+        ).start()
+        for i in range(2)
+    ]
+    urls = [s.base_url for s in pool]
+    server, gw = start_gateway(
+        catalog_for(urls, sims.hosted, max_in_flight_per_replica=1, queue_timeout_s=20)
+    )
+    try:
+        time.sleep(0.3)  # first health poll
+        replies = asyncio.run(_together(gw, 8))
+        assert [r.status_code for r in replies] == [200] * 8
+        assert all(
+            r.headers["x-tiergate-route"].startswith("flash/non-thinking/flash-local")
+            for r in replies
+        )
+        for u in urls:
+            queued = _metric(httpx.get(u + "/metrics").text, QUEUE_SUM)
+            assert queued < 0.01, f"{u} queued requests itself ({queued:.3f} s)"
+        text = httpx.get(gw.url + "/metrics").text
+        wait = 'tiergate_pool_queue_wait_seconds_{}{{backend="flash-local"}}'
+        assert _metric(text, wait.format("count")) == 8
+        assert _metric(text, wait.format("sum")) > 0.1  # six of them waited for a slot
+        assert _metric(text, 'tiergate_pool_queued{backend="flash-local"}') == 0
+        for u in urls:
+            labels = f'backend="flash-local",replica="{u}",state="closed"'
+            assert _metric(text, f"tiergate_replica_breaker{{{labels}}}") == 1
+    finally:
+        server.stop()
+        for s in pool:
+            s.stop()
+
+
+def test_gateway_queue_timeout_and_full_queue_spill_to_hosted_with_reasons(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    slow = SimServer(
+        SimConfig.preset("flash", replica_id="slow1", max_num_seqs=1, ttft_base_s=1.5)
+    ).start()
+    server, gw = start_gateway(
+        catalog_for(
+            [slow.base_url],
+            sims.hosted,
+            max_in_flight_per_replica=1,
+            queue_timeout_s=0.3,
+            max_queued=1,
+        )
+    )
+    try:
+        time.sleep(0.3)
+        # 0: takes the only slot; 1: waits, times out after 0.3 s and fails over to the
+        # hosted API; 2: arrives while 1 waits, finds the queue full (saturated) and is
+        # planned past the pool.
+        first, timed_out, refused = asyncio.run(_together(gw, 3, stagger_s=0.1))
+        assert [r.status_code for r in (first, timed_out, refused)] == [200, 200, 200]
+        assert first.headers["x-tiergate-route"].startswith("flash/non-thinking/flash-local")
+        route = timed_out.headers["x-tiergate-route"]
+        assert route.startswith("flash/non-thinking/hosted"), route
+        assert "failover:flash-local:pool_queue_timeout" in route
+        route = refused.headers["x-tiergate-route"]
+        assert (
+            route.startswith("flash/non-thinking/hosted") and "spill:flash-local:saturated" in route
+        )
+        text = httpx.get(gw.url + "/metrics").text
+        assert (
+            _metric(text, 'tiergate_spillovers_total{backend="flash-local",reason="saturated"}')
+            == 1
+        )
+    finally:
+        server.stop()
+        slow.stop()
+
+
+def test_gateway_queue_timeout_without_a_fallback_is_a_clear_503(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    slow = SimServer(
+        SimConfig.preset("flash", replica_id="slow2", max_num_seqs=1, ttft_base_s=1.0)
+    ).start()
+    data = yaml.safe_load(DEMO.read_text())
+    data["backends"]["flash-local"].update(
+        replicas=[slow.base_url],
+        poll_interval_s=0.2,
+        max_in_flight_per_replica=1,
+        queue_timeout_s=0.2,
+    )
+    data["backends"]["pro-local"]["replicas"] = [slow.base_url]
+    data["backends"]["hosted"]["base_url"] = sims.hosted
+    data["routing"]["spill_to_hosted"] = False
+    server, gw = start_gateway(parse_catalog(data))
+    try:
+        time.sleep(0.3)
+
+        async def scenario() -> BaseException | None:
+            client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="test", max_retries=0)
+            ask = client.chat.completions.create(
+                model="deepseek-chat", messages=[{"role": "user", "content": "x"}], max_tokens=4
+            )
+            first = asyncio.create_task(ask)
+            await asyncio.sleep(0.1)
+            try:
+                await client.chat.completions.create(
+                    model="deepseek-chat",
+                    messages=[{"role": "user", "content": "y"}],
+                    max_tokens=4,
+                )
+            except openai.APIStatusError as exc:
+                await first
+                return exc
+            await first
+            return None
+
+        err = asyncio.run(scenario())
+    finally:
+        server.stop()
+        slow.stop()
+    assert isinstance(err, openai.APIStatusError) and err.status_code == 503
+    assert err.response.headers.get("retry-after") == "1"
+    body = err.response.json()["error"]
+    assert body["code"] == "pool_queue_timeout"
+    assert "no replica slot freed within 0.2 s" in body["message"]

@@ -237,3 +237,25 @@ def test_equal_matches_go_to_the_lighter_replica(
     ]
     idx, why = order(reps, b"key", matched=matched, load_factor=2.0)
     assert (idx[0], why) == (first, "prefix-match")
+
+
+@pytest.mark.parametrize(
+    ("full", "strategy", "matched", "first", "last"),
+    [
+        # the longest match is at the gateway's cap: the best replica with a free slot
+        ([True, False, False], "affinity", {"r0": 6, "r2": 2}, 2, 0),
+        ([False, True, True], "least_loaded", {}, 0, None),
+        ([True, False, True], "round_robin", {}, 1, None),
+        # every replica full: chosen as if none were (the admission queue prevents this)
+        ([True, True, True], "affinity", {"r0": 6, "r2": 2}, 0, None),
+    ],
+)
+def test_replicas_at_the_in_flight_cap_are_tried_last(
+    full: list[bool], strategy: str, matched: dict[str, int], first: int, last: int | None
+) -> None:
+    reps = [ReplicaView(f"r{i}", True, full=f) for i, f in enumerate(full)]
+    dead = ReplicaView("r3", False)
+    idx, _ = order([*reps, dead], b"key", strategy=strategy, matched=matched)  # type: ignore[arg-type]
+    assert idx[0] == first and idx[-1] == 3 and sorted(idx) == [0, 1, 2, 3]
+    if last is not None:
+        assert idx[-2] == last
