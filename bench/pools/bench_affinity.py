@@ -5,7 +5,8 @@
 A multi-tenant workload (tenants with long shared system prompts, multi-turn sessions that
 grow, long documents queried repeatedly, one-off requests) is streamed through the gateway
 to N simulated Flash replicas with bounded prefix caches, once per strategy:
-round-robin, least-loaded, ours (prefix affinity with bounded load), and an oracle (one
+round-robin, least-loaded, ours (prefix affinity with bounded load; ``affinity_queue``
+adds the gateway's own queue, at the replicas' 4 running sequences), and an oracle (one
 replica with an unbounded cache: the best hit rate any routing could reach). Hit rates
 come from the replicas' own counters. Then a replica is killed mid-run to count
 client-visible failures.
@@ -95,11 +96,18 @@ def warmup(n: int) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": text(rng, 20)}] for _ in range(n)]
 
 
+SEQS = 4  # running sequences per simulated replica
+
+
 def catalog(urls: list[str], strategy: str, load_factor: float) -> dict[str, Any]:
+    """``oracle`` is affinity (over one replica); ``affinity_queue`` adds the gateway's queue."""
     data: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
+    selection = {"oracle": "affinity", "affinity_queue": "affinity"}.get(strategy, strategy)
     data["backends"]["flash-local"].update(
-        replicas=urls, selection=strategy, poll_interval_s=0.5, load_factor=load_factor
+        replicas=urls, selection=selection, poll_interval_s=0.5, load_factor=load_factor
     )
+    if strategy == "affinity_queue":
+        data["backends"]["flash-local"]["max_in_flight_per_replica"] = SEQS
     data["backends"]["pro-local"]["replicas"] = urls[:1]
     data["backends"]["hosted"]["base_url"] = "http://127.0.0.1:9"
     data["routing"]["spill_to_hosted"] = False
@@ -174,13 +182,13 @@ class Pool:
         oracle = self.strategy == "oracle"
         for i, port in enumerate(self.ports):
             cmd = [py, "-m", "gateway.cli", "sim", "--preset", "flash", "--log-level", "warning"]
-            cmd += ["--replica-id", f"r{i}", "--port", str(port), "--max-num-seqs", "4"]
+            cmd += ["--replica-id", f"r{i}", "--port", str(port), "--max-num-seqs", str(SEQS)]
             cmd += ["--cache-blocks", str(10**9 if oracle else self.args.cache_blocks)]
             cmd += ["--latency-scale", str(self.args.latency_scale)]
             self.sims.append(self._start(cmd, 1, env))
         tmp = Path(tempfile.mkdtemp(prefix="tg-pools-"))
         urls = [self.sim_url(i) for i in range(self.n)]
-        data = catalog(urls, "affinity" if oracle else self.strategy, self.args.load_factor)
+        data = catalog(urls, self.strategy, self.args.load_factor)
         (tmp / "catalog.yaml").write_text(yaml.safe_dump(data))
         serve = [py, "-m", "gateway.cli", "serve", "--config", str(tmp / "catalog.yaml")]
         self.gateway = self._start([*serve, "--port", str(self.gw_port)], 0, env)
