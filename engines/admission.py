@@ -7,6 +7,11 @@ for whichever replica frees first, instead of piling onto the queues of replicas
 at arrival; and the replica is chosen when the request leaves the queue, with what is
 known then (loads, cached prefixes).
 
+A slot freed on a replica goes to the earliest of the first few waiters whose prompt that
+replica holds the longest cached prefix of (so a saturated pool keeps its cache affinity),
+else to the head of the queue; a waiter passed over that many times is served next,
+whatever it prefers.
+
 A request that times out or finds the queue full fails with a retryable error, so the
 route plan moves on to its next option (the hosted API, where the route allows it) and
 the route header says why.
@@ -17,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 
 from policies.errors import UpstreamUnavailable
 
@@ -30,12 +36,25 @@ class PoolQueueFull(UpstreamUnavailable):
     code = "pool_queue_full"
 
 
-class Admission:
-    """FIFO admission against ``free()``, the number of slots free right now.
+# How many waiters from the head a freed replica looks through for one that prefers it,
+# and how many times a waiter may be passed over.
+LOOKAHEAD = 8
 
-    The pool calls :meth:`wake` when a slot frees (one waiter) and after a health poll or
-    discovery (as many waiters as there are free slots). A woken waiter that finds its
-    slot taken by a newcomer goes back to the head of the queue with its deadline.
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    fut: asyncio.Future[None]
+    prefers: Collection[str] = ()
+    passed: int = field(default=0)
+
+
+class Admission:
+    """Admission against ``free()``, the number of slots free right now.
+
+    The pool calls :meth:`wake` when a slot frees on a replica (one waiter) and
+    :meth:`wake_free` after a health poll or discovery (as many waiters as there are free
+    slots). A woken waiter that finds its slot taken by a newcomer goes back to the head
+    of the queue with its deadline.
     """
 
     def __init__(
@@ -45,7 +64,7 @@ class Admission:
         self._free = free
         self.max_queued = max_queued
         self.timeout_s = timeout_s
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[_Waiter] = deque()
 
     @property
     def queued(self) -> int:
@@ -55,8 +74,12 @@ class Admission:
     def full(self) -> bool:
         return len(self._waiters) >= self.max_queued
 
-    async def admit(self) -> float:
-        """Return once a slot is free (seconds waited); raise if none frees in time."""
+    async def admit(self, prefers: Callable[[], Collection[str]] | None = None) -> float:
+        """Return once a slot is free (seconds waited); raise if none frees in time.
+
+        ``prefers``: the replicas holding the longest cached prefix of this request
+        (asked only if it has to wait).
+        """
         if not self._waiters and self._free() > 0:
             return 0.0
         if self.full:
@@ -68,45 +91,56 @@ class Admission:
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + self.timeout_s
+        holders = prefers() if prefers is not None else ()
         head = False
         while True:
-            fut: asyncio.Future[None] = loop.create_future()
+            w = _Waiter(loop.create_future(), holders)
             if head:
-                self._waiters.appendleft(fut)
+                self._waiters.appendleft(w)
             else:
-                self._waiters.append(fut)
+                self._waiters.append(w)
             try:
                 async with asyncio.timeout_at(deadline):
-                    await fut
+                    await w.fut
             except TimeoutError:
-                self._leave(fut)
+                self._leave(w)
                 raise PoolQueueTimeout(
                     f"backend {self.name}: no replica slot freed within {self.timeout_s:g} s "
                     "(every replica is at max_in_flight_per_replica); retry shortly",
                     retry_after=1.0,
                 ) from None
             except BaseException:
-                self._leave(fut)
+                self._leave(w)
                 raise
             if self._free() > 0:
                 return loop.time() - start
             head = True  # a newcomer took the slot: keep our place
 
-    def _leave(self, fut: asyncio.Future[None]) -> None:
+    def _leave(self, w: _Waiter) -> None:
         """A waiter gives up; a wake-up it was already handed passes to the next one."""
-        if fut.done() and not fut.cancelled():
+        if w.fut.done() and not w.fut.cancelled():
             self.wake()
             return
-        fut.cancel()
+        w.fut.cancel()
         with contextlib.suppress(ValueError):  # already taken off by wake()
-            self._waiters.remove(fut)
+            self._waiters.remove(w)
 
-    def wake(self, n: int = 1) -> None:
-        while n > 0 and self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                n -= 1
+    def wake(self, replica: str | None = None) -> None:
+        """A slot freed (on ``replica``, if known): wake the waiter it should go to."""
+        while self._waiters:
+            pick = 0
+            if replica is not None and self._waiters[0].passed < LOOKAHEAD:
+                for i in range(min(LOOKAHEAD, len(self._waiters))):
+                    if replica in self._waiters[i].prefers:
+                        pick = i
+                        break
+            for i in range(pick):
+                self._waiters[i].passed += 1
+            w = self._waiters[pick]
+            del self._waiters[pick]
+            if not w.fut.done():
+                w.fut.set_result(None)
+                return
 
     def wake_free(self) -> None:
         """Capacity may have grown (a replica came back or joined): wake one per free slot.
@@ -114,4 +148,5 @@ class Admission:
         Waking too many is harmless (they find no slot and keep their place); too few
         would leave a slot idle while requests wait.
         """
-        self.wake(self._free())
+        for _ in range(self._free()):
+            self.wake()

@@ -310,14 +310,32 @@ class VllmEngine:
     def _release(self, replica: Replica) -> None:
         replica.in_flight -= 1
         if self._admission is not None:
-            self._admission.wake()
+            self._admission.wake(replica.url)
 
     def replicas(self) -> list[Replica]:
         return list(self._replicas)
 
     # ---- dispatch --------------------------------------------------------------------------
 
-    def _order(self, req: EngineRequest) -> tuple[list[Replica], str, list[bytes]]:
+    def _chain(self, req: EngineRequest) -> list[bytes]:
+        if self.spec.selection != "affinity":
+            return []
+        return prefix_chain(
+            req.option.tier + "/" + req.option.mode.label,
+            _prompt_parts(req.body),
+            _BLOCK_CHARS,
+            _MAX_BLOCKS if self._prefixes is not None else _KEY_BLOCKS,
+        )
+
+    def _holders(self, chain: list[bytes]) -> list[str]:
+        """The replicas holding the longest cached prefix of this chain (none: empty)."""
+        if not chain or self._prefixes is None:
+            return []
+        matched = self._prefixes.matched(chain)
+        best = max(matched.values(), default=0)
+        return [name for name, n in matched.items() if n == best]
+
+    def _order(self, req: EngineRequest, chain: list[bytes]) -> tuple[list[Replica], str]:
         now = time.monotonic()
         self._rr += 1
         cap = self.spec.max_in_flight_per_replica
@@ -332,19 +350,8 @@ class VllmEngine:
             )
             for r in self._replicas
         ]
-        key = None
-        matched: dict[str, int] = {}
-        chain: list[bytes] = []
-        if self.spec.selection == "affinity":
-            chain = prefix_chain(
-                req.option.tier + "/" + req.option.mode.label,
-                _prompt_parts(req.body),
-                _BLOCK_CHARS,
-                _MAX_BLOCKS if self._prefixes is not None else _KEY_BLOCKS,
-            )
-            key = chain[min(len(chain), _KEY_BLOCKS) - 1] if chain else None
-            if self._prefixes is not None:
-                matched = self._prefixes.matched(chain)
+        key = chain[min(len(chain), _KEY_BLOCKS) - 1] if chain else None
+        matched = self._prefixes.matched(chain) if chain and self._prefixes is not None else {}
         idx, why = order(
             views,
             key,
@@ -353,7 +360,7 @@ class VllmEngine:
             rr=self._rr,
             matched=matched,
         )
-        return [self._replicas[i] for i in idx], why, chain
+        return [self._replicas[i] for i in idx], why
 
     async def _open(
         self, req: EngineRequest, stream: bool, skip: frozenset[str] = frozenset()
@@ -363,11 +370,12 @@ class VllmEngine:
         body = vllm_body(req.body, req.option.mode, self.spec.served_model, req.endpoint, stream)
         data = orjson.dumps(body)
         headers = {"Content-Type": "application/json", "X-Request-Id": req.request_id}
+        chain = self._chain(req)
         if self._admission is not None:
-            waited = await self._admission.admit()
+            waited = await self._admission.admit(lambda: self._holders(chain))
             if self._metrics is not None:
                 self._metrics.pool_queue_wait.labels(self.name).observe(waited)
-        candidates, why, chain = self._order(req)
+        candidates, why = self._order(req, chain)
         candidates = [r for r in candidates if r.url not in skip]
         last: UpstreamError | None = None
         for n, replica in enumerate(candidates):

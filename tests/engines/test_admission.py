@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from engines.admission import Admission, PoolQueueFull, PoolQueueTimeout
+from engines.admission import LOOKAHEAD, Admission, PoolQueueFull, PoolQueueTimeout
 
 
 class Slots:
@@ -136,4 +136,54 @@ async def test_wake_free_admits_one_waiter_per_free_slot() -> None:
     await asyncio.sleep(0.01)
     assert [t.done() for t in tasks] == [True, True, False]
     tasks[2].cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_freed_replica_goes_to_the_first_waiter_it_holds_the_prefix_of() -> None:
+    slots = Slots(0)
+    q = queue(slots)
+    order: list[str] = []
+
+    async def one(name: str, holders: list[str]) -> None:
+        await q.admit(lambda: holders)
+        slots.take()
+        order.append(name)
+
+    tasks = []
+    for name, holders in [("a", ["r1"]), ("b", ["r2"]), ("c", []), ("d", ["r2"])]:
+        tasks.append(asyncio.create_task(one(name, holders)))
+        await asyncio.sleep(0)
+    for replica in ["r2", "r2", "r1", "r3"]:
+        slots.free += 1
+        q.wake(replica)
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*tasks)
+    # r2 frees twice: b, then d (a and c are passed over); r1 takes a; r3 holds nothing: c
+    assert order == ["b", "d", "a", "c"]
+
+
+async def test_a_waiter_is_passed_over_a_bounded_number_of_times() -> None:
+    slots = Slots(0)
+    q = queue(slots, max_queued=32)
+    served: list[str] = []
+
+    async def one(name: str, holders: list[str]) -> None:
+        await q.admit(lambda: holders)
+        slots.take()
+        served.append(name)
+
+    tasks = [asyncio.create_task(one("head", ["r9"]))]
+    await asyncio.sleep(0)
+    for i in range(LOOKAHEAD + 2):
+        tasks.append(asyncio.create_task(one(f"hot{i}", ["r1"])))
+        await asyncio.sleep(0)
+    for _ in range(LOOKAHEAD + 1):
+        slots.free += 1
+        q.wake("r1")
+        await asyncio.sleep(0.01)
+    # after LOOKAHEAD requests overtook it, the head is served next whatever it prefers
+    assert served[:LOOKAHEAD] == [f"hot{i}" for i in range(LOOKAHEAD)]
+    assert served[LOOKAHEAD] == "head"
+    for t in tasks:
+        t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
