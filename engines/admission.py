@@ -38,7 +38,7 @@ class PoolQueueFull(UpstreamUnavailable):
 
 # How many waiters from the head a freed replica looks through for one that prefers it,
 # and how many times a waiter may be passed over.
-LOOKAHEAD = 8
+LOOKAHEAD = 3
 
 
 @dataclass(eq=False, slots=True)
