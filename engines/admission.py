@@ -52,16 +52,23 @@ class Admission:
     """Admission against ``free()``, the number of slots free right now.
 
     The pool calls :meth:`wake` when a slot frees on a replica (one waiter) and
-    :meth:`wake_free` after a health poll or discovery (as many waiters as there are free
-    slots). A woken waiter that finds its slot taken by a newcomer goes back to the head
-    of the queue with its deadline.
+    :meth:`wake_free` after a health poll or discovery. With no usable replica, nobody
+    waits: the pool's own failover decides. A woken waiter that finds its slot taken by a
+    newcomer goes back to the head of the queue with its deadline.
     """
 
     def __init__(
-        self, name: str, free: Callable[[], int], *, max_queued: int, timeout_s: float
+        self,
+        name: str,
+        free: Callable[[], int],
+        *,
+        live: Callable[[], bool] = lambda: True,
+        max_queued: int,
+        timeout_s: float,
     ) -> None:
         self.name = name
         self._free = free
+        self._live = live  # any replica usable? With none, nobody waits for a slot
         self.max_queued = max_queued
         self.timeout_s = timeout_s
         self._waiters: deque[_Waiter] = deque()
@@ -80,7 +87,7 @@ class Admission:
         ``prefers``: the replicas holding the longest cached prefix of this request
         (asked only if it has to wait).
         """
-        if not self._waiters and self._free() > 0:
+        if (not self._waiters and self._free() > 0) or not self._live():
             return 0.0
         if self.full:
             raise PoolQueueFull(
@@ -112,7 +119,7 @@ class Admission:
             except BaseException:
                 self._leave(w)
                 raise
-            if self._free() > 0:
+            if self._free() > 0 or not self._live():
                 return loop.time() - start
             head = True  # a newcomer took the slot: keep our place
 
@@ -143,10 +150,12 @@ class Admission:
                 return
 
     def wake_free(self) -> None:
-        """Capacity may have grown (a replica came back or joined): wake one per free slot.
+        """After a poll: wake one waiter per free slot, or all if no replica is usable.
 
-        Waking too many is harmless (they find no slot and keep their place); too few
-        would leave a slot idle while requests wait.
+        Capacity may have grown (a replica came back or joined). Waking too many is
+        harmless (they find no slot and keep their place); too few would leave a slot idle
+        while requests wait. With no usable replica left, waiting is pointless: the
+        waiters go on and fail over at once rather than at their deadline.
         """
-        for _ in range(self._free()):
+        for _ in range(len(self._waiters) if not self._live() else self._free()):
             self.wake()

@@ -183,6 +183,7 @@ class VllmEngine:
             Admission(
                 name,
                 self._free_slots,
+                live=self.available,
                 max_queued=spec.max_queued,
                 timeout_s=spec.queue_timeout_s,
             )

@@ -187,3 +187,18 @@ async def test_a_waiter_is_passed_over_a_bounded_number_of_times() -> None:
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_with_no_usable_replica_nobody_waits() -> None:
+    slots, alive = Slots(0), [True]
+    q = Admission(
+        "flash-local", lambda: slots.free, live=lambda: alive[0], max_queued=8, timeout_s=5
+    )
+    waiting = [asyncio.create_task(q.admit()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert q.queued == 3
+    alive[0] = False  # the last replica failed its health poll
+    q.wake_free()
+    done = await asyncio.wait_for(asyncio.gather(*waiting), 1)
+    assert len(done) == 3 and q.queued == 0  # on to the pool's failover, not the deadline
+    assert await q.admit() == 0.0
