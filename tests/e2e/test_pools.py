@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -37,12 +38,13 @@ def pool4() -> Iterator[list[SimServer]]:
         s.stop()
 
 
-def catalog_for(urls: list[str], hosted: str, **backend: Any) -> Any:
+def catalog_for(urls: list[str], hosted: str, *, spill: bool = True, **backend: Any) -> Any:
     data = yaml.safe_load(DEMO.read_text())
     data["backends"]["flash-local"]["replicas"] = urls
     data["backends"]["flash-local"].update(poll_interval_s=0.2, **backend)
     data["backends"]["pro-local"]["replicas"] = urls[:1]
     data["backends"]["hosted"]["base_url"] = hosted
+    data["routing"]["spill_to_hosted"] = spill
     return parse_catalog(data)
 
 
@@ -291,65 +293,53 @@ def test_gateway_queue_holds_a_burst_until_replica_slots_free(
             s.stop()
 
 
-def test_gateway_queue_timeout_and_full_queue_spill_to_hosted_with_reasons(
-    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
-) -> None:
+@contextlib.contextmanager
+def one_slow_replica(
+    sims: Sims, ttft_s: float, *, spill: bool = True, **backend: Any
+) -> Iterator[Gateway]:
+    """A gateway over one replica that runs one request at a time, ``ttft_s`` each."""
     slow = SimServer(
-        SimConfig.preset("flash", replica_id="slow1", max_num_seqs=1, ttft_base_s=1.5)
+        SimConfig.preset("flash", replica_id="slow", max_num_seqs=1, ttft_base_s=ttft_s)
     ).start()
-    server, gw = start_gateway(
-        catalog_for(
-            [slow.base_url],
-            sims.hosted,
-            max_in_flight_per_replica=1,
-            queue_timeout_s=0.3,
-            max_queued=1,
-        )
-    )
+    server, gw = start_gateway(catalog_for([slow.base_url], sims.hosted, spill=spill, **backend))
     try:
-        time.sleep(0.3)
-        # 0: takes the only slot; 1: waits, times out after 0.3 s and fails over to the
-        # hosted API; 2: arrives while 1 waits, finds the queue full (saturated) and is
-        # planned past the pool.
-        first, timed_out, refused = asyncio.run(_together(gw, 3, stagger_s=0.1))
-        assert [r.status_code for r in (first, timed_out, refused)] == [200, 200, 200]
-        assert first.headers["x-tiergate-route"].startswith("flash/non-thinking/flash-local")
-        route = timed_out.headers["x-tiergate-route"]
-        assert route.startswith("flash/non-thinking/hosted"), route
-        assert "failover:flash-local:pool_queue_timeout" in route
-        route = refused.headers["x-tiergate-route"]
-        assert (
-            route.startswith("flash/non-thinking/hosted") and "spill:flash-local:saturated" in route
-        )
-        text = httpx.get(gw.url + "/metrics").text
-        assert (
-            _metric(text, 'tiergate_spillovers_total{backend="flash-local",reason="saturated"}')
-            == 1
-        )
+        time.sleep(0.3)  # the first health poll has seen the replica
+        yield gw
     finally:
         server.stop()
         slow.stop()
 
 
+def test_gateway_queue_timeout_and_full_queue_spill_to_hosted_with_reasons(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    pool = one_slow_replica(
+        sims, 1.5, max_in_flight_per_replica=1, queue_timeout_s=0.3, max_queued=1
+    )
+    with pool as gw:
+        # 0: takes the only slot; 1: waits, times out after 0.3 s and fails over to the
+        # hosted API; 2: arrives while 1 waits, finds the queue full (saturated) and is
+        # planned past the pool.
+        first, timed_out, refused = asyncio.run(_together(gw, 3, stagger_s=0.1))
+        text = httpx.get(gw.url + "/metrics").text
+    assert [r.status_code for r in (first, timed_out, refused)] == [200, 200, 200]
+    assert first.headers["x-tiergate-route"].startswith("flash/non-thinking/flash-local")
+    route = timed_out.headers["x-tiergate-route"]
+    assert route.startswith("flash/non-thinking/hosted"), route
+    assert "failover:flash-local:pool_queue_timeout" in route
+    route = refused.headers["x-tiergate-route"]
+    assert route.startswith("flash/non-thinking/hosted") and "spill:flash-local:saturated" in route
+    spilled = 'tiergate_spillovers_total{backend="flash-local",reason="saturated"}'
+    assert _metric(text, spilled) == 1
+
+
 def test_gateway_queue_timeout_without_a_fallback_is_a_clear_503(
     sims: Sims, monkeypatch_module: pytest.MonkeyPatch
 ) -> None:
-    slow = SimServer(
-        SimConfig.preset("flash", replica_id="slow2", max_num_seqs=1, ttft_base_s=1.0)
-    ).start()
-    data = yaml.safe_load(DEMO.read_text())
-    data["backends"]["flash-local"].update(
-        replicas=[slow.base_url],
-        poll_interval_s=0.2,
-        max_in_flight_per_replica=1,
-        queue_timeout_s=0.2,
+    pool = one_slow_replica(
+        sims, 1.0, spill=False, max_in_flight_per_replica=1, queue_timeout_s=0.2
     )
-    data["backends"]["pro-local"]["replicas"] = [slow.base_url]
-    data["backends"]["hosted"]["base_url"] = sims.hosted
-    data["routing"]["spill_to_hosted"] = False
-    server, gw = start_gateway(parse_catalog(data))
-    try:
-        time.sleep(0.3)
+    with pool as gw:
 
         async def scenario() -> BaseException | None:
             client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="test", max_retries=0)
@@ -371,9 +361,6 @@ def test_gateway_queue_timeout_without_a_fallback_is_a_clear_503(
             return None
 
         err = asyncio.run(scenario())
-    finally:
-        server.stop()
-        slow.stop()
     assert isinstance(err, openai.APIStatusError) and err.status_code == 503
     assert err.response.headers.get("retry-after") == "1"
     body = err.response.json()["error"]

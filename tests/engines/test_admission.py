@@ -24,6 +24,15 @@ def queue(slots: Slots, *, max_queued: int = 8, timeout_s: float = 5.0) -> Admis
     return Admission("flash-local", lambda: slots.free, max_queued=max_queued, timeout_s=timeout_s)
 
 
+async def arrive(q: Admission, n: int) -> list[asyncio.Task[float]]:
+    """``n`` requests join the queue, one after another."""
+    tasks = []
+    for _ in range(n):
+        tasks.append(asyncio.create_task(q.admit()))
+        await asyncio.sleep(0)
+    return tasks
+
+
 async def test_a_free_slot_admits_at_once() -> None:
     slots = Slots(1)
     assert await queue(slots).admit() == 0.0
@@ -96,10 +105,7 @@ async def test_a_newcomer_waits_behind_the_queue_even_when_a_slot_is_free() -> N
 async def test_a_woken_waiter_that_is_cancelled_passes_its_turn_on() -> None:
     slots = Slots(0)
     q = queue(slots)
-    gone = asyncio.create_task(q.admit())
-    await asyncio.sleep(0)
-    nxt = asyncio.create_task(q.admit())
-    await asyncio.sleep(0)
+    gone, nxt = await arrive(q, 2)
     slots.free = 1
     q.wake()  # wakes `gone`, which is cancelled before it runs
     gone.cancel()
@@ -110,10 +116,7 @@ async def test_a_woken_waiter_that_is_cancelled_passes_its_turn_on() -> None:
 async def test_a_woken_waiter_whose_slot_was_taken_keeps_its_place() -> None:
     slots = Slots(0)
     q = queue(slots)
-    first = asyncio.create_task(q.admit())
-    await asyncio.sleep(0)
-    second = asyncio.create_task(q.admit())
-    await asyncio.sleep(0)
+    first, second = await arrive(q, 2)
     q.wake()  # a spurious wake-up: no slot is free
     await asyncio.sleep(0.01)
     assert not first.done() and q.queued == 2
