@@ -10,7 +10,7 @@ disconnect and cancels the sending task; that cancellation ends here, not in the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -19,9 +19,18 @@ from starlette.types import Receive, Scope, Send
 class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncGenerator[bytes, None], *, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        events: AsyncGenerator[bytes, None],
+        *,
+        headers: Mapping[str, str],
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__(headers=headers)
         self.events = events
+        # Awaited last, in every case: closing a generator that never started runs none of
+        # its code, so what must happen whatever became of the stream goes here.
+        self.on_close = on_close
         # set by Response.init_headers for a body; a stream has none
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
 
@@ -55,4 +64,8 @@ class EventStreamResponse(Response):
             watcher.cancel()
             # Stopped while sending (not inside the relay): close it now, so that it
             # settles and releases the upstream at once rather than when collected.
-            await self.events.aclose()
+            try:
+                await self.events.aclose()
+            finally:
+                if self.on_close is not None:
+                    await self.on_close()

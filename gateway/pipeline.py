@@ -76,6 +76,7 @@ class Prepared:
     reasons: list[str] = field(default_factory=list)
     shadow: bool = False  # sampled for shadow mode (gateway/shadow.py)
     shadow_events: list[bytes] | None = None
+    stream_finished: bool = False  # a stream's settlement has begun (it runs once)
 
     @property
     def reason(self) -> str:
@@ -296,7 +297,7 @@ class Pipeline:
         or the error event): with the upstream's usage when it arrived, otherwise with an
         estimate of what was already streamed (the upstream bills those tokens too).
         """
-        first, settled = True, False
+        first = True
         option = p.option or p.plan.primary
         kept = 0
         try:
@@ -318,7 +319,6 @@ class Pipeline:
                     done = event
                     continue
                 yield event
-            settled = True
             await self._finish_stream(p, stream, 200)
             if p.shadow and stream.outcome.usage is not None:
                 events = p.shadow_events or []
@@ -327,15 +327,21 @@ class Pipeline:
                 yield done
         except TiergateError as err:
             self.metrics.upstream_errors.labels(option.backend, err.code).inc()
-            if not settled:
-                settled = True
-                await self._finish_stream(p, stream, err.status)
+            await self._finish_stream(p, stream, err.status)
             yield on_error(err)
         finally:
-            if not settled:  # the client went away mid-stream
-                await self._finish_stream(p, stream, 499)
+            await self._finish_stream(p, stream, 499)  # if the client went away mid-stream
+
+    async def abandon(self, p: Prepared, stream: EngineStream) -> None:
+        """Settle a stream whose relay may never have started (the client left before the
+        first event was sent): a generator that never ran cannot run its own ``finally``.
+        Does nothing when the relay settled it."""
+        await self._finish_stream(p, stream, 499)
 
     async def _finish_stream(self, p: Prepared, stream: EngineStream, status: int) -> None:
+        if p.stream_finished:
+            return
+        p.stream_finished = True
         await stream.aclose()
         usage = stream.outcome.usage
         if usage is None:

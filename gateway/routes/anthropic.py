@@ -33,7 +33,11 @@ async def messages(request: Request) -> Response:
         stream = await pipeline.open_stream(p)
         headers["x-tiergate-route"] = p.route_header()
         events = translate_stream(pipeline.relay(p, stream, stream_error), call.model)
-        return EventStreamResponse(events, headers={**headers, "Cache-Control": "no-cache"})
+        return EventStreamResponse(
+            events,
+            headers={**headers, "Cache-Control": "no-cache"},
+            on_close=lambda: pipeline.abandon(p, stream),
+        )
     resp = await pipeline.answer(p)
     headers["x-tiergate-route"] = p.route_header()
     return await settled_response(

@@ -30,7 +30,9 @@ async def _serve(pipeline: Pipeline, call: Call, request: Request, caller: Calle
             "x-tiergate-route": p.route_header(),
         }
         events = pipeline.relay(p, stream, lambda err: sse_error_event(err, "openai"))
-        return EventStreamResponse(events, headers=headers)
+        return EventStreamResponse(
+            events, headers=headers, on_close=lambda: pipeline.abandon(p, stream)
+        )
     resp = await pipeline.answer(p)
     headers = {"x-request-id": p.request_id, "x-tiergate-route": p.route_header()}
     return await settled_response(pipeline, p, resp, lambda: orjson.dumps(resp.body), headers)

@@ -144,3 +144,67 @@ def test_with_the_money_path_the_row_is_in_the_ledger_and_nothing_stays_reserved
     finally:
         gws.stop()
         drop_keys(redis_url, prefix)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_leaving_before_the_first_event_is_sent_still_settles_and_frees_the_replica(
+    gw: Gateway, slow: SimServer, path: str
+) -> None:
+    """The client is gone by the time the response starts, and the server's ``send`` yields
+    there: the relay never runs, so the response's close must settle and release."""
+    import asyncio
+
+    import orjson
+
+    pipeline = gw.app.state.tiergate.pipeline
+    engine = pipeline.engines["flash-local"]
+    loop = engine._tasks[0].get_loop()  # the gateway's own event loop (its server thread)
+    body = orjson.dumps(
+        {
+            "model": "deepseek-chat",
+            "messages": [{"role": "user", "content": "tell me a long story"}],
+            "max_tokens": 400,
+            "stream": True,
+        }
+    )
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+    sent: list[dict[str, object]] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.start":
+            await asyncio.sleep(0.05)  # the disconnect is seen while the headers go out
+
+    before = len(gw.settled())
+    asyncio.run_coroutine_threadsafe(gw.app(scope, receive, send), loop).result(timeout=10)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    assert not any(m.get("body") for m in sent[1:]), "no event reached the gone client"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (running(slow) or len(gw.settled()) == before):
+        time.sleep(0.05)
+    new = gw.settled()[before:]
+    assert len(new) == 1, "settled exactly once"
+    assert new[0].status == 499 and "usage=estimated" in new[0].route_reason
+    assert running(slow) == 0, "the upstream request was not stopped"
+    assert all(r.in_flight == 0 for r in engine.replicas()), "a replica slot was not freed"
