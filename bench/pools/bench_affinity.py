@@ -346,12 +346,14 @@ def main() -> int:
         )
     out: dict[str, Any] = {"args": vars(args), "results": results}
     if not args.no_kill:
-        kill = run("affinity", 4, reqs, args, kill=True)
-        print(
-            f"replica killed mid-run (4 replicas, affinity): {kill['failures']} client-visible"
-            f" failures of {len(reqs)} streamed requests"
-        )
-        out["kill"] = {k: v for k, v in kill.items() if k != "ttft_ms"}
+        out["kill"] = {}
+        for strategy in [s for s in ("affinity", "affinity_queue") if s in args.strategies]:
+            kill = run(strategy, 4, reqs, args, kill=True)
+            print(
+                f"replica killed mid-run (4 replicas, {strategy}): {kill['failures']}"
+                f" client-visible failures of {len(reqs)} streamed requests"
+            )
+            out["kill"][strategy] = {k: v for k, v in kill.items() if k != "ttft_ms"}
     out["runs"] = {f"{n}/{s}": rows for (n, s), rows in per_run.items()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
