@@ -403,6 +403,9 @@ class VllmEngine:
                 )
                 last = exc
                 continue
+            except BaseException:  # cancelled while waiting: the slot must not leak
+                self._release(replica)
+                raise
             replica.record_success()
             if chain and self._prefixes is not None:
                 self._prefixes.record(chain, replica.url)

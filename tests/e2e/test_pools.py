@@ -366,3 +366,38 @@ def test_gateway_queue_timeout_without_a_fallback_is_a_clear_503(
     body = err.response.json()["error"]
     assert body["code"] == "pool_queue_timeout"
     assert "no replica slot freed within 0.2 s" in body["message"]
+
+
+async def test_a_request_cancelled_while_waiting_for_a_replica_frees_its_slot() -> None:
+    from engines.base import EngineRequest
+    from policies.options import NON_THINKING, Option
+
+    slow = SimServer(SimConfig.preset("flash", replica_id="stuck", ttft_base_s=2.0)).start()
+    try:
+        spec = VllmBackend.model_validate(
+            {
+                "kind": "vllm",
+                "tier": "flash",
+                "served_model": "deepseek-ai/DeepSeek-V4-Flash",
+                "replicas": [slow.base_url],
+                "max_model_len": 1000,
+                "prices": "x",
+                "max_in_flight_per_replica": 1,
+            }
+        )
+        async with aiohttp.ClientSession() as session:
+            engine = VllmEngine("flash-local", spec, session)
+            req = EngineRequest(
+                {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]},
+                Option("flash", NON_THINKING, "flash-local"),
+            )
+            waiting = asyncio.create_task(engine.complete(req))
+            await asyncio.sleep(0.3)
+            assert engine.replicas()[0].in_flight == 1
+            waiting.cancel()  # e.g. the gateway shutting down
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert engine.replicas()[0].in_flight == 0
+            assert engine._free_slots() == 1  # the next request is not kept waiting
+    finally:
+        slow.stop()
