@@ -314,13 +314,13 @@ def test_gateway_queue_timeout_and_full_queue_spill_to_hosted_with_reasons(
     sims: Sims, monkeypatch_module: pytest.MonkeyPatch
 ) -> None:
     pool = one_slow_replica(
-        sims, 1.5, max_in_flight_per_replica=1, queue_timeout_s=0.3, max_queued=1
+        sims, 1.5, max_in_flight_per_replica=1, queue_timeout_s=0.5, max_queued=1
     )
     with pool as gw:
-        # 0: takes the only slot; 1: waits, times out after 0.3 s and fails over to the
+        # 0: takes the only slot; 1: waits, times out after 0.5 s and fails over to the
         # hosted API; 2: arrives while 1 waits, finds the queue full (saturated) and is
         # planned past the pool.
-        first, timed_out, refused = asyncio.run(_together(gw, 3, stagger_s=0.1))
+        first, timed_out, refused = asyncio.run(_together(gw, 3, stagger_s=0.2))
         text = httpx.get(gw.url + "/metrics").text
     assert [r.status_code for r in (first, timed_out, refused)] == [200, 200, 200]
     assert first.headers["x-tiergate-route"].startswith("flash/non-thinking/flash-local")
@@ -347,7 +347,7 @@ def test_gateway_queue_timeout_without_a_fallback_is_a_clear_503(
                 model="deepseek-chat", messages=[{"role": "user", "content": "x"}], max_tokens=4
             )
             first = asyncio.create_task(ask)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)
             try:
                 await client.chat.completions.create(
                     model="deepseek-chat",
