@@ -17,6 +17,8 @@ Requests that share a prompt prefix should land where that prefix is already cac
   second replica, and the sessions that continue there follow their own longer prefixes
   back to it.
 * Requests with no whole block go to the least-loaded replica.
+* Replicas at the gateway's in-flight cap (``full``) come after every replica with a free
+  slot, whatever the strategy.
 """
 
 from __future__ import annotations
