@@ -98,14 +98,9 @@ class Admission:
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + self.timeout_s
-        holders = prefers() if prefers is not None else ()
-        head = False
+        w = _Waiter(loop.create_future(), prefers() if prefers is not None else ())
+        self._waiters.append(w)
         while True:
-            w = _Waiter(loop.create_future(), holders)
-            if head:
-                self._waiters.appendleft(w)
-            else:
-                self._waiters.append(w)
             try:
                 async with asyncio.timeout_at(deadline):
                     await w.fut
@@ -121,7 +116,9 @@ class Admission:
                 raise
             if self._free() > 0 or not self._live():
                 return loop.time() - start
-            head = True  # a newcomer took the slot: keep our place
+            # A newcomer took the slot: back to the head, keeping the times passed over.
+            w.fut = loop.create_future()
+            self._waiters.appendleft(w)
 
     def _leave(self, w: _Waiter) -> None:
         """A waiter gives up; a wake-up it was already handed passes to the next one."""
