@@ -111,6 +111,13 @@ class Metrics:
             ("scope", "scope_id", "threshold"),
             registry=r,
         )
+        self.budget_reservations = Counter(
+            "tiergate_budget_reservations",
+            "Reservations of requests with budgets, by where they were made: 'lease' (this "
+            "process's budget lease, no round trip) or 'redis'.",
+            ("path",),
+            registry=r,
+        )
         budget = ("scope", "scope_id", "period")
         self.budget_limit = Gauge(
             "tiergate_budget_limit_nanodollars",

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.accounting import ANONYMOUS, BudgetView, Caller, Settlement
 from gateway.budgets import BudgetExceeded, BudgetStore, MemoryBudgetStore, RedisBudgetStore, Window
+from gateway.budgets.leases import LeasePolicy
 from gateway.db.models import ApiKey, Budget, RateLimit
 from gateway.keys import hash_key
 from gateway.ledger import BatchedWriter, StreamDrainer, event_of, spent_since
@@ -87,6 +88,7 @@ class MoneyAccounting:
         redis_failure_mode: FailureMode = "closed",
         drain_inline: bool = True,
         spool_dir: Path | None = None,
+        lease_share: float = 0.0,
     ) -> None:
         self.engine = engine
         self.sessions = sessions
@@ -104,7 +106,15 @@ class MoneyAccounting:
         self.guard: RedisGuard | None = None
         self._drain_inline = drain_inline
         if redis is not None:
-            store = RedisBudgetStore(redis, self._load_spent, prefix=prefix)
+            by_lease = metrics.budget_reservations.labels("lease")
+            in_redis = metrics.budget_reservations.labels("redis")
+            store = RedisBudgetStore(
+                redis,
+                self._load_spent,
+                prefix=prefix,
+                lease=LeasePolicy(share=lease_share) if lease_share > 0 else None,
+                on_reserve=lambda leased: (by_lease if leased else in_redis).inc(),
+            )
             self.store = store
             self.writer = StreamDrainer(
                 redis, sessions, prefix + "ledger", claim_idle_ms=claim_idle_ms
@@ -444,4 +454,5 @@ async def open_money(settings: Any, metrics: Metrics) -> MoneyAccounting:
         redis_failure_mode=settings.redis_failure_mode,
         drain_inline=settings.ledger_drain == "inline",
         spool_dir=Path(settings.spool_dir) if settings.spool_dir else None,
+        lease_share=settings.budget_lease_share,
     )

@@ -144,6 +144,8 @@ class RedisGuard:
 
     async def _mark_up(self) -> None:
         self.down = False
+        if self.store.leases is not None:  # Redis may have restarted empty: re-check them
+            self.store.leases.invalidate()
         self.metrics.degraded.labels("redis").set(0)
         log.warning(
             "Redis answers again: shared budgets and rate limits are back",
@@ -233,6 +235,8 @@ class RedisGuard:
         if local is not None:
             await local.release(request_id, windows)
             return
+        if self.store.release_leased(request_id):
+            return  # reserved from this process's lease: freed in process, Redis or not
         if self.down:
             return  # its Redis reservation, if any, expires after the reservation TTL
         try:

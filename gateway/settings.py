@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     spool_dir: str = "var/spool"
     # Connections to Redis per gateway process; past it requests wait for a free one.
     redis_max_connections: int = Field(default=512, gt=0)
+    # Budget leases (docs/money.md): each process reserves in Redis at most this share of a
+    # budget's headroom for its own requests, which then reserve in process; 0 turns them off
+    # and every request reserves in Redis.
+    budget_lease_share: float = Field(default=0.05, ge=0, lt=1)
     ledger_claim_idle_ms: int = Field(default=30_000, gt=0)
     # With Redis: "inline" drains the ledger stream into the database inside each gateway
     # process; "external" leaves it to `tiergate ledger drain` processes, so the batched

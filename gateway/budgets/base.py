@@ -39,11 +39,13 @@ class Window:
 class BudgetState:
     window: Window
     spent_nanos: int
-    reserved_nanos: int
+    reserved_nanos: int  # held by requests in flight that reserved one by one
+    leased_nanos: int = 0  # held by gateway processes' budget leases (gateway/budgets/leases.py)
 
     @property
     def remaining_nanos(self) -> int:
-        return self.window.spec.limit_nanos - self.spent_nanos - self.reserved_nanos
+        spec = self.window.spec
+        return spec.limit_nanos - self.spent_nanos - self.reserved_nanos - self.leased_nanos
 
 
 class BudgetExceeded(Exception):

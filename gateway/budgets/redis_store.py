@@ -1,9 +1,13 @@
-"""Budgets shared by every gateway process through Redis: one Lua script per step."""
+"""Budgets shared by every gateway process through Redis: one Lua script per step.
+
+With a ``LeasePolicy``, most reservations are taken from this process's budget leases
+(gateway/budgets/leases.py) without a round trip; the rest go to Redis as before.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -11,6 +15,7 @@ import orjson
 from redis.asyncio import Redis
 
 from gateway.budgets.base import BudgetExceeded, BudgetState, SpentLoader, Window
+from gateway.budgets.leases import LeaseBook, LeasePolicy
 
 _SETTLED_TTL_S = 7 * 24 * 3600
 
@@ -27,6 +32,8 @@ class RedisBudgetStore:
         *,
         prefix: str = "tg:",
         reservation_ttl_s: int = 900,
+        lease: LeasePolicy | None = None,
+        on_reserve: Callable[[bool], None] | None = None,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -36,6 +43,18 @@ class RedisBudgetStore:
         self._reserve = redis.register_script(_script("reserve.lua"))
         self._settle = redis.register_script(_script("settle.lua"))
         self._release = redis.register_script(_script("release.lua"))
+        self.leases = (
+            LeaseBook(
+                redis,
+                self._keys,
+                self._expire_at,
+                lease,
+                _script("lease.lua"),
+                on_reserve=on_reserve,
+            )
+            if lease is not None
+            else None
+        )
 
     def _keys(self, w: Window) -> list[str]:
         k = self.prefix + "b:" + w.key
@@ -54,6 +73,24 @@ class RedisBudgetStore:
             await self.redis.hsetnx(key, "reserved", 0)
 
     async def reserve(self, request_id: str, windows: Sequence[Window], amount_nanos: int) -> None:
+        book = self.leases
+        if book is None or not windows:
+            await self._reserve_shared(request_id, windows, amount_nanos)
+            return
+        if book.take(request_id, windows, amount_nanos):
+            return
+        try:
+            await self._reserve_shared(request_id, windows, amount_nanos)
+        except BudgetExceeded:
+            # This process's own unused leases may be what stands in the way.
+            if not await book.give_back(windows):
+                raise
+            await self._reserve_shared(request_id, windows, amount_nanos)
+        book.kick()  # the counters exist now: leases can be sized against them
+
+    async def _reserve_shared(
+        self, request_id: str, windows: Sequence[Window], amount_nanos: int
+    ) -> None:
         keys = [self.prefix + "r:" + request_id]
         args: list[str | int] = [
             request_id,
@@ -83,19 +120,36 @@ class RedisBudgetStore:
         keys = [self.prefix + "s:" + request_id, self.prefix + "r:" + request_id, self.stream]
         for w in windows:
             keys += self._keys(w)
+        book = self.leases
+        funded = book.funded.get(request_id) if book is not None else None
         args: list[str | int | bytes] = [
             request_id,
             actual_nanos,
             len(windows),
             _SETTLED_TTL_S,
             orjson.dumps(event),
+            book.holder if book is not None and funded is not None else "",
         ]
         result = await self._settle(keys=keys, args=args)
+        n = len(windows)
         if int(result[0]) == 0:
+            if book is not None and funded is not None:
+                # Settled before (a lost reply): the marker says what it took from the lease.
+                marker = (result[1] or b"").decode() if len(result) > 1 else ""
+                parts = marker.split(",") if marker else []
+                book.settled(request_id, [int(p) for p in parts] if len(parts) == n else [0] * n)
             return None
-        return [int(v) for v in result[1:]]
+        if book is not None and funded is not None:
+            book.settled(request_id, [int(v) for v in result[1 + n :]])
+        return [int(v) for v in result[1 : 1 + n]]
+
+    def release_leased(self, request_id: str) -> bool:
+        """Release a lease-funded request (no Redis needed); False if it was not one."""
+        return self.leases is not None and self.leases.release(request_id)
 
     async def release(self, request_id: str, windows: Sequence[Window]) -> None:
+        if self.release_leased(request_id):
+            return
         keys = [self.prefix + "r:" + request_id]
         for w in windows:
             keys += self._keys(w)
@@ -106,14 +160,17 @@ class RedisBudgetStore:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for w in windows:
-            pipe.hmget(self._keys(w)[0], "spent", "reserved")
+            pipe.hmget(self._keys(w)[0], "spent", "reserved", "leased")
         out = []
-        for w, (spent, reserved) in zip(windows, await pipe.execute(), strict=True):
+        for w, (spent, reserved, leased) in zip(windows, await pipe.execute(), strict=True):
             if spent is None:
                 await self._rebuild(w)
-                spent, reserved = await self.redis.hmget(self._keys(w)[0], "spent", "reserved")
-            out.append(BudgetState(w, int(spent or 0), int(reserved or 0)))
+                spent, reserved, leased = await self.redis.hmget(
+                    self._keys(w)[0], "spent", "reserved", "leased"
+                )
+            out.append(BudgetState(w, int(spent or 0), int(reserved or 0), int(leased or 0)))
         return out
 
     async def close(self) -> None:
-        return None
+        if self.leases is not None:
+            await self.leases.close()

@@ -3,6 +3,8 @@
 -- ARGV: request_id, amount, now, ttl, n, then per window: limit, expire_at (0 = never).
 -- Returns {1} reserved (or already reserved), {0, i, remaining} refused at window i,
 -- {2, i} window i has no counter yet (the caller rebuilds it from the ledger and retries).
+-- A counter hash holds 'spent', 'reserved' (per-request reservations) and 'leased' (slices
+-- held by gateway processes, holdings named 'lease:...'; see lease.lua).
 local rid = ARGV[1]
 local amount = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
@@ -16,19 +18,21 @@ for i = 0, n - 1 do
   if redis.call('EXISTS', bkey) == 0 then
     return {2, i}
   end
-  -- reservations whose gateway never settled them expire here
+  -- reservations and leases whose gateway never settled or renewed them expire here
   local expired = redis.call('ZRANGEBYSCORE', zkey, '-inf', now)
   for _, r in ipairs(expired) do
     local held = tonumber(redis.call('HGET', hkey, r) or '0')
-    redis.call('HINCRBY', bkey, 'reserved', -held)
+    local field = 'reserved'
+    if string.sub(r, 1, 6) == 'lease:' then field = 'leased' end
+    redis.call('HINCRBY', bkey, field, -held)
     redis.call('HDEL', hkey, r)
     redis.call('ZREM', zkey, r)
   end
-  local spent = tonumber(redis.call('HGET', bkey, 'spent') or '0')
-  local reserved = tonumber(redis.call('HGET', bkey, 'reserved') or '0')
+  local c = redis.call('HMGET', bkey, 'spent', 'reserved', 'leased')
+  local held = tonumber(c[1] or '0') + tonumber(c[2] or '0') + tonumber(c[3] or '0')
   local limit = tonumber(ARGV[6 + i * 2])
-  if spent + reserved + amount > limit then
-    return {0, i, limit - spent - reserved}
+  if held + amount > limit then
+    return {0, i, limit - held}
   end
 end
 for i = 0, n - 1 do
