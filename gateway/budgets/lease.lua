@@ -8,7 +8,8 @@
 -- but not the other processes' leases or reservations, and never less than what is held
 -- for requests in flight. It expires at now + ttl unless renewed.
 -- Returns per window {lease, change, lost, cap}: lost = 1 when the process believed it held
--- a lease that is gone (expired or Redis emptied); cap = share x headroom.
+-- a lease that is gone (expired or Redis emptied; then nothing is granted this time);
+-- cap = share x headroom.
 local holder = ARGV[1]
 local now = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
@@ -46,6 +47,9 @@ for i = 0, n - 1 do
     local new = math.min(want, cap)
     local keep = math.min(held, floor)
     if new < keep then new = keep end
+    -- a lost lease is granted anew only on the next call, once the process has set its
+    -- count to zero: a settlement in flight then takes from the new lease consistently
+    if lost == 1 then new = 0 end
     local change = new - held
     if change ~= 0 then
       redis.call('HINCRBY', bkey, 'leased', change)

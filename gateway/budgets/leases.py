@@ -145,7 +145,10 @@ class LeaseBook:
             lease = self.leases.get(w.key)
             if lease is None:  # sized once this request's reservation made the counters
                 lease = self.leases[w.key] = Lease(w, self.policy.slots)
-            lease.window = w  # the latest limit
+            if w.spec.limit_nanos != lease.window.spec.limit_nanos:
+                lease.verified = False  # the limit changed: resize before funding again
+                self._kick()
+            lease.window = w
             lease.last_used = now
             if amount > lease.peak:
                 lease.peak = amount
@@ -269,7 +272,7 @@ class LeaseBook:
             args += [
                 w,
                 lease.used,
-                lease.amount if lease.verified else 0,
+                lease.amount,
                 lease.window.spec.limit_nanos,
                 self._expire_at(lease.window),
             ]
@@ -279,8 +282,11 @@ class LeaseBook:
             for lease in leases:
                 lease.busy = False
         for lease, (new, change, lost, cap) in zip(leases, result, strict=True):
-            if int(lost) or not lease.verified:
-                lease.amount = int(new)
+            # Changes, not totals: a settlement whose reply is still on its way changes the
+            # lease too, and both orders must add up.
+            if int(lost):
+                lease.amount = 0  # as in Redis; the next call grants a new lease
+                self._wake.set()
             else:
                 lease.amount += int(change)
             lease.verified = True
