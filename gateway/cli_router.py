@@ -51,7 +51,7 @@ def _rows(args: argparse.Namespace) -> list[Row]:
 
 def _train(args: argparse.Namespace) -> int:
     rows = _rows(args)
-    model = train_rows(rows, steps=args.steps, target=args.target)
+    model = train_rows(rows, steps=args.steps, target=args.target, l2_hashed=args.l2_hashed)
     scores = np.array(score_rows(model, rows))
     model.meta.update(
         prior_pro=float(np.quantile(scores, 1 - PRO_SHARE)),
@@ -119,8 +119,14 @@ def _report(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {}
     plots: dict[str, list[PairResult]] = {}
     for split, scores in (
-        ("cross-category", cross_category(rows, steps=args.steps, target=args.target)),
-        ("cross-source", cross_source(rows, steps=args.steps, target=args.target)),
+        (
+            "cross-category",
+            cross_category(rows, steps=args.steps, target=args.target, l2_hashed=args.l2_hashed),
+        ),
+        (
+            "cross-source",
+            cross_source(rows, steps=args.steps, target=args.target, l2_hashed=args.l2_hashed),
+        ),
     ):
         out[split] = []
         for weak, strong in PAIRS:
@@ -220,6 +226,12 @@ def _labels_export(args: argparse.Namespace) -> int:
     return 0
 
 
+_L2_HELP = (
+    "L2 penalty on the hashed n-gram weights (default: the same 1e-4 as the dense ones); "
+    "see bench/router/validate_sources.py"
+)
+
+
 def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     router = sub.add_parser("router", help="train and evaluate the request router")
     rsub = router.add_subparsers(dest="router_command", required=True)
@@ -236,6 +248,7 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     t.add_argument("--out", default=str(ROOT / "policies" / "router"))
     t.add_argument("--steps", type=int, default=300)
     t.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help=_TARGET_HELP)
+    t.add_argument("--l2-hashed", type=float, help=_L2_HELP)
     t.set_defaults(func=_train)
     e = rsub.add_parser("eval", help="RouteLLM metrics of the router on labelled rows")
     e.add_argument("--data", required=True)
@@ -251,6 +264,7 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     r.add_argument("--steps", type=int, default=300)
     r.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help=_TARGET_HELP)
     r.add_argument("--bootstrap", type=int, default=200)
+    r.add_argument("--l2-hashed", type=float, help=_L2_HELP)
     r.add_argument("--json-out", default=str(ROOT / "var" / "bench" / "routing.json"))
     r.add_argument("--plot", default=str(ROOT / "docs" / "img" / "routing_pgr.png"))
     r.set_defaults(func=_report)

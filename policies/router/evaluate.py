@@ -40,7 +40,12 @@ def score_rows(model: LinearModel, rows: Sequence[Row]) -> list[float]:
 
 
 def cross_category(
-    rows: Sequence[Row], folds: int = 5, *, steps: int = 300, target: str = DEFAULT_TARGET
+    rows: Sequence[Row],
+    folds: int = 5,
+    *,
+    steps: int = 300,
+    target: str = DEFAULT_TARGET,
+    l2_hashed: float | None = None,
 ) -> dict[str, float]:
     groups = sorted({r.group for r in rows if r.source == "mmlu_pro"})
     fold_of = {g: i % folds for i, g in enumerate(groups)}
@@ -48,15 +53,24 @@ def cross_category(
     for k in range(folds):
         held = [r for r in rows if r.source == "mmlu_pro" and fold_of[r.group] == k]
         train = [r for r in rows if not (r.source == "mmlu_pro" and fold_of[r.group] == k)]
-        model = train_rows(train, steps=steps, target=target)
+        model = train_rows(train, steps=steps, target=target, l2_hashed=l2_hashed)
         scores.update(zip((r.id for r in held), score_rows(model, held), strict=True))
     return scores
 
 
 def cross_source(
-    rows: Sequence[Row], *, steps: int = 300, target: str = DEFAULT_TARGET
+    rows: Sequence[Row],
+    *,
+    steps: int = 300,
+    target: str = DEFAULT_TARGET,
+    l2_hashed: float | None = None,
 ) -> dict[str, float]:
-    model = train_rows([r for r in rows if r.source != "mmlu_pro"], steps=steps, target=target)
+    model = train_rows(
+        [r for r in rows if r.source != "mmlu_pro"],
+        steps=steps,
+        target=target,
+        l2_hashed=l2_hashed,
+    )
     held = [r for r in rows if r.source == "mmlu_pro"]
     return dict(zip((r.id for r in held), score_rows(model, held), strict=True))
 

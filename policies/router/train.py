@@ -26,9 +26,11 @@ def fit(
     *,
     weights: Sequence[float] | None = None,
     l2: float = 1e-4,
+    l2_hashed: float | None = None,
     steps: int = 300,
     lr: float = 0.05,
 ) -> LinearModel:
+    """``l2`` on every weight; ``l2_hashed``, when given, on the hashed n-gram block instead."""
     n = len(feats)
     xd = np.array([f.dense for f in feats], dtype=np.float64)
     counts = np.array([len(f.hashed) for f in feats])
@@ -41,6 +43,7 @@ def fit(
     y = np.asarray(targets, dtype=np.float64)
     sw = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     sw = sw / sw.sum()
+    l2h = l2 if l2_hashed is None else l2_hashed
     wd = np.zeros(len(DENSE_NAMES))
     wh = np.zeros(HASH_DIM)
     m = [np.zeros_like(wd), np.zeros_like(wh)]
@@ -51,12 +54,12 @@ def fit(
         p = 1 / (1 + np.exp(-np.clip(z, -30, 30)))
         err = (p - y) * sw
         gd = xd.T @ err + l2 * wd
-        gh = np.bincount(idx, weights=err[row_of], minlength=HASH_DIM) + l2 * wh
+        gh = np.bincount(idx, weights=err[row_of], minlength=HASH_DIM) + l2h * wh
         for i, (w, g) in enumerate(((wd, gd), (wh, gh))):
             m[i] = b1 * m[i] + (1 - b1) * g
             v[i] = b2 * v[i] + (1 - b2) * g * g
             w -= lr * (m[i] / (1 - b1**t)) / (np.sqrt(v[i] / (1 - b2**t)) + eps)
-    return LinearModel(wd, wh, {"rows": n, "steps": steps, "l2": l2})
+    return LinearModel(wd, wh, {"rows": n, "steps": steps, "l2": l2, "l2_hashed": l2h})
 
 
 TARGETS = ("difficulty", "gain", "mix")
@@ -74,7 +77,9 @@ def targets(rows: Sequence[Row], target: str = DEFAULT_TARGET) -> list[float]:
     return [0.5 * r.target + 0.5 * g for r, g in zip(rows, gain, strict=True)]
 
 
-def train_rows(rows: Sequence[Row], *, target: str = DEFAULT_TARGET, **kw: float) -> LinearModel:
+def train_rows(
+    rows: Sequence[Row], *, target: str = DEFAULT_TARGET, **kw: float | None
+) -> LinearModel:
     """Each source weighs the same in total, whatever its row count."""
     per_source: dict[str, int] = {}
     for r in rows:

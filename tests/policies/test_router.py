@@ -134,6 +134,20 @@ def test_training_learns_a_separable_signal_and_round_trips() -> None:
     assert again.predict(hard[0]) == pytest.approx(model.predict(hard[0]), abs=1e-5)
 
 
+def test_l2_on_the_hashed_block_shrinks_only_the_ngram_weights() -> None:
+    easy = [from_text(f"say hi to {n}") for n in ("ann", "bob", "cy", "di")] * 10
+    hard = [from_text(f"prove theorem {n} step by step") for n in ("a", "b", "c", "d")] * 10
+    y = [0.0] * 40 + [1.0] * 40
+    base = fit(easy + hard, y, steps=200)
+    tight = fit(easy + hard, y, steps=200, l2_hashed=1.0)
+    assert tight.meta["l2_hashed"] == 1.0 and base.meta["l2_hashed"] == base.meta["l2"]
+    base_h, tight_h = float(np.abs(base.hashed).sum()), float(np.abs(tight.hashed).sum())
+    assert tight_h < 0.5 * base_h
+    # the dense block still learns the signal (reasoning markers, lengths)
+    assert sum(map(abs, tight.dense)) > 0.5 * sum(map(abs, base.dense))
+    assert tight.predict(hard[0]) > tight.predict(easy[0])
+
+
 def test_shipped_weights_rank_a_hard_question_above_small_talk() -> None:
     r = Router.load_default()
     hard = r.score(
