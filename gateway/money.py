@@ -22,6 +22,7 @@ import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -437,6 +438,10 @@ async def open_money(settings: Any, metrics: Metrics) -> MoneyAccounting:
                 socket_connect_timeout=2,
                 socket_timeout=5,
                 retry=Retry(NoBackoff(), 1),
+                # One driver description for every connection: left to redis-py, each new
+                # connection reads the package metadata from disk (about 0.35 ms of CPU, paid
+                # for every connection a burst adds to the pool).
+                driver_info=DriverInfo(),
             )
         )
         if settings.redis_url

@@ -22,7 +22,8 @@ any reservation. What leases change:
 - a lease unused for ``idle_s`` is given back, and every lease when the process stops.
 
 Sizing: a lease aims to fund ``slots`` requests of the largest worst case the window saw
-recently; ``slots`` doubles while requests miss the lease for want of room and halves
+recently, and at least twice what its requests held plus what missed it since the last
+call (a burst); ``slots`` doubles while requests miss the lease for want of room and halves
 when the lease stays mostly unused.
 """
 
@@ -70,10 +71,13 @@ class Lease:
         "slots",
         "peak",
         "last_peak",
-        "high",
+        "demand",
+        "last_demand",
         "grew",
+        "missed",
         "last_used",
         "renewed_at",
+        "period_at",
     )
 
     def __init__(self, window: Window, slots: int) -> None:
@@ -84,12 +88,17 @@ class Lease:
         self.verified = False  # the amount is known to match Redis
         self.cap: int | None = None  # share x headroom at the last call
         self.slots = slots
-        self.peak = 0  # largest worst case since the last renewal
+        # Per period of ``renew_s``, this one and the last: the largest worst case, and the
+        # most held plus missed at once.
+        self.peak = 0
         self.last_peak = 0
-        self.high = 0  # most held at once since the last renewal
+        self.demand = 0
+        self.last_demand = 0
         self.grew = False  # slots doubled since the last call
+        self.missed = 0  # worst cases that did not fit since the last call
         self.last_used = time.monotonic()
         self.renewed_at = 0.0
+        self.period_at = time.monotonic()
 
     @property
     def free(self) -> int:
@@ -98,7 +107,9 @@ class Lease:
     def want(self, now: float, idle_s: float) -> int:
         if now - self.last_used > idle_s:
             return 0
-        return self.slots * max(self.peak, self.last_peak)
+        # a burst that missed the lease asks for twice what it held and wanted at once
+        burst = max(self.demand, self.last_demand)
+        return max(self.slots * max(self.peak, self.last_peak), 2 * burst)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +144,7 @@ class LeaseBook:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._calling = asyncio.Lock()
 
     # ---- the request path: no Redis here ---------------------------------------------
 
@@ -153,13 +165,16 @@ class LeaseBook:
             if amount > lease.peak:
                 lease.peak = amount
             leases.append(lease)
-            if lease.busy or not lease.verified:
+            if not lease.verified:
                 fits = False
-            elif lease.free < amount:
+            elif lease.busy or lease.free < amount:
                 fits = False
-                if not lease.grew and (lease.cap is None or lease.amount < lease.cap):
-                    lease.slots = min(lease.slots * 2, MAX_SLOTS)
-                    lease.grew = True
+                if lease.cap is None or lease.amount < lease.cap:
+                    lease.missed += amount  # demand the next call sizes the lease for
+                    lease.demand = max(lease.demand, lease.used + lease.missed)
+                    if not lease.busy and not lease.grew:
+                        lease.slots = min(lease.slots * 2, MAX_SLOTS)
+                        lease.grew = True
                     self._kick()
         if self._on_reserve is not None:
             self._on_reserve(fits)
@@ -167,8 +182,8 @@ class LeaseBook:
             return False
         for lease in leases:
             lease.used += amount
-            if lease.used > lease.high:
-                lease.high = lease.used
+            if lease.used > lease.demand:
+                lease.demand = lease.used
             if lease.free * 2 < lease.want(now, self.policy.idle_s) and (
                 lease.cap is None or lease.amount < lease.cap
             ):
@@ -257,10 +272,12 @@ class LeaseBook:
                 await asyncio.sleep(1.0)
 
     async def call(self, leases: Sequence[Lease], want: int | None) -> None:
-        """One lease.lua call for ``leases``: to the size each wants, or to ``want``."""
-        leases = [lease for lease in leases if not lease.busy]
-        if not leases:
-            return
+        """One lease.lua call for ``leases``: to the size each wants, or to ``want``.
+        Calls run one at a time: each sees the amounts the one before left."""
+        async with self._calling:
+            await self._call(leases, want)
+
+    async def _call(self, leases: Sequence[Lease], want: int | None) -> None:
         now = time.monotonic()
         keys: list[str] = []
         args: list[Any] = [self.holder, int(time.time()), self.policy.ttl_s]
@@ -269,6 +286,7 @@ class LeaseBook:
             lease.busy = True
             keys += self._keys_of(lease.window)
             w = lease.want(now, self.policy.idle_s) if want is None else want
+            lease.missed = 0
             args += [
                 w,
                 lease.used,
@@ -292,24 +310,29 @@ class LeaseBook:
             lease.verified = True
             lease.cap = int(cap)
             lease.renewed_at = now
-            if lease.high * 4 < lease.amount and lease.slots > self.policy.slots:
-                lease.slots //= 2
             if int(new) == 0 and lease.used == 0:
                 lease.amount = 0  # nothing held, nothing in flight: exact again
-            lease.last_peak, lease.peak, lease.high = lease.peak, 0, lease.used
             lease.grew = False
+            if now - lease.period_at >= self.policy.renew_s:  # a new period
+                busiest = max(lease.demand, lease.last_demand)
+                if busiest * 4 < lease.amount and lease.slots > self.policy.slots:
+                    lease.slots //= 2
+                lease.last_peak, lease.peak = lease.peak, 0
+                lease.last_demand, lease.demand = lease.demand, lease.used
+                lease.period_at = now
 
     async def give_back(self, windows: Sequence[Window]) -> bool:
         """Return the free part of this process's leases in ``windows``; True if any was."""
-        leases = [
-            lease
-            for w in windows
-            if (lease := self.leases.get(w.key)) is not None and lease.amount > lease.used
-        ]
-        if not leases:
-            return False
-        await self.call(leases, 0)
-        return True
+        async with self._calling:  # after a resize in flight, on what it left
+            leases = [
+                lease
+                for w in windows
+                if (lease := self.leases.get(w.key)) is not None and lease.amount > lease.used
+            ]
+            if not leases:
+                return False
+            await self._call(leases, 0)
+            return True
 
     async def close(self) -> None:
         self._closed = True

@@ -43,6 +43,7 @@ class RedisBudgetStore:
         self._reserve = redis.register_script(_script("reserve.lua"))
         self._settle = redis.register_script(_script("settle.lua"))
         self._release = redis.register_script(_script("release.lua"))
+        self._on_reserve = on_reserve  # told, per reservation, whether a lease took it
         self.leases = (
             LeaseBook(
                 redis,
@@ -75,6 +76,8 @@ class RedisBudgetStore:
     async def reserve(self, request_id: str, windows: Sequence[Window], amount_nanos: int) -> None:
         book = self.leases
         if book is None or not windows:
+            if windows and self._on_reserve is not None:
+                self._on_reserve(False)
             await self._reserve_shared(request_id, windows, amount_nanos)
             return
         if book.take(request_id, windows, amount_nanos):

@@ -58,6 +58,16 @@ async def leased_after_first(store: RedisBudgetStore, ws: list[Window], amount: 
     raise AssertionError("leases were not sized")
 
 
+async def quiet(store: RedisBudgetStore) -> None:
+    """Wait until no lease call is in flight (requests do not use a lease being resized)."""
+    assert store.leases is not None
+    for _ in range(400):
+        await asyncio.sleep(0.005)
+        if not any(le.busy for le in store.leases.leases.values()):
+            return
+    raise AssertionError("a lease call did not finish")
+
+
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
     r = Redis.from_url(redis_url)
@@ -100,12 +110,13 @@ async def test_release_frees_the_slice_in_process(redis: Redis, redis_prefix: st
     await leased_after_first(store, ws, 1_000)
     assert store.leases is not None
     lease = store.leases.leases[ws[0].key]
-    before = await counters(redis, store, ws[0])
     await store.reserve("a", ws, 1_000)
     await store.reserve("b", ws, 1_000)
     assert lease.free == 0
     await store.release("a", ws)
-    assert lease.free == 1_000 and await counters(redis, store, ws[0]) == before
+    await quiet(store)
+    c = await counters(redis, store, ws[0])
+    assert lease.free >= 1_000 and c["leased"] == lease.amount and c["reserved"] == 0
     await store.reserve("c", ws, 1_000)  # the freed slice funds the next request
     assert set(store.leases.funded) == {"b", "c"}
     await store.close()
@@ -298,3 +309,30 @@ def test_three_processes_with_leases_never_overspend(redis_url: str, redis_prefi
     # and most reservations were made in process.
     assert ok >= 100_000 // 1_000 - 3 * 4
     assert leased > 100
+
+
+async def test_a_burst_that_misses_the_lease_sizes_it_in_one_call(
+    redis: Redis, redis_prefix: str
+) -> None:
+    store = new_store(redis, redis_prefix, share=0.5, slots=2)
+    ws = windows(TEAM)
+    await leased_after_first(store, ws, 1_000)
+    assert store.leases is not None
+    lease = store.leases.leases[ws[0].key]
+    assert lease.amount == 2_000
+    # 20 requests at once: 2 fit the lease, the others reserve in Redis and tell the lease
+    await asyncio.gather(*(store.reserve(f"b{i}", ws, 1_000) for i in range(20)))
+    assert len(store.leases.funded) <= 2
+    for _ in range(400):
+        if lease.amount >= 2 * 20_000 and not lease.busy:
+            break
+        await asyncio.sleep(0.005)
+    assert lease.amount >= 40_000  # twice the 20 worst cases held and missed
+    await asyncio.gather(*(store.reserve(f"c{i}", ws, 1_000) for i in range(20)))
+    assert len([r for r in store.leases.funded if r.startswith("c")]) == 20
+    for i in range(20):
+        await store.settle(f"b{i}", ws, 100, ev(f"b{i}"))
+        await store.settle(f"c{i}", ws, 100, ev(f"c{i}"))
+    c = await counters(redis, store, ws[0])
+    assert c["spent"] == 4_000 and c["reserved"] == 0 and c["leased"] == lease.amount
+    await store.close()
