@@ -6,7 +6,7 @@
 --   of it (never given back here); expected: what the process believes it holds.
 -- The new lease is min(want, share x headroom), where headroom counts the lease itself
 -- but not the other processes' leases or reservations, and never less than what is held
--- for requests in flight. It expires at now + ttl unless renewed.
+-- for requests in flight. It expires at now + ttl unless renewed. Uses common.lua.
 -- Returns per window {lease, change, lost, cap}: lost = 1 when the process believed it held
 -- a lease that is gone (expired or Redis emptied; then nothing is granted this time);
 -- cap = share x headroom.
@@ -27,15 +27,7 @@ for i = 0, n - 1 do
     if expected > 0 then lost = 1 end
     out[#out + 1] = {0, 0, lost, 0}
   else
-    local expired = redis.call('ZRANGEBYSCORE', zkey, '-inf', now)
-    for _, r in ipairs(expired) do
-      local held = tonumber(redis.call('HGET', hkey, r) or '0')
-      local field = 'reserved'
-      if string.sub(r, 1, 6) == 'lease:' then field = 'leased' end
-      redis.call('HINCRBY', bkey, field, -held)
-      redis.call('HDEL', hkey, r)
-      redis.call('ZREM', zkey, r)
-    end
+    drop_expired(bkey, zkey, hkey, now)
     local held = tonumber(redis.call('HGET', hkey, holder) or '0')
     local lost = 0
     if held == 0 and expected > 0 then lost = 1 end

@@ -21,7 +21,9 @@ _SETTLED_TTL_S = 7 * 24 * 3600
 
 
 def _script(name: str) -> str:
-    return resources.files("gateway.budgets").joinpath(name).read_text()
+    """A budget script with the shared Lua functions (common.lua) in front."""
+    files = resources.files("gateway.budgets")
+    return files.joinpath("common.lua").read_text() + files.joinpath(name).read_text()
 
 
 class RedisBudgetStore:

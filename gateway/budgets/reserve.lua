@@ -3,8 +3,7 @@
 -- ARGV: request_id, amount, now, ttl, n, then per window: limit, expire_at (0 = never).
 -- Returns {1} reserved (or already reserved), {0, i, remaining} refused at window i,
 -- {2, i} window i has no counter yet (the caller rebuilds it from the ledger and retries).
--- A counter hash holds 'spent', 'reserved' (per-request reservations) and 'leased' (slices
--- held by gateway processes, holdings named 'lease:...'; see lease.lua).
+-- Uses common.lua.
 local rid = ARGV[1]
 local amount = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
@@ -18,16 +17,7 @@ for i = 0, n - 1 do
   if redis.call('EXISTS', bkey) == 0 then
     return {2, i}
   end
-  -- reservations and leases whose gateway never settled or renewed them expire here
-  local expired = redis.call('ZRANGEBYSCORE', zkey, '-inf', now)
-  for _, r in ipairs(expired) do
-    local held = tonumber(redis.call('HGET', hkey, r) or '0')
-    local field = 'reserved'
-    if string.sub(r, 1, 6) == 'lease:' then field = 'leased' end
-    redis.call('HINCRBY', bkey, field, -held)
-    redis.call('HDEL', hkey, r)
-    redis.call('ZREM', zkey, r)
-  end
+  drop_expired(bkey, zkey, hkey, now)
   local c = redis.call('HMGET', bkey, 'spent', 'reserved', 'leased')
   local held = tonumber(c[1] or '0') + tonumber(c[2] or '0') + tonumber(c[3] or '0')
   local limit = tonumber(ARGV[6 + i * 2])

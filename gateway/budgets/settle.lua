@@ -8,7 +8,7 @@
 -- the rest of what the request reserved stays in the lease, free for the next request.
 -- Returns {1, spent after..., taken from the lease...} (one of each per window) when
 -- settled now, {0, marker} when this request was already settled (idempotent); the marker
--- records what was taken from the lease, comma-separated.
+-- records what was taken from the lease, comma-separated. Uses common.lua.
 local rid = ARGV[1]
 local actual = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
@@ -34,12 +34,7 @@ for i = 0, n - 1 do
       end
     end
   else
-    local held = redis.call('HGET', hkey, rid)
-    if held then
-      redis.call('HINCRBY', bkey, 'reserved', -tonumber(held))
-      redis.call('HDEL', hkey, rid)
-      redis.call('ZREM', zkey, rid)
-    end
+    drop_holding(bkey, zkey, hkey, rid)
   end
   taken[#taken + 1] = take
   after[#after + 1] = redis.call('HINCRBY', bkey, 'spent', actual)

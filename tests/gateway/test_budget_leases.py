@@ -22,6 +22,7 @@ from policies.budget import BudgetSpec
 NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
 TEAM = BudgetSpec("b-team", "team", "t1", "day", 1_000_000)
 KEY = BudgetSpec("b-key", "key", "k1", "total", 500_000)
+SMALL = BudgetSpec("b-small", "team", "t2", "day", 100_000)
 
 
 def windows(*specs: BudgetSpec) -> list[Window]:
@@ -125,9 +126,8 @@ async def test_release_frees_the_slice_in_process(redis: Redis, redis_prefix: st
 async def test_a_lease_takes_at_most_its_share_of_the_headroom(
     redis: Redis, redis_prefix: str
 ) -> None:
-    small = BudgetSpec("b-small", "team", "t2", "day", 100_000)
     store = new_store(redis, redis_prefix, share=0.1, slots=64)
-    ws = windows(small)
+    ws = windows(SMALL)
     await leased_after_first(store, ws, 2_000)
     c = await counters(redis, store, ws[0])
     assert c["leased"] == 10_000  # 64 x 2,000 wanted; 10% of the 100,000 headroom granted
@@ -142,9 +142,8 @@ async def test_a_lease_takes_at_most_its_share_of_the_headroom(
 async def test_a_refused_request_gets_the_processs_own_free_lease_back_first(
     redis: Redis, redis_prefix: str
 ) -> None:
-    small = BudgetSpec("b-small", "team", "t2", "day", 100_000)
     store = new_store(redis, redis_prefix, share=0.5, slots=64)
-    ws = windows(small)
+    ws = windows(SMALL)
     await leased_after_first(store, ws, 1_000)
     assert (await counters(redis, store, ws[0]))["leased"] == 50_000
     # 90,000 fits the budget only if the lease's free 50,000 goes back: it does.
@@ -159,9 +158,8 @@ async def test_a_refused_request_gets_the_processs_own_free_lease_back_first(
 
 
 async def test_a_dead_processs_lease_expires(redis: Redis, redis_prefix: str) -> None:
-    small = BudgetSpec("b-small", "team", "t2", "day", 100_000)
     dead = new_store(redis, redis_prefix, share=0.5, slots=64, ttl_s=1)
-    ws = windows(small)
+    ws = windows(SMALL)
     await leased_after_first(dead, ws, 1_000)
     assert dead.leases is not None
     dead.leases._closed = True  # the process dies: nothing renews its lease
