@@ -116,6 +116,7 @@ class Lease:
 class Funded:
     amount: int
     leases: tuple[Lease, ...]
+    at: float  # monotonic time of the reservation
 
 
 KeysOf = Callable[[Window], list[str]]
@@ -131,8 +132,10 @@ class LeaseBook:
         script: str,
         *,
         on_reserve: Callable[[bool], None] | None = None,
+        reservation_ttl_s: float = 900,
     ) -> None:
         self.redis = redis
+        self.reservation_ttl_s = reservation_ttl_s
         self.policy = policy
         self.holder = f"lease:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._keys_of = keys_of
@@ -188,7 +191,7 @@ class LeaseBook:
                 lease.cap is None or lease.amount < lease.cap
             ):
                 self._kick()
-        self.funded[request_id] = Funded(amount, tuple(leases))
+        self.funded[request_id] = Funded(amount, tuple(leases), now)
         return True
 
     def settled(self, request_id: str, taken: Sequence[int]) -> None:
@@ -209,6 +212,14 @@ class LeaseBook:
         for lease in f.leases:
             lease.used -= f.amount
         return True
+
+    def _expire_funded(self, now: float) -> None:
+        """A lease-funded request never settled nor released stops holding its slice after
+        the reservation TTL, as a reservation made in Redis would."""
+        stale = [r for r, f in self.funded.items() if now - f.at > self.reservation_ttl_s]
+        for request_id in stale:
+            log.warning("lease-funded reservation expired unsettled", request_id=request_id)
+            self.release(request_id)
 
     def invalidate(self) -> None:
         """Redis was unreachable or restarted: trust no lease until Redis confirms it."""
@@ -249,6 +260,7 @@ class LeaseBook:
             if self._closed:
                 return
             now = time.monotonic()
+            self._expire_funded(now)
             for key in [
                 k
                 for k, lease in self.leases.items()

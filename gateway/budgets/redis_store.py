@@ -54,6 +54,7 @@ class RedisBudgetStore:
                 lease,
                 _script("lease.lua"),
                 on_reserve=on_reserve,
+                reservation_ttl_s=reservation_ttl_s,
             )
             if lease is not None
             else None

@@ -334,3 +334,24 @@ async def test_a_burst_that_misses_the_lease_sizes_it_in_one_call(
     c = await counters(redis, store, ws[0])
     assert c["spent"] == 4_000 and c["reserved"] == 0 and c["leased"] == lease.amount
     await store.close()
+
+
+async def test_a_leased_reservation_never_settled_expires_like_one_in_redis(
+    redis: Redis, redis_prefix: str
+) -> None:
+    store = RedisBudgetStore(
+        redis, zero, prefix=redis_prefix, reservation_ttl_s=1, lease=LeasePolicy(renew_s=0.2)
+    )
+    ws = windows(TEAM)
+    await leased_after_first(store, ws, 1_000)
+    assert store.leases is not None
+    await store.reserve("lost", ws, 1_000)  # its gateway code never settles nor releases it
+    lease = store.leases.leases[ws[0].key]
+    assert "lost" in store.leases.funded and lease.used == 1_000
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if "lost" not in store.leases.funded:
+            break
+    assert "lost" not in store.leases.funded and lease.used == 0
+    await store.close()
+    assert (await counters(redis, store, ws[0]))["leased"] == 0
