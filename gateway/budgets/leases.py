@@ -131,7 +131,6 @@ class LeaseBook:
         policy: LeasePolicy,
         script: str,
         *,
-        on_reserve: Callable[[bool], None] | None = None,
         reservation_ttl_s: float = 900,
     ) -> None:
         self.redis = redis
@@ -141,7 +140,6 @@ class LeaseBook:
         self._keys_of = keys_of
         self._expire_at = expire_at
         self._script = redis.register_script(script)
-        self._on_reserve = on_reserve
         self.leases: dict[str, Lease] = {}
         self.funded: dict[str, Funded] = {}
         self._wake = asyncio.Event()
@@ -179,8 +177,6 @@ class LeaseBook:
                         lease.slots = min(lease.slots * 2, MAX_SLOTS)
                         lease.grew = True
                     self._kick()
-        if self._on_reserve is not None:
-            self._on_reserve(fits)
         if not fits:
             return False
         for lease in leases:
@@ -229,9 +225,10 @@ class LeaseBook:
 
     # ---- talking to Redis ------------------------------------------------------------
 
-    def kick(self) -> None:
-        """Size the leases that need it, in the background."""
-        self._kick()
+    def counters_made(self, windows: Sequence[Window]) -> None:
+        """A reservation in Redis made these windows' counters: size their new leases."""
+        if any(not lease.verified for w in windows if (lease := self.leases.get(w.key))):
+            self._kick()
 
     def _kick(self) -> None:
         self._wake.set()

@@ -53,7 +53,6 @@ class RedisBudgetStore:
                 self._expire_at,
                 lease,
                 _script("lease.lua"),
-                on_reserve=on_reserve,
                 reservation_ttl_s=reservation_ttl_s,
             )
             if lease is not None
@@ -78,12 +77,13 @@ class RedisBudgetStore:
 
     async def reserve(self, request_id: str, windows: Sequence[Window], amount_nanos: int) -> None:
         book = self.leases
-        if book is None or not windows:
-            if windows and self._on_reserve is not None:
-                self._on_reserve(False)
-            await self._reserve_shared(request_id, windows, amount_nanos)
+        leased = book is not None and bool(windows) and book.take(request_id, windows, amount_nanos)
+        if windows and self._on_reserve is not None:
+            self._on_reserve(leased)
+        if leased:
             return
-        if book.take(request_id, windows, amount_nanos):
+        if book is None or not windows:
+            await self._reserve_shared(request_id, windows, amount_nanos)
             return
         try:
             await self._reserve_shared(request_id, windows, amount_nanos)
@@ -92,7 +92,7 @@ class RedisBudgetStore:
             if not await book.give_back(windows):
                 raise
             await self._reserve_shared(request_id, windows, amount_nanos)
-        book.kick()  # the counters exist now: leases can be sized against them
+        book.counters_made(windows)
 
     async def _reserve_shared(
         self, request_id: str, windows: Sequence[Window], amount_nanos: int
