@@ -184,7 +184,7 @@ def compress_decode(
         raise ValueError("state must be float32 [S, 2, 3, D] and the cache of dim D")
     rope = 2 * cos.shape[1]
     block_d = min(block_d, dim)
-    if dim % block_d or block_d < max(rope, SCALE_BLOCK):
+    if dim % block_d or block_d < max(rope, SCALE_BLOCK.value):
         raise ValueError(f"block_d {block_d} must divide {dim} and hold the {rope} roped dims")
     if state_index is None:
         state_index = torch.arange(rows, dtype=torch.int32, device=kv.device)

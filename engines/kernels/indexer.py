@@ -100,7 +100,7 @@ def _topk_kernel(  # type: ignore[no-untyped-def]
         need = tl.zeros([], dtype=tl.int32) + K  # how many still to take at or under prefix
         bins = tl.arange(0, 256)
         for p in tl.static_range(4):
-            shift: tl.constexpr = 24 - 8 * p
+            shift = 24 - 8 * p  # a constexpr: p is one (a static_range index)
             hist = tl.zeros([256], dtype=tl.int32)
             for start in range(0, n, BLOCK):
                 j = start + tl.arange(0, BLOCK)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-SCALE_BLOCK = 64
+# A module global read inside @triton.jit code must be a tl.constexpr (compiled kernels refuse
+# plain globals; the CPU interpreter does not check). Host code reads SCALE_BLOCK.value.
+SCALE_BLOCK = tl.constexpr(64)
 
 
 @triton.jit
@@ -36,15 +38,24 @@ def load_entries(  # type: ignore[no-untyped-def]
     d = tl.arange(0, DIM)
     rows = slots.to(tl.int64)[:, None]
     if FP8:
+        # An FP8 entry is 4-byte aligned only (584 bytes for the KV, 132 for indexer keys), so
+        # the row offsets are declared multiples of 4 bytes (2 bf16 tail values) and nothing
+        # more. Left to itself, Triton's alignment analysis credits every slot with the
+        # divisibility of the first slot of a page run (16 with 64-entry pages: it keeps the
+        # divisibility of ``idx % block_size`` through the add of the page base), vectorizes
+        # the loads to 16 bytes across rows that are not 16-aligned, and the GPU faults with
+        # a misaligned address. bf16 rows (``stride == DIM``, a multiple of 64) are aligned.
+        off = tl.multiple_of(rows * stride, [4, 4])
+        tail_off = tl.multiple_of(rows * (stride // 2), [2, 2])
         quant = d < DIM - TAIL
         mq = row_mask[:, None] & quant[None, :]
-        body = tl.load(body_ptr + rows * stride + d[None, :], mask=mq, other=0.0)
-        byte = tl.load(scale_ptr + rows * stride + (d // SCALE_BLOCK)[None, :], mask=mq, other=127)
+        body = tl.load(body_ptr + off + d[None, :], mask=mq, other=0.0)
+        byte = tl.load(scale_ptr + off + (d // SCALE_BLOCK)[None, :], mask=mq, other=127)
         x = body.to(tl.float32) * scale_from_byte(byte)
         if TAIL > 0:
             mt = row_mask[:, None] & (d >= DIM - TAIL)[None, :]
             tail_d = tl.where(quant, 0, d - (DIM - TAIL))
-            tail = tl.load(tail_ptr + rows * (stride // 2) + tail_d[None, :], mask=mt, other=0.0)
+            tail = tl.load(tail_ptr + tail_off + tail_d[None, :], mask=mt, other=0.0)
             x = tl.where(quant[None, :], x, tail.to(tl.float32))
         return x.to(tl.bfloat16)
     else:
