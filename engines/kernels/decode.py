@@ -187,6 +187,7 @@ def sparse_decode(
     splits: int | None = None,
     block_h: int = 16,
     block_n: int = 32,
+    num_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode attention for ``q [R, H, D]`` at ``pos [R]`` int32; returns ``(out, lse)``.
 
@@ -254,6 +255,7 @@ def sparse_decode(
         BH=block_h,
         BN=block_n,
         F32=interpreted(q.device),
+        num_warps=num_warps,
     )
     out = torch.empty(rows, heads, dim, dtype=torch.bfloat16, device=q.device)
     lse = torch.empty(rows, heads, dtype=torch.float32, device=q.device)
