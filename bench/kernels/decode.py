@@ -377,7 +377,7 @@ def bench_layer(
     """Kernel and PyTorch path for one layer; the kernel checked against the PyTorch path."""
     import triton
 
-    from engines.kernels.decode import default_splits, sparse_decode
+    from engines.kernels.decode import default_splits, default_tiles, sparse_decode
 
     torch, device = env.torch, env.device
     (q, sink), (wcache, ccache) = query, caches
@@ -424,9 +424,10 @@ def bench_layer(
         + (shape.index_topk * 4 if sel is not None else 0)
     )
     read += heads * 4 + batch * 4
-    head_blocks = triton.cdiv(heads, 16)  # sparse_decode's default block_h
+    block_h, block_n = default_tiles(batch, fmt is not None)  # sparse_decode's defaults
+    head_blocks = triton.cdiv(heads, max(16, min(block_h, triton.next_power_of_2(heads))))
     max_entries = shape.index_topk if sel is not None else ccache.capacity
-    n_tiles = triton.cdiv(window, 32) + triton.cdiv(max_entries, 32)
+    n_tiles = triton.cdiv(window, block_n) + triton.cdiv(max_entries, block_n)
     splits = default_splits(batch, head_blocks, n_tiles, device)
     bw = read / (tk["us"] * 1e-6) / 1e9
     return {

@@ -173,6 +173,20 @@ def default_splits(rows: int, head_blocks: int, n_tiles: int, device: torch.devi
     return max(1, min(n_tiles, math.ceil(2 * sms / (rows * head_blocks))))
 
 
+def default_tiles(rows: int, fp8: bool) -> tuple[int, int]:
+    """``(block_h, block_n)``: query heads per program and KV rows per tile.
+
+    Chosen from the launch-parameter sweep on an H200 at 128k (docs/kernels.md): with many
+    rows, 32 heads per program read and dequantize each tile for twice the heads (up to 36%
+    faster at batch 32); with few rows that halves the programs and the GPU idles, so 16 heads,
+    with 64-row tiles for bf16 (fewer loop trips) and 32-row tiles for FP8 (the dequantized
+    tile stays small). Batch 16 was not measured: it takes the large-batch tiles.
+    """
+    if rows >= 16:
+        return 32, 32
+    return (16, 32) if fp8 else (16, 64)
+
+
 def sparse_decode(
     q: torch.Tensor,
     pos: torch.Tensor,
@@ -185,8 +199,8 @@ def sparse_decode(
     scale: float | None = None,
     window_size: int = 128,
     splits: int | None = None,
-    block_h: int = 16,
-    block_n: int = 32,
+    block_h: int | None = None,
+    block_n: int | None = None,
     num_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode attention for ``q [R, H, D]`` at ``pos [R]`` int32; returns ``(out, lse)``.
@@ -211,7 +225,9 @@ def sparse_decode(
     )
     k = int(sel.shape[1]) if kind is LayerKind.CSA else 0
     max_entries = k if kind is LayerKind.CSA else (comp.capacity if kind is LayerKind.HCA else 0)
-    block_h = max(16, min(block_h, triton.next_power_of_2(heads)))
+    tiles = default_tiles(rows, window.fmt is not None)
+    block_h = max(16, min(block_h or tiles[0], triton.next_power_of_2(heads)))
+    block_n = block_n or tiles[1]
     head_blocks = triton.cdiv(heads, block_h)
     n_tiles = triton.cdiv(window_size, block_n) + triton.cdiv(max_entries, block_n)
     if splits is None:
