@@ -3,11 +3,15 @@
 Every decode step feeds one new token per row into the layer's compressor. Each row keeps
 an online-softmax state per dim for the (at most two) entries still being pooled:
 ``state [rows, 2, 3, D]`` float32, slot ``e % 2`` holding entry ``e`` as
-``(max logit, sum of weights, weighted sum of values)``. A token at ``pos`` in block
-``b = pos // ratio`` adds its part 0 to entry ``b`` and, for CSA, its part 1 to entry
+``(max logit, sum of weights, weighted sum of values)``. A token's projections come in the
+checkpoint's order: for CSA (two parts) part 0 feeds the next entry and part 1 the entry of
+its own block; for HCA its single part feeds its own entry. A token at ``pos`` in block
+``b = pos // ratio`` therefore adds its own part to entry ``b`` and, for CSA, part 0 to entry
 ``b + 1``. When the token closes its block, entry ``b`` is finished: it is divided out,
-roped at ``ratio * b``, written to the paged cache (bf16 or FP8) and its slot is cleared.
-A row at ``pos == 0`` starts from an empty state whatever the slot holds.
+RMS-normalised with the learned weight, roped at ``ratio * b`` (interleaved pairs), written
+to the paged cache (bf16 or FP8) and its slot is cleared. A row at ``pos == 0`` starts from
+an empty state whatever the slot holds. One program handles a whole entry (the norm needs
+every dim).
 
 This matches ``reference.compress`` (a whole sequence at once) and
 ``reference.prefill_state`` (the state after a prefill).
@@ -70,20 +74,20 @@ def _store_state(state_ptr, st_row, slot, d, m, lsum, acc, D: tl.constexpr):  # 
 
 
 @triton.jit
-def _rope(  # type: ignore[no-untyped-def]
-    entry, d, pos, cos_ptr, sin_ptr, D: tl.constexpr, ROPE: tl.constexpr, BLOCK_D: tl.constexpr
-):
+def _rope(entry, d, pos, cos_ptr, sin_ptr, D: tl.constexpr, ROPE: tl.constexpr):  # type: ignore[no-untyped-def]
+    # Interleaved pairs (2k, 2k + 1) of the last ROPE dims; D - ROPE is even, so a dim's
+    # partner is d ^ 1, fetched from the same program's vector with tl.gather.
     half: tl.constexpr = ROPE // 2
     i = d - (D - ROPE)
     in_rope = i >= 0
-    first = i < half
-    local = tl.arange(0, BLOCK_D)
-    partner = tl.where(in_rope, tl.where(first, local + half, local - half), local)
+    even = (i % 2) == 0
+    local = tl.arange(0, D)
+    partner = tl.where(in_rope, local ^ 1, local)
     other = tl.gather(entry, partner, 0)
-    k = tl.where(in_rope, i % half, 0)
+    k = tl.where(in_rope, i // 2, 0)
     c = tl.load(cos_ptr + pos * half + k, mask=in_rope, other=1.0)
     s = tl.load(sin_ptr + pos * half + k, mask=in_rope, other=0.0)
-    rot = tl.where(first, entry * c - other * s, entry * c + other * s)
+    rot = tl.where(even, entry * c - other * s, entry * c + other * s)
     return tl.where(in_rope, rot, entry)
 
 
@@ -92,6 +96,8 @@ def _compress_decode_kernel(  # type: ignore[no-untyped-def]
     kv_ptr,
     gate_ptr,
     ape_ptr,
+    norm_ptr,
+    eps,
     pos_ptr,
     state_idx_ptr,
     state_ptr,
@@ -110,34 +116,36 @@ def _compress_decode_kernel(  # type: ignore[no-untyped-def]
     ROPE: tl.constexpr,
     TAIL: tl.constexpr,
     FP8: tl.constexpr,
-    BLOCK_D: tl.constexpr,
 ):
     row = tl.program_id(0)
-    pd = tl.program_id(1)
     pos = tl.load(pos_ptr + row)
     st = tl.load(state_idx_ptr + row).to(tl.int64)
     blk = pos // RATIO
     offset = pos % RATIO
-    d = pd * BLOCK_D + tl.arange(0, BLOCK_D)
+    d = tl.arange(0, D)
+    # the last part feeds the token's own entry (CSA: part 1; HCA: its only part)
     m0, l0, a0 = _accumulate(
-        state_ptr, kv_ptr, gate_ptr, ape_ptr, st, row, blk % 2, 0, offset, pos, d, D, P
+        state_ptr, kv_ptr, gate_ptr, ape_ptr, st, row, blk % 2, P - 1, offset, pos, d, D, P
     )
     if P == 2:
+        # part 0 feeds the next entry
         m1, l1, a1 = _accumulate(
-            state_ptr, kv_ptr, gate_ptr, ape_ptr, st, row, (blk + 1) % 2, 1, offset, pos, d, D, P
+            state_ptr, kv_ptr, gate_ptr, ape_ptr, st, row, (blk + 1) % 2, 0, offset, pos, d, D, P
         )
         _store_state(state_ptr, st, (blk + 1) % 2, d, m1, l1, a1, D)
     if offset == RATIO - 1:
-        empty = tl.zeros([BLOCK_D], dtype=tl.float32)
+        empty = tl.zeros([D], dtype=tl.float32)
         _store_state(state_ptr, st, blk % 2, d, empty - float("inf"), empty, empty, D)
         entry = a0 / l0
+        inv_rms = 1.0 / tl.sqrt(tl.sum(entry * entry, axis=0) / D + eps)
+        entry = entry * inv_rms * tl.load(norm_ptr + d)
         if ROPE > 0:
-            entry = _rope(entry, d, blk * RATIO, cos_ptr, sin_ptr, D, ROPE, BLOCK_D)
+            entry = _rope(entry, d, blk * RATIO, cos_ptr, sin_ptr, D, ROPE)
         page = tl.load(table_ptr + row.to(tl.int64) * table_stride + blk // block_size)
         slot = page.to(tl.int64) * block_size + blk % block_size
         if FP8:
-            nb: tl.constexpr = BLOCK_D // SCALE_BLOCK
-            ids = pd * nb + tl.arange(0, nb)
+            nb: tl.constexpr = D // SCALE_BLOCK
+            ids = tl.arange(0, nb)
             blocks = tl.reshape(entry, (nb, SCALE_BLOCK))
             store_fp8_blocks(
                 body_ptr, scale_ptr, slot, blocks, ids, ids < (D - TAIL) // SCALE_BLOCK, stride
@@ -159,6 +167,7 @@ def compress_decode(
     kv: torch.Tensor,
     gate: torch.Tensor,
     ape: torch.Tensor,
+    norm: torch.Tensor,
     pos: torch.Tensor,
     state: torch.Tensor,
     cache: PagedEntries,
@@ -166,35 +175,39 @@ def compress_decode(
     cos: torch.Tensor,
     sin: torch.Tensor,
     *,
+    eps: float,
     state_index: torch.Tensor | None = None,
-    block_d: int = 128,
 ) -> None:
     """Feed one token per row into the compressor; finished entries go to ``cache``.
 
-    ``kv, gate [R, P, D]`` are the token's compressor projections (``P = 2`` for CSA),
-    ``ape [ratio, P, D]`` the learned logit bias, ``pos [R]`` int32 the token positions,
-    ``state [S, 2, 3, D]`` float32 (rows pick their state with ``state_index [R]``, default
-    ``arange(R)``), ``cos, sin [max_pos, rope_dim // 2]`` float32. Updates ``state`` and
-    ``cache`` in place.
+    ``kv, gate [R, P, D]`` are the token's compressor projections in the checkpoint's order
+    (``P = 2`` for CSA: part 0 feeds the next entry, part 1 the token's own), ``ape
+    [ratio, P, D]`` the learned logit bias, ``norm [D]`` the RMSNorm weight applied to a
+    finished entry (with ``eps``), ``pos [R]`` int32 the token positions, ``state [S, 2, 3,
+    D]`` float32 (rows pick their state with ``state_index [R]``, default ``arange(R)``),
+    ``cos, sin [max_pos, rope_dim // 2]`` float32 (``reference.rope_tables``). Updates
+    ``state`` and ``cache`` in place.
     """
-    rows, parts, dim = kv.shape
-    if kind is LayerKind.WINDOW or parts != (2 if kind.overlap else 1):
-        raise ValueError(f"{kind} layers take {2 if kind.overlap else 1} parts, got {parts}")
+    rows, n_parts, dim = kv.shape
+    if kind is LayerKind.WINDOW or n_parts != (2 if kind.overlap else 1):
+        raise ValueError(f"{kind} layers take {2 if kind.overlap else 1} parts, got {n_parts}")
     if cache.dim != dim or state.shape[1:] != (2, 3, dim) or state.dtype != torch.float32:
         raise ValueError("state must be float32 [S, 2, 3, D] and the cache of dim D")
+    if norm.shape != (dim,):
+        raise ValueError(f"norm weight must be [{dim}]")
     rope = 2 * cos.shape[1]
-    block_d = min(block_d, dim)
-    if dim % block_d or block_d < max(rope, SCALE_BLOCK.value):
-        raise ValueError(f"block_d {block_d} must divide {dim} and hold the {rope} roped dims")
+    if dim & (dim - 1) or dim < max(rope, SCALE_BLOCK.value) or (dim - rope) % 2:
+        raise ValueError(f"dim {dim} must be a power of two holding the {rope} roped dims")
     if state_index is None:
         state_index = torch.arange(rows, dtype=torch.int32, device=kv.device)
     args = cache.kernel_args()
     tail = cache.fmt.tail if cache.fmt else 0
-    grid = (rows, dim // block_d)
-    _compress_decode_kernel[grid](
+    _compress_decode_kernel[(rows,)](
         kv.contiguous(),
         gate.contiguous(),
         ape.float().contiguous(),
+        norm.float().contiguous(),
+        float(eps),
         pos,
         state_index,
         state,
@@ -208,10 +221,9 @@ def compress_decode(
         args.scales,
         args.stride,
         D=dim,
-        P=parts,
+        P=n_parts,
         RATIO=kind.ratio,
         ROPE=rope,
         TAIL=tail,
         FP8=cache.fmt is not None,
-        BLOCK_D=block_d,
     )

@@ -5,7 +5,8 @@ Given the new token's projections (as ``reference_layer.project`` computes them)
 1. writes the token's roped KV into the window cache (entry ``pos % capacity``);
 2. feeds the compressor (and, for CSA, the indexer-key compressor) one token;
 3. for CSA, scores the visible indexer keys and selects the top-k entries;
-4. runs sparse decode attention with the sink and rotates the output back (inverse RoPE).
+4. runs sparse decode attention with the sink and rotates the output back (inverse RoPE,
+   interleaved pairs, the layer's RoPE table).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class TokenInputs:
 
     q: torch.Tensor  # [R, H, D] roped
     raw: torch.Tensor  # [R, D] roped
-    comp_kv: torch.Tensor | None = None  # [R, P, D]
+    comp_kv: torch.Tensor | None = None  # [R, P, D] (checkpoint order: CSA part 0 = next entry)
     comp_gate: torch.Tensor | None = None
     index_q: torch.Tensor | None = None  # [R, Hi, Di] roped
     index_w: torch.Tensor | None = None  # [R, Hi]
@@ -57,8 +58,10 @@ class LayerParams:
     sink: torch.Tensor  # [H]
     ape: torch.Tensor | None  # [ratio, P, D]
     index_ape: torch.Tensor | None  # [4, 2, Di]
-    tables: tuple[torch.Tensor, torch.Tensor]
-    index_tables: tuple[torch.Tensor, torch.Tensor]
+    tables: tuple[torch.Tensor, torch.Tensor]  # the layer's RoPE (shape.rope(kind)), rope_dim
+    index_tables: tuple[torch.Tensor, torch.Tensor]  # the same RoPE, index_rope_dim
+    norm: torch.Tensor | None = None  # compressor RMSNorm weight [D]
+    index_norm: torch.Tensor | None = None  # indexer-key compressor RMSNorm weight [Di]
 
 
 def decode_step(
@@ -72,11 +75,13 @@ def decode_step(
             _need(token.comp_kv, "comp_kv"),
             _need(token.comp_gate, "comp_gate"),
             _need(params.ape, "ape"),
+            _need(params.norm, "norm"),
             pos,
             _need(caches.state, "state"),
             _need(caches.compressed, "compressed"),
             kind,
             *params.tables,
+            eps=shape.norm_eps,
         )
     selected = None
     if kind is LayerKind.CSA:
@@ -85,11 +90,13 @@ def decode_step(
             _need(token.index_kv, "index_kv"),
             _need(token.index_gate, "index_gate"),
             _need(params.index_ape, "index_ape"),
+            _need(params.index_norm, "index_norm"),
             pos,
             _need(caches.index_state, "index_state"),
             keys,
             kind,
             *params.index_tables,
+            eps=shape.norm_eps,
         )
         selected = index_topk(
             _need(token.index_q, "index_q"),

@@ -96,6 +96,8 @@ def v4_compress_decode(
     kv: torch.Tensor,
     gate: torch.Tensor,
     ape: torch.Tensor,
+    norm: torch.Tensor,
+    eps: float,
     pos: torch.Tensor,
     state: torch.Tensor,
     cache_data: torch.Tensor,
@@ -109,7 +111,18 @@ def v4_compress_decode(
 ) -> None:
     cache = _cache(cache_data, cache_table, cache_block_size, kv.shape[-1], tail)
     compress_decode(
-        kv, gate, ape, pos, state, cache, LayerKind(kind), cos, sin, state_index=state_index
+        kv,
+        gate,
+        ape,
+        norm,
+        pos,
+        state,
+        cache,
+        LayerKind(kind),
+        cos,
+        sin,
+        eps=eps,
+        state_index=state_index,
     )
 
 

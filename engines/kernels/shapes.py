@@ -11,6 +11,10 @@ kind, compressed entries:
 
 Causality: a query at position ``i`` may use entry ``j`` of a layer with ratio ``r`` only when
 ``i >= r * j + r - 1``, i.e. when the last token the entry pools has been seen.
+
+RoPE differs by layer kind (``AttentionShape.rope``): window-only layers use ``rope_theta``
+without scaling; CSA and HCA layers use ``compress_rope_theta`` with YaRN frequency
+interpolation. The numbers are the checkpoint's ``config.json`` values.
 """
 
 from __future__ import annotations
@@ -34,6 +38,27 @@ class LayerKind(StrEnum):
     def overlap(self) -> bool:
         """Whether an entry also pools the previous block (CSA: 8 tokens at stride 4)."""
         return self is LayerKind.CSA
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """RoPE frequencies of one layer: base ``theta`` and optional YaRN interpolation.
+
+    ``original_max_pos == 0`` disables YaRN. With YaRN, frequency ``i`` of ``rope_dim // 2``
+    is blended between ``f_i / factor`` (slow dims) and ``f_i`` (fast dims) by a linear ramp
+    over the correction range given by ``beta_fast`` and ``beta_slow`` rotations within
+    ``original_max_pos`` positions. The softmax scale is not changed.
+    """
+
+    theta: float = 10000.0
+    factor: float = 1.0
+    original_max_pos: int = 0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+
+    @property
+    def yarn(self) -> bool:
+        return self.original_max_pos > 0
 
 
 def visible_entries(pos: int, ratio: int) -> int:
@@ -64,6 +89,27 @@ class AttentionShape:
     index_heads: int = 64
     index_dim: int = 128
     index_rope_dim: int = 64
+    # RoPE (config.json: rope_theta, compress_rope_theta, rope_scaling) and RMSNorm eps
+    rope_theta: float = 10000.0
+    compress_rope_theta: float = 160000.0
+    rope_factor: float = 16.0
+    rope_original_max_pos: int = 65536
+    rope_beta_fast: float = 32.0
+    rope_beta_slow: float = 1.0
+    norm_eps: float = 1e-6
+
+    def rope(self, kind: LayerKind) -> RopeConfig:
+        """The RoPE of a layer kind: plain ``rope_theta`` for window-only layers, else
+        ``compress_rope_theta`` with YaRN. The indexer of a CSA layer uses its layer's."""
+        if kind is LayerKind.WINDOW:
+            return RopeConfig(theta=self.rope_theta)
+        return RopeConfig(
+            theta=self.compress_rope_theta,
+            factor=self.rope_factor,
+            original_max_pos=self.rope_original_max_pos,
+            beta_fast=self.rope_beta_fast,
+            beta_slow=self.rope_beta_slow,
+        )
 
     @property
     def n_layers(self) -> int:

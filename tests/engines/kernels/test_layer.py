@@ -16,7 +16,7 @@ from engines.kernels.compressor import new_state
 from engines.kernels.fp8 import dequantize, quantize
 from engines.kernels.layer_decode import LayerCaches, LayerParams, TokenInputs, decode_step
 from engines.kernels.paged import PagedEntries
-from engines.kernels.reference_layer import LayerTensors, LayerWeights, project
+from engines.kernels.reference_layer import LayerTensors, LayerWeights, layer_tables, project
 from engines.kernels.shapes import AttentionShape, LayerKind, visible_entries
 from tests.engines.kernels.util import fp8_format, randn, ref, torch
 
@@ -66,7 +66,7 @@ def _prefill(
     keys = _cache(rows, torch.stack([x.index_keys[:n] for x in ts]), t // 4 + 1, di, fp8, device)  # type: ignore[index]
     istate = new_state(rows, di, device)
     for r, x in enumerate(ts):
-        istate[r] = ref.prefill_state(x.index_kv, x.index_gate, w.iape, kind, start)  # type: ignore[arg-type]
+        istate[r] = ref.prefill_state(x.index_kv, x.index_gate, w.index_ape, kind, start)  # type: ignore[arg-type]
     return LayerCaches(kind, window, comp, state, keys, istate)
 
 
@@ -94,21 +94,16 @@ def _row(x: torch.Tensor | None, p: int) -> torch.Tensor | None:
 def test_decode_steps_match_the_reference_layer(
     kind: LayerKind, start: int, t: int, fp8: bool, device: str
 ) -> None:
-    weights = LayerWeights.random(TINY, kind, hidden=32, seed=11)
-    tables = ref.rope_tables(512, TINY.rope_dim, device=device)
-    itables = ref.rope_tables(512, TINY.index_rope_dim, device=device)
-    w = LayerWeights(
-        **{
-            k: (v.to(device) if isinstance(v, torch.Tensor) else v)
-            for k, v in vars(weights).items()
-        }
-    )
+    w = LayerWeights.random(TINY, kind, hidden=32, seed=11).to(device)
+    tables, itables = layer_tables(TINY, kind, 512, device)
     ts = [
         project(randn(t, 32, seed=20 + r, device=device), w, TINY, tables, itables)
         for r in range(2)
     ]
     caches = _prefill(ts, w, start, t, fp8, device)
-    params = LayerParams(TINY, w.sink, w.ape, w.iape, tables, itables)
+    params = LayerParams(
+        TINY, w.attn_sink, w.ape, w.index_ape, tables, itables, w.comp_norm, w.idx_comp_norm
+    )
     for p in range(start, t):
         token = TokenInputs(
             *(
@@ -146,7 +141,7 @@ def test_decode_steps_match_the_reference_layer(
                 _stored(x.raw, fp8),
                 entries,
                 chosen,
-                w.sink,
+                w.attn_sink,
                 TINY.softmax_scale,
                 TINY.window,
             )

@@ -6,7 +6,7 @@ import pytest
 
 from engines.kernels import plugin
 from engines.kernels.plugin import decide
-from engines.kernels.shapes import LayerKind
+from engines.kernels.shapes import FLASH, LayerKind
 from tests.engines.kernels.util import filled_cache, randn, ref, torch
 
 
@@ -100,7 +100,7 @@ def test_compress_op_mutates_state_and_cache(device: str, monkeypatch: pytest.Mo
         randn(1, 4, 1, dim, seed=2, device=device),
     )
     ape = torch.zeros(128, 1, dim, device=device)
-    cos, sin = ref.rope_tables(256, 32, device=device)
+    cos, sin = ref.rope_tables(256, 32, FLASH.rope(LayerKind.HCA), device=device)
     cache = PagedEntries.allocate(1, 2, dim, block_size=2, device=device)
     state = new_state(1, dim, device)
     pos = torch.tensor([0], dtype=torch.int32, device=device)
@@ -108,6 +108,8 @@ def test_compress_op_mutates_state_and_cache(device: str, monkeypatch: pytest.Mo
         kv[:, 0],
         gate[:, 0],
         ape,
+        torch.ones(dim, device=device),
+        1e-6,
         pos,
         state,
         cache.data,

@@ -196,8 +196,9 @@ def run_compress(ctx: int, kind: LayerKind, index_keys: bool, fp8: bool, device:
 
     Tokens are generated for the last ``4 * ratio`` positions only. Pooling does not depend
     on absolute positions, so the reference pools these tokens as a sequence of their own
-    (its first entry lacks the previous block: only later entries are compared) and ropes
-    the entries at their real positions. ``base // ratio`` is even, so the state slots of
+    (its first entry lacks the previous block: only later entries are compared), then
+    normalises and ropes the entries at their real positions with the layer's real RoPE
+    (``compress_rope_theta`` with YaRN). ``base // ratio`` is even, so the state slots of
     the local and the real entry numbers agree.
     """
     ratio, parts = kind.ratio, 2 if kind.overlap else 1
@@ -212,7 +213,8 @@ def run_compress(ctx: int, kind: LayerKind, index_keys: bool, fp8: bool, device:
     kv = _randn(rows, length, parts, dim, seed=50, device=device)
     gate = _randn(rows, length, parts, dim, seed=51, device=device)
     ape = _randn(ratio, parts, dim, seed=52, device=device, scale=0.5)
-    cos, sin = ref.rope_tables(ctx, rope, device=device)
+    norm = 1.0 + _randn(dim, seed=54, device=device, scale=0.2)
+    cos, sin = ref.rope_tables(ctx, rope, FLASH.rope(kind), device=device)
     fmt = (KV_FORMAT if dim == KV_FORMAT.dim else INDEX_FORMAT) if fp8 else None
     cache = PagedEntries.allocate(
         rows, ctx // ratio, dim, block_size=BLOCK, fmt=fmt, device=device, seed=53
@@ -229,12 +231,14 @@ def run_compress(ctx: int, kind: LayerKind, index_keys: bool, fp8: bool, device:
             kv[rr, local],
             gate[rr, local],
             ape,
+            norm,
             pos,
             state,
             cache,
             kind,
             cos,
             sin,
+            eps=FLASH.norm_eps,
             state_index=index,
         )
     for r, s in enumerate(starts):
@@ -242,7 +246,7 @@ def run_compress(ctx: int, kind: LayerKind, index_keys: bool, fp8: bool, device:
         first, last = s // ratio, end // ratio  # entries the decode steps finished
         pooled = ref.pool(kv[r, :end], gate[r, :end], ape, ratio, kind.overlap)[first:last]
         ent = torch.arange(first, last, device=device) + base // ratio
-        want = ref.apply_rope(pooled, ent * ratio, cos, sin)
+        want = ref.finish_entries(pooled, ent * ratio, norm, FLASH.norm_eps, cos, sin)
         got = cache.read(r, ent)
         bound = fp8_bound(want) if fp8 else 2.0**-7 * want.abs() + 1e-5
         err = (got - want).abs()
