@@ -107,7 +107,7 @@ class LayerWeights:
     def from_state_dict(cls, kind: LayerKind, tensors: dict[str, torch.Tensor]) -> LayerWeights:
         return cls(
             kind=kind,
-            **{f: tensors[n] for f, n in CHECKPOINT_NAMES.items() if n in tensors},  # type: ignore[arg-type]
+            **{f: tensors[n] for f, n in CHECKPOINT_NAMES.items() if n in tensors},
         )
 
     def to(self, device: torch.device | str) -> LayerWeights:

@@ -32,8 +32,11 @@ compared with it. The semantics it encodes, each from DeepSeek's ``inference/mod
 * Output: heads in ``o_groups`` groups, ``wo_a`` (rows ``g * rank ..`` for group ``g``), then
   ``wo_b``.
 
-Not modelled: the FP8 / FP4 quantisation the released code simulates (KV non-rope dims,
-indexer activations) and its bf16 intermediate roundings; the oracle is exact arithmetic.
+With ``fp8_kv`` the oracle also rounds the KV's non-rope dims as the released code does
+before attention (raw KV and compressed entries alike): blocks of 64 values, a power-of-two
+scale ``2 ** ceil(log2(amax / 448))``, values rounded to FP8 e4m3; the roped dims stay
+exact. Not modelled: the FP4 simulation of the indexer's queries and keys, and the bf16
+roundings of intermediate values; otherwise the oracle is exact (float64) arithmetic.
 """
 
 from __future__ import annotations
@@ -94,6 +97,16 @@ def hadamard(x: torch.Tensor) -> torch.Tensor:
     return x @ h / math.sqrt(n)
 
 
+def fp8_rounded(x: torch.Tensor, rope_dim: int) -> torch.Tensor:
+    """``x [..., D]`` with its first ``D - rope_dim`` values rounded to FP8 e4m3 in blocks of
+    64 with power-of-two scales."""
+    body = x[..., :-rope_dim].reshape(*x.shape[:-1], -1, 64)
+    amax = body.abs().amax(dim=-1, keepdim=True).clamp_min(1e-4)
+    scale = torch.exp2(torch.ceil(torch.log2(amax / 448.0)))
+    rounded = (body / scale).clamp(-448, 448).to(torch.float8_e4m3fn).to(F64) * scale
+    return torch.cat([rounded.flatten(-2), x[..., -rope_dim:]], dim=-1)
+
+
 def compressed_entries(
     x: torch.Tensor,
     w: dict[str, torch.Tensor],
@@ -126,8 +139,39 @@ def compressed_entries(
     return {"entries": out, "kv_proj": kv, "gate_proj": gate}
 
 
+def attend(
+    q: torch.Tensor,
+    i: int,
+    kv: torch.Tensor,
+    entries: torch.Tensor | None,
+    chosen: torch.Tensor | None,
+    sink: torch.Tensor,
+    cfg: dict[str, Any],
+    ratio: int,
+) -> torch.Tensor:
+    """Attention output ``[H, D]`` (rotated back) of the query ``q [H, D]`` at position ``i``
+    over its window of ``kv [T, D]`` and its compressed entries: ``chosen`` ones (ratio 4)
+    or every visible one."""
+    q, kv, sink = q.to(F64), kv.to(F64), sink.to(F64)
+    keys = [kv[max(0, i - cfg["sliding_window"] + 1) : i + 1]]
+    if entries is not None:
+        entries = entries.to(F64)
+        keys.append(entries[chosen] if ratio == 4 else entries[: (i + 1) // ratio])
+    k = torch.cat(keys)
+    logits = q @ k.T * cfg["head_dim"] ** -0.5  # [H, M]
+    top = torch.maximum(logits.max(dim=1).values, sink)
+    p = torch.exp(logits - top[:, None])
+    denom = p.sum(dim=1) + torch.exp(sink - top)
+    return rotate((p / denom[:, None]) @ k, torch.tensor(i), rope_freqs(cfg, ratio), inverse=True)
+
+
 def attention_layer(
-    x: torch.Tensor, weights: dict[str, torch.Tensor], cfg: dict[str, Any], ratio: int
+    x: torch.Tensor,
+    weights: dict[str, torch.Tensor],
+    cfg: dict[str, Any],
+    ratio: int,
+    *,
+    fp8_kv: bool = False,
 ) -> dict[str, Any]:
     """Prefill of one attention layer of compress ratio ``ratio`` (0, 4 or 128).
 
@@ -138,7 +182,6 @@ def attention_layer(
     x = x.to(F64)
     t = x.shape[0]
     heads, dim, eps = cfg["num_attention_heads"], cfg["head_dim"], cfg["rms_norm_eps"]
-    window = cfg["sliding_window"]
     freqs = rope_freqs(cfg, ratio)
     pos = torch.arange(t)
 
@@ -146,12 +189,17 @@ def attention_layer(
     q = rmsnorm((latent @ w["wq_b.weight"].T).reshape(t, heads, dim), None, eps)
     q = rotate(q, pos[:, None], freqs)
     kv = rotate(rmsnorm(x @ w["wkv.weight"].T, w["kv_norm.weight"], eps), pos, freqs)
+    rope_dim = cfg["qk_rope_head_dim"]
+    if fp8_kv:
+        kv = fp8_rounded(kv, rope_dim)
 
     out: dict[str, Any] = {"freqs": freqs, "q": q, "kv": kv}
     entries = None
     if ratio:
         comp = compressed_entries(x, w, "compressor.", ratio, freqs, eps)
         entries = comp["entries"]
+        if fp8_kv:
+            entries = fp8_rounded(entries, rope_dim)
         out.update(entries=entries, comp_kv_proj=comp["kv_proj"], comp_gate_proj=comp["gate_proj"])
 
     selected: list[torch.Tensor] = []
@@ -178,19 +226,12 @@ def attention_layer(
             index_gate_proj=icomp["gate_proj"],
         )
 
-    scale, sink = dim**-0.5, w["attn_sink"]
-    rows = []
-    for i in range(t):
-        keys_i = [kv[max(0, i - window + 1) : i + 1]]
-        if entries is not None:
-            n_vis = (i + 1) // ratio
-            keys_i.append(entries[selected[i]] if ratio == 4 else entries[:n_vis])
-        k_i = torch.cat(keys_i)
-        logits = q[i] @ k_i.T * scale  # [H, M]
-        top = torch.maximum(logits.max(dim=1).values, sink)
-        p = torch.exp(logits - top[:, None])
-        denom = p.sum(dim=1) + torch.exp(sink - top)
-        rows.append(rotate((p / denom[:, None]) @ k_i, torch.tensor(i), freqs, inverse=True))
+    rows = [
+        attend(
+            q[i], i, kv, entries, selected[i] if ratio == 4 else None, w["attn_sink"], cfg, ratio
+        )
+        for i in range(t)
+    ]
     o = torch.stack(rows)  # [T, H, D]
 
     groups = cfg["o_groups"]

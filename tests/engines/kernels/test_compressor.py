@@ -15,7 +15,6 @@ from engines.kernels.paged import PagedEntries
 from engines.kernels.shapes import FLASH, LayerKind
 from tests.engines.kernels.util import BF16_ATOL, fp8_bound, fp8_format, randn, ref, torch
 
-
 EPS = FLASH.norm_eps
 
 
@@ -73,7 +72,18 @@ def _run(
         tok_kv = torch.stack([kv[r, int(pos[r])] for r in range(rows)])
         tok_gate = torch.stack([gate[r, int(pos[r])] for r in range(rows)])
         compress_decode(
-            tok_kv, tok_gate, ape, norm, pos, state, cache, kind, cos, sin, eps=EPS, state_index=index
+            tok_kv,
+            tok_gate,
+            ape,
+            norm,
+            pos,
+            state,
+            cache,
+            kind,
+            cos,
+            sin,
+            eps=EPS,
+            state_index=index,
         )
     for r in range(rows):
         end = int(start[r]) + steps

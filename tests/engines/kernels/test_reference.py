@@ -101,7 +101,9 @@ def test_rope_rotates_interleaved_pairs() -> None:
     y = ref.apply_rope(x, pos, cos, sin)
     f = 10000.0 ** (-torch.arange(0, 8, 2, dtype=torch.float64) / 8)
     z = torch.view_as_complex(x[:, 4:].double().reshape(2, 4, 2).contiguous())
-    want = torch.view_as_real(z * torch.polar(torch.ones(2, 4, dtype=torch.float64), pos[:, None] * f))
+    want = torch.view_as_real(
+        z * torch.polar(torch.ones(2, 4, dtype=torch.float64), pos[:, None] * f)
+    )
     assert torch.allclose(y[:, 4:].double(), want.flatten(-2), atol=1e-5)
     assert torch.equal(y[:, :4], x[:, :4])
     # a vector living in one pair stays in that pair (rotate-half would move it to dim i + 4)
