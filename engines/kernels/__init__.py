@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from engines.kernels.shapes import FLASH, PRO, AttentionShape, LayerKind
+from engines.kernels.shapes import FLASH, PRO, AttentionShape, LayerKind, RopeConfig
 
 _LAZY = {
     "compress_decode": "engines.kernels.compressor",
@@ -31,7 +31,7 @@ _LAZY = {
     "INDEX_FORMAT": "engines.kernels.fp8",
 }
 
-__all__ = ["FLASH", "PRO", "AttentionShape", "LayerKind", *_LAZY]
+__all__ = ["FLASH", "PRO", "AttentionShape", "LayerKind", "RopeConfig", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -20,8 +20,10 @@ interpolation. The numbers are the checkpoint's ``config.json`` values.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class LayerKind(StrEnum):
@@ -97,6 +99,39 @@ class AttentionShape:
     rope_beta_fast: float = 32.0
     rope_beta_slow: float = 1.0
     norm_eps: float = 1e-6
+
+    @classmethod
+    def from_config(cls, name: str, config: Mapping[str, Any]) -> AttentionShape:
+        """The attention shape a model's ``config.json`` (Hugging Face keys) describes.
+
+        Layer kinds come from ``compress_ratios`` (0: window only, 4: CSA, 128: HCA) over the
+        first ``num_hidden_layers`` entries (later ones belong to the MTP layers); the
+        indexer ropes ``qk_rope_head_dim`` dims like the layer."""
+        ratios = list(config["compress_ratios"])[: config["num_hidden_layers"]]
+        if set(ratios) - {0, 4, 128}:
+            raise ValueError(f"unknown compress ratios {sorted(set(ratios) - {0, 4, 128})}")
+        scaling = config.get("rope_scaling") or {}
+        return cls(
+            name=name,
+            n_heads=config["num_attention_heads"],
+            index_topk=config["index_topk"],
+            window_layers=ratios.count(0),
+            csa_layers=ratios.count(4),
+            hca_layers=ratios.count(128),
+            head_dim=config["head_dim"],
+            rope_dim=config["qk_rope_head_dim"],
+            window=config["sliding_window"],
+            index_heads=config["index_n_heads"],
+            index_dim=config["index_head_dim"],
+            index_rope_dim=config["qk_rope_head_dim"],
+            rope_theta=float(config["rope_theta"]),
+            compress_rope_theta=float(config["compress_rope_theta"]),
+            rope_factor=float(scaling.get("factor", 1.0)),
+            rope_original_max_pos=int(scaling.get("original_max_position_embeddings", 0)),
+            rope_beta_fast=float(scaling.get("beta_fast", 32)),
+            rope_beta_slow=float(scaling.get("beta_slow", 1)),
+            norm_eps=float(config["rms_norm_eps"]),
+        )
 
     def rope(self, kind: LayerKind) -> RopeConfig:
         """The RoPE of a layer kind: plain ``rope_theta`` for window-only layers, else

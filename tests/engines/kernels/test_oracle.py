@@ -44,10 +44,6 @@ from engines.kernels.shapes import PRO, AttentionShape, LayerKind, visible_entri
 from tests.engines.kernels.oracle import attend, attention_layer, rope_freqs
 from tests.engines.kernels.util import BF16_ATOL, fp8_bound, randn, ref, torch
 
-SHAPE = AttentionShape(
-    name="oracle", n_heads=4, index_topk=4, window_layers=1, csa_layers=1, hca_layers=1,
-    head_dim=128, rope_dim=64, window=8, index_heads=4, index_dim=128, index_rope_dim=64,
-)  # fmt: skip
 HIDDEN, Q_RANK, GROUPS, RANK = 64, 32, 2, 32
 ROPE_SCALING = {
     "type": "yarn",
@@ -56,23 +52,33 @@ ROPE_SCALING = {
     "beta_fast": 32,
     "beta_slow": 1,
 }
-# config.json keys, as the oracle reads them, for the tiny layer
+# config.json keys for the tiny model (one window, one CSA, one HCA layer): the oracle reads
+# them, and the project's shape is built from them
 CONFIG: dict[str, Any] = {
-    "num_attention_heads": SHAPE.n_heads,
-    "head_dim": SHAPE.head_dim,
-    "qk_rope_head_dim": SHAPE.rope_dim,
+    "num_hidden_layers": 3,
+    "compress_ratios": [0, 4, 128],
+    "num_attention_heads": 4,
+    "head_dim": 128,
+    "qk_rope_head_dim": 64,
     "rms_norm_eps": 1e-6,
-    "sliding_window": SHAPE.window,
+    "sliding_window": 8,
     "rope_theta": 10000,
     "compress_rope_theta": 160000,
     "rope_scaling": ROPE_SCALING,
-    "index_n_heads": SHAPE.index_heads,
-    "index_head_dim": SHAPE.index_dim,
-    "index_topk": SHAPE.index_topk,
+    "index_n_heads": 4,
+    "index_head_dim": 128,
+    "index_topk": 4,
     "o_groups": GROUPS,
+    "o_lora_rank": RANK,
+    "q_lora_rank": Q_RANK,
+    "hidden_size": HIDDEN,
 }
-# The released V4-Pro config.json (attention keys)
+SHAPE = AttentionShape.from_config("oracle", CONFIG)
+# The released V4-Pro config.json (attention keys; compress_ratios: 61 layers, then the MTP
+# layer's 0)
 PRO_CONFIG: dict[str, Any] = {
+    "num_hidden_layers": 61,
+    "compress_ratios": [128, 128] + [4, 128] * 29 + [4, 0],
     "num_attention_heads": 128,
     "head_dim": 512,
     "qk_rope_head_dim": 64,
@@ -113,6 +119,9 @@ def _close(got: torch.Tensor, want: torch.Tensor, atol: float) -> None:
 
 
 def test_shapes_carry_the_released_config() -> None:
+    assert len(PRO_CONFIG["compress_ratios"]) == 62
+    assert AttentionShape.from_config("pro", PRO_CONFIG) == PRO
+    assert (SHAPE.window_layers, SHAPE.csa_layers, SHAPE.hca_layers) == (1, 1, 1)
     assert PRO.n_heads == PRO_CONFIG["num_attention_heads"]
     assert (PRO.head_dim, PRO.rope_dim) == (PRO_CONFIG["head_dim"], PRO_CONFIG["qk_rope_head_dim"])
     assert PRO.window == PRO_CONFIG["sliding_window"]
