@@ -92,17 +92,65 @@ def bbh(path: Path) -> Iterator[Row]:
         yield Row(r["id"], "bbh", str(r["task"]), r["input"], miss, {"direct": direct, "cot": cot})
 
 
+def _share_wrong(correct: Mapping[str, bool]) -> float:
+    return sum(not v for v in correct.values()) / len(correct)
+
+
+def dcrouter(path: Path) -> Iterator[Row]:
+    """DCRouter's task families, each its own source (``dcrouter/<task>``); multiple-choice
+    stems get their options appended as a user would send them."""
+    for r in _read(path):
+        correct = {k: _bool(v) for k, v in _mapping(r["correct"]).items() if v is not None}
+        if not correct:
+            continue
+        prompt = r["prompt"]
+        choices = r.get("choices")
+        if isinstance(choices, str) and choices.startswith("["):
+            choices = ast.literal_eval(choices)
+        if isinstance(choices, list) and choices:
+            prompt += "\n" + "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
+        source = f"dcrouter/{r['source']}"
+        yield Row(r["id"], source, source, prompt, _share_wrong(correct), correct)
+
+
+def zeroeval(path: Path) -> Iterator[Row]:
+    """ZeroEval MATH level 5 or CRUXEval-O: per-run outcomes of 43 / 51 model runs."""
+    for r in _read(path):
+        correct = {k: _bool(v) for k, v in _mapping(r["correct"]).items() if v is not None}
+        if not correct:
+            continue
+        source = f"zeroeval/{r['source']}"
+        yield Row(r["id"], source, source, r["prompt"], _share_wrong(correct), correct)
+
+
 LOADERS = {
     "mmlu_pro_outcomes.jsonl.gz": mmlu_pro,
     "math_levels.jsonl.gz": math_levels,
     "gsm8k.jsonl.gz": gsm8k,
     "bbh_cot.jsonl.gz": bbh,
 }
+# Sources added for the generic prior and the floor (loaded by ``all_rows``); ``shared_rows``
+# keeps the four above so that the linear model's training data is unchanged.
+MORE_LOADERS = {
+    "dcrouter_outcomes.jsonl.gz": dcrouter,
+    "zeroeval_math_l5.jsonl.gz": zeroeval,
+    "zeroeval_crux.jsonl.gz": zeroeval,
+}
 
 
 def shared_rows(directory: Path) -> list[Row]:
     rows: list[Row] = []
     for name, loader in LOADERS.items():
+        path = directory / name
+        if path.exists():
+            rows.extend(loader(path))
+    return rows
+
+
+def all_rows(directory: Path) -> list[Row]:
+    """Every public source with labels: the four of ``shared_rows`` plus DCRouter and ZeroEval."""
+    rows = shared_rows(directory)
+    for name, loader in MORE_LOADERS.items():
         path = directory / name
         if path.exists():
             rows.extend(loader(path))
