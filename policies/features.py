@@ -1,13 +1,20 @@
 """Request features for the router: cheap, bounded work whatever the prompt's size.
 
-Only the last user turn is read, and only its last ``max_scan_chars`` characters; the rest
-of the conversation contributes lengths and counts. A 1M-token prompt costs what a long
-last turn costs. Hashed n-grams use CRC32, stable across processes (never ``hash()``).
+Only the newest user turn is read, and only its last ``max_scan_chars`` characters; the
+rest of the conversation contributes lengths and counts. A 1M-token prompt costs what a
+long last turn costs. Hashed n-grams use CRC32, stable across processes (never ``hash()``).
+
+The newest *task* turn is the last user message with text of its own: a user message that
+only carries tool results (an agent loop's) is skipped. Harness text is not the task:
+``<system-reminder>`` blocks are dropped, and when the newest turn repeats the start of the
+previous user turn (a harness that resends its instructions every turn), only what it adds
+counts. The task's length is that added text's.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import zlib
 from collections.abc import Mapping, Sequence
@@ -57,12 +64,18 @@ DENSE_NAMES = (
 )
 
 
+_REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.S)
+REPEAT_MIN_CHARS = 64  # a shared prefix shorter than this is not a repeated harness
+REPEAT_SCAN_CHARS = 8000  # how much of two turns is compared for a repeated prefix
+
+
 @dataclass(frozen=True, slots=True)
 class Features:
     dense: tuple[float, ...]
     hashed: tuple[int, ...]
     total_chars: int
     last_user_chars: int
+    task: str = ""  # the scanned task text (at most max_scan_chars), for an embedding
 
 
 def _text(content: Any) -> str:
@@ -114,6 +127,8 @@ def from_text(
     max_scan_chars: int = MAX_SCAN_CHARS,
 ) -> Features:
     scan = last[-max_scan_chars:]
+    if "<system-reminder>" in scan:
+        scan = _REMINDER.sub("", scan)
     low = scan.lower()
     n = max(len(scan), 1)
     last_len = len(last) if last_chars is None else last_chars
@@ -136,7 +151,16 @@ def from_text(
         digits / n,
         1.0 if has_system else 0.0,
     )
-    return Features(dense, hash_ngrams(scan), total, last_len)
+    return Features(dense, hash_ngrams(scan), total, last_len, scan)
+
+
+def _added(last: str, prev: str) -> int:
+    """Length of the prefix ``last`` repeats from ``prev`` (0 below REPEAT_MIN_CHARS)."""
+    if not prev or last[:REPEAT_MIN_CHARS] != prev[:REPEAT_MIN_CHARS]:
+        return 0
+    a, b = last[:REPEAT_SCAN_CHARS], prev[:REPEAT_SCAN_CHARS]
+    n = len(os.path.commonprefix((a, b)))
+    return n if n >= REPEAT_MIN_CHARS else 0
 
 
 def extract_features(
@@ -147,22 +171,29 @@ def extract_features(
     max_scan_chars: int = MAX_SCAN_CHARS,
 ) -> Features:
     total = 0
-    last = ""
+    last = prev = ""
     last_len = 0
     turns = 0
     has_system = False
     for m in messages:
         content = m.get("content")
-        total += _length(content)
+        size = _length(content)
+        total += size
         role = m.get("role")
         if role == "user":
             turns += 1
-            last_len = _length(content)
-            last = content if isinstance(content, str) else ""
-            if not last and isinstance(content, list):
-                last = _text(content)[-max_scan_chars:]
+            if isinstance(content, str):
+                text = content
+            else:
+                text = _text(content)[-REPEAT_SCAN_CHARS - max_scan_chars :]
+            if text:  # a message of tool results only is not a new task turn
+                prev, last, last_len = last, text, size
         elif role in ("system", "developer"):
             has_system = True
+    repeated = _added(last, prev)
+    if repeated:
+        last = last[max(repeated, len(last) - max_scan_chars) :]
+        last_len = max(0, last_len - repeated)
     return from_text(
         last,
         total_chars=total,
