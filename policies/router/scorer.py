@@ -1,0 +1,427 @@
+"""Task signals, the length-plus-signals fallback, and the pair model over an embedding.
+
+*Task signals* describe the newest user turn only (``policies.features``): its length and
+its code, math, reasoning, multi-step and constraint markers, plus what the request asks
+for (tools, JSON mode, a long context). Harness text (system prompt, tool schemas, the
+earlier turns) contributes nothing but the long-context flag.
+
+*The fallback* is the score the generic router ships: the log length of the newest user
+turn. No weight in it is learned. The explicit signals (asked to reason, tools, code, long
+context) do not move the score; the ``auto`` policy reads them (``explicit_signals``).
+
+*The pair model* is what ``router train --data`` learns from a team's labelled rows:
+``score = a * fallback + c * knn + t[topic] + w . [signals, embedding] + b``, where ``knn``
+is the mean label of the nearest labelled exemplars (cosine over the embedding), ``topic``
+the nearest of the public topic centroids shipped in ``topics.npz`` (``t`` a per-topic
+prior of the pair's gain, shrunk like a mean with a few pseudo-rows), ``a`` and ``c`` are
+fitted freely and ``w`` with a ridge penalty chosen by cross-validation on the labelled
+rows. A candidate that keeps only the fallback is always in the running, so a few noisy
+labels fall back to it instead of below it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from policies.features import DENSE_NAMES, Features
+
+# Dense feature columns that describe the task (the newest user turn and the request).
+TASK_NAMES = (
+    "log_last_chars",
+    "code",
+    "math",
+    "reasoning",
+    "multi_step",
+    "constraints",
+    "questions",
+    "numbers",
+    "digit_share",
+    "tools",
+    "json_mode",
+)
+_TASK_IDX = tuple(DENSE_NAMES.index(n) for n in TASK_NAMES)
+EMB_GAIN = 16.0  # unit vectors of 256 components: about unit-scale columns after this
+LONG_CONTEXT_CHARS = 64_000  # about 16k tokens of conversation
+SIGNAL_NAMES = (*TASK_NAMES, "long_context")
+
+
+def signals(f: Features) -> np.ndarray:
+    d = f.dense
+    v = [d[i] for i in _TASK_IDX]
+    v.append(1.0 if f.total_chars >= LONG_CONTEXT_CHARS else 0.0)
+    return np.asarray(v, dtype=np.float64)
+
+
+def fallback_score(f: Features) -> float:
+    """log(1 + chars of the newest user turn): the generic router's whole score.
+
+    A learned generic score did not beat it on every held-out public source
+    (``bench/router/floor.py``), and adding the explicit signals to it lowered it on
+    MATH and GSM8K; so the explicit signals act on the mode instead (``explicit_signals``).
+    """
+    return math.log1p(f.last_user_chars)
+
+
+def explicit_signals(f: Features) -> tuple[str, ...]:
+    """The explicit signals a request carries: asked to reason, tools, code, long context."""
+    d = f.dense
+    out = []
+    if d[DENSE_NAMES.index("reasoning")] > 0:
+        out.append("asked-to-reason")
+    if d[DENSE_NAMES.index("tools")] > 0:
+        out.append("tools")
+    if d[DENSE_NAMES.index("code")] > 0:
+        out.append("code")
+    if f.total_chars >= LONG_CONTEXT_CHARS:
+        out.append("long-context")
+    return tuple(out)
+
+
+# The fallback mapped to [0, 1] for the policy's thresholds: 0.5 at about 400 characters.
+FALLBACK_CENTER = math.log1p(400)
+FALLBACK_SCALE = 1.5
+
+
+def squash(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(min(z, 30.0), -30.0)))
+
+
+def fallback_probability(f: Features) -> float:
+    return squash((fallback_score(f) - FALLBACK_CENTER) / FALLBACK_SCALE)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    den = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / den if den > 0 else 0.0
+
+
+def knn_mean(query: np.ndarray, exemplars: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Mean label of the ``k`` most similar exemplars (dot product of unit vectors), less
+    the mean label of all exemplars."""
+    sims = query @ exemplars.T
+    k = max(1, min(k, exemplars.shape[0]))
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    return np.asarray(labels[top].mean(axis=1) - labels.mean(), dtype=np.float64)
+
+
+TOPICS = "topics.npz"
+TOPIC_PSEUDO_ROWS = 5.0  # a topic's prior is its mean label shrunk with this many zero rows
+
+
+@lru_cache(maxsize=1)
+def shipped_topics() -> np.ndarray:
+    """Unit centroids (topics x DIM) of the public data's categories, shipped as float16."""
+    data = resources.files("policies.router").joinpath(TOPICS).read_bytes()
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return np.asarray(z["centroids"], dtype=np.float32)
+
+
+def topic_onehot(emb: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """One row per embedding: 1 in the column of its nearest centroid."""
+    e = np.atleast_2d(np.asarray(emb, dtype=np.float32))
+    out = np.zeros((e.shape[0], centroids.shape[0]))
+    if centroids.shape[0]:
+        out[np.arange(e.shape[0]), np.argmax(e @ centroids.T, axis=1)] = 1.0
+    return out
+
+
+@dataclass
+class PairModel:
+    """Linear over [fallback, knn, topic one-hot, signals, embedding]; see the module doc."""
+
+    mean: np.ndarray  # standardisation of [fallback, signals] (1 + len(SIGNAL_NAMES))
+    scale: np.ndarray
+    coef: np.ndarray  # [a, c, t_topics..., w_signals..., w_embedding...]
+    bias: float
+    centroids: np.ndarray  # topics x DIM
+    exemplars: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    k: int = 0
+    center: float = 0.0  # score -> probability: squash((score - center) / spread)
+    spread: float = 1.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def raw(self, f: Features, emb: np.ndarray) -> float:
+        return float(scores_of(self, [f], np.asarray(emb, dtype=np.float32)[None, :])[0])
+
+    def predict(self, f: Features, emb: np.ndarray) -> float:
+        return squash((self.raw(f, emb) - self.center) / self.spread)
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        meta = np.array([f"{k}={v}" for k, v in self.meta.items()])
+        np.savez_compressed(
+            buf,
+            mean=self.mean,
+            scale=self.scale,
+            coef=self.coef,
+            scalars=np.array([self.bias, self.k, self.center, self.spread]),
+            centroids=self.centroids.astype(np.float16),
+            exemplars=self.exemplars.astype(np.float16),
+            labels=self.labels.astype(np.float32),
+            meta=meta,
+        )
+        return buf.getvalue()
+
+    @staticmethod
+    def from_bytes(data: bytes) -> PairModel:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            if "coef" not in z:
+                raise ValueError("not a pair model (no 'coef' array)")
+            bias, k, center, spread = (float(x) for x in z["scalars"])
+            return PairModel(
+                z["mean"],
+                z["scale"],
+                z["coef"],
+                bias,
+                z["centroids"].astype(np.float32),
+                z["exemplars"].astype(np.float32),
+                z["labels"].astype(np.float64),
+                int(k),
+                center,
+                spread,
+                dict(str(m).split("=", 1) for m in z["meta"]),
+            )
+
+
+# Ridge penalties tried by cross-validation (per row, on standardised columns).
+LAMBDAS: tuple[float, ...] = (100.0, 30.0, 10.0, 3.0, 1.0)
+CV_FOLDS = 5
+USES = ("prior", "topic", "topic+knn", "full")
+
+
+def pair_label(weak_right: bool, strong_right: bool) -> float:
+    """+1 when only the strong side is right, -1 when only the weak one is, else 0."""
+    return float(strong_right) - float(weak_right)
+
+
+def _design(
+    zb: np.ndarray, knn: np.ndarray, topics: np.ndarray, eg: np.ndarray, use: str, lam: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The columns a candidate uses, in PairModel's order, and each one's penalty."""
+    n = len(zb)
+    cols, pen = [zb[:, :1]], [0.0]
+    if use in ("topic+knn", "full"):
+        cols.append(knn[:, None])
+        pen.append(0.0)
+    if use != "prior":
+        cols.append(topics)
+        pen += [TOPIC_PSEUDO_ROWS] * topics.shape[1]
+    if use == "full":
+        cols += [zb[:, 1:], eg]
+        pen += [lam * n] * (zb.shape[1] - 1 + eg.shape[1])
+    return np.hstack(cols), np.asarray(pen)
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, pen: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least squares with an intercept and a penalty per column (a tiny one when 0)."""
+    xm, ym = x.mean(axis=0), y.mean()
+    xc, yc = x - xm, y - ym
+    w = np.linalg.solve(xc.T @ xc + np.diag(np.maximum(pen, 1e-6 * len(y))), xc.T @ yc)
+    return w, float(ym - xm @ w)
+
+
+def gain_apgr(score: np.ndarray, y: np.ndarray, seed: int = 0) -> float:
+    """APGR of ``score`` on rows whose label is ``strong right - weak right``.
+
+    Routing the top share to the strong side gains the sum of their labels; PGR is that
+    over the total gain, APGR its trapezoid area on 11 shares (``metrics.curve``). Rows of
+    no total gain give 0.5 (the random router's value).
+    """
+    total = float(y.sum())
+    if total <= 0 or len(y) == 0:
+        return 0.5
+    order = np.lexsort((np.random.default_rng(seed).random(len(y)), -score))
+    cum = np.concatenate(([0.0], np.cumsum(y[order])))
+    ks = np.rint(np.linspace(0.0, 1.0, 11) * len(y)).astype(int)
+    pgr = cum[ks] / total
+    return float(np.sum((pgr[1:] + pgr[:-1]) / 2) / 10)
+
+
+def excess_gain(score: np.ndarray, y: np.ndarray) -> float:
+    """Gain over a random router per row, averaged over the 11 strong-call shares: APGR's
+    numerator without its division by the total gain, which is unstable on a small fold."""
+    n = len(y)
+    if n == 0:
+        return 0.0
+    order = np.argsort(-score, kind="stable")
+    cum = np.concatenate(([0.0], np.cumsum(y[order])))
+    shares = np.linspace(0.0, 1.0, 11)
+    ks = np.rint(shares * n).astype(int)
+    ex = (cum[ks] - shares * float(y.sum())) / n
+    return float(np.sum((ex[1:] + ex[:-1]) / 2) / 10)
+
+
+def _knn_from(
+    sims: np.ndarray, y: np.ndarray, rows: np.ndarray, pool: np.ndarray, k: int
+) -> np.ndarray:
+    """Mean label of the ``k`` nearest rows of ``pool`` for each of ``rows``, less the pool's
+    mean label (so that a pool's own mean, which differs from fold to fold, carries no
+    signal)."""
+    sub = sims[np.ix_(rows, pool)]
+    kk = max(1, min(k, len(pool)))
+    top = np.argpartition(-sub, kk - 1, axis=1)[:, :kk]
+    return np.asarray(y[pool][top].mean(axis=1) - y[pool].mean(), dtype=np.float64)
+
+
+def _cross_fitted_knn(
+    sims: np.ndarray, y: np.ndarray, rows: np.ndarray, fold: np.ndarray, k: int
+) -> np.ndarray:
+    """kNN means of ``rows``, each from the rows (among ``rows``) outside its own fold.
+
+    Never a leave-one-out mean: that is biased against the row's own label and lets a
+    model read the label back."""
+    out = np.zeros(len(rows))
+    for j in np.unique(fold[rows]):
+        mine = fold[rows] == j
+        out[mine] = _knn_from(sims, y, rows[mine], rows[~mine], k)
+    return out
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    zb: np.ndarray
+    topics: np.ndarray
+    eg: np.ndarray
+    sims: np.ndarray
+    y: np.ndarray
+    fold: np.ndarray
+    k: int
+
+
+def _cv_folds(d: _Inputs, use: str, lam: float) -> np.ndarray:
+    """``excess_gain`` of each fold's held-out rows under a model fitted on the others."""
+    out = []
+    for j in np.unique(d.fold):
+        tr, te = np.flatnonzero(d.fold != j), np.flatnonzero(d.fold == j)
+        if use == "prior":
+            out.append(excess_gain(d.zb[te, 0], d.y[te]))
+            continue
+        knn = np.zeros(len(d.y))
+        if use in ("topic+knn", "full"):
+            knn[tr] = _cross_fitted_knn(d.sims, d.y, tr, d.fold, d.k)
+            knn[te] = _knn_from(d.sims, d.y, te, tr, d.k)
+        x, pen = _design(d.zb, knn, d.topics, d.eg, use, lam)
+        w, b = _ridge(x[tr], d.y[tr], pen)
+        out.append(excess_gain(x[te] @ w + b, d.y[te]))
+    return np.asarray(out)
+
+
+def _choose(d: _Inputs, lambdas: Sequence[float]) -> tuple[str, float, dict[str, float]]:
+    """The candidate whose fold-paired lead over the fallback, less one standard error, is
+    largest; the fallback when none leads."""
+    prior = _cv_folds(d, "prior", 0.0)
+    cv = {"prior": float(prior.mean())}
+    use, lam, best = "prior", 0.0, 0.0
+    if len(d.y) < 2 * CV_FOLDS:
+        return use, lam, cv
+    for u in USES[1:]:
+        for lm in lambdas if u == "full" else (0.0,):
+            name = u + (f"(l2={lm:g})" if u == "full" else "")
+            diff = _cv_folds(d, u, lm) - prior
+            cv[name] = float(cv["prior"] + diff.mean())
+            lead = float(diff.mean() - diff.std(ddof=1) / math.sqrt(len(diff)))
+            if lead > best:
+                use, lam, best = u, lm, lead
+    return use, lam, cv
+
+
+def fit_pair(
+    feats: Sequence[Features],
+    emb: np.ndarray,
+    y: Sequence[float],
+    *,
+    centroids: np.ndarray | None = None,
+    lambdas: Sequence[float] = LAMBDAS,
+    seed: int = 0,
+) -> PairModel:
+    """Learn one pair from labelled rows (``y`` from ``pair_label``), prior = the fallback.
+
+    Candidates: the fallback alone; plus a per-topic prior; plus a nearest-neighbour term
+    (k = n/8, 5 to 200); plus ridge on the signals and the embedding. Each is scored by
+    5-fold cross-validation on the labelled rows (``excess_gain``); a learned candidate
+    replaces the fallback only when its lead over it, paired by fold, exceeds one standard
+    error, so that a few noisy labels keep the fallback. Nearest-neighbour terms are
+    cross-fitted, never leave-one-out.
+    """
+    yv = np.asarray(y, dtype=np.float64)
+    n = len(yv)
+    cents = shipped_topics() if centroids is None else np.asarray(centroids, np.float32)
+    base = np.array([[fallback_score(f), *signals(f)] for f in feats], dtype=np.float64)
+    base = base.reshape(n, 1 + len(SIGNAL_NAMES))
+    mean = base.mean(axis=0) if n else np.zeros(base.shape[1])
+    scale = base.std(axis=0) if n else np.ones(base.shape[1])
+    scale[scale < 1e-9] = 1.0
+    e = np.asarray(emb, dtype=np.float32).reshape(n, -1)
+    d = _Inputs(
+        (base - mean) / scale,
+        topic_onehot(e, cents) if n else np.zeros((0, cents.shape[0])),
+        e.astype(np.float64) * EMB_GAIN,
+        e @ e.T,
+        yv,
+        np.random.default_rng(seed).permutation(n) % CV_FOLDS,
+        int(max(5, min(200, n // 8))),
+    )
+    use, lam, cv = _choose(d, lambdas) if n else ("prior", 0.0, {})
+    coef = np.zeros(2 + cents.shape[0] + len(SIGNAL_NAMES) + e.shape[1])
+    bias = 0.0
+    exemplars, labels, k = np.zeros((0, e.shape[1]), np.float32), np.zeros(0), 0
+    if use == "prior":
+        coef[0] = 1.0
+    else:
+        knn = np.zeros(n)
+        if use in ("topic+knn", "full"):
+            knn = _cross_fitted_knn(d.sims, yv, np.arange(n), d.fold, d.k)
+            exemplars, labels, k = e, yv, d.k
+        x, pen = _design(d.zb, knn, d.topics, d.eg, use, lam)
+        w, bias = _ridge(x, yv, pen)
+        coef[0] = w[0]
+        j = 1
+        if use in ("topic+knn", "full"):
+            coef[1] = w[1]
+            j = 2
+        coef[2 : 2 + cents.shape[0]] = w[j : j + cents.shape[0]]
+        coef[2 + cents.shape[0] : 2 + cents.shape[0] + len(w) - j - cents.shape[0]] = w[
+            j + cents.shape[0] :
+        ]
+    model = PairModel(mean, scale, coef, bias, cents, exemplars, labels, k)
+    raws = scores_of(model, feats, e) if n else np.zeros(1)
+    model.center = float(np.median(raws))
+    model.spread = float(raws.std()) or 1.0
+    model.meta = {
+        "kind": "pair",
+        "rows": n,
+        "chosen": use + (f"(l2={lam:g})" if use == "full" else ""),
+        "cv_excess_gain": ";".join(f"{name}:{v:.4f}" for name, v in cv.items()),
+    }
+    return model
+
+
+def scores_of(model: PairModel, feats: Sequence[Features], emb: np.ndarray) -> np.ndarray:
+    """Raw pair scores for many rows at once."""
+    t = model.centroids.shape[0]
+    base = np.array([[fallback_score(f), *signals(f)] for f in feats], dtype=np.float64)
+    z = (base.reshape(len(feats), -1) - model.mean) / model.scale
+    e = np.asarray(emb, dtype=np.float32).reshape(len(feats), -1)
+    c = model.coef
+    out = model.bias + c[0] * z[:, 0]
+    if t and np.any(c[2 : 2 + t]):
+        out = out + topic_onehot(e, model.centroids) @ c[2 : 2 + t]
+    sig = c[2 + t : 2 + t + len(SIGNAL_NAMES)]
+    out = out + z[:, 1:] @ sig
+    w_emb = c[2 + t + len(SIGNAL_NAMES) :]
+    if np.any(w_emb):
+        out = out + (e.astype(np.float64) @ w_emb) * EMB_GAIN
+    if c[1] != 0.0 and model.k and model.labels.size:
+        out = out + c[1] * knn_mean(e, model.exemplars, model.labels, model.k)
+    return np.asarray(out, dtype=np.float64)
