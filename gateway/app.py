@@ -34,6 +34,7 @@ from gateway.shadow import ShadowService
 from gateway.state import AppState
 from policies.catalog import Catalog, load_catalog
 from policies.errors import InvalidRequest, TiergateError, UnknownModel
+from policies.router import Router
 
 AccountingFactory = Callable[[Settings, Catalog, Metrics], Awaitable[Accounting]]
 
@@ -73,7 +74,11 @@ def create_app(
         accounting = await accounting_factory(settings, loaded, metrics)
         await accounting.start()
         classifier = (
-            RouterService(loaded, metrics).classify
+            RouterService(
+                loaded,
+                metrics,
+                Router.load(settings.router_weights) if settings.router_weights else None,
+            ).classify
             if loaded.routing.classifier == "model"
             else rule_classifier
         )

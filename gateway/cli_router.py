@@ -13,7 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from policies.router.data import Row, jsonl_rows, shared_rows
+from policies.features import from_text
+from policies.router import Router
+from policies.router.data import Row, accuracies, jsonl_rows, shared_rows
+from policies.router.embed import default_embedder
 from policies.router.evaluate import (
     PairResult,
     cross_category,
@@ -21,7 +24,8 @@ from policies.router.evaluate import (
     evaluate_pair,
     score_rows,
 )
-from policies.router.model import WEIGHTS, LinearModel, _shipped
+from policies.router.model import WEIGHTS
+from policies.router.scorer import fit_pair, pair_label, scores_of
 from policies.router.shadow import Label, training_row
 from policies.router.train import DEFAULT_TARGET, TARGETS, train_rows
 
@@ -36,6 +40,7 @@ PAIRS = (
     ("gpt-4o-2024-05-13", "gemini-3.1-pro-preview"),
 )
 PRO_SHARE, THINK_SHARE = 0.2, 0.3
+PAIR_WEIGHTS = "router_pair.npz"
 
 
 def _rows(args: argparse.Namespace) -> list[Row]:
@@ -49,7 +54,58 @@ def _rows(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+def pair_names(rows: list[Row], weak: str | None, strong: str | None) -> tuple[str, str]:
+    """The (weak, strong) pair of labelled rows: as given, or the two names the rows label,
+    the one right more often being the strong one."""
+    if weak and strong:
+        return weak, strong
+    names = sorted({m for r in rows for m in r.correct})
+    if len(names) != 2:
+        raise SystemExit(
+            f"the rows label {len(names)} models ({', '.join(names[:6])}); "
+            "name the pair with --weak and --strong"
+        )
+    acc = accuracies(rows)
+    lo, hi = sorted(names, key=lambda m: (acc[m], m))
+    return lo, hi
+
+
+def _train_pair(args: argparse.Namespace) -> int:
+    rows = [r for f in [*(args.data or ()), *(args.labels or ())] for r in jsonl_rows(Path(f))]
+    weak, strong = pair_names(rows, args.weak, args.strong)
+    both = [r for r in rows if weak in r.correct and strong in r.correct]
+    if not both:
+        raise SystemExit(f"no row labels both {weak!r} and {strong!r}")
+    feats = [r.features or from_text(r.prompt) for r in both]
+    embedder = default_embedder()
+    emb = np.stack([embedder.embed(f.task) for f in feats])
+    y = [pair_label(r.correct[weak], r.correct[strong]) for r in both]
+    model = fit_pair(feats, emb, y)
+    model.meta.update(weak=weak, strong=strong)
+    scores = scores_of(model, feats, emb)
+    probs = 1 / (1 + np.exp(-(scores - model.center) / model.spread))
+    model.meta.update(
+        prior_pro=float(np.quantile(probs, 1 - PRO_SHARE)),
+        prior_think=float(np.quantile(probs, 1 - PRO_SHARE - THINK_SHARE)),
+    )
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        out = out / PAIR_WEIGHTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(model.to_bytes())
+    print(
+        f"pair {weak} -> {strong}: {len(both)} labelled rows "
+        f"(strong alone right {sum(v > 0 for v in y)}, weak alone right {sum(v < 0 for v in y)})\n"
+        f"chosen: {model.meta['chosen']}  (cross-validated gain over random per row: "
+        f"{model.meta['cv_excess_gain']})\n"
+        f"-> {out} ({out.stat().st_size} bytes); serve it with TIERGATE_ROUTER_WEIGHTS={out}"
+    )
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
+    if args.data or args.labels:
+        return _train_pair(args)
     rows = _rows(args)
     model = train_rows(rows, steps=args.steps, target=args.target, l2_hashed=args.l2_hashed)
     scores = np.array(score_rows(model, rows))
@@ -85,8 +141,8 @@ def _result_dict(r: PairResult) -> dict[str, Any]:
 
 def _eval(args: argparse.Namespace) -> int:
     rows = jsonl_rows(Path(args.data))
-    model = LinearModel.from_bytes(Path(args.weights).read_bytes()) if args.weights else _shipped()
-    scores = dict(zip((r.id for r in rows), score_rows(model, rows), strict=True))
+    router = Router.load(args.weights) if args.weights else Router.load_default()
+    scores = {r.id: router.score_features(r.features or from_text(r.prompt)) for r in rows}
     if args.scores_out:
         with open(args.scores_out, "w", encoding="utf-8") as fh:
             for r in rows:
@@ -235,17 +291,30 @@ _L2_HELP = (
 def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     router = sub.add_parser("router", help="train and evaluate the request router")
     rsub = router.add_subparsers(dest="router_command", required=True)
-    t = rsub.add_parser("train", help="train weights on public outcome data and/or JSONL rows")
+    t = rsub.add_parser(
+        "train",
+        help="learn a pair from labelled JSONL rows (--data/--labels), or, without them, "
+        "the linear model on the public data (measured by `router report`, not shipped)",
+    )
     t.add_argument("--shared-dir", default=str(SHARED) if SHARED.exists() else None)
     t.add_argument(
-        "--data", action="append", help="JSONL rows {id, source, prompt|messages, correct}"
+        "--data",
+        action="append",
+        help="JSONL rows {id, prompt|messages|features, correct: {weak: bool, strong: bool}}: "
+        "learn that pair, starting from the generic router",
     )
     t.add_argument(
         "--labels",
         action="append",
         help="JSONL from `router labels export` (shadow-mode labels), added as rows",
     )
-    t.add_argument("--out", default=str(ROOT / "policies" / "router"))
+    t.add_argument("--weak", help="the weak side's name in `correct` (default: inferred)")
+    t.add_argument("--strong", help="the strong side's name in `correct` (default: inferred)")
+    t.add_argument(
+        "--out",
+        default=str(ROOT / "policies" / "router"),
+        help=f"a directory (weights.npz, or {PAIR_WEIGHTS} with --data) or a .npz file",
+    )
     t.add_argument("--steps", type=int, default=300)
     t.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help=_TARGET_HELP)
     t.add_argument("--l2-hashed", type=float, help=_L2_HELP)
@@ -254,7 +323,7 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     e.add_argument("--data", required=True)
     e.add_argument("--weak", required=True)
     e.add_argument("--strong", required=True)
-    e.add_argument("--weights", help="weights.npz (default: the shipped ones)")
+    e.add_argument("--weights", help="a pair model or weights.npz (default: the generic router)")
     e.add_argument("--json", action="store_true")
     e.add_argument("--scores-out")
     e.add_argument("--bootstrap", type=int, default=200)

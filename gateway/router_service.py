@@ -1,8 +1,11 @@
 """The router in the request path: the shipped model, calibrated thresholds, metrics.
 
-Per process: scores feed a ring buffer that keeps the Pro share near the catalog's
-``routing.auto_pro_share`` (and thinking near ``auto_think_share``); the realised share is
-exported as ``tiergate_router_pro_share``.
+The router is the generic one (the length of the newest user turn) unless
+``TIERGATE_ROUTER_WEIGHTS`` names a pair model trained on the team's labels
+(``tiergate router train --data``); that one is loaded here, at start-up, with its
+embedding, so no request waits for it. Per process: scores feed a ring buffer that keeps
+the Pro share near the catalog's ``routing.auto_pro_share`` (and thinking near
+``auto_think_share``); the realised share is exported as ``tiergate_router_pro_share``.
 """
 
 from __future__ import annotations
@@ -12,20 +15,17 @@ from prometheus_client import Gauge, Histogram
 from gateway.metrics import Metrics
 from gateway.parse import Call
 from policies.catalog import Catalog
-from policies.features import DENSE_NAMES
-from policies.options import Mode
 from policies.router import Router
 from policies.router.calibration import Calibrator, Thresholds
-from policies.router.policy import AutoInput, decide
+from policies.router.policy import AutoInput, apply_signals, decide
+from policies.router.scorer import explicit_signals
 from policies.routing import AutoChoice
-
-_REASONING = DENSE_NAMES.index("reasoning")
 
 
 class RouterService:
     def __init__(self, catalog: Catalog, metrics: Metrics, router: Router | None = None) -> None:
         self.router = router or Router.load_default()
-        meta = self.router.model.meta
+        meta = self.router.meta
         prior = Thresholds(float(meta.get("prior_pro", 0.7)), float(meta.get("prior_think", 0.4)))
         r = catalog.routing
         self.calibrator = Calibrator(r.auto_pro_share, r.auto_think_share, prior)
@@ -59,9 +59,9 @@ class RouterService:
         choice = decide(
             AutoInput(scores.hard, self.calibrator.thresholds, downgrade, self.strong, self.weak)
         )
-        # An explicit request to reason ("step by step", "prove") always gets thinking.
-        if not choice.mode.thinking and scores.features.dense[_REASONING] > 0:
-            choice = AutoChoice(choice.tier, Mode(True, "high"), choice.reason + ";asked-to-reason")
+        # An explicit request to reason ("step by step", "prove") or a long context always
+        # gets thinking.
+        choice = apply_signals(choice, explicit_signals(scores.features))
         self.calibrator.record(choice.tier == self.strong)
         self.share.set(self.calibrator.realised_pro_share)
         return choice

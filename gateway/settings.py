@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool | None = None
     log_prompts: bool = False
+    # A pair model from `tiergate router train --data` for `auto`; none: the generic router.
+    router_weights: Path | None = None
 
     database_url: str = "sqlite+aiosqlite:///./var/tiergate.db"
     redis_url: str | None = None

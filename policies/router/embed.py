@@ -88,7 +88,7 @@ class StaticEmbedder:
             return np.zeros(DIM, dtype=np.float32)
         v = self.vectors[np.minimum(np.asarray(ids, dtype=np.int64), self._top)].sum(axis=0)
         n = float(np.sqrt(v @ v))
-        return v / n if n > 0 else v
+        return np.asarray(v / n if n > 0 else v, dtype=np.float32)
 
     def embed_many(self, texts: list[str]) -> np.ndarray:
         return np.stack([self.embed(t) for t in texts]) if texts else np.zeros((0, DIM))

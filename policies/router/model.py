@@ -1,8 +1,7 @@
 """A linear model over dense features and hashed n-grams; weights ship with the package.
 
-``score`` is the predicted probability that a request is hard: that the cheap option
-(Flash, non-thinking) gets it wrong where a stronger one would not. Inference is a sparse
-dot product in plain Python, tens of microseconds.
+``LinearModel.predict`` is the predicted probability that a request is hard; it is no
+longer the shipped score (see ``Router``), but ``router report`` still measures it.
 """
 
 from __future__ import annotations
@@ -13,11 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from policies.features import DENSE_NAMES, HASH_DIM, Features, extract_features
+from policies.router.embed import StaticEmbedder, default_embedder
+from policies.router.scorer import PairModel, fallback_probability
 
 WEIGHTS = "weights.npz"
 
@@ -70,15 +72,49 @@ def _shipped() -> LinearModel:
 
 
 class Router:
-    def __init__(self, model: LinearModel) -> None:
+    """Scores how much a request needs the strong option, in [0, 1].
+
+    The generic router (``load_default``) is the fallback: the length of the newest user
+    turn (``scorer.fallback_probability``); no learned weight ships, because none beat
+    length on every held-out public source (docs/routing.md). A pair model trained on a
+    team's own labels (``router train --data``, loaded with ``load``) adds the embedding of
+    the task text. ``model`` (the older linear model) is kept for ``router report``.
+    """
+
+    def __init__(
+        self,
+        model: LinearModel | None = None,
+        pair: PairModel | None = None,
+        embedder: StaticEmbedder | None = None,
+    ) -> None:
         self.model = model
+        self.pair = pair
+        self.embedder = embedder if pair is None or embedder is not None else default_embedder()
+        meta = pair.meta if pair is not None else (model.meta if model is not None else {})
+        self.meta: dict[str, Any] = dict(meta)
 
     @staticmethod
     def load_default() -> Router:
-        return Router(_shipped())
+        return Router()
+
+    @staticmethod
+    def load(path: str | Path) -> Router:
+        """A pair model written by ``router train --data`` (or linear weights.npz)."""
+        data = Path(path).read_bytes()
+        try:
+            return Router(pair=PairModel.from_bytes(data))
+        except (ValueError, KeyError):
+            return Router(model=LinearModel.from_bytes(data))
+
+    def score_features(self, f: Features) -> float:
+        if self.pair is not None and self.embedder is not None:
+            return self.pair.predict(f, self.embedder.embed(f.task))
+        if self.model is not None:
+            return self.model.predict(f)
+        return fallback_probability(f)
 
     def score(
         self, messages: Sequence[Mapping[str, Any]], *, tools: bool = False, json_mode: bool = False
     ) -> Scores:
         f = extract_features(messages, tools=tools, json_mode=json_mode)
-        return Scores(self.model.predict(f), f)
+        return Scores(self.score_features(f), f)

@@ -39,3 +39,17 @@ def decide(inp: AutoInput) -> AutoChoice:
     if s >= t.think:
         return AutoChoice(inp.weak_tier, Mode(True, "high"), f"{tag}>={t.think:.2f}")
     return AutoChoice(inp.weak_tier, NON_THINKING, f"{tag}<{t.think:.2f}")
+
+
+# Explicit signals that set a floor on the mode, whatever the score (``scorer.explicit_signals``).
+# Tools and code are not here: they are on nearly every agent request, and the public data
+# cannot show that they need thinking; they are reported in the reason only.
+THINKING_SIGNALS = ("asked-to-reason", "long-context")
+
+
+def apply_signals(choice: AutoChoice, signals: tuple[str, ...]) -> AutoChoice:
+    """Thinking for a request that asks to reason or carries a long context."""
+    lifts = [s for s in signals if s in THINKING_SIGNALS]
+    if choice.mode.thinking or not lifts:
+        return choice
+    return AutoChoice(choice.tier, Mode(True, "high"), choice.reason + ";" + ";".join(lifts))
