@@ -127,11 +127,13 @@ def from_text(
     max_scan_chars: int = MAX_SCAN_CHARS,
 ) -> Features:
     scan = last[-max_scan_chars:]
+    last_len = len(last) if last_chars is None else last_chars
     if "<system-reminder>" in scan:
-        scan = _REMINDER.sub("", scan)
+        kept = _REMINDER.sub("", scan)
+        last_len = max(0, last_len - (len(scan) - len(kept)))
+        scan = kept
     low = scan.lower()
     n = max(len(scan), 1)
-    last_len = len(last) if last_chars is None else last_chars
     total = last_len if total_chars is None else total_chars
     digits = sum(map(str.isdigit, scan))
     dense = (

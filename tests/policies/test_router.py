@@ -148,7 +148,7 @@ def test_l2_on_the_hashed_block_shrinks_only_the_ngram_weights() -> None:
     assert tight.predict(hard[0]) > tight.predict(easy[0])
 
 
-def test_shipped_weights_rank_a_hard_question_above_small_talk() -> None:
+def test_generic_router_ranks_the_longer_task_above_small_talk() -> None:
     r = Router.load_default()
     hard = r.score(
         [
@@ -162,8 +162,8 @@ def test_shipped_weights_rank_a_hard_question_above_small_talk() -> None:
         ]
     )
     easy = r.score([{"role": "user", "content": "Write a two-line thank-you note."}])
-    assert hard.hard > 0.6 > 0.3 > easy.hard
-    assert {"prior_pro", "prior_think"} <= set(r.model.meta)
+    assert 1.0 > hard.hard > easy.hard > 0.0
+    assert r.model is None and r.pair is None  # no learned part ships (docs/routing.md)
 
 
 FORBIDDEN = {

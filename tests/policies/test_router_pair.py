@@ -1,0 +1,232 @@
+"""Task-focused features, the fallback rule, the embedding and the pair trainer."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policies.features import extract_features, from_text
+from policies.options import NON_THINKING, Mode
+from policies.router import Router
+from policies.router.embed import DIM, EmbeddingUnavailable, StaticEmbedder, read_safetensor
+from policies.router.metrics import curve
+from policies.router.policy import apply_signals
+from policies.router.scorer import (
+    LONG_CONTEXT_CHARS,
+    PairModel,
+    explicit_signals,
+    fallback_score,
+    fit_pair,
+    gain_apgr,
+    pair_label,
+    scores_of,
+)
+from policies.routing import AutoChoice
+
+TASK = "Prove that the square root of 2 is irrational."
+HARNESS = "You are a coding agent. Follow the repository rules below. " * 20
+REMINDER = "<system-reminder>Todo list is empty. Do not mention this.</system-reminder>"
+TOOL_RESULT = [{"type": "tool_result", "tool_use_id": "t1", "content": "exit 0"}]
+
+
+@pytest.mark.parametrize(
+    ("messages", "task"),
+    [
+        ([{"role": "user", "content": TASK}], TASK),
+        # a long system prompt and tool schemas are not the task
+        ([{"role": "system", "content": HARNESS}, {"role": "user", "content": TASK}], TASK),
+        # an agent loop's tool results are not a new task turn
+        (
+            [
+                {"role": "user", "content": TASK},
+                {"role": "assistant", "content": "Running it."},
+                {"role": "user", "content": TOOL_RESULT},
+            ],
+            TASK,
+        ),
+        # harness reminders are dropped
+        ([{"role": "user", "content": [{"type": "text", "text": REMINDER + TASK}]}], TASK),
+        # a harness that resends its instructions: only what the turn adds
+        (
+            [
+                {"role": "user", "content": HARNESS + "List the files."},
+                {"role": "assistant", "content": "a.py b.py"},
+                {"role": "user", "content": HARNESS + TASK},
+            ],
+            TASK,
+        ),
+        # a short shared start is not a repeated harness
+        (
+            [
+                {"role": "user", "content": "Please list the files."},
+                {"role": "user", "content": "Please " + TASK},
+            ],
+            "Please " + TASK,
+        ),
+    ],
+)
+def test_the_task_is_the_newest_user_turn_and_what_it_adds(
+    messages: list[dict[str, object]], task: str
+) -> None:
+    f = extract_features(messages)
+    assert f.task == task
+    assert fallback_score(f) == pytest.approx(fallback_score(from_text(task)))
+
+
+@pytest.mark.parametrize(
+    ("text", "kw", "signals"),
+    [
+        ("What is 2 + 2?", {}, ()),
+        ("Explain why the sky is blue, step by step.", {}, ("asked-to-reason",)),
+        ("Fix this:\n```\ndef f(x): return x\n```", {}, ("code",)),
+        ("Summarise the file.", {"tools": True}, ("tools",)),
+        ("Summarise the file.", {"total_chars": LONG_CONTEXT_CHARS}, ("long-context",)),
+    ],
+)
+def test_explicit_signals(text: str, kw: dict[str, object], signals: tuple[str, ...]) -> None:
+    assert explicit_signals(from_text(text, **kw)) == signals  # type: ignore[arg-type]
+
+
+THINK = Mode(True, "high")
+
+
+@pytest.mark.parametrize(
+    ("mode", "signals", "want", "reason"),
+    [
+        (NON_THINKING, (), NON_THINKING, "r"),
+        (NON_THINKING, ("asked-to-reason",), THINK, "r;asked-to-reason"),
+        (NON_THINKING, ("long-context",), THINK, "r;long-context"),
+        (
+            NON_THINKING,
+            ("asked-to-reason", "long-context"),
+            THINK,
+            "r;asked-to-reason;long-context",
+        ),
+        # tools and code alone never lift the mode (they are on most agent requests)
+        (NON_THINKING, ("tools", "code"), NON_THINKING, "r"),
+        (THINK, ("asked-to-reason",), THINK, "r"),
+    ],
+)
+def test_fallback_rule_lifts_the_mode(
+    mode: Mode, signals: tuple[str, ...], want: Mode, reason: str
+) -> None:
+    out = apply_signals(AutoChoice("flash", mode, "r"), signals)
+    assert (out.tier, out.mode, out.reason) == ("flash", want, reason)
+
+
+def test_the_generic_score_ignores_harness_text() -> None:
+    r = Router.load_default()
+    bare = r.score([{"role": "user", "content": TASK}]).hard
+    wrapped = r.score(
+        [{"role": "system", "content": HARNESS * 10}, {"role": "user", "content": TASK}],
+        tools=True,
+    ).hard
+    assert bare == wrapped
+
+
+@pytest.mark.parametrize(
+    ("scores", "weak", "strong"),
+    [
+        ([0.9, 0.1, 0.5, 0.3], [0, 1, 0, 1], [1, 1, 0, 1]),
+        ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [1, 0, 0, 1, 0, 0], [1, 1, 0, 0, 1, 1]),
+    ],
+)
+def test_gain_apgr_is_routellm_apgr(
+    scores: list[float], weak: list[int], strong: list[int]
+) -> None:
+    y = np.array(strong, float) - np.array(weak, float)
+    assert gain_apgr(np.array(scores), y) == pytest.approx(curve(weak, strong, scores).apgr)
+
+
+def test_embedding_loads_offline_from_the_wheel() -> None:
+    e = StaticEmbedder.load()
+    a, b = e.embed("What is the derivative of x squared?"), e.embed("Differentiate x^2.")
+    c = e.embed("Write a haiku about autumn leaves.")
+    assert a.shape == (DIM,) and float(a @ a) == pytest.approx(1.0, abs=1e-5)
+    assert float(a @ b) > float(a @ c)
+    assert not e.embed("").any()
+    with pytest.raises(EmbeddingUnavailable):
+        StaticEmbedder.load(Path("/nonexistent"))
+
+
+def test_safetensors_reader(tmp_path: Path) -> None:
+    data = np.arange(6, dtype=np.float16).reshape(2, 3)
+    header = json.dumps(
+        {"w": {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, data.nbytes]}}
+    ).encode()
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data.tobytes())
+    assert (read_safetensor(path, "w") == data).all()
+
+
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "river",
+    "stone",
+    "cloud",
+    "lamp",
+    "table",
+    "garden",
+    "window",
+    "paper",
+]
+
+
+def _synthetic(n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """Two topics of random length; the strong side helps on chemistry only."""
+    rng = np.random.default_rng(seed)
+    texts, y = [], []
+    for _ in range(n):
+        chem = rng.random() < 0.5
+        filler = " ".join(rng.choice(WORDS, size=int(rng.integers(2, 60))))
+        if chem:
+            texts.append(f"Balance the redox reaction and compute the moles of oxidant. {filler}")
+            y.append(1.0 if rng.random() < 0.6 else 0.0)
+        else:
+            texts.append(f"Write a cheerful birthday message for my cousin. {filler}")
+            y.append(-1.0 if rng.random() < 0.1 else 0.0)
+    return texts, np.array(y)
+
+
+def test_pair_trainer_beats_length_when_the_gap_depends_on_topic() -> None:
+    e = StaticEmbedder.load()
+    train, y = _synthetic(300, 0)
+    test, yt = _synthetic(400, 1)
+    ftr, fte = [from_text(t) for t in train], [from_text(t) for t in test]
+    model = fit_pair(ftr, e.embed_many(train), y)
+    assert model.meta["chosen"] != "prior"
+    learned = gain_apgr(scores_of(model, fte, e.embed_many(test)), yt)
+    length = gain_apgr(np.array([len(t) for t in test], float), yt)
+    assert learned > length + 0.15 and learned > 0.8
+    again = PairModel.from_bytes(model.to_bytes())
+    f0 = fte[0]
+    assert again.raw(f0, e.embed(test[0])) == pytest.approx(
+        model.raw(f0, e.embed(test[0])), abs=1e-3
+    )
+
+
+def test_noise_labels_keep_the_fallback() -> None:
+    rng = np.random.default_rng(3)
+    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(2, 80)))) for _ in range(60)]
+    y = rng.choice([-1.0, 0.0, 1.0], size=60)
+    e = StaticEmbedder.load()
+    model = fit_pair([from_text(t) for t in texts], e.embed_many(texts), y)
+    assert model.meta["chosen"] == "prior"
+    # the fallback model ranks exactly like the newest turn's length
+    s = scores_of(model, [from_text("x" * n) for n in (10, 100, 1000)], np.zeros((3, DIM)))
+    assert s[0] < s[1] < s[2]
+
+
+@pytest.mark.parametrize(
+    ("weak", "strong", "label"),
+    [(False, True, 1.0), (True, False, -1.0), (True, True, 0.0), (False, False, 0.0)],
+)
+def test_pair_label(weak: bool, strong: bool, label: float) -> None:
+    assert pair_label(weak, strong) == label
