@@ -125,7 +125,9 @@ def from_text(
     json_mode: bool = False,
     has_system: bool = False,
     max_scan_chars: int = MAX_SCAN_CHARS,
+    ngrams: bool = True,
 ) -> Features:
+    """``ngrams=False`` skips the hashed n-grams (only the linear model reads them)."""
     scan = last[-max_scan_chars:]
     last_len = len(last) if last_chars is None else last_chars
     if "<system-reminder>" in scan:
@@ -153,7 +155,7 @@ def from_text(
         digits / n,
         1.0 if has_system else 0.0,
     )
-    return Features(dense, hash_ngrams(scan), total, last_len, scan)
+    return Features(dense, hash_ngrams(scan) if ngrams else (), total, last_len, scan)
 
 
 def _added(last: str, prev: str) -> int:
@@ -171,6 +173,7 @@ def extract_features(
     tools: bool = False,
     json_mode: bool = False,
     max_scan_chars: int = MAX_SCAN_CHARS,
+    ngrams: bool = True,
 ) -> Features:
     total = 0
     last = prev = ""
@@ -205,4 +208,5 @@ def extract_features(
         json_mode=json_mode,
         has_system=has_system,
         max_scan_chars=max_scan_chars,
+        ngrams=ngrams,
     )

@@ -116,5 +116,7 @@ class Router:
     def score(
         self, messages: Sequence[Mapping[str, Any]], *, tools: bool = False, json_mode: bool = False
     ) -> Scores:
-        f = extract_features(messages, tools=tools, json_mode=json_mode)
+        f = extract_features(
+            messages, tools=tools, json_mode=json_mode, ngrams=self.model is not None
+        )
         return Scores(self.score_features(f), f)
