@@ -295,25 +295,27 @@ class _Inputs:
     eg: np.ndarray
     sims: np.ndarray
     y: np.ndarray
-    fold: np.ndarray
+    folds: tuple[np.ndarray, ...]  # one fold assignment per repeat of the cross-validation
     k: int
 
 
 def _cv_folds(d: _Inputs, use: str, lam: float) -> np.ndarray:
-    """``excess_gain`` of each fold's held-out rows under a model fitted on the others."""
+    """``excess_gain`` of each fold's held-out rows under a model fitted on the others,
+    for every fold of every repeat."""
     out = []
-    for j in np.unique(d.fold):
-        tr, te = np.flatnonzero(d.fold != j), np.flatnonzero(d.fold == j)
-        if use == "prior":
-            out.append(excess_gain(d.zb[te, 0], d.y[te]))
-            continue
-        knn = np.zeros(len(d.y))
-        if use in ("topic+knn", "full"):
-            knn[tr] = _cross_fitted_knn(d.sims, d.y, tr, d.fold, d.k)
-            knn[te] = _knn_from(d.sims, d.y, te, tr, d.k)
-        x, pen = _design(d.zb, knn, d.topics, d.eg, use, lam)
-        w, b = _ridge(x[tr], d.y[tr], pen)
-        out.append(excess_gain(x[te] @ w + b, d.y[te]))
+    for fold in d.folds:
+        for j in np.unique(fold):
+            tr, te = np.flatnonzero(fold != j), np.flatnonzero(fold == j)
+            if use == "prior":
+                out.append(excess_gain(d.zb[te, 0], d.y[te]))
+                continue
+            knn = np.zeros(len(d.y))
+            if use in ("topic+knn", "full"):
+                knn[tr] = _cross_fitted_knn(d.sims, d.y, tr, fold, d.k)
+                knn[te] = _knn_from(d.sims, d.y, te, tr, d.k)
+            x, pen = _design(d.zb, knn, d.topics, d.eg, use, lam)
+            w, b = _ridge(x[tr], d.y[tr], pen)
+            out.append(excess_gain(x[te] @ w + b, d.y[te]))
     return np.asarray(out)
 
 
@@ -330,7 +332,8 @@ def _choose(d: _Inputs, lambdas: Sequence[float]) -> tuple[str, float, dict[str,
             name = u + (f"(l2={lm:g})" if u == "full" else "")
             diff = _cv_folds(d, u, lm) - prior
             cv[name] = float(cv["prior"] + diff.mean())
-            lead = float(diff.mean() - diff.std(ddof=1) / math.sqrt(len(diff)))
+            # repeats share their rows, so the standard error counts one repeat's folds
+            lead = float(diff.mean() - diff.std(ddof=1) / math.sqrt(CV_FOLDS))
             if lead > best:
                 use, lam, best = u, lm, lead
     return use, lam, cv
@@ -344,6 +347,8 @@ def fit_pair(
     centroids: np.ndarray | None = None,
     lambdas: Sequence[float] = LAMBDAS,
     seed: int = 0,
+    repeats: int = 1,
+    k: int | None = None,
 ) -> PairModel:
     """Learn one pair from labelled rows (``y`` from ``pair_label``), prior = the fallback.
 
@@ -369,8 +374,8 @@ def fit_pair(
         e.astype(np.float64) * EMB_GAIN,
         e @ e.T,
         yv,
-        np.random.default_rng(seed).permutation(n) % CV_FOLDS,
-        int(max(5, min(200, n // 8))),
+        tuple(np.random.default_rng(seed + r).permutation(n) % CV_FOLDS for r in range(repeats)),
+        k or int(max(5, min(200, n // 8))),
     )
     use, lam, cv = _choose(d, lambdas) if n else ("prior", 0.0, {})
     coef = np.zeros(2 + cents.shape[0] + len(SIGNAL_NAMES) + e.shape[1])
@@ -381,7 +386,7 @@ def fit_pair(
     else:
         knn = np.zeros(n)
         if use in ("topic+knn", "full"):
-            knn = _cross_fitted_knn(d.sims, yv, np.arange(n), d.fold, d.k)
+            knn = _cross_fitted_knn(d.sims, yv, np.arange(n), d.folds[0], d.k)
             exemplars, labels, k = e, yv, d.k
         x, pen = _design(d.zb, knn, d.topics, d.eg, use, lam)
         w, bias = _ridge(x, yv, pen)

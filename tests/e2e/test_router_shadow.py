@@ -224,14 +224,12 @@ def test_shadow_labels_spend_and_budgets(
         )
         == 0
     )
-    assert (tmp_path / "w" / "weights.npz").stat().st_size > 0
-    # the same labels, learning the mix of difficulty and the stronger option's gain
-    args = ["router", "train", "--labels", str(out), "--shared-dir", "", "--steps", "5"]
-    assert main([*args, "--target", "mix", "--out", str(tmp_path / "m")]) == 0
-    from policies.router.model import LinearModel
+    # the labels teach a pair model (two labels that agree: it keeps the generic router)
+    from policies.router import Router
 
-    trained = LinearModel.from_bytes((tmp_path / "m" / "weights.npz").read_bytes())
-    assert trained.meta["target"] == "mix"
+    trained = Router.load(tmp_path / "w" / "router_pair.npz")
+    assert trained.pair is not None and trained.meta["chosen"] == "prior"
+    assert {trained.meta["weak"], trained.meta["strong"]} == {weak, "pro/think-high"}
 
 
 def test_store_prompts_opt_in(
