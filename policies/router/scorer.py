@@ -1,4 +1,4 @@
-"""Task signals, the length-plus-signals fallback, and the pair model over an embedding.
+"""Task signals, the length fallback with its explicit signals, and the pair model.
 
 *Task signals* describe the newest user turn only (``policies.features``): its length and
 its code, math, reasoning, multi-step and constraint markers, plus what the request asks
