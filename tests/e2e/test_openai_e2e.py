@@ -153,6 +153,24 @@ def test_repeated_long_prefix_is_billed_as_cache_hits(gateway: Gateway) -> None:
 # ---- auto ------------------------------------------------------------------------------
 
 
+def _router_scores(gateway: Gateway) -> float:
+    text = httpx.get(gateway.url + "/metrics").text
+    line = next(
+        (ln for ln in text.splitlines() if ln.startswith("tiergate_router_score_count")), ""
+    )
+    return float(line.split()[-1]) if line else 0.0
+
+
+def test_a_named_model_never_reaches_the_router(gateway: Gateway) -> None:
+    client = gateway.client()
+    before = _router_scores(gateway)
+    for model in ("deepseek-v4-flash", "deepseek-v4-pro", "deepseek-chat"):
+        client.chat.completions.create(model=model, messages=USER, max_tokens=8)
+    assert _router_scores(gateway) == before
+    client.chat.completions.create(model="auto", messages=USER, max_tokens=8)
+    assert _router_scores(gateway) == before + 1
+
+
 PHYSICS = (
     "A 2.0 kg block slides down a frictionless incline of angle 30 degrees from a height of 5.0 m, "
     "then compresses a spring of constant 400 N/m. Find the maximum compression of the spring.\n"
