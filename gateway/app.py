@@ -24,7 +24,7 @@ from gateway.http_guard import BodyLimit
 from gateway.logging import configure_logging
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, rule_classifier
-from gateway.router_service import RouterService
+from gateway.router_service import RouterService, RouterTruth
 from gateway.routes import admin as admin_routes
 from gateway.routes import anthropic as anthropic_routes
 from gateway.routes import openai as openai_routes
@@ -73,6 +73,7 @@ def create_app(
             await engine.start()
         accounting = await accounting_factory(settings, loaded, metrics)
         await accounting.start()
+        truth = RouterTruth(metrics) if loaded.routing.classifier == "model" else None
         classifier = (
             RouterService(
                 loaded,
@@ -90,8 +91,10 @@ def create_app(
             classifier=classifier,
             log_prompts=settings.log_prompts,
         )
+        pipeline.truth = truth
         if loaded.routing.shadow.enabled:
             pipeline.shadow = ShadowService(loaded, engines, accounting, metrics)
+            pipeline.shadow.truth = truth
         app.state.tiergate = AppState(settings, loaded, metrics, session, engines, pipeline)
         try:
             yield

@@ -41,6 +41,7 @@ from policies.routing import (
 from policies.usage import Usage
 
 if TYPE_CHECKING:
+    from gateway.router_service import RouterTruth
     from gateway.shadow import ShadowService
 
 # (catalog, request, the caller's budget asks for cheaper options) -> what `auto` gets
@@ -77,6 +78,7 @@ class Prepared:
     shadow: bool = False  # sampled for shadow mode (gateway/shadow.py)
     shadow_events: list[bytes] | None = None
     stream_finished: bool = False  # a stream's settlement has begun (it runs once)
+    cost_nanos: int | None = None  # set once settled (shadow mode compares it with Pro's)
 
     @property
     def reason(self) -> str:
@@ -117,6 +119,7 @@ class Pipeline:
         self.log = get_logger("tiergate.request")
         self.log_prompts = log_prompts
         self.shadow: ShadowService | None = None
+        self.truth: RouterTruth | None = None  # auto's quality kept / cost saved estimate
         self.settling = 0  # answered non-stream requests whose settlement has not ended
 
     # ---- before dispatch ---------------------------------------------------------------
@@ -414,6 +417,9 @@ class Pipeline:
             status=status,
         )
         await self.accounting.settle(p.caller, s)
+        p.cost_nanos = cost
+        if self.truth is not None and p.plan.reason.startswith("auto"):
+            self.truth.settled(option.tier == self.catalog.strong_tier, cost)
         m, lbl = self.metrics, (option.tier, option.mode.label, option.backend)
         m.requests.labels(p.call.protocol, *lbl, str(status), team).inc()
         for kind, n in (

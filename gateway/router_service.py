@@ -19,6 +19,7 @@ from policies.router import Router
 from policies.router.calibration import Calibrator, Thresholds
 from policies.router.policy import AutoInput, apply_signals, decide
 from policies.router.scorer import explicit_signals
+from policies.router.truth import Tally, estimate
 from policies.routing import AutoChoice
 
 
@@ -65,3 +66,44 @@ class RouterService:
         self.calibrator.record(choice.tier == self.strong)
         self.share.set(self.calibrator.realised_pro_share)
         return choice
+
+
+class RouterTruth:
+    """Online quality kept and cost saved against always-strong (``policies.router.truth``),
+    from the ``auto`` requests this process settled and the shadow labels it stored.
+
+    Exported as ``tiergate_router_quality_kept`` and ``tiergate_router_cost_saved``; both
+    are NaN until a first valid shadow label (shadow mode off: always NaN)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.tally = Tally()
+        self.kept = Gauge(
+            "tiergate_router_quality_kept",
+            "Estimated share of auto requests answered as acceptably as always-strong would "
+            "have (shadow labels); NaN until the first label.",
+            registry=metrics.registry,
+        )
+        self.saved = Gauge(
+            "tiergate_router_cost_saved",
+            "Estimated share of the always-strong cost that auto routing saved (shadow "
+            "labels); NaN until the first label with a known cheap cost.",
+            registry=metrics.registry,
+        )
+        self.kept.set(float("nan"))
+        self.saved.set(float("nan"))
+
+    def settled(self, strong: bool, cost: int) -> None:
+        self.tally.settled(strong, cost)
+        self._export()
+
+    def labelled(self, strong_needed: bool, cheap_cost: int, strong_cost: int) -> None:
+        self.tally.labelled_sample(strong_needed, cheap_cost, strong_cost)
+        self._export()
+
+    def _export(self) -> None:
+        truth = estimate(self.tally)
+        if truth is None:
+            return
+        self.kept.set(truth.quality_kept)
+        if truth.cost_saved is not None:
+            self.saved.set(truth.cost_saved)

@@ -50,6 +50,7 @@ from policies.router.shadow import (
 
 if TYPE_CHECKING:
     from gateway.pipeline import Prepared
+    from gateway.router_service import RouterTruth
 
 log = structlog.get_logger("tiergate.shadow")
 
@@ -94,6 +95,7 @@ class ShadowService:
         if self.enabled:
             self.store = self._budget_store(accounting)
         self.spec = BudgetSpec("shadow", "team", "shadow", "day", self.cfg.budget_nanos_per_day)
+        self.truth: RouterTruth | None = None  # set by the app when the router runs
 
     def _budget_store(self, accounting: Any) -> BudgetStore:
         redis = getattr(accounting, "redis", None)
@@ -246,6 +248,8 @@ class ShadowService:
         jresp, judge_cost = judged
         verdict = parse_verdict(answer_text(jresp.body), weak_first=weak_first)
         await self._store_label(p, weak, strong, verdict, strong_cost, judge_cost, now)
+        if verdict is not None and self.truth is not None:
+            self.truth.labelled(verdict.label == "strong_needed", p.cost_nanos or 0, strong_cost)
         self.metrics.shadow_verdicts.labels(verdict.label if verdict else "invalid").inc()
         self.metrics.shadow_requests.labels("labelled" if verdict else "unparsed").inc()
 

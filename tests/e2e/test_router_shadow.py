@@ -151,6 +151,11 @@ def _ask(gw: ShadowGateway, stream: bool) -> tuple[str, str, str]:
     return rid, text, "/".join(route.split("/")[:2])
 
 
+def _gauge(gw: Any, name: str) -> float:
+    text = httpx.get(gw.url + "/metrics", timeout=5).text
+    return float(next(ln for ln in text.splitlines() if ln.startswith(name + " ")).split()[-1])
+
+
 def test_shadow_labels_spend_and_budgets(
     sims: Sims, tmp_path: Path, monkeypatch_module: pytest.MonkeyPatch, pro_says_verdict: None
 ) -> None:
@@ -197,6 +202,12 @@ def test_shadow_labels_spend_and_budgets(
         assert gw.metric("tiergate_shadow_verdicts_total", verdict="weak_ok") == 2
         spent = gw.metric("tiergate_shadow_spend_nanodollars_total", team=gw.team_id)
         assert spent == shadow_cost
+        # Online truth: both cheap answers were acceptable, so no quality was lost; both auto
+        # requests went cheap, so always-strong would have cost what the replays cost.
+        replays = gw.query("SELECT SUM(shadow_cost_nanos) FROM router_labels")[0][0]
+        assert _gauge(gw, "tiergate_router_quality_kept") == 1.0
+        saved = _gauge(gw, "tiergate_router_cost_saved")
+        assert saved == pytest.approx(1 - client_cost / replays) and 0 < saved < 1
     finally:
         gw.server.stop()
     # Export and train on the labels.

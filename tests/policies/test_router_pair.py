@@ -230,3 +230,49 @@ def test_noise_labels_keep_the_fallback() -> None:
 )
 def test_pair_label(weak: bool, strong: bool, label: float) -> None:
     assert pair_label(weak, strong) == label
+
+
+# ---- online truth: quality kept and cost saved against always-strong -----------------
+
+
+@pytest.mark.parametrize(
+    ("settled", "labels", "kept", "saved", "share"),
+    [
+        # nothing labelled yet: no estimate
+        ([(False, 10)], [], None, None, None),
+        # 3 of 4 auto requests went cheap; 1 of 2 samples needed the strong answer;
+        # replays cost 5x the cheap answers: always-strong = 40 + 3 x 10 x 5 = 190
+        (
+            [(True, 40), (False, 10), (False, 10), (False, 10)],
+            [(True, 10, 50), (False, 10, 50)],
+            1 - 0.75 * 0.5,
+            1 - 70 / 190,
+            0.25,
+        ),
+        # every sample fine, all cheap, replays 4x: quality kept, three quarters saved
+        ([(False, 10), (False, 10)], [(False, 10, 40)], 1.0, 0.75, 0.0),
+        # a sample whose cheap cost is unknown counts for quality, not for the price ratio
+        ([(False, 10)], [(True, 0, 40)], 0.0, None, 0.0),
+    ],
+)
+def test_online_truth_estimate(
+    settled: list[tuple[bool, int]],
+    labels: list[tuple[bool, int, int]],
+    kept: float | None,
+    saved: float | None,
+    share: float | None,
+) -> None:
+    from policies.router.truth import Tally, estimate
+
+    t = Tally()
+    for strong, cost in settled:
+        t.settled(strong, cost)
+    for needed, cheap, strong_cost in labels:
+        t.labelled_sample(needed, cheap, strong_cost)
+    got = estimate(t)
+    if kept is None:
+        assert got is None
+        return
+    assert got is not None
+    assert got.quality_kept == pytest.approx(kept) and got.strong_share == pytest.approx(share)
+    assert got.cost_saved == (None if saved is None else pytest.approx(saved))
