@@ -27,6 +27,9 @@ class EngineRequest:
     endpoint: Endpoint = "chat"
     request_id: str = ""
     affinity_key: bytes | None = None
+    # Backends that already failed on the request's own content (see
+    # ``UpstreamRequestFailed``): at the second, the request is not tried again.
+    request_faults: int = 0
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ else.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,16 +16,31 @@ import orjson
 
 from policies.errors import (
     UpstreamBadRequest,
+    UpstreamConnectionLost,
     UpstreamError,
     UpstreamInsufficientBalance,
     UpstreamRateLimited,
+    UpstreamRequestFailed,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 
+#: How long an idle upstream connection is kept for reuse: under vLLM's (uvicorn's) 5 s
+#: keep-alive, so the gateway drops a connection before the server closes it.
+KEEPALIVE_S = 4.0
 
-def new_session(*, limit: int = 1024) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=30)
+
+def new_session(
+    *, limit: int = 1024, keepalive_s: float = KEEPALIVE_S, force_close: bool = False
+) -> aiohttp.ClientSession:
+    """The pooled client session. ``force_close``: a new connection for every request."""
+    connector = (
+        aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=30, force_close=True)
+        if force_close
+        else aiohttp.TCPConnector(
+            limit=limit, limit_per_host=0, ttl_dns_cache=30, keepalive_timeout=keepalive_s
+        )
+    )
     return aiohttp.ClientSession(
         connector=connector,
         json_serialize=lambda o: orjson.dumps(o).decode(),
@@ -59,9 +75,36 @@ def _message_from(body: bytes) -> str:
     return body[:300].decode("utf-8", "replace").strip()
 
 
-def error_for_status(status: int, body: bytes, headers: Any, where: str) -> UpstreamError:
+def _has_error_body(body: bytes) -> bool:
+    """Whether ``body`` is an OpenAI-shaped error object with a message (vLLM's
+    ``{"error": {...}}``, or ``{"object": "error", ...}`` from older releases)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(data, dict):
+        return False
+    err = data.get("error") if "error" in data else data if data.get("object") == "error" else None
+    return isinstance(err, dict) and bool(err.get("message"))
+
+
+def error_for_status(
+    status: int, body: bytes, headers: Any, where: str, *, request_faults: bool = False
+) -> UpstreamError:
+    """The error for an upstream's non-200 answer.
+
+    ``request_faults`` (vLLM replicas): a 501, or a 500 that carries an error body, is the
+    request's own failure (vLLM answers so for an assertion or a ``NotImplementedError``
+    raised while encoding the request); a 500 without one (the engine died) is the
+    replica's.
+    """
     msg = f"{where} answered {status}: {_message_from(body)}"
     retry_after = _retry_after(headers)
+    if request_faults and (status == 501 or (status == 500 and _has_error_body(body))):
+        return UpstreamRequestFailed(
+            f"{msg}. The replica could not process this request itself (not a replica "
+            "failure); check the messages and parameters"
+        )
     if status == 402:
         return UpstreamInsufficientBalance(
             f"{msg}. The hosted account balance is exhausted; top it up (not retried)."
@@ -87,6 +130,12 @@ async def translate_errors(where: str) -> AsyncIterator[None]:
         raise UpstreamTimeout(f"{where} did not answer in time ({type(exc).__name__})") from exc
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamUnavailable(f"cannot connect to {where}: {exc.os_error}") from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise UpstreamConnectionLost(f"{where} closed the connection: {exc}") from exc
+    except aiohttp.ClientOSError as exc:
+        if exc.errno in (errno.ECONNRESET, errno.EPIPE):
+            raise UpstreamConnectionLost(f"{where} reset the connection: {exc}") from exc
+        raise UpstreamUnavailable(f"{where} failed: {type(exc).__name__}: {exc}") from exc
     except aiohttp.ClientPayloadError as exc:
         raise UpstreamError(f"{where} broke off its response: {exc}") from exc
     except (aiohttp.ClientError, ConnectionError) as exc:

@@ -32,12 +32,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engines.admission import Admission
 from engines.base import EngineRequest, EngineResponse
-from engines.http import error_for_status, read_json_object, translate_errors
+from engines.http import error_for_status, new_session, read_json_object, translate_errors
 from engines.sse_stream import SSEStream
 from engines.translate import normalize_response, vllm_body
 from policies.affinity import PrefixIndex, ReplicaView, cache_blocks, order, prefix_chain
 from policies.catalog import VllmBackend
-from policies.errors import UpstreamError, UpstreamUnavailable
+from policies.errors import (
+    UpstreamConnectionLost,
+    UpstreamError,
+    UpstreamRequestFailed,
+    UpstreamUnavailable,
+)
 
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 # The gateway has no tokenizer: 256 V4 tokens are about 1 KiB of English text, so prompts
@@ -179,6 +184,7 @@ class VllmEngine:
         )
         self._poll_timeout = aiohttp.ClientTimeout(total=max(0.5, spec.poll_interval_s))
         self._tasks: list[asyncio.Task[None]] = []
+        self._fresh: aiohttp.ClientSession | None = None
         self._admission = (
             Admission(
                 name,
@@ -206,6 +212,8 @@ class VllmEngine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        if self._fresh is not None:
+            await self._fresh.close()
 
     # ---- discovery and polling ---------------------------------------------------------
 
@@ -383,17 +391,17 @@ class VllmEngine:
             where = f"replica {replica.url} of {self.name}"
             replica.in_flight += 1
             try:
-                async with translate_errors(where):
-                    resp = await self._session.post(
-                        replica.url + _PATHS[req.endpoint],
-                        data=data,
-                        headers=headers,
-                        timeout=self._timeout,
-                    )
-                    if resp.status != 200:
-                        payload = await resp.read()
-                        resp.release()
-                        raise error_for_status(resp.status, payload, resp.headers, where)
+                resp = await self._post(replica, req, data, headers, where)
+            except UpstreamRequestFailed as exc:
+                # The request's own failure: not the replica's, and tried once elsewhere.
+                self._release(replica)
+                req.request_faults += 1
+                exc.attempts = req.request_faults
+                if req.request_faults >= 2:
+                    exc.retryable = False
+                    raise
+                last = exc
+                continue
             except UpstreamError as exc:
                 self._release(replica)
                 if not exc.retryable:
@@ -416,6 +424,43 @@ class VllmEngine:
             return resp, replica
         self._export()
         raise last or UpstreamUnavailable(f"backend {self.name} has no usable replica")
+
+    async def _post(
+        self, replica: Replica, req: EngineRequest, data: bytes, headers: dict[str, str], where: str
+    ) -> aiohttp.ClientResponse:
+        """Send the request to one replica; a connection the replica closed before answering
+        (an idle keep-alive connection it had just shut) is sent again once, on a fresh
+        connection, without counting against the replica."""
+        session = self._session
+        for resend in (True, False):
+            try:
+                async with translate_errors(where):
+                    resp = await session.post(
+                        replica.url + _PATHS[req.endpoint],
+                        data=data,
+                        headers=headers,
+                        timeout=self._timeout,
+                    )
+                    if resp.status != 200:
+                        payload = await resp.read()
+                        resp.release()
+                        raise error_for_status(
+                            resp.status, payload, resp.headers, where, request_faults=True
+                        )
+                    return resp
+            except UpstreamConnectionLost:
+                if not resend:
+                    raise
+                if self._metrics is not None:
+                    self._metrics.upstream_resends.labels(self.name).inc()
+                session = self._fresh_session()
+        raise AssertionError("unreachable")
+
+    def _fresh_session(self) -> aiohttp.ClientSession:
+        """A session that opens a new connection for every request (for resends)."""
+        if self._fresh is None or self._fresh.closed:
+            self._fresh = new_session(limit=64, force_close=True)
+        return self._fresh
 
     async def complete(self, req: EngineRequest) -> EngineResponse:
         # Nothing has reached the client yet: a body that breaks off is retried elsewhere too.

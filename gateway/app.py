@@ -67,7 +67,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics()
-        session = new_session(limit=settings.upstream_connections)
+        session = new_session(
+            limit=settings.upstream_connections, keepalive_s=settings.upstream_keepalive_s
+        )
         engines = build_engines(loaded, session, metrics)
         for engine in engines.values():
             await engine.start()

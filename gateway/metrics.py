@@ -73,6 +73,13 @@ class Metrics:
             ("backend", "code"),
             registry=r,
         )
+        self.upstream_resends = Counter(
+            "tiergate_upstream_resends",
+            "Requests sent again on a fresh connection after a replica closed a kept-alive"
+            " one before answering (not counted as a replica failure).",
+            ("backend",),
+            registry=r,
+        )
         self.settlement_failures = Counter(
             "tiergate_settlement_failures",
             "Answered requests whose settlement failed: their spend is missing from budgets "

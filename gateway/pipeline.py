@@ -25,6 +25,7 @@ from policies.errors import (
     PermissionDenied,
     TiergateError,
     UpstreamError,
+    UpstreamRequestFailed,
     UpstreamUnavailable,
 )
 from policies.options import Option, resolve_target
@@ -79,6 +80,7 @@ class Prepared:
     shadow_events: list[bytes] | None = None
     stream_finished: bool = False  # a stream's settlement has begun (it runs once)
     cost_nanos: int | None = None  # set once settled (shadow mode compares it with Pro's)
+    request_faults: int = 0  # backends that failed on the request's own content
 
     @property
     def reason(self) -> str:
@@ -225,7 +227,11 @@ class Pipeline:
 
     def _engine_request(self, p: Prepared, option: Option) -> EngineRequest:
         return EngineRequest(
-            body=p.call.body, option=option, endpoint=p.call.endpoint, request_id=p.request_id
+            body=p.call.body,
+            option=option,
+            endpoint=p.call.endpoint,
+            request_id=p.request_id,
+            request_faults=p.request_faults,
         )
 
     async def _dispatch(
@@ -234,10 +240,16 @@ class Pipeline:
         last: UpstreamError | None = None
         for option in p.plan.options():
             engine = self.engines[option.backend]
+            req = self._engine_request(p, option)
             try:
-                result = await opener(engine, self._engine_request(p, option))
+                result = await opener(engine, req)
             except UpstreamError as exc:
                 self.metrics.upstream_errors.labels(option.backend, exc.code).inc()
+                if isinstance(exc, UpstreamRequestFailed):
+                    # Tried once elsewhere at most: the next backend is the last try.
+                    p.request_faults = max(req.request_faults, exc.attempts)
+                    if p.request_faults >= 2:
+                        exc.retryable = False
                 if not exc.retryable:
                     raise
                 last = exc

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     keep_alive_s: int = Field(default=5, gt=0)
     limit_concurrency: int | None = Field(default=None, gt=0)
     upstream_connections: int = Field(default=1024, gt=0)
+    # How long an idle upstream connection is reused: keep it under the upstreams'
+    # keep-alive (vLLM closes idle connections after 5 s), see docs/upstreams.md.
+    upstream_keepalive_s: float = Field(default=4.0, gt=0)
 
 
 @lru_cache(maxsize=1)

@@ -96,6 +96,30 @@ class UpstreamBadRequest(UpstreamError):
     retryable = False
 
 
+class UpstreamRequestFailed(UpstreamError):
+    """The backend failed on this request's own content, not because it is unwell.
+
+    vLLM answers 500 with an error body when an assertion fails while it encodes a
+    request, and 501 for input it does not support. Another backend may still take the
+    request, so it is retried at most once elsewhere; it never counts against a replica's
+    breaker. ``attempts`` counts the backends that refused the request this way.
+    """
+
+    status = 400
+    code = "upstream_request_failed"
+    type = "invalid_request_error"
+    attempts = 1
+
+
+class UpstreamConnectionLost(UpstreamError):
+    """The backend closed the connection before answering (often an idle keep-alive
+    connection it had just closed): sent again once on a fresh connection."""
+
+    status = 503
+    code = "upstream_connection_lost"
+    type = "overloaded_error"
+
+
 class UpstreamRateLimited(UpstreamError):
     status = 429
     code = "upstream_rate_limited"

@@ -49,6 +49,8 @@ class SimConfig:
     reply: str = ""
     enable_prompt_tokens_details: bool = True
     keepalive_comments: bool = False
+    # vLLM's V4 encoder: unknown roles answer 501, an empty developer message 500
+    strict_encoder: bool = True
     # failure injection: fail_rate of requests fail with fail_mode if set, else fail_status
     fail_rate: float = 0.0
     fail_status: int = 503

@@ -136,6 +136,8 @@ def _messages(cfg: SimConfig, body: dict[str, Any], thinking: bool) -> list[dict
         raise SimError(400, "messages must be a non-empty list", param="messages")
     if not all(isinstance(m, dict) for m in messages):
         raise SimError(400, "each message must be an object", param="messages")
+    if cfg.mode == "vllm" and cfg.strict_encoder:
+        _encodable(messages)
     if cfg.mode == "hosted" and thinking:
         for i, m in enumerate(messages):
             if (
@@ -151,6 +153,21 @@ def _messages(cfg: SimConfig, body: dict[str, Any], thinking: bool) -> list[dict
                     param="messages",
                 )
     return messages
+
+
+_V4_ROLES = frozenset(("system", "developer", "user", "assistant", "tool"))
+
+
+def _encodable(messages: list[dict[str, Any]]) -> None:
+    """What vLLM's V4 message encoder refuses, as vLLM answers it: a role it has no
+    rendering for raises ``NotImplementedError`` (501), and an empty ``developer``
+    message fails an assertion (500, an ``InternalServerError`` body)."""
+    for i, m in enumerate(messages):
+        role = m.get("role")
+        if role not in _V4_ROLES:
+            raise SimError(501, f"Unknown role: {role}")
+        if role == "developer" and not m.get("content"):
+            raise SimError(500, f"AssertionError: developer message {i} has no content")
 
 
 def _continues_last(

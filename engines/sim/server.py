@@ -123,6 +123,10 @@ def create_sim_app(config: SimConfig) -> Starlette:
             if fault:
                 state.stats["faults"] += 1
             if fault.isdigit():
+                if int(fault) == 500 and cfg.mode == "vllm":
+                    # vLLM's handler for a dead engine: an empty 500 (its /health says 503)
+                    state.stats["errors"] += 1
+                    return Response(status_code=500)
                 return error(int(fault), status_message(int(fault)))
             if fault == "disconnect":
                 await drop_connection(request.scope)

@@ -17,10 +17,13 @@ from engines.sim.prefix_cache import PrefixCache
 
 _LATENCY_KEYS = ("ttft_base_s", "prefill_s_per_token", "itl_s")
 _COUNT_KEYS = ("default_output_tokens", "reasoning_tokens")
+# How hard the simulator is, switchable at runtime (see SimConfig)
+_BOOL_KEYS = ("strict_encoder", "keepalive_comments")
 _CONTROL_KEYS = frozenset(
     ("healthy", "fail_rate", "fail_status", "fail_mode", "models", "reset_cache", "reply")
     + _LATENCY_KEYS
     + _COUNT_KEYS
+    + _BOOL_KEYS
 )
 
 
@@ -105,6 +108,11 @@ class SimState:
             for key in _COUNT_KEYS:
                 if key in data:
                     changes[key] = int(data[key])
+            for key in _BOOL_KEYS:
+                if key in data:
+                    if not isinstance(data[key], bool):
+                        raise TypeError(f"{key} must be true or false")
+                    changes[key] = data[key]
             if "fail_rate" in data:
                 changes["fail_rate"] = float(data["fail_rate"])
             if "fail_status" in data:
