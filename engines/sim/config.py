@@ -51,6 +51,9 @@ class SimConfig:
     keepalive_comments: bool = False
     # vLLM's V4 encoder: unknown roles answer 501, an empty developer message 500
     strict_encoder: bool = True
+    # a request on a connection idle longer than this is dropped unanswered, as when
+    # vLLM's 5 s keep-alive closes it just as the client reuses it (0: off)
+    idle_close_s: float = 0.0
     # failure injection: fail_rate of requests fail with fail_mode if set, else fail_status
     fail_rate: float = 0.0
     fail_status: int = 503
@@ -62,7 +65,10 @@ class SimConfig:
         problems = []
         if self.mode not in ("vllm", "hosted"):
             problems.append(f"mode must be 'vllm' or 'hosted', not {self.mode!r}")
-        if min(self.ttft_base_s, self.prefill_s_per_token, self.itl_s, self.stall_s) < 0:
+        if (
+            min(self.ttft_base_s, self.prefill_s_per_token, self.itl_s, self.stall_s) < 0
+            or self.idle_close_s < 0
+        ):
             problems.append("latencies must not be negative")
         if self.block_size < 1 or self.cache_blocks < 0:
             problems.append("block_size must be >= 1 and cache_blocks >= 0")

@@ -9,6 +9,7 @@ sleeps or yields to the event loop beyond reading the request body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +24,13 @@ from starlette.types import Message, Receive, Scope, Send
 
 from engines.sim.config import SimConfig
 from engines.sim.errors import SimError, error_body, status_message
-from engines.sim.faults import SERVER_SEND, drop_connection, pick_fault, stall
+from engines.sim.faults import (
+    SERVER_SEND,
+    ConnectionDropped,
+    drop_connection,
+    pick_fault,
+    stall,
+)
 from engines.sim.generation import Generation
 from engines.sim.metrics import CONTENT_TYPE
 from engines.sim.planning import plan_chat, plan_completion
@@ -34,12 +41,21 @@ _MIDSTREAM_CHUNKS = 3
 
 
 class _SimApp(Starlette):
-    """Starlette plus ``x-sim-replica`` on every response and the server's own ``send``
-    kept in the scope (for faults that close the connection)."""
+    """Starlette plus ``x-sim-replica`` on every response, the server's own ``send`` kept
+    in the scope (for faults that close the connection), and vLLM's idle close.
 
-    def __init__(self, replica_id: str, **kwargs: Any) -> None:
+    With ``idle_close_s`` set, a request that arrives on a kept-alive connection idle for
+    longer is dropped unanswered: the server closed the connection just as the client
+    reused it. (uvicorn, which vLLM runs, closes idle connections after its keep-alive,
+    5 s by default; a client that reuses one in that instant loses its request. Here
+    every such reuse loses it.)
+    """
+
+    def __init__(self, state: SimState, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._replica_header = (b"x-sim-replica", replica_id.encode())
+        self._sim = state
+        self._replica_header = (b"x-sim-replica", state.config.replica_id.encode())
+        self._idle_since: dict[Any, float] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,11 +63,29 @@ class _SimApp(Starlette):
             return
         scope[SERVER_SEND] = send
         header = self._replica_header
+        conn = (scope.get("client"), scope.get("server"))
+        idle_close = self._sim.config.idle_close_s
+        if idle_close:
+            since = self._idle_since.pop(conn, None)
+            if since is not None and time.monotonic() - since > idle_close:
+                self._sim.stats["idle_closes"] += 1
+                with contextlib.suppress(ConnectionDropped):
+                    await drop_connection(scope)
+                return
+        idle_since = self._idle_since
 
         async def send_with_replica(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
+            if (
+                idle_close
+                and message["type"] == "http.response.body"
+                and not message.get("more_body")
+            ):
+                if len(idle_since) > 10_000:
+                    idle_since.clear()
+                idle_since[conn] = time.monotonic()
 
         await super().__call__(scope, receive, send_with_replica)
 
@@ -225,7 +259,7 @@ def create_sim_app(config: SimConfig) -> Starlette:
             Route("/beta/completions", completions, methods=["POST"]),
             Route("/completions", completions, methods=["POST"]),
         ]
-    app = _SimApp(config.replica_id, routes=routes)
+    app = _SimApp(state, routes=routes)
     app.state.sim = state
     return app
 

@@ -15,7 +15,7 @@ from engines.sim.generation import Generation
 from engines.sim.metrics import VllmMetrics
 from engines.sim.prefix_cache import PrefixCache
 
-_LATENCY_KEYS = ("ttft_base_s", "prefill_s_per_token", "itl_s")
+_LATENCY_KEYS = ("ttft_base_s", "prefill_s_per_token", "itl_s", "idle_close_s")
 _COUNT_KEYS = ("default_output_tokens", "reasoning_tokens")
 # How hard the simulator is, switchable at runtime (see SimConfig)
 _BOOL_KEYS = ("strict_encoder", "keepalive_comments")
@@ -47,6 +47,7 @@ class SimState:
             "prompt_tokens": 0,
             "cached_tokens": 0,
             "generation_tokens": 0,
+            "idle_closes": 0,  # requests dropped on a connection closed for idleness
         }
 
     @asynccontextmanager

@@ -15,12 +15,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 
 from engines.sim.config import SimConfig
 from engines.sim.runner import SimServer
+from policies.catalog import Catalog, parse_catalog
 
-from .conftest import Gateway, Sims, start_gateway
-from .test_pools import catalog_for
+from .conftest import DEMO, Gateway, Sims, start_gateway
 
 MSG = [{"role": "user", "content": "hello"}]
 
@@ -41,9 +42,19 @@ def pair() -> Iterator[list[SimServer]]:
 def gw(
     pair: list[SimServer], sims: Sims, monkeypatch_module: pytest.MonkeyPatch
 ) -> Iterator[Gateway]:
-    server, gateway = start_gateway(catalog_for([s.base_url for s in pair], sims.hosted))
+    server, gateway = start_gateway(catalog_for([s.base_url for s in pair], sims))
     yield gateway
     server.stop()
+
+
+def catalog_for(urls: list[str], sims: Sims, **backend: Any) -> Catalog:
+    """The demo catalog with these Flash replicas (polled every 0.2 s unless told)."""
+    data = yaml.safe_load(DEMO.read_text())
+    data["backends"]["flash-local"]["replicas"] = urls
+    data["backends"]["flash-local"].update({"poll_interval_s": 0.2, **backend})
+    data["backends"]["pro-local"]["replicas"] = sims.pro
+    data["backends"]["hosted"]["base_url"] = sims.hosted
+    return parse_catalog(data)
 
 
 def requests_seen(*servers: SimServer) -> int:
@@ -98,7 +109,7 @@ def test_request_error_501_is_tried_once_elsewhere_and_opens_no_breaker(
 def test_assertion_500_on_a_single_replica_fails_over_once_and_keeps_the_breaker_closed(
     pair: list[SimServer], sims: Sims, monkeypatch_module: pytest.MonkeyPatch
 ) -> None:
-    server, gateway = start_gateway(catalog_for([pair[0].base_url], sims.hosted))
+    server, gateway = start_gateway(catalog_for([pair[0].base_url], sims))
     try:
         bad = [{"role": "developer", "content": ""}, *MSG]
         for _ in range(3):
@@ -118,7 +129,7 @@ def test_assertion_500_on_a_single_replica_fails_over_once_and_keeps_the_breaker
 def test_an_empty_500_is_still_a_replica_failure(
     pair: list[SimServer], sims: Sims, monkeypatch_module: pytest.MonkeyPatch
 ) -> None:
-    server, gateway = start_gateway(catalog_for([s.base_url for s in pair], sims.hosted))
+    server, gateway = start_gateway(catalog_for([s.base_url for s in pair], sims))
     for s in pair:
         s.state.control({"fail_rate": 1.0, "fail_status": 500})
     try:
@@ -130,3 +141,45 @@ def test_an_empty_500_is_still_a_replica_failure(
         for s in pair:
             s.state.control({"fail_rate": 0.0})
         server.stop()
+
+
+# ---- idle connections closed by the server ---------------------------------------------
+
+
+def test_a_connection_the_replica_closed_for_idleness_is_sent_again_on_the_same_replica(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    replica = sim("idle", idle_close_s=0.5)
+    # One poll only, so that nothing but the requests uses the pooled connection.
+    server, gateway = start_gateway(catalog_for([replica.base_url], sims, poll_interval_s=60))
+    try:
+        first = route_of(gateway)
+        time.sleep(0.8)  # idle past the replica's keep-alive, under the gateway's 4 s
+        second = route_of(gateway)
+        metrics = httpx.get(gateway.url + "/metrics").text
+        assert breaker_open(gateway, "flash-local") == []
+    finally:
+        server.stop()
+        replica.stop()
+    assert replica.state.stats["idle_closes"] >= 1  # the request met a closed connection
+    assert first.startswith("flash/non-thinking/flash-local")
+    assert second.startswith("flash/non-thinking/flash-local") and "failover" not in second
+    assert 'tiergate_upstream_resends_total{backend="flash-local"} 1.0' in metrics
+
+
+def test_connections_idle_past_the_gateways_keep_alive_are_not_reused(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    replica = sim("idle2", idle_close_s=0.5)
+    server, gateway = start_gateway(
+        catalog_for([replica.base_url], sims, poll_interval_s=60),
+        upstream_keepalive_s=0.3,
+    )
+    try:
+        for _ in range(3):
+            assert route_of(gateway).startswith("flash/non-thinking/flash-local")
+            time.sleep(0.8)
+    finally:
+        server.stop()
+        replica.stop()
+    assert replica.state.stats["idle_closes"] == 0
