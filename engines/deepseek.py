@@ -5,6 +5,10 @@ the stream reaches the client byte-for-byte in DeepSeek's own shape (keep-alive 
 ``choices: []`` usage chunk) and usage is read once, at the end. Before the first byte,
 429/503 and connection failures are retried with exponential backoff and jitter
 (``Retry-After`` honoured up to a cap); 402 (balance) and 4xx are never retried.
+Under overload the API answers 200 and then sends keep-alive comments (blank lines when
+not streaming) until inference starts: a stream must reach its first token within
+``first_token_timeout_s`` (comments do not count), a non-stream answer must be complete
+within ``timeout_s``.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ class DeepSeekEngine:
         self._api_key = api_key if api_key is not None else os.environ.get(spec.api_key_env, "")
         self._backoff = backoff_base_s
         self._timeout = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=spec.timeout_s)
+        # Non-stream: the API sends blank lines while a request is queued, and each would
+        # restart a read timeout; the whole answer must come within timeout_s.
+        self._total_timeout = aiohttp.ClientTimeout(total=spec.timeout_s, connect=10.0)
 
     def _url(self, req: EngineRequest) -> str:
         if req.endpoint == "completions":
@@ -79,7 +86,10 @@ class DeepSeekEngine:
             try:
                 async with translate_errors(where):
                     resp = await self._session.post(
-                        url, data=data, headers=headers, timeout=self._timeout
+                        url,
+                        data=data,
+                        headers=headers,
+                        timeout=self._timeout if stream else self._total_timeout,
                     )
                     if resp.status == 200:
                         return resp
@@ -106,7 +116,9 @@ class DeepSeekEngine:
     async def stream(self, req: EngineRequest) -> SSEStream:
         resp = await self._open(req, stream=True)
         include = bool((req.body.get("stream_options") or {}).get("include_usage"))
-        return SSEStream(resp, None, include, f"hosted backend {self.name}")
+        stream = SSEStream(resp, None, include, f"hosted backend {self.name}")
+        await stream.wait_first_token(self.spec.first_token_timeout_s)
+        return stream
 
     async def health(self) -> bool:
         return bool(self._api_key)

@@ -18,13 +18,16 @@ from typing import Any
 import orjson
 
 from engines.base import Endpoint, StreamOutcome
+from policies.errors import UpstreamStreamError
 from policies.options import Mode
 from policies.usage import Usage, usage_from_openai
 
 # A chunk is decoded only when one of these keys carries a non-null value; any other chunk
 # passes through untouched. In JSON text an unescaped quote only delimits keys and strings,
 # so these patterns cannot match inside message content.
-_NEEDS_PARSE = re.compile(rb'"(?:usage|reasoning|tool_calls|finish_reason|error)"\s*:\s*(?!null)')
+_NEEDS_PARSE = re.compile(
+    rb'"(?:usage|reasoning|tool_calls|finish_reason|error)"\s*:\s*(?!null)|"object"\s*:\s*"error"'
+)
 
 # Fields of ours or of another dialect that must not travel upstream.
 _GATEWAY_FIELDS = ("thinking", "reasoning_effort", "chat_template_kwargs")
@@ -74,6 +77,28 @@ def hosted_body(
     return out
 
 
+def _stream_error(chunk: dict[str, Any]) -> str | None:
+    """The message of an error event (``{"error": {...}}``, or older vLLM releases'
+    ``{"object": "error", "message": ...}``); None for any other chunk."""
+    if chunk.get("choices"):
+        return None
+    if "error" in chunk:
+        err = chunk["error"]
+    elif chunk.get("object") == "error":
+        err = chunk
+    else:
+        return None
+    if isinstance(err, dict):
+        return str(err.get("message") or err.get("type") or "unknown error")
+    return str(err)
+
+
+def _finish(reason: Any, tool_calls: bool) -> Any:
+    """vLLM ends a call forced by a named ``tool_choice`` with ``stop``; DeepSeek and
+    OpenAI say ``tool_calls`` whenever calls were made, and clients loop on that."""
+    return "tool_calls" if tool_calls and reason == "stop" else reason
+
+
 def normalize_message(msg: dict[str, Any]) -> None:
     """vLLM -> DeepSeek field names, in place."""
     if "reasoning" in msg:
@@ -91,6 +116,10 @@ def normalize_response(body: dict[str, Any]) -> Usage:
             msg = choice.get("message")
             if isinstance(msg, dict):
                 normalize_message(msg)
+                if choice.get("finish_reason"):
+                    choice["finish_reason"] = _finish(
+                        choice["finish_reason"], bool(msg.get("tool_calls"))
+                    )
     usage = usage_from_openai(body.get("usage")) or Usage()
     body["usage"] = usage.to_deepseek()
     return usage
@@ -104,10 +133,14 @@ class SSENormalizer:
     for the final usage chunk: upstream is always asked for it, so the gateway can bill.
     """
 
-    def __init__(self, outcome: StreamOutcome, *, include_usage: bool) -> None:
+    def __init__(
+        self, outcome: StreamOutcome, *, include_usage: bool, where: str = "the upstream"
+    ) -> None:
         self.outcome = outcome
         self.include_usage = include_usage
+        self.where = where
         self.done = False
+        self.tool_calls: set[Any] = set()  # choices that streamed a tool call (``_finish``)
 
     def feed(self, line: bytes) -> bytes | None:
         """One upstream line in (without its newline); one SSE event out, or None to drop."""
@@ -131,17 +164,22 @@ class SSENormalizer:
             return None
         if not isinstance(chunk, dict):
             return None
-        if "error" in chunk and not chunk.get("choices"):
-            err = chunk.get("error")
-            self.outcome.error = str(err.get("message") if isinstance(err, dict) else err)
-            return b"data: " + payload + b"\n\n"
+        error = _stream_error(chunk)
+        if error is not None:
+            # vLLM reports a failure inside a stream as an error event, then [DONE].
+            self.outcome.error = error
+            raise UpstreamStreamError(f"{self.where} failed mid-stream: {error}")
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
             delta = choice.get("delta")
+            index = choice.get("index", 0)
             if isinstance(delta, dict):
+                if delta.get("tool_calls"):
+                    self.tool_calls.add(index)
                 normalize_message(delta)
             if choice.get("finish_reason"):
+                choice["finish_reason"] = _finish(choice["finish_reason"], index in self.tool_calls)
                 self.outcome.finish_reason = str(choice["finish_reason"])
         raw_usage = chunk.get("usage")
         if isinstance(raw_usage, dict):

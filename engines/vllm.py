@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,7 @@ from policies.errors import (
     UpstreamConnectionLost,
     UpstreamError,
     UpstreamRequestFailed,
+    UpstreamStreamError,
     UpstreamUnavailable,
 )
 
@@ -483,16 +485,31 @@ class VllmEngine:
             return EngineResponse(body=body, usage=usage, replica=replica.url)
 
     async def stream(self, req: EngineRequest) -> SSEStream:
-        resp, replica = await self._open(req, stream=True)
+        # Up to the first token nothing has reached the client: a replica that fails
+        # before it (closed, silent past the deadline) is left for the next one.
         include = bool((req.body.get("stream_options") or {}).get("include_usage"))
-
-        return SSEStream(
-            resp,
-            replica.url,
-            include,
-            f"replica {replica.url} of {self.name}",
-            on_close=lambda: self._release(replica),
-        )
+        skip: set[str] = set()
+        while True:
+            resp, replica = await self._open(req, stream=True, skip=frozenset(skip))
+            stream = SSEStream(
+                resp,
+                replica.url,
+                include,
+                f"replica {replica.url} of {self.name}",
+                on_close=functools.partial(self._release, replica),
+            )
+            try:
+                await stream.wait_first_token(self.spec.first_token_timeout_s)
+            except UpstreamError as exc:
+                if not exc.retryable or len(skip) + 1 >= len(self._replicas):
+                    raise
+                if not isinstance(exc, UpstreamStreamError):  # may be the request's own
+                    replica.record_failure(
+                        time.monotonic(), self.spec.breaker_cooldown_s, self.spec.breaker_failures
+                    )
+                skip.add(replica.url)
+                continue
+            return stream
 
     async def health(self) -> bool:
         return self.available()

@@ -81,6 +81,7 @@ class Prepared:
     stream_finished: bool = False  # a stream's settlement has begun (it runs once)
     cost_nanos: int | None = None  # set once settled (shadow mode compares it with Pro's)
     request_faults: int = 0  # backends that failed on the request's own content
+    error: str = ""  # why a stream that had begun failed (for the log line)
 
     @property
     def reason(self) -> str:
@@ -325,7 +326,7 @@ class Pipeline:
                     else:
                         p.shadow_events = p.shadow_events or []
                         p.shadow_events.append(event)
-                if first:
+                if first and not event.startswith(b":"):  # comments are no token
                     first = False
                     self.metrics.ttft.labels(
                         option.tier, option.mode.label, option.backend
@@ -342,6 +343,8 @@ class Pipeline:
                 yield done
         except TiergateError as err:
             self.metrics.upstream_errors.labels(option.backend, err.code).inc()
+            p.reasons.append(f"stream-error:{err.code}")
+            p.error = err.message
             await self._finish_stream(p, stream, err.status)
             yield on_error(err)
         finally:
@@ -453,7 +456,7 @@ class Pipeline:
             )
             m.cache_saved.labels(*lbl, team).inc(max(saved, 0))
         m.duration.labels(*lbl).observe(latency)
-        self._log(p, option, usage, cost, status)
+        self._log(p, option, usage, cost, status, error=p.error)
 
     def _log(
         self, p: Prepared, option: Option, usage: Usage, cost: int, status: int, error: str = ""

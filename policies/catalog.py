@@ -92,6 +92,9 @@ class HostedBackend(_Strict):
     models: dict[str, HostedModel]
     timeout_s: float = Field(default=600.0, gt=0)
     max_retries: int = Field(default=2, ge=0)
+    # A stream's first token (keep-alive comments do not count) must come within this,
+    # else the request fails over, or fails with a 504 (None: no deadline).
+    first_token_timeout_s: float | None = Field(default=60.0, gt=0)
 
 
 class Discovery(_Strict):
@@ -116,6 +119,8 @@ class VllmBackend(_Strict):
     prices: str | None = None
     timeout_s: float = Field(default=600.0, gt=0)
     connect_timeout_s: float = Field(default=2.0, gt=0)
+    # As for the hosted API; None: a long prefill may take as long as it needs.
+    first_token_timeout_s: float | None = Field(default=None, gt=0)
     selection: Literal["affinity", "least_loaded", "round_robin"] = "affinity"
     load_factor: float = Field(default=1.25, ge=1.0)
     # Prefixes remembered per replica for affinity (chain elements, ~256 tokens each): the

@@ -120,6 +120,12 @@ class UpstreamConnectionLost(UpstreamError):
     type = "overloaded_error"
 
 
+class UpstreamStreamError(UpstreamError):
+    """The backend reported an error inside its stream (an ``error`` event)."""
+
+    code = "upstream_stream_error"
+
+
 class UpstreamRateLimited(UpstreamError):
     status = 429
     code = "upstream_rate_limited"

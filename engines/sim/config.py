@@ -8,7 +8,7 @@ from typing import Literal
 Mode = Literal["vllm", "hosted"]
 
 #: Faults that are not an HTTP status: see ``engines.sim.faults``.
-FAULT_KINDS = ("disconnect", "midstream", "insufficient", "stall")
+FAULT_KINDS = ("disconnect", "midstream", "insufficient", "stall", "error_event")
 
 
 def fault_is_valid(fault: str) -> bool:
@@ -54,6 +54,16 @@ class SimConfig:
     # a request on a connection idle longer than this is dropped unanswered, as when
     # vLLM's 5 s keep-alive closes it just as the client reuses it (0: off)
     idle_close_s: float = 0.0
+    # the hosted API under overload: 200 at once, then ": keep-alive" comments (blank
+    # lines when not streaming) every keepalive_every_s while the request waits queue_s
+    # for inference; one still queued after queue_close_s is dropped (the API: ~10 min)
+    queue_s: float = 0.0
+    keepalive_every_s: float = 1.0
+    queue_close_s: float = 600.0
+    # vLLM's tool calls: streamed as a header chunk (id, name) then argument fragments,
+    # and a call forced by a named tool_choice finishes with "stop" (off: whole, "tool_calls")
+    tool_call_fragments: bool = True
+    named_tool_stop: bool = True
     # failure injection: fail_rate of requests fail with fail_mode if set, else fail_status
     fail_rate: float = 0.0
     fail_status: int = 503
@@ -67,9 +77,11 @@ class SimConfig:
             problems.append(f"mode must be 'vllm' or 'hosted', not {self.mode!r}")
         if (
             min(self.ttft_base_s, self.prefill_s_per_token, self.itl_s, self.stall_s) < 0
-            or self.idle_close_s < 0
+            or min(self.idle_close_s, self.queue_s) < 0
         ):
             problems.append("latencies must not be negative")
+        if self.keepalive_every_s <= 0 or self.queue_close_s <= 0:
+            problems.append("keepalive_every_s and queue_close_s must be > 0")
         if self.block_size < 1 or self.cache_blocks < 0:
             problems.append("block_size must be >= 1 and cache_blocks >= 0")
         if self.max_num_seqs < 1 or self.max_model_len < 1:

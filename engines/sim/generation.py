@@ -53,6 +53,7 @@ class Generation:
     content: list[str] = field(default_factory=list)
     tool_call: dict[str, Any] | None = None
     tool_call_tokens: int = 0
+    tool_fragments: bool = False  # stream the call as vLLM does: header, then fragments
     finish_reason: str = "stop"
     id: str = field(default_factory=lambda: "sim-" + uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
@@ -177,8 +178,15 @@ class Generation:
             yield self._chunk({self.reasoning_field: tok})
         for tok in self.content:
             yield self._chunk({"content": tok})
-        if self.tool_call is not None:
-            yield self._chunk({"tool_calls": [{"index": 0, **self.tool_call}]})
+        call = self.tool_call
+        if call is not None and self.tool_fragments:
+            fn = call["function"]
+            head = {**call, "function": {"name": fn["name"], "arguments": ""}}
+            yield self._chunk({"tool_calls": [{"index": 0, **head}]})
+            for part in split_tokens(fn["arguments"], 8):
+                yield self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
+        elif call is not None:
+            yield self._chunk({"tool_calls": [{"index": 0, **call}]})
 
     def final_chunk(self) -> dict[str, Any]:
         return self._chunk({}, self.finish_reason)

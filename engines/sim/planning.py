@@ -222,13 +222,17 @@ def plan_chat(
         doc = {"answer": gen.text.strip(), "model": model, "replica": cfg.replica_id}
         gen.content = split_tokens(orjson.dumps(doc).decode())
     if tool:
-        _add_tool_call(gen, tool, seed)
+        _add_tool_call(gen, tool, seed, _int_header(headers, "x-sim-tool-arg-chars", 0))
     if gen.tool_call is None:
         gen.stop_at(stops)
     gen.cap(max_tokens)
     if gen.tool_call is not None:
         gen.content = []
-        gen.finish_reason = "tool_calls"
+        named = isinstance(body.get("tool_choice"), dict)
+        # vLLM ends a call forced by a named tool_choice with "stop"
+        stop = named and cfg.mode == "vllm" and cfg.named_tool_stop
+        gen.finish_reason = "stop" if stop else "tool_calls"
+        gen.tool_fragments = cfg.mode == "vllm" and cfg.tool_call_fragments
     return gen
 
 
@@ -253,8 +257,11 @@ def _tool_name(body: dict[str, Any], tools: list[Any], headers: Mapping[str, str
     return None
 
 
-def _add_tool_call(gen: Generation, name: str, seed: bytes) -> None:
-    args = orjson.dumps({"query": "".join(words(seed, 3)).strip()}).decode()
+def _add_tool_call(gen: Generation, name: str, seed: bytes, arg_chars: int = 0) -> None:
+    query = "".join(words(seed, 3)).strip()
+    if arg_chars > len(query):  # a long argument (x-sim-tool-arg-chars)
+        query = (query + " ") * (arg_chars // (len(query) + 1) + 1)
+    args = orjson.dumps({"query": query}).decode()
     gen.tool_call = {
         "id": "call_" + hashlib.blake2b(seed + name.encode(), digest_size=8).hexdigest(),
         "type": "function",

@@ -188,6 +188,12 @@ def create_sim_app(config: SimConfig) -> Starlette:
                 media_type="text/event-stream",
                 headers=_SSE_HEADERS,
             )
+        if fault == "error_event":  # not streamed: vLLM answers the failure as a 500
+            return error(500, "EngineGenerateError: the request failed during generation")
+        if cfg.queue_s:
+            return StreamingResponse(
+                _queued_answer(state, gen, request.scope), media_type="application/json"
+            )
         async with state.slot() as queued_s:
             started = time.perf_counter()
             last_token = gen.prefill_s + cfg.itl_s * max(0, gen.output_tokens - 1)
@@ -264,6 +270,32 @@ def create_sim_app(config: SimConfig) -> Starlette:
     return app
 
 
+async def _queue_wait(cfg: SimConfig, beat: bytes) -> AsyncIterator[bytes]:
+    """The hosted API's overload wait: ``beat`` at once and every ``keepalive_every_s``
+    while the request waits ``queue_s`` (at most ``queue_close_s``) for inference."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + min(cfg.queue_s, cfg.queue_close_s)
+    yield beat
+    while (left := end - loop.time()) > 0:
+        await asyncio.sleep(min(cfg.keepalive_every_s, left))
+        yield beat
+
+
+async def _queued_answer(state: SimState, gen: Generation, scope: Scope) -> AsyncIterator[bytes]:
+    """A non-stream answer from the overloaded hosted API: blank lines, then the body."""
+    cfg = state.config
+    async for beat in _queue_wait(cfg, b"\n"):
+        yield beat
+    if cfg.queue_s >= cfg.queue_close_s:
+        await drop_connection(scope)
+        return
+    async with state.slot() as queued_s:
+        started = time.perf_counter()
+        await _pause(cfg, started + gen.prefill_s + cfg.itl_s * max(0, gen.output_tokens - 1))
+        state.finished(gen, queued_s)
+    yield orjson.dumps(gen.response_body())
+
+
 def _sse(data: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
@@ -272,7 +304,13 @@ async def _stream(
     state: SimState, gen: Generation, include_usage: bool, fault: str, scope: Scope
 ) -> AsyncIterator[bytes]:
     cfg = state.config
-    if cfg.keepalive_comments:  # the hosted API keeps a queued stream open with comments
+    if cfg.queue_s:
+        async for beat in _queue_wait(cfg, b": keep-alive\n\n"):
+            yield beat
+        if cfg.queue_s >= cfg.queue_close_s:
+            await drop_connection(scope)
+            return
+    elif cfg.keepalive_comments:  # the hosted API keeps a queued stream open with comments
         yield b": keep-alive\n\n"
     lead = 1 if gen.kind == "chat" else 0  # the role chunk leaves with the first token
     async with state.slot() as queued_s:
@@ -282,10 +320,15 @@ async def _stream(
             if i > lead:
                 await _pause(cfg, started + gen.prefill_s + (i - lead) * cfg.itl_s)
             yield _sse(chunk)
-            if fault == "midstream" and i + 1 >= _MIDSTREAM_CHUNKS:
+            if fault in ("midstream", "error_event") and i + 1 >= _MIDSTREAM_CHUNKS:
                 break
         if fault == "midstream":  # a few chunks (all of a short answer), never the end
             await drop_connection(scope)
+            return
+        if fault == "error_event":  # vLLM: the failure as an error event, then [DONE]
+            message = "EngineGenerateError: the request failed during generation"
+            yield _sse(error_body("vllm", 500, message))
+            yield b"data: [DONE]\n\n"
             return
         yield _sse(gen.final_chunk())
         if include_usage:

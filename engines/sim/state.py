@@ -15,10 +15,18 @@ from engines.sim.generation import Generation
 from engines.sim.metrics import VllmMetrics
 from engines.sim.prefix_cache import PrefixCache
 
-_LATENCY_KEYS = ("ttft_base_s", "prefill_s_per_token", "itl_s", "idle_close_s")
+_LATENCY_KEYS = (
+    "ttft_base_s",
+    "prefill_s_per_token",
+    "itl_s",
+    "idle_close_s",
+    "queue_s",
+    "keepalive_every_s",
+    "queue_close_s",
+)
 _COUNT_KEYS = ("default_output_tokens", "reasoning_tokens")
 # How hard the simulator is, switchable at runtime (see SimConfig)
-_BOOL_KEYS = ("strict_encoder", "keepalive_comments")
+_BOOL_KEYS = ("strict_encoder", "keepalive_comments", "tool_call_fragments", "named_tool_stop")
 _CONTROL_KEYS = frozenset(
     ("healthy", "fail_rate", "fail_status", "fail_mode", "models", "reset_cache", "reply")
     + _LATENCY_KEYS
