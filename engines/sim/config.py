@@ -64,6 +64,8 @@ class SimConfig:
     # and a call forced by a named tool_choice finishes with "stop" (off: whole, "tool_calls")
     tool_call_fragments: bool = True
     named_tool_stop: bool = True
+    # at least this many characters of tool-call arguments (or header x-sim-tool-arg-chars)
+    tool_arg_chars: int = 0
     # failure injection: fail_rate of requests fail with fail_mode if set, else fail_status
     fail_rate: float = 0.0
     fail_status: int = 503

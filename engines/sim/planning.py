@@ -222,7 +222,9 @@ def plan_chat(
         doc = {"answer": gen.text.strip(), "model": model, "replica": cfg.replica_id}
         gen.content = split_tokens(orjson.dumps(doc).decode())
     if tool:
-        _add_tool_call(gen, tool, seed, _int_header(headers, "x-sim-tool-arg-chars", 0))
+        _add_tool_call(
+            gen, tool, seed, _int_header(headers, "x-sim-tool-arg-chars", cfg.tool_arg_chars)
+        )
     if gen.tool_call is None:
         gen.stop_at(stops)
     gen.cap(max_tokens)

@@ -24,7 +24,7 @@ _LATENCY_KEYS = (
     "keepalive_every_s",
     "queue_close_s",
 )
-_COUNT_KEYS = ("default_output_tokens", "reasoning_tokens")
+_COUNT_KEYS = ("default_output_tokens", "reasoning_tokens", "tool_arg_chars")
 # How hard the simulator is, switchable at runtime (see SimConfig)
 _BOOL_KEYS = ("strict_encoder", "keepalive_comments", "tool_call_fragments", "named_tool_stop")
 _CONTROL_KEYS = frozenset(

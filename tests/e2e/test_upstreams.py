@@ -8,10 +8,12 @@ calls finishing with ``stop`` and streamed in fragments, data-parallel engines, 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -47,13 +49,23 @@ def gw(
     server.stop()
 
 
-def catalog_for(urls: list[str], sims: Sims, **backend: Any) -> Catalog:
+def catalog_for(
+    urls: list[str],
+    sims: Sims,
+    *,
+    hosted: str | None = None,
+    hosted_spec: dict[str, Any] | None = None,
+    routing: dict[str, Any] | None = None,
+    **backend: Any,
+) -> Catalog:
     """The demo catalog with these Flash replicas (polled every 0.2 s unless told)."""
     data = yaml.safe_load(DEMO.read_text())
     data["backends"]["flash-local"]["replicas"] = urls
     data["backends"]["flash-local"].update({"poll_interval_s": 0.2, **backend})
     data["backends"]["pro-local"]["replicas"] = sims.pro
-    data["backends"]["hosted"]["base_url"] = sims.hosted
+    data["backends"]["hosted"]["base_url"] = hosted or sims.hosted
+    data["backends"]["hosted"].update(hosted_spec or {})
+    data["routing"].update(routing or {})
     return parse_catalog(data)
 
 
@@ -183,3 +195,229 @@ def test_connections_idle_past_the_gateways_keep_alive_are_not_reused(
         server.stop()
         replica.stop()
     assert replica.state.stats["idle_closes"] == 0
+
+
+# ---- the hosted API under overload: 200, then keep-alive comments -----------------------
+
+
+def hosted_sim(**cfg: Any) -> SimServer:
+    return SimServer(SimConfig.preset("hosted", replica_id="busy", **cfg).zero_latency()).start()
+
+
+def stream_text(gateway: Gateway, **kw: Any) -> tuple[str, str]:
+    """(the answer's text, the route header) of a streamed request."""
+    with gateway.client(timeout=20).chat.completions.with_streaming_response.create(
+        model="deepseek-chat", messages=MSG, max_tokens=8, stream=True, **kw
+    ) as raw:
+        route = raw.headers["x-tiergate-route"]
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    return text, route
+
+
+def test_a_queued_hosted_stream_past_the_first_token_deadline_fails_over(
+    pair: list[SimServer], sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    busy = hosted_sim(queue_s=30, keepalive_every_s=0.05)
+    catalog = catalog_for(
+        [pair[0].base_url],
+        sims,
+        hosted=busy.base_url,
+        hosted_spec={"first_token_timeout_s": 0.5},
+        routing={"backend_preference": ["hosted", "self_hosted"]},
+    )
+    server, gateway = start_gateway(catalog)
+    try:
+        started = time.monotonic()
+        text, route = stream_text(gateway)
+        took = time.monotonic() - started
+    finally:
+        server.stop()
+        busy.stop()
+    assert route.startswith("flash/non-thinking/flash-local"), route
+    assert "failover:hosted:upstream_timeout" in route
+    assert "u0" in text and took < 5
+
+
+def test_a_queued_hosted_stream_without_another_option_is_a_clear_504(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    busy = hosted_sim(queue_s=30, keepalive_every_s=0.05)
+    catalog = catalog_for(
+        [sims.flash[0]],
+        sims,
+        hosted=busy.base_url,
+        hosted_spec={"first_token_timeout_s": 0.5},
+        routing={"backend_preference": ["hosted"]},
+    )
+    server, gateway = start_gateway(catalog)
+    try:
+        with pytest.raises(openai.APIStatusError) as info:
+            stream_text(gateway)
+    finally:
+        server.stop()
+        busy.stop()
+    assert info.value.status_code == 504
+    body = info.value.body
+    assert isinstance(body, dict) and body["code"] == "upstream_timeout"
+    assert "no token within 0.5 s" in body["message"] and "keep-alive" in body["message"]
+
+
+def ttft_sum(gateway: Gateway, backend: str) -> float:
+    for line in httpx.get(gateway.url + "/metrics").text.splitlines():
+        if line.startswith("tiergate_time_to_first_token_seconds_sum{") and (
+            f'backend="{backend}"' in line
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no TTFT for {backend}")
+
+
+def test_keep_alive_comments_are_not_a_first_token(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    busy = hosted_sim(queue_s=0.6, keepalive_every_s=0.05)
+    catalog = catalog_for(
+        [sims.flash[0]], sims, hosted=busy.base_url, routing={"backend_preference": ["hosted"]}
+    )
+    server, gateway = start_gateway(catalog)
+    try:
+        text, route = stream_text(gateway)
+        ttft = ttft_sum(gateway, "hosted")
+    finally:
+        server.stop()
+        busy.stop()
+    assert route.startswith("flash/non-thinking/hosted") and text
+    assert ttft >= 0.6, ttft  # the first token came after the queue, not the first comment
+
+
+def test_a_queued_non_stream_answer_is_bounded_by_the_timeout(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    busy = hosted_sim(queue_s=0.3, keepalive_every_s=0.05)
+    catalog = catalog_for(
+        [sims.flash[0]],
+        sims,
+        hosted=busy.base_url,
+        hosted_spec={"timeout_s": 1.0},
+        routing={"backend_preference": ["hosted"]},
+    )
+    server, gateway = start_gateway(catalog)
+    try:
+        # Blank lines before the body: still one valid JSON answer.
+        assert route_of(gateway).startswith("flash/non-thinking/hosted")
+        busy.state.control({"queue_s": 30})
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as info:
+            gateway.client(timeout=20).chat.completions.create(
+                model="deepseek-chat", messages=MSG, max_tokens=4
+            )
+        took = time.monotonic() - started
+    finally:
+        server.stop()
+        busy.stop()
+    assert info.value.status_code == 504 and took < 5
+
+
+# ---- an error event inside a stream ---------------------------------------------------
+
+
+def test_an_error_event_mid_stream_reaches_the_client_and_the_ledger(
+    gw: Gateway, pair: list[SimServer]
+) -> None:
+    for s in pair:
+        s.state.control({"fail_rate": 1.0, "fail_mode": "error_event"})
+    before = len(gw.settled())
+    got: list[str] = []
+    try:
+        with pytest.raises(openai.APIError) as info:
+            for chunk in gw.client().chat.completions.create(
+                model="deepseek-chat", messages=MSG, max_tokens=8, stream=True
+            ):
+                got.extend(c.delta.content or "" for c in chunk.choices)
+    finally:
+        for s in pair:
+            s.state.control({"fail_rate": 0.0, "fail_mode": ""})
+    assert got, "the chunks before the error reached the client"
+    assert "failed mid-stream" in info.value.message
+    assert "EngineGenerateError" in info.value.message
+    settled = gw.settled()[before:]
+    assert len(settled) == 1 and settled[0].status == 502
+    assert "stream-error:upstream_stream_error" in settled[0].route_reason
+
+
+# ---- tool calls as vLLM sends them ----------------------------------------------------
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+        },
+    }
+]
+NAMED = {"type": "function", "function": {"name": "weather"}}
+
+
+def test_a_named_tool_choice_answer_finishes_with_tool_calls(gw: Gateway) -> None:
+    resp = gw.client().chat.completions.create(
+        model="deepseek-chat",
+        messages=MSG,
+        tools=TOOLS,
+        tool_choice=NAMED,  # type: ignore[arg-type]
+    )
+    choice = resp.choices[0]
+    assert choice.message.tool_calls and choice.message.tool_calls[0].function.name == "weather"
+    assert choice.finish_reason == "tool_calls"
+
+
+def test_a_fragmented_tool_call_streams_whole_and_finishes_with_tool_calls(gw: Gateway) -> None:
+    args, names, finish = "", [], None
+    for chunk in gw.client().chat.completions.create(
+        model="deepseek-chat",
+        messages=MSG,
+        tools=TOOLS,  # type: ignore[arg-type]
+        tool_choice=NAMED,  # type: ignore[arg-type]
+        stream=True,
+    ):
+        for c in chunk.choices:
+            for call in c.delta.tool_calls or ():
+                if call.function and call.function.name:
+                    names.append(call.function.name)
+                args += (call.function.arguments or "") if call.function else ""
+            finish = c.finish_reason or finish
+    assert names == ["weather"] and finish == "tool_calls"
+    assert set(json.loads(args)) == {"query"}
+
+
+def test_an_anthropic_client_sees_tool_use_for_a_named_tool(gw: Gateway) -> None:
+    client = anthropic.Anthropic(base_url=gw.url, api_key="test", max_retries=0)
+    msg = client.messages.create(
+        model="deepseek-chat",
+        max_tokens=64,
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=[{"name": "weather", "input_schema": {"type": "object"}}],
+        tool_choice={"type": "tool", "name": "weather"},
+    )
+    assert msg.stop_reason == "tool_use"
+    assert [b.type for b in msg.content if b.type == "tool_use"] == ["tool_use"]
+
+
+def test_an_sse_line_over_128_kib_is_relayed(gw: Gateway, pair: list[SimServer]) -> None:
+    for s in pair:
+        s.state.control({"tool_call_fragments": False, "tool_arg_chars": 300_000})
+    try:
+        args = ""
+        for chunk in gw.client().chat.completions.create(
+            model="deepseek-chat",
+            messages=MSG,
+            tools=TOOLS,  # type: ignore[arg-type]
+            tool_choice=NAMED,  # type: ignore[arg-type]
+            stream=True,
+        ):
+            for c in chunk.choices:
+                for call in c.delta.tool_calls or ():
+                    args += (call.function.arguments or "") if call.function else ""
+    finally:
+        for s in pair:
+            s.state.control({"tool_call_fragments": True, "tool_arg_chars": 0})
+    assert len(json.loads(args)["query"]) >= 300_000
