@@ -74,6 +74,7 @@ class Replica:
     running: int = 0
     kv_usage: float = 0.0
     cache_tokens: int | None = None  # KV-cache size reported by the replica
+    poll_misses: int = 0  # polls in a row that got no answer in time
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.open_until
@@ -184,7 +185,7 @@ class VllmEngine:
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=spec.connect_timeout_s, sock_read=spec.timeout_s
         )
-        self._poll_timeout = aiohttp.ClientTimeout(total=max(0.5, spec.poll_interval_s))
+        self._poll_timeout = aiohttp.ClientTimeout(total=spec.poll_timeout_s)
         self._tasks: list[asyncio.Task[None]] = []
         self._fresh: aiohttp.ClientSession | None = None
         self._admission = (
@@ -249,18 +250,30 @@ class VllmEngine:
         self._export()
 
     async def _scrape(self, r: Replica) -> str | None:
-        """The replica's ``/metrics`` text; ``None`` when it is unhealthy or unreachable."""
+        """The replica's ``/metrics`` text; ``None`` when it is down (refused, or its
+        ``/health`` is not 200); ``TimeoutError`` when it did not answer in time."""
         try:
             async with self._session.get(r.url + "/health", timeout=self._poll_timeout) as h:
                 if h.status != 200:
                     return None
             async with self._session.get(r.url + "/metrics", timeout=self._poll_timeout) as m:
                 return await m.text()
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise TimeoutError from None
+        except (aiohttp.ClientError, OSError):
             return None
 
     async def _poll(self, r: Replica) -> None:
-        text = await self._scrape(r)
+        try:
+            text = await self._scrape(r)
+        except TimeoutError:
+            # Slow, not gone: a busy replica answers late. Only misses in a row count.
+            r.poll_misses += 1
+            if r.poll_misses < self.spec.unhealthy_after_misses:
+                return
+            text = None
+        else:
+            r.poll_misses = 0
         r.healthy = text is not None
         if text is None:
             if self._prefixes is not None:

@@ -132,6 +132,11 @@ class VllmBackend(_Strict):
     kv_cache_tokens: int | None = Field(default=None, gt=0)
     chars_per_token: float = Field(default=4.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
+    # A busy replica answers its polls slowly: a poll unanswered within poll_timeout_s is
+    # a miss, and only this many misses in a row mark it unhealthy (a refused connection
+    # or a /health other than 200 does at once).
+    poll_timeout_s: float = Field(default=5.0, gt=0)
+    unhealthy_after_misses: int = Field(default=3, gt=0)
     max_queue_depth: int = Field(default=32, gt=0)
     # The gateway's own queue: at most this many requests in flight per replica (None: no
     # cap; each replica's scheduler queues the excess), the rest waiting in the gateway up

@@ -66,6 +66,8 @@ class SimConfig:
     named_tool_stop: bool = True
     # at least this many characters of tool-call arguments (or header x-sim-tool-arg-chars)
     tool_arg_chars: int = 0
+    # /health and /metrics answer after this long (a busy server answers polls late)
+    poll_delay_s: float = 0.0
     # failure injection: fail_rate of requests fail with fail_mode if set, else fail_status
     fail_rate: float = 0.0
     fail_status: int = 503
@@ -79,7 +81,7 @@ class SimConfig:
             problems.append(f"mode must be 'vllm' or 'hosted', not {self.mode!r}")
         if (
             min(self.ttft_base_s, self.prefill_s_per_token, self.itl_s, self.stall_s) < 0
-            or min(self.idle_close_s, self.queue_s) < 0
+            or min(self.idle_close_s, self.queue_s, self.poll_delay_s) < 0
         ):
             problems.append("latencies must not be negative")
         if self.keepalive_every_s <= 0 or self.queue_close_s <= 0:

@@ -231,9 +231,13 @@ def create_sim_app(config: SimConfig) -> Starlette:
         return _json({"object": "list", "data": data})
 
     async def health(request: Request) -> Response:
+        if state.config.poll_delay_s:
+            await asyncio.sleep(state.config.poll_delay_s)
         return Response(status_code=200 if state.healthy else 503)
 
     async def metrics(request: Request) -> Response:
+        if state.config.poll_delay_s:
+            await asyncio.sleep(state.config.poll_delay_s)
         return Response(state.exposition(), media_type=CONTENT_TYPE)
 
     async def control(request: Request) -> Response:

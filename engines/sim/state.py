@@ -23,6 +23,7 @@ _LATENCY_KEYS = (
     "queue_s",
     "keepalive_every_s",
     "queue_close_s",
+    "poll_delay_s",
 )
 _COUNT_KEYS = ("default_output_tokens", "reasoning_tokens", "tool_arg_chars")
 # How hard the simulator is, switchable at runtime (see SimConfig)

@@ -421,3 +421,48 @@ def test_an_sse_line_over_128_kib_is_relayed(gw: Gateway, pair: list[SimServer])
         for s in pair:
             s.state.control({"tool_call_fragments": True, "tool_arg_chars": 0})
     assert len(json.loads(args)["query"]) >= 300_000
+
+
+# ---- polls answered slowly by a busy replica -----------------------------------------
+
+
+def replica_up(gateway: Gateway, url: str) -> bool:
+    text = httpx.get(gateway.url + "/metrics").text
+    return f'tiergate_replica_up{{backend="flash-local",replica="{url}"}} 1.0' in text
+
+
+def test_a_replica_answering_polls_slowly_stays_in_the_pool(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    slow = sim("slowpoll", poll_delay_s=1.2)
+    server, gateway = start_gateway(catalog_for([slow.base_url], sims))
+    try:
+        time.sleep(3.0)  # a poll (/health, then /metrics) takes 2.4 s; the old limit was 1 s
+        assert replica_up(gateway, slow.base_url)
+        assert route_of(gateway).startswith("flash/non-thinking/flash-local")
+    finally:
+        server.stop()
+        slow.stop()
+
+
+def test_consecutive_missed_polls_mark_a_replica_down(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    slow = sim("deadpoll")
+    server, gateway = start_gateway(
+        catalog_for([slow.base_url], sims, poll_timeout_s=0.2, unhealthy_after_misses=3)
+    )
+    try:
+        time.sleep(0.5)
+        assert replica_up(gateway, slow.base_url)
+        slow.state.control({"poll_delay_s": 2.0})
+        time.sleep(0.5)  # one or two misses: still up
+        assert replica_up(gateway, slow.base_url)
+        deadline = time.monotonic() + 5
+        while replica_up(gateway, slow.base_url) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not replica_up(gateway, slow.base_url)
+        assert route_of(gateway).startswith("flash/non-thinking/hosted")
+    finally:
+        server.stop()
+        slow.stop()
