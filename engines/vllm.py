@@ -118,17 +118,19 @@ _LOAD = frozenset(
 def parse_metrics(text: str) -> PolledMetrics:
     """Load and KV-cache size from a replica's Prometheus exposition.
 
-    Gauges summed over engines; the cache size comes from the labels of the
-    ``vllm:cache_config_info`` info gauge (``num_gpu_blocks`` x ``block_size`` tokens),
-    the largest single engine's where a data-parallel replica reports several (each engine
-    caches on its own).
+    A data-parallel replica reports one sample per engine (label ``engine``): requests
+    running and waiting are summed over its engines, KV-cache usage is their mean (each
+    engine's share of its own cache; a sum would read up to 8.0 on eight engines). The
+    cache size comes from the labels of the ``vllm:cache_config_info`` info gauge
+    (``num_gpu_blocks`` x ``block_size`` tokens), the largest single engine's: each engine
+    caches on its own, so a prefix is cached in one engine, not across the replica.
     """
-    values: dict[str, float] = {}
+    values: dict[str, list[float]] = {}
     tokens: int | None = None
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.name in _LOAD:
-                values[s.name] = values.get(s.name, 0.0) + s.value
+                values.setdefault(s.name, []).append(s.value)
             elif s.name == "vllm:cache_config_info":
                 try:
                     t = int(s.labels["num_gpu_blocks"]) * int(s.labels["block_size"])
@@ -136,12 +138,11 @@ def parse_metrics(text: str) -> PolledMetrics:
                     continue
                 if t > 0:
                     tokens = max(tokens or 0, t)
+    kv = values.get("vllm:kv_cache_usage_perc") or values.get("vllm:gpu_cache_usage_perc") or []
     return PolledMetrics(
-        waiting=int(values.get("vllm:num_requests_waiting", 0)),
-        running=int(values.get("vllm:num_requests_running", 0)),
-        kv_usage=values.get(
-            "vllm:kv_cache_usage_perc", values.get("vllm:gpu_cache_usage_perc", 0.0)
-        ),
+        waiting=int(sum(values.get("vllm:num_requests_waiting", ()))),
+        running=int(sum(values.get("vllm:num_requests_running", ()))),
+        kv_usage=sum(kv) / len(kv) if kv else 0.0,
         cache_tokens=tokens,
     )
 

@@ -15,6 +15,7 @@ _FIELDS = (
     "block_size",
     "cache_blocks",
     "max_num_seqs",
+    "data_parallel_size",
     "max_model_len",
     "default_output_tokens",
     "reasoning_tokens",
@@ -88,6 +89,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-blocks", dest="cache_blocks", type=int, help="prefix-cache capacity")
     p.add_argument("--max-num-seqs", dest="max_num_seqs", type=int, help="running requests")
     p.add_argument("--max-model-len", dest="max_model_len", type=int)
+    p.add_argument(
+        "--data-parallel-size",
+        dest="data_parallel_size",
+        type=int,
+        help="engines in the replica, each with its own cache and `engine` metrics label",
+    )
     p.add_argument("--output-tokens", dest="default_output_tokens", type=int)
     p.add_argument("--reasoning-tokens", dest="reasoning_tokens", type=int)
     p.add_argument("--fail-rate", dest="fail_rate", type=float, help="share of requests failed")

@@ -39,7 +39,10 @@ class SimConfig:
     block_size: int = 256
     cache_blocks: int = 4096
     # scheduler and limits
-    max_num_seqs: int = 256
+    max_num_seqs: int = 256  # per engine
+    # data-parallel engines in the replica, each with its own slots, prefix cache and
+    # metrics samples (label ``engine``), as vLLM's --data-parallel-size
+    data_parallel_size: int = 1
     max_model_len: int = 1_048_576
     # output
     default_output_tokens: int = 24
@@ -88,8 +91,8 @@ class SimConfig:
             problems.append("keepalive_every_s and queue_close_s must be > 0")
         if self.block_size < 1 or self.cache_blocks < 0:
             problems.append("block_size must be >= 1 and cache_blocks >= 0")
-        if self.max_num_seqs < 1 or self.max_model_len < 1:
-            problems.append("max_num_seqs and max_model_len must be >= 1")
+        if self.max_num_seqs < 1 or self.max_model_len < 1 or self.data_parallel_size < 1:
+            problems.append("max_num_seqs, max_model_len and data_parallel_size must be >= 1")
         if self.default_output_tokens < 1 or self.reasoning_tokens < 0:
             problems.append("default_output_tokens must be >= 1 and reasoning_tokens >= 0")
         if self.reasoning_field not in ("reasoning", "reasoning_content"):

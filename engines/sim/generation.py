@@ -53,6 +53,7 @@ class Generation:
     content: list[str] = field(default_factory=list)
     tool_call: dict[str, Any] | None = None
     tool_call_tokens: int = 0
+    engine: int = 0  # the data-parallel engine serving it
     tool_fragments: bool = False  # stream the call as vLLM does: header, then fragments
     finish_reason: str = "stop"
     id: str = field(default_factory=lambda: "sim-" + uuid.uuid4().hex[:24])

@@ -167,11 +167,13 @@ def create_sim_app(config: SimConfig) -> Starlette:
                 return _Nothing()
             user_id = body.get("user_id")
             state.last_user_id = user_id if isinstance(user_id, str) else None
+            engine = state.pick_engine()
             if kind == "chat":
                 beta = request.scope["path"].startswith("/beta/")
-                gen = plan_chat(cfg, state.cache, body, request.headers, beta=beta)
+                gen = plan_chat(cfg, engine.cache, body, request.headers, beta=beta)
             else:
-                gen = plan_completion(cfg, state.cache, body, request.headers)
+                gen = plan_completion(cfg, engine.cache, body, request.headers)
+            gen.engine = engine.index
         except SimError as exc:
             return error(exc.status, exc.message, exc.param)
         if fault == "stall":
@@ -194,7 +196,7 @@ def create_sim_app(config: SimConfig) -> Starlette:
             return StreamingResponse(
                 _queued_answer(state, gen, request.scope), media_type="application/json"
             )
-        async with state.slot() as queued_s:
+        async with state.slot(gen.engine) as queued_s:
             started = time.perf_counter()
             last_token = gen.prefill_s + cfg.itl_s * max(0, gen.output_tokens - 1)
             await _pause(cfg, started + last_token)
@@ -293,7 +295,7 @@ async def _queued_answer(state: SimState, gen: Generation, scope: Scope) -> Asyn
     if cfg.queue_s >= cfg.queue_close_s:
         await drop_connection(scope)
         return
-    async with state.slot() as queued_s:
+    async with state.slot(gen.engine) as queued_s:
         started = time.perf_counter()
         await _pause(cfg, started + gen.prefill_s + cfg.itl_s * max(0, gen.output_tokens - 1))
         state.finished(gen, queued_s)
@@ -317,7 +319,7 @@ async def _stream(
     elif cfg.keepalive_comments:  # the hosted API keeps a queued stream open with comments
         yield b": keep-alive\n\n"
     lead = 1 if gen.kind == "chat" else 0  # the role chunk leaves with the first token
-    async with state.slot() as queued_s:
+    async with state.slot(gen.engine) as queued_s:
         started = time.perf_counter()
         await _pause(cfg, started + gen.prefill_s)
         for i, chunk in enumerate(gen.chunks()):

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from engines.sim.config import SimConfig
@@ -36,18 +36,33 @@ _CONTROL_KEYS = frozenset(
 )
 
 
+@dataclass(slots=True)
+class SimEngine:
+    """One data-parallel engine of a replica: its own running slots and prefix cache."""
+
+    index: int
+    cache: PrefixCache
+    slots: asyncio.Semaphore
+    running: int = 0
+    waiting: int = 0
+
+
 class SimState:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.healthy = True
         self.last_user_id: str | None = None
-        self.cache = PrefixCache(config.cache_blocks)
+        self.engines = [
+            SimEngine(i, PrefixCache(config.cache_blocks), asyncio.Semaphore(config.max_num_seqs))
+            for i in range(config.data_parallel_size)
+        ]
+        self._turn = -1
         self.metrics = VllmMetrics(
-            config.model, block_size=config.block_size, num_gpu_blocks=config.cache_blocks
+            config.model,
+            block_size=config.block_size,
+            num_gpu_blocks=config.cache_blocks,
+            engines=config.data_parallel_size,
         )
-        self.running = 0
-        self.waiting = 0
-        self._slots = asyncio.Semaphore(config.max_num_seqs)
         self.stats: dict[str, int] = {
             "requests": 0,  # generation requests received
             "completed": 0,  # answered in full
@@ -59,28 +74,50 @@ class SimState:
             "idle_closes": 0,  # requests dropped on a connection closed for idleness
         }
 
+    @property
+    def cache(self) -> PrefixCache:
+        """The first engine's prefix cache (the only one without data parallelism)."""
+        return self.engines[0].cache
+
+    @property
+    def running(self) -> int:
+        return sum(e.running for e in self.engines)
+
+    @property
+    def waiting(self) -> int:
+        return sum(e.waiting for e in self.engines)
+
+    def pick_engine(self) -> SimEngine:
+        """The engine a new request goes to: the least loaded (vLLM's data-parallel
+        balancing by queue lengths), in turn on a tie; not by cached prefix."""
+        n = len(self.engines)
+        self._turn = (self._turn + 1) % n  # spreads a burst that arrives at once
+        return min(self.engines, key=lambda e: (e.running + e.waiting, (e.index - self._turn) % n))
+
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[float]:
-        """Hold one of ``max_num_seqs`` running slots; yields the seconds spent queued.
+    async def slot(self, engine: int = 0) -> AsyncIterator[float]:
+        """Hold one of ``max_num_seqs`` running slots of an engine; yields the seconds
+        spent queued.
 
         A free slot is taken without suspending, so an idle zero-latency simulator never
         yields to the event loop here.
         """
+        e = self.engines[engine]
         start = time.perf_counter()
-        if self._slots.locked():
-            self.waiting += 1
+        if e.slots.locked():
+            e.waiting += 1
             try:
-                await self._slots.acquire()
+                await e.slots.acquire()
             finally:
-                self.waiting -= 1
+                e.waiting -= 1
         else:
-            await self._slots.acquire()
-        self.running += 1
+            await e.slots.acquire()
+        e.running += 1
         try:
             yield time.perf_counter() - start
         finally:
-            self.running -= 1
-            self._slots.release()
+            e.running -= 1
+            e.slots.release()
 
     def finished(self, gen: Generation, queued_s: float) -> None:
         stats = self.stats
@@ -89,6 +126,7 @@ class SimState:
         stats["cached_tokens"] += gen.cached_tokens
         stats["generation_tokens"] += gen.output_tokens
         self.metrics.finished(
+            engine=gen.engine,
             prompt_tokens=gen.prompt_tokens,
             cached_tokens=gen.cached_tokens,
             output_tokens=gen.output_tokens,
@@ -100,7 +138,7 @@ class SimState:
 
     def exposition(self) -> bytes:
         return self.metrics.exposition(
-            running=self.running, waiting=self.waiting, kv_usage=self.cache.usage()
+            [(e.running, e.waiting, e.cache.usage()) for e in self.engines]
         )
 
     def control(self, data: Any) -> None:
@@ -142,7 +180,8 @@ class SimState:
         if "healthy" in data:
             self.healthy = bool(data["healthy"])
         if data.get("reset_cache"):
-            self.cache.clear()
+            for e in self.engines:
+                e.cache.clear()
 
     def snapshot(self) -> dict[str, Any]:
         cfg = self.config
@@ -151,8 +190,8 @@ class SimState:
             "running": self.running,
             "waiting": self.waiting,
             "in_flight": self.running + self.waiting,
-            "cache_blocks": len(self.cache),
-            "cache_capacity": self.cache.capacity,
+            "cache_blocks": sum(len(e.cache) for e in self.engines),
+            "cache_capacity": sum(e.cache.capacity for e in self.engines),
             "healthy": self.healthy,
             "fail_rate": cfg.fail_rate,
             "fail_status": cfg.fail_status,

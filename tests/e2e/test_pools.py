@@ -227,7 +227,9 @@ async def test_prefix_index_is_bounded_by_each_replicas_reported_cache() -> None
     assert index.matched([b"a", b"b"]) == {}
 
 
-QUEUE_SUM = 'vllm:request_queue_time_seconds_sum{model_name="deepseek-ai/DeepSeek-V4-Flash"}'
+QUEUE_SUM = (
+    'vllm:request_queue_time_seconds_sum{engine="0",model_name="deepseek-ai/DeepSeek-V4-Flash"}'
+)
 
 
 def _metric(text: str, name: str) -> float:

@@ -466,3 +466,34 @@ def test_consecutive_missed_polls_mark_a_replica_down(
     finally:
         server.stop()
         slow.stop()
+
+
+# ---- a data-parallel replica: one sample per engine -----------------------------------
+
+
+def test_a_data_parallel_replica_reads_as_one_replica_with_its_engines_averaged(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    dp = sim("dp", data_parallel_size=4, cache_blocks=2, block_size=16)
+    server, gateway = start_gateway(catalog_for([dp.base_url], sims))
+    try:
+        for i in range(8):  # long prompts spread over the engines fill each small cache
+            gateway.client().chat.completions.create(
+                model="deepseek-chat",
+                messages=[{"role": "user", "content": f"document {i} " + "words " * 200}],
+                max_tokens=4,
+            )
+        metrics = httpx.get(dp.base_url + "/metrics").text
+        time.sleep(0.5)  # a poll or two
+        replica = gateway.app.state.tiergate.pipeline.engines["flash-local"].replicas()[0]
+        usage = replica.kv_usage
+    finally:
+        server.stop()
+        dp.stop()
+    samples = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("vllm:kv_cache_usage_perc{")
+    ]
+    assert len(samples) == 4 and all(0 < s <= 1 for s in samples)  # every engine served
+    assert usage == pytest.approx(sum(samples) / 4) and usage <= 1.0

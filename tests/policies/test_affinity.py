@@ -194,6 +194,15 @@ _GAUGES = (
             PolledMetrics(),
         ),
         ('vllm:gpu_cache_usage_perc{model_name="m"} 0.25\n', PolledMetrics(kv_usage=0.25)),
+        (  # data parallel: requests add up over engines, KV usage is their mean, not a sum
+            "".join(
+                f'vllm:num_requests_running{{engine="{e}",model_name="m"}} 2.0\n'
+                f'vllm:num_requests_waiting{{engine="{e}",model_name="m"}} 1.0\n'
+                f'vllm:kv_cache_usage_perc{{engine="{e}",model_name="m"}} {u}\n'
+                for e, u in enumerate((0.9, 0.5, 0.3, 0.1))
+            ),
+            PolledMetrics(waiting=4, running=8, kv_usage=0.45),
+        ),
     ],
 )
 def test_parse_metrics_reads_load_and_cache_size(text: str, expect: PolledMetrics) -> None:

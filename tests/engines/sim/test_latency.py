@@ -121,7 +121,7 @@ def test_requests_beyond_max_num_seqs_wait_in_the_queue() -> None:
             t.join()
         after = httpx.get(server.base_url + "/metrics").text
     assert (during["running"], during["waiting"], during["in_flight"]) == (1, 1, 2)
-    assert f'vllm:num_requests_waiting{{model_name="{FLASH}"}} 1.0' in metrics
+    assert f'vllm:num_requests_waiting{{engine="0",model_name="{FLASH}"}} 1.0' in metrics
     assert sorted(done)[1] >= 0.6
     queue_sum = next(
         float(line.split()[-1])
