@@ -1,8 +1,8 @@
 """Request and response translation between the client's body and each backend's dialect.
 
-Requests: the hosted API takes ``thinking: {"type": ...}`` and ``reasoning_effort``; vLLM
-takes ``chat_template_kwargs: {"thinking": ..., "reasoning_effort": ...}`` and has thinking
-off by default. In thinking mode the sampling parameters are ignored upstream, so they are
+Requests: the hosted API takes ``thinking: {"type": ...}`` and ``reasoning_effort`` (low,
+high, max); vLLM takes ``chat_template_kwargs: {"thinking": ..., "enable_thinking": ...,
+"reasoning_effort": ...}`` (high, max). In thinking mode the sampling parameters are ignored upstream, so they are
 dropped here on every backend for identical behaviour.
 
 Responses: everything leaves in DeepSeek's shape: ``reasoning_content`` (vLLM says
@@ -57,9 +57,13 @@ def vllm_body(
     out = _base_body(body, served_model, mode, stream)
     if endpoint == "chat":
         kwargs = dict(body.get("chat_template_kwargs") or {})
+        # vLLM's V4 template and reasoning parser think on `thinking or enable_thinking`,
+        # and the default moved between releases: both are set, always.
         kwargs["thinking"] = mode.thinking
+        kwargs["enable_thinking"] = mode.thinking
         if mode.thinking:
-            kwargs["reasoning_effort"] = mode.effort or "high"
+            # vLLM's V4 template knows high and max: the hosted API's low is high here
+            kwargs["reasoning_effort"] = "max" if mode.effort == "max" else "high"
         else:
             kwargs.pop("reasoning_effort", None)
         out["chat_template_kwargs"] = kwargs

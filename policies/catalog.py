@@ -24,6 +24,21 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
+#: V4's reasoning efforts (the hosted API: low, high, max; vLLM's V4 template: high, max).
+EffortName = Literal["low", "high", "max"]
+
+DEFAULT_EFFORT_MAP: dict[str, Literal["off", "low", "high", "max"]] = {
+    "none": "off",
+    "minimal": "low",
+    "low": "low",
+    "medium": "high",
+    "high": "high",
+    "xhigh": "high",
+    "max": "max",
+    "ultra": "max",
+}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -170,7 +185,7 @@ class ModelEntry(_Strict):
 
     tier: str
     thinking: bool | None = None
-    effort: Literal["high", "max"] | None = None
+    effort: EffortName | None = None
     retired: datetime | None = None
     note: str = ""
 
@@ -185,10 +200,10 @@ class ShadowMode(_Strict):
     budget_nanos_per_day: int = Field(default=1_000_000_000, ge=0)
     strong_tier: str = "pro"
     strong_thinking: bool = True
-    strong_effort: Literal["high", "max"] = "high"
+    strong_effort: EffortName = "high"
     judge_tier: str = "pro"
     judge_thinking: bool = True
-    judge_effort: Literal["high", "max"] = "high"
+    judge_effort: EffortName = "high"
     max_output_tokens: int = Field(default=8192, gt=0)
     judge_max_tokens: int = Field(default=4096, gt=0)
     store_prompts: bool = False
@@ -197,7 +212,12 @@ class ShadowMode(_Strict):
 
 class RoutingDefaults(_Strict):
     default_thinking: bool = True
-    default_effort: Literal["high", "max"] = "high"
+    default_effort: EffortName = "high"
+    # The effort names clients send, onto V4's efforts ("off": thinking off). The hosted
+    # API's thinking-mode guide maps them so; a change there is a change here, not in code.
+    effort_map: dict[str, Literal["off", "low", "high", "max"]] = Field(
+        default_factory=lambda: dict(DEFAULT_EFFORT_MAP)
+    )
     backend_preference: tuple[Literal["self_hosted", "hosted"], ...] = ("self_hosted", "hosted")
     spill_to_hosted: bool = True
     reservation_output_cap: int = Field(default=32768, gt=0)

@@ -13,21 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from policies.catalog import Catalog, RoutingDefaults
+from policies.catalog import DEFAULT_EFFORT_MAP, Catalog, EffortName, RoutingDefaults
 from policies.errors import InvalidRequest, UnknownModel
 
-Effort = Literal["high", "max"]
-
-# Effort names clients send, mapped onto what V4 supports.
-_EFFORT_MAP: dict[str, Effort | None] = {
-    "none": None,
-    "minimal": "high",
-    "low": "high",
-    "medium": "high",
-    "high": "high",
-    "max": "max",
-    "xhigh": "max",
-}
+Effort = EffortName
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +60,13 @@ class Target:
     passthrough: bool = False
 
 
-def requested_mode(body: Mapping[str, Any]) -> Mode | None:
-    """The thinking mode the request body asks for, in any of the dialects clients use."""
+def requested_mode(
+    body: Mapping[str, Any], effort_map: Mapping[str, str] = DEFAULT_EFFORT_MAP
+) -> Mode | None:
+    """The thinking mode the request body asks for, in any of the dialects clients use.
+
+    ``effort_map`` (the catalog's ``routing.effort_map``) maps the effort names clients
+    send onto V4's efforts, or ``off``."""
     thinking: bool | None = None
     effort: Effort | None = None
     raw = body.get("thinking")
@@ -87,16 +81,16 @@ def requested_mode(body: Mapping[str, Any]) -> Mode | None:
     if isinstance(kwargs, Mapping) and isinstance(kwargs.get("thinking"), bool):
         thinking = kwargs["thinking"] if thinking is None else thinking
         kw_effort = kwargs.get("reasoning_effort")
-        if isinstance(kw_effort, str) and kw_effort in _EFFORT_MAP:
-            effort = _EFFORT_MAP[kw_effort]
+        if isinstance(kw_effort, str) and effort_map.get(kw_effort, "off") != "off":
+            effort = _effort(effort_map[kw_effort])
     raw_effort = body.get("reasoning_effort")
     if raw_effort is not None:
-        if not isinstance(raw_effort, str) or raw_effort not in _EFFORT_MAP:
-            allowed = ", ".join(_EFFORT_MAP)
+        if not isinstance(raw_effort, str) or raw_effort not in effort_map:
+            allowed = ", ".join(effort_map)
             raise InvalidRequest(
                 f"'reasoning_effort' must be one of: {allowed}", param="reasoning_effort"
             )
-        mapped = _EFFORT_MAP[raw_effort]
+        mapped = None if effort_map[raw_effort] == "off" else _effort(effort_map[raw_effort])
         if mapped is None:
             thinking = False if thinking is None else thinking
         else:
@@ -106,6 +100,12 @@ def requested_mode(body: Mapping[str, Any]) -> Mode | None:
     if thinking is False:
         return NON_THINKING
     return Mode(True, effort or "high")
+
+
+def _effort(name: str) -> Effort:
+    if name == "low":
+        return "low"
+    return "max" if name == "max" else "high"
 
 
 def resolve_target(catalog: Catalog, model: str, body: Mapping[str, Any]) -> Target:
@@ -118,7 +118,7 @@ def resolve_target(catalog: Catalog, model: str, body: Mapping[str, Any]) -> Tar
         raise UnknownModel(
             f"model '{model}' is not served here; use one of: {known}", param="model"
         )
-    asked = requested_mode(body)
+    asked = requested_mode(body, catalog.routing.effort_map)
     if entry.thinking is not None:
         # An alias with a fixed mode wins over the body (deepseek-chat is always non-thinking).
         mode: Mode | None = (

@@ -21,7 +21,16 @@ from engines.sim.generation import Generation, Kind, split_tokens, words
 from engines.sim.prefix_cache import PrefixCache
 from engines.sim.tokens import block_hashes, count_tokens, render_chat, render_fim
 
-_EFFORTS = {"low": "high", "medium": "high", "high": "high", "max": "max", "xhigh": "max"}
+# The hosted API's thinking-mode guide: the efforts it accepts and what each becomes.
+_EFFORTS = {
+    "minimal": "low",
+    "low": "low",
+    "medium": "high",
+    "high": "high",
+    "xhigh": "high",
+    "max": "max",
+    "ultra": "max",
+}
 _MAX_STOPS = 16
 
 
@@ -54,7 +63,9 @@ def _thinking(cfg: SimConfig, body: dict[str, Any]) -> tuple[bool, str | None]:
         if not isinstance(kw, dict):
             raise SimError(400, "chat_template_kwargs must be an object")
         effort = kw.get("reasoning_effort")
-        return bool(kw.get("thinking", False)), effort if isinstance(effort, str) else None
+        # vLLM's V4 template and reasoning parser: `thinking or enable_thinking`
+        on = bool(kw.get("thinking", False)) or bool(kw.get("enable_thinking", False))
+        return on, effort if isinstance(effort, str) else None
     raw = body.get("thinking")
     if raw is None:
         enabled = True
@@ -210,7 +221,9 @@ def plan_chat(
     gen = _new(cfg, cache, "chat", model, text, thinking)
     seed = text[-512:].encode()
     if thinking:
-        default = cfg.reasoning_tokens * (2 if effort == "max" else 1)
+        default = {"max": cfg.reasoning_tokens * 2, "low": cfg.reasoning_tokens // 2}.get(
+            effort or "high", cfg.reasoning_tokens
+        )
         gen.reasoning = words(seed + b"r", _int_header(headers, "x-sim-reasoning-tokens", default))
     gen.content = _answer(
         gen, seed, _int_header(headers, "x-sim-output-tokens", cfg.default_output_tokens)

@@ -497,3 +497,49 @@ def test_a_data_parallel_replica_reads_as_one_replica_with_its_engines_averaged(
     ]
     assert len(samples) == 4 and all(0 < s <= 1 for s in samples)  # every engine served
     assert usage == pytest.approx(sum(samples) / 4) and usage <= 1.0
+
+
+# ---- thinking switches and efforts ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hosted_gw(sims: Sims, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Gateway]:
+    catalog = catalog_for(
+        [sims.flash[0]], sims, routing={"backend_preference": ["hosted", "self_hosted"]}
+    )
+    server, gateway = start_gateway(catalog)
+    yield gateway
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("effort", "label", "reasoning"),
+    [("minimal", "think-low", 8), ("low", "think-low", 8), ("xhigh", "think-high", 16)]
+    + [("ultra", "think-max", 32)],
+)
+def test_efforts_map_as_the_hosted_api_maps_them(
+    hosted_gw: Gateway, effort: str, label: str, reasoning: int
+) -> None:
+    raw = hosted_gw.client().chat.completions.with_raw_response.create(
+        model="deepseek-v4-flash",
+        messages=MSG,
+        reasoning_effort=effort,  # type: ignore[arg-type]
+    )
+    assert raw.headers["x-tiergate-route"].startswith(f"flash/{label}/hosted")
+    usage = raw.parse().usage
+    assert usage is not None and usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == reasoning
+
+
+def test_a_clients_enable_thinking_does_not_make_a_non_thinking_request_think(
+    gw: Gateway,
+) -> None:
+    raw = gw.client().chat.completions.with_raw_response.create(
+        model="deepseek-chat",
+        messages=MSG,
+        max_tokens=64,
+        extra_body={"chat_template_kwargs": {"enable_thinking": True}},
+    )
+    assert raw.headers["x-tiergate-route"].startswith("flash/non-thinking/flash-local")
+    message = raw.parse().choices[0].message
+    assert not (message.model_extra or {}).get("reasoning_content")

@@ -20,9 +20,22 @@ BODY = {
 @pytest.mark.parametrize(
     ("mode", "kwargs", "sampling"),
     [
-        (NON_THINKING, {"thinking": False}, True),
-        (Mode(True, "high"), {"thinking": True, "reasoning_effort": "high"}, False),
-        (Mode(True, "max"), {"thinking": True, "reasoning_effort": "max"}, False),
+        (NON_THINKING, {"thinking": False, "enable_thinking": False}, True),
+        (
+            Mode(True, "low"),  # vLLM's V4 template knows high and max
+            {"thinking": True, "enable_thinking": True, "reasoning_effort": "high"},
+            False,
+        ),
+        (
+            Mode(True, "high"),
+            {"thinking": True, "enable_thinking": True, "reasoning_effort": "high"},
+            False,
+        ),
+        (
+            Mode(True, "max"),
+            {"thinking": True, "enable_thinking": True, "reasoning_effort": "max"},
+            False,
+        ),
     ],
 )
 def test_vllm_body(mode: Mode, kwargs: dict, sampling: bool) -> None:
@@ -36,7 +49,11 @@ def test_vllm_body(mode: Mode, kwargs: dict, sampling: bool) -> None:
 
 @pytest.mark.parametrize(
     ("mode", "thinking", "effort"),
-    [(NON_THINKING, {"type": "disabled"}, None), (Mode(True, "max"), {"type": "enabled"}, "max")],
+    [
+        (NON_THINKING, {"type": "disabled"}, None),
+        (Mode(True, "low"), {"type": "enabled"}, "low"),
+        (Mode(True, "max"), {"type": "enabled"}, "max"),
+    ],
 )
 def test_hosted_body(mode: Mode, thinking: dict, effort: str | None) -> None:
     out = hosted_body(BODY, mode, "deepseek-v4-flash", "chat", stream=True)

@@ -16,9 +16,12 @@ CATALOG = load_catalog(EXAMPLES / "demo.yaml")
         ({"thinking": {"type": "disabled"}}, NON_THINKING),
         ({"thinking": {"type": "enabled"}}, Mode(True, "high")),
         ({"thinking": {"type": "enabled"}, "reasoning_effort": "max"}, Mode(True, "max")),
-        ({"reasoning_effort": "low"}, Mode(True, "high")),
+        # the hosted API's guide: minimal/low -> low, medium/xhigh -> high, max/ultra -> max
+        ({"reasoning_effort": "minimal"}, Mode(True, "low")),
+        ({"reasoning_effort": "low"}, Mode(True, "low")),
         ({"reasoning_effort": "medium"}, Mode(True, "high")),
-        ({"reasoning_effort": "xhigh"}, Mode(True, "max")),
+        ({"reasoning_effort": "xhigh"}, Mode(True, "high")),
+        ({"reasoning_effort": "ultra"}, Mode(True, "max")),
         ({"reasoning_effort": "none"}, NON_THINKING),
         ({"chat_template_kwargs": {"thinking": True}}, Mode(True, "high")),
         (
@@ -30,6 +33,14 @@ CATALOG = load_catalog(EXAMPLES / "demo.yaml")
 )
 def test_requested_mode_dialects(body: dict, mode: Mode | None) -> None:
     assert requested_mode(body) == mode
+
+
+def test_the_effort_map_is_the_catalogs() -> None:
+    custom = {"low": "high", "max": "max", "none": "off"}
+    assert requested_mode({"reasoning_effort": "low"}, custom) == Mode(True, "high")
+    assert requested_mode({"reasoning_effort": "none"}, custom) == NON_THINKING
+    with pytest.raises(InvalidRequest, match="must be one of: low, max, none"):
+        requested_mode({"reasoning_effort": "medium"}, custom)
 
 
 @pytest.mark.parametrize(

@@ -60,8 +60,12 @@ def test_thinking_is_on_by_default_and_usage_splits_cache(hosted: SimServer) -> 
         ({"thinking": {"type": "disabled"}}, 0),
         ({"thinking": {"type": "enabled"}, "reasoning_effort": "high"}, 16),
         ({"reasoning_effort": "max"}, 32),
-        ({"reasoning_effort": "xhigh"}, 32),  # mapped to max
-        ({"reasoning_effort": "low"}, 16),  # mapped to high
+        # the API's guide: minimal/low -> low, medium/xhigh -> high, max/ultra -> max
+        ({"reasoning_effort": "minimal"}, 8),
+        ({"reasoning_effort": "low"}, 8),
+        ({"reasoning_effort": "medium"}, 16),
+        ({"reasoning_effort": "xhigh"}, 16),
+        ({"reasoning_effort": "ultra"}, 32),
     ],
 )
 def test_thinking_switch_and_effort(
@@ -81,6 +85,7 @@ def test_thinking_switch_and_effort(
         ({"thinking": {"type": "sometimes"}}, "thinking"),
         ({"thinking": True}, "thinking"),
         ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+        ({"reasoning_effort": "none"}, "reasoning_effort"),  # thinking off is `thinking`
         ({"n": 2}, "n"),
     ],
 )
