@@ -2,8 +2,8 @@
 
 Requests: the hosted API takes ``thinking: {"type": ...}`` and ``reasoning_effort`` (low,
 high, max); vLLM takes ``chat_template_kwargs: {"thinking": ..., "enable_thinking": ...,
-"reasoning_effort": ...}`` (high, max). In thinking mode the sampling parameters are ignored upstream, so they are
-dropped here on every backend for identical behaviour.
+"reasoning_effort": ...}`` (high, max). In thinking mode the sampling parameters are
+ignored upstream, so they are dropped here on every backend for identical behaviour.
 
 Responses: everything leaves in DeepSeek's shape: ``reasoning_content`` (vLLM says
 ``reasoning``), ``tool_calls`` null rather than ``[]``, and usage with

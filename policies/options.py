@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from policies.catalog import DEFAULT_EFFORT_MAP, Catalog, EffortName, RoutingDefaults
 from policies.errors import InvalidRequest, UnknownModel
