@@ -63,6 +63,9 @@ class SimConfig:
     queue_s: float = 0.0
     keepalive_every_s: float = 1.0
     queue_close_s: float = 600.0
+    # the hosted API's per-account concurrency: a request arriving with this many
+    # running or waiting answers 429 (0: no limit)
+    concurrency_limit: int = 0
     # vLLM's tool calls: streamed as a header chunk (id, name) then argument fragments,
     # and a call forced by a named tool_choice finishes with "stop" (off: whole, "tool_calls")
     tool_call_fragments: bool = True
@@ -87,6 +90,8 @@ class SimConfig:
             or min(self.idle_close_s, self.queue_s, self.poll_delay_s) < 0
         ):
             problems.append("latencies must not be negative")
+        if self.concurrency_limit < 0:
+            problems.append("concurrency_limit must be >= 0")
         if self.keepalive_every_s <= 0 or self.queue_close_s <= 0:
             problems.append("keepalive_every_s and queue_close_s must be > 0")
         if self.block_size < 1 or self.cache_blocks < 0:

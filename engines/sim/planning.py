@@ -32,6 +32,7 @@ _EFFORTS = {
     "ultra": "max",
 }
 _MAX_STOPS = 16
+_FIM_MAX_OUTPUT = 4096
 
 
 def _int_header(headers: Mapping[str, str], name: str, default: int) -> int:
@@ -81,13 +82,19 @@ def _thinking(cfg: SimConfig, body: dict[str, Any]) -> tuple[bool, str | None]:
     return enabled, _EFFORTS[effort]
 
 
-def _max_tokens(body: dict[str, Any]) -> int | None:
-    v = body.get("max_tokens", body.get("max_completion_tokens"))
-    if v is None:
+def _max_tokens(cfg: SimConfig, body: dict[str, Any]) -> int | None:
+    """The output limit. vLLM takes ``max_completion_tokens or max_tokens``; the hosted
+    API reads ``max_tokens`` first."""
+    keys = ("max_tokens", "max_completion_tokens")
+    if cfg.mode == "vllm":
+        keys = keys[::-1]
+    key = next((k for k in keys if body.get(k) is not None), None)
+    if key is None:
         return None
+    v = body[key]
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise SimError(400, "max_tokens must be a positive integer", param="max_tokens")
-    return v
+        raise SimError(400, f"{key} must be a positive integer", param=key)
+    return int(v)
 
 
 def _stops(body: dict[str, Any]) -> list[str]:
@@ -104,7 +111,7 @@ def _check_common(cfg: SimConfig, body: dict[str, Any], prompt_tokens: int) -> i
     n = body.get("n")
     if n is not None and n != 1:
         raise SimError(400, "only n=1 is supported", param="n")
-    max_tokens = _max_tokens(body)
+    max_tokens = _max_tokens(cfg, body)
     wanted = prompt_tokens + (max_tokens or 0)
     if wanted > cfg.max_model_len:
         raise SimError(
@@ -313,5 +320,7 @@ def plan_completion(
         gen, seed, _int_header(headers, "x-sim-output-tokens", cfg.default_output_tokens)
     )
     gen.stop_at(stops)
+    if cfg.mode == "hosted":  # the hosted FIM completion stops at 4K output tokens
+        max_tokens = min(max_tokens or _FIM_MAX_OUTPUT, _FIM_MAX_OUTPUT)
     gen.cap(max_tokens)
     return gen

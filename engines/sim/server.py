@@ -165,6 +165,8 @@ def create_sim_app(config: SimConfig) -> Starlette:
             if fault == "disconnect":
                 await drop_connection(request.scope)
                 return _Nothing()
+            if cfg.concurrency_limit and state.running + state.waiting >= cfg.concurrency_limit:
+                return error(429, status_message(429) + " (the account's concurrency limit)")
             user_id = body.get("user_id")
             state.last_user_id = user_id if isinstance(user_id, str) else None
             engine = state.pick_engine()

@@ -25,7 +25,7 @@ _LATENCY_KEYS = (
     "queue_close_s",
     "poll_delay_s",
 )
-_COUNT_KEYS = ("default_output_tokens", "reasoning_tokens", "tool_arg_chars")
+_COUNT_KEYS = ("default_output_tokens", "reasoning_tokens", "tool_arg_chars", "concurrency_limit")
 # How hard the simulator is, switchable at runtime (see SimConfig)
 _BOOL_KEYS = ("strict_encoder", "keepalive_comments", "tool_call_fragments", "named_tool_stop")
 _CONTROL_KEYS = frozenset(
