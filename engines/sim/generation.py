@@ -54,6 +54,7 @@ class Generation:
     tool_call: dict[str, Any] | None = None
     tool_call_tokens: int = 0
     engine: int = 0  # the data-parallel engine serving it
+    others: list[Generation] = field(default_factory=list)  # choices 1..n-1 (vLLM's n)
     tool_fragments: bool = False  # stream the call as vLLM does: header, then fragments
     finish_reason: str = "stop"
     id: str = field(default_factory=lambda: "sim-" + uuid.uuid4().hex[:24])
@@ -61,8 +62,14 @@ class Generation:
     started: float = field(default_factory=time.perf_counter)
 
     @property
-    def output_tokens(self) -> int:
+    def own_tokens(self) -> int:
+        """This choice's output tokens."""
         return len(self.reasoning) + len(self.content) + self.tool_call_tokens
+
+    @property
+    def output_tokens(self) -> int:
+        """Output tokens of every choice."""
+        return self.own_tokens + sum(o.own_tokens for o in self.others)
 
     @property
     def text(self) -> str:
@@ -91,7 +98,7 @@ class Generation:
 
     def cap(self, max_tokens: int | None) -> None:
         """Enforce ``max_tokens`` over reasoning and answer together (finish ``length``)."""
-        if max_tokens is None or self.output_tokens <= max_tokens:
+        if max_tokens is None or self.own_tokens <= max_tokens:
             return
         self.reasoning = self.reasoning[:max_tokens]
         self.content = self.content[: max(0, max_tokens - len(self.reasoning))]
@@ -116,7 +123,9 @@ class Generation:
             u["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
             u["prompt_cache_hit_tokens"] = self.cached_tokens
             u["prompt_cache_miss_tokens"] = self.prompt_tokens - self.cached_tokens
-            u["completion_tokens_details"] = {"reasoning_tokens": len(self.reasoning)}
+            u["completion_tokens_details"] = {
+                "reasoning_tokens": len(self.reasoning) + sum(len(o.reasoning) for o in self.others)
+            }
         elif self.details:
             u["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
         return u
@@ -135,31 +144,34 @@ class Generation:
         msg["tool_calls"] = self._tool_calls()
         return msg
 
-    def response_body(self) -> dict[str, Any]:
+    def _choice(self, index: int) -> dict[str, Any]:
         choice: dict[str, Any]
         if self.kind == "completions":
-            choice = {"index": 0, "text": self.text}
-            obj = "text_completion"
+            choice = {"index": index, "text": self.text}
         else:
-            choice = {"index": 0, "message": self.message()}
-            obj = "chat.completion"
+            choice = {"index": index, "message": self.message()}
         choice["logprobs"] = None
         choice["finish_reason"] = self.finish_reason
+        return choice
+
+    def response_body(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "object": obj,
+            "object": "text_completion" if self.kind == "completions" else "chat.completion",
             "created": self.created,
             "model": self.model,
-            "choices": [choice],
+            "choices": [g._choice(i) for i, g in enumerate([self, *self.others])],
             "usage": self.usage(),
         }
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    def _chunk(
+        self, delta: dict[str, Any], finish: str | None = None, index: int = 0
+    ) -> dict[str, Any]:
         if self.kind == "completions":
-            choice: dict[str, Any] = {"index": 0, "text": delta.get("content", "")}
+            choice: dict[str, Any] = {"index": index, "text": delta.get("content", "")}
             obj = "text_completion"
         else:
-            choice = {"index": 0, "delta": delta}
+            choice = {"index": index, "delta": delta}
             obj = "chat.completion.chunk"
         choice["logprobs"] = None
         choice["finish_reason"] = finish
@@ -172,7 +184,26 @@ class Generation:
         }
 
     def chunks(self) -> Iterator[dict[str, Any]]:
-        """The streamed chunks, one per token: role, reasoning, answer, then any tool call."""
+        """The streamed chunks, one per token: role, reasoning, answer, then any tool call;
+        with several choices, interleaved token by token as vLLM streams them."""
+        if not self.others:
+            yield from self._own_chunks(0)
+            return
+        streams = [g._own_chunks(i) for i, g in enumerate([self, *self.others])]
+        while streams:
+            for it in list(streams):
+                chunk = next(it, None)
+                if chunk is None:
+                    streams.remove(it)
+                else:
+                    yield chunk
+
+    def _own_chunks(self, i: int) -> Iterator[dict[str, Any]]:
+        for chunk in self._choice_chunks():
+            chunk["choices"][0]["index"] = i
+            yield chunk
+
+    def _choice_chunks(self) -> Iterator[dict[str, Any]]:
         if self.kind == "chat":
             yield self._chunk({"role": "assistant", "content": ""})
         for tok in self.reasoning:
@@ -189,8 +220,9 @@ class Generation:
         elif call is not None:
             yield self._chunk({"tool_calls": [{"index": 0, **call}]})
 
-    def final_chunk(self) -> dict[str, Any]:
-        return self._chunk({}, self.finish_reason)
+    def final_chunks(self) -> list[dict[str, Any]]:
+        """The chunks that end each choice."""
+        return [g._chunk({}, g.finish_reason, i) for i, g in enumerate([self, *self.others])]
 
     def usage_chunk(self) -> dict[str, Any]:
         chunk = self._chunk({})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -109,7 +110,10 @@ def _stops(body: dict[str, Any]) -> list[str]:
 
 def _check_common(cfg: SimConfig, body: dict[str, Any], prompt_tokens: int) -> int | None:
     n = body.get("n")
-    if n is not None and n != 1:
+    if cfg.mode == "vllm":  # vLLM samples n choices; the hosted API answers one
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128):
+            raise SimError(400, "n must be an integer from 1 to 128", param="n")
+    elif n is not None and n != 1:
         raise SimError(400, "only n=1 is supported", param="n")
     max_tokens = _max_tokens(cfg, body)
     wanted = prompt_tokens + (max_tokens or 0)
@@ -255,6 +259,12 @@ def plan_chat(
         stop = named and cfg.mode == "vllm" and cfg.named_tool_stop
         gen.finish_reason = "stop" if stop else "tool_calls"
         gen.tool_fragments = cfg.mode == "vllm" and cfg.tool_call_fragments
+    n = body.get("n") if cfg.mode == "vllm" else None
+    for k in range(1, n if isinstance(n, int) else 1):
+        other = replace(gen, id=gen.id, others=[])
+        if other.content and other.tool_call is None and not cfg.reply:
+            other.content = _answer(other, seed + bytes([k % 256]), len(gen.content))
+        gen.others.append(other)
     return gen
 
 

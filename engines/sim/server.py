@@ -338,7 +338,8 @@ async def _stream(
             yield _sse(error_body("vllm", 500, message))
             yield b"data: [DONE]\n\n"
             return
-        yield _sse(gen.final_chunk())
+        for chunk in gen.final_chunks():
+            yield _sse(chunk)
         if include_usage:
             yield _sse(gen.usage_chunk())
         yield b"data: [DONE]\n\n"

@@ -79,7 +79,7 @@ def test_explicit_thinking_effort_max(gateway: Gateway) -> None:
         model="deepseek-v4-flash",
         messages=USER,
         max_tokens=16,
-        reasoning_effort="xhigh",  # type: ignore[arg-type]
+        reasoning_effort="max",
     )
     raw.parse()
     assert route(raw).startswith("flash/think-max/flash-local")

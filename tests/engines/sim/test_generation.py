@@ -120,7 +120,7 @@ def test_stream_chunks_are_role_reasoning_answer_then_usage() -> None:
     deltas = [c["choices"][0]["delta"] for c in g.chunks()]
     assert deltas[0]["role"] == "assistant"
     assert [next(iter(d)) for d in deltas[1:]] == ["reasoning_content"] * 2 + ["content"] * 4
-    assert g.final_chunk()["choices"][0]["finish_reason"] == "stop"
+    assert g.final_chunks()[0]["choices"][0]["finish_reason"] == "stop"
     assert g.usage_chunk()["choices"] == [] and g.usage_chunk()["usage"]["total_tokens"] == 306
 
 

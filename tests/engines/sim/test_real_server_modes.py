@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+import http.client
 import threading
 import time
 from collections.abc import Iterator
@@ -42,25 +42,20 @@ def test_v4_encoder_refusals(servers: list[SimServer]) -> None:
     assert r.status_code == 200
 
 
-def _raw_request(sock: socket.socket) -> bytes:
-    body = orjson.dumps({"messages": MSG})
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    sock.settimeout(5)
-    return sock.recv(65536)
-
-
 def test_idle_close_drops_a_request_on_a_stale_connection(servers: list[SimServer]) -> None:
     sim = started("flash", idle_close_s=0.3)
     servers.append(sim)
-    with socket.create_connection(("127.0.0.1", sim.port)) as sock:
-        assert _raw_request(sock).startswith(b"HTTP/1.1 200")
-        assert _raw_request(sock).startswith(b"HTTP/1.1 200")  # reused at once: fine
-        time.sleep(0.5)
-        assert _raw_request(sock) == b""  # closed unanswered
+    conn = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=5)
+    body = orjson.dumps({"messages": MSG})
+    headers = {"Content-Type": "application/json"}
+    for _ in range(2):  # reused at once: fine
+        conn.request("POST", "/v1/chat/completions", body, headers)
+        assert conn.getresponse().read()
+    time.sleep(0.5)
+    conn.request("POST", "/v1/chat/completions", body, headers)
+    with pytest.raises(http.client.RemoteDisconnected):
+        conn.getresponse()  # closed unanswered
+    conn.close()
     assert sim.state.stats["idle_closes"] == 1
 
 
@@ -163,3 +158,18 @@ def test_hosted_fim_stops_at_4k_output_tokens(servers: list[SimServer]) -> None:
     r = post(hosted, "/beta/completions", body, {**AUTH, "x-sim-output-tokens": "5000"})
     assert r.json()["usage"]["completion_tokens"] == 4096
     assert r.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_vllm_samples_n_choices(servers: list[SimServer]) -> None:
+    sim = started("flash")
+    servers.append(sim)
+    one = post(sim, "/v1/chat/completions", {"messages": MSG}).json()
+    three = post(sim, "/v1/chat/completions", {"messages": MSG, "n": 3}).json()
+    assert [c["index"] for c in three["choices"]] == [0, 1, 2]
+    assert len({c["message"]["content"] for c in three["choices"]}) == 3
+    assert three["usage"]["completion_tokens"] == 3 * one["usage"]["completion_tokens"]
+    body = {"messages": MSG, "n": 2, "stream": True}
+    with httpx.stream("POST", sim.base_url + "/v1/chat/completions", json=body) as r:
+        chunks = [orjson.loads(e) for e in sse_events(list(r.iter_lines()))[:-1]]
+    finishes = {c["choices"][0]["index"] for c in chunks if c["choices"][0]["finish_reason"]}
+    assert finishes == {0, 1}
