@@ -297,9 +297,31 @@ class VllmEngine:
         return cache_blocks(tokens, self.spec.chars_per_token, _BLOCK_CHARS)
 
     async def _poll_loop(self) -> None:
-        while True:
-            await self.poll_once()
-            await asyncio.sleep(self.spec.poll_interval_s)
+        """Poll every replica each ``poll_interval_s``. A slow replica's poll (up to
+        ``poll_timeout_s`` per request) runs on without holding up the others' rounds,
+        and is not started again while it runs."""
+        pending: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                started = time.monotonic()
+                for r in list(self._replicas):
+                    if r.url not in pending:
+                        pending[r.url] = asyncio.create_task(self._poll(r))
+                if pending:
+                    await asyncio.wait(pending.values(), timeout=self.spec.poll_interval_s)
+                for url, task in list(pending.items()):
+                    if task.done():
+                        del pending[url]
+                        if not task.cancelled():
+                            task.exception()  # retrieved; the next round polls again
+                if self._admission is not None:
+                    self._admission.wake_free()
+                self._export()
+                left = self.spec.poll_interval_s - (time.monotonic() - started)
+                await asyncio.sleep(max(0.0, left))
+        finally:
+            for task in pending.values():
+                task.cancel()
 
     def _export(self) -> None:
         m = self._metrics

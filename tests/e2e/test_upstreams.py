@@ -543,3 +543,21 @@ def test_a_clients_enable_thinking_does_not_make_a_non_thinking_request_think(
     assert raw.headers["x-tiergate-route"].startswith("flash/non-thinking/flash-local")
     message = raw.parse().choices[0].message
     assert not (message.model_extra or {}).get("reasoning_content")
+
+
+def test_a_slow_replicas_polls_do_not_hold_up_the_others(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    slow, quick = sim("slowpoll2", poll_delay_s=2.0), sim("quickpoll")
+    server, gateway = start_gateway(catalog_for([slow.base_url, quick.base_url], sims))
+    try:
+        time.sleep(0.5)
+        assert replica_up(gateway, quick.base_url)
+        quick.state.control({"healthy": False})
+        time.sleep(0.8)  # a few 0.2 s rounds, while the slow replica's first poll runs on
+        assert not replica_up(gateway, quick.base_url)
+        assert replica_up(gateway, slow.base_url)
+    finally:
+        server.stop()
+        slow.stop()
+        quick.stop()
