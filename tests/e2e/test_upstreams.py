@@ -344,6 +344,31 @@ def test_an_error_event_mid_stream_reaches_the_client_and_the_ledger(
     assert "stream-error:upstream_stream_error" in settled[0].route_reason
 
 
+def test_an_error_event_mid_stream_reaches_an_anthropic_client_as_an_error_event(
+    gw: Gateway, pair: list[SimServer]
+) -> None:
+    for s in pair:
+        s.state.control({"fail_rate": 1.0, "fail_mode": "error_event"})
+    client = anthropic.Anthropic(base_url=gw.url, api_key="test", max_retries=0)
+    text = ""
+    try:
+        with (
+            pytest.raises(anthropic.APIStatusError) as info,
+            client.messages.stream(
+                model="deepseek-chat",
+                max_tokens=16,
+                messages=[{"role": "user", "content": "hello"}],
+            ) as stream,
+        ):
+            for piece in stream.text_stream:
+                text += piece
+    finally:
+        for s in pair:
+            s.state.control({"fail_rate": 0.0, "fail_mode": ""})
+    assert text, "the text before the error reached the client"
+    assert "failed mid-stream" in str(info.value)
+
+
 # ---- tool calls as vLLM sends them ----------------------------------------------------
 
 TOOLS = [
