@@ -93,17 +93,20 @@ def error_for_status(
 ) -> UpstreamError:
     """The error for an upstream's non-200 answer.
 
-    ``request_faults`` (vLLM replicas): a 501, or a 500 that carries an error body, is the
-    request's own failure (vLLM answers so for an assertion or a ``NotImplementedError``
-    raised while encoding the request); a 500 without one (the engine died) is the
-    replica's.
+    ``request_faults`` (vLLM replicas): a 400 or 422, a 501, or a 500 that carries an
+    error body is the request's own failure (vLLM answers so for input it refuses, and
+    for an assertion or a ``NotImplementedError`` raised while encoding the request);
+    another backend, with another encoder and limits, may still take it. A 500 without
+    an error body (the engine died) is the replica's.
     """
     msg = f"{where} answered {status}: {_message_from(body)}"
     retry_after = _retry_after(headers)
-    if request_faults and (status == 501 or (status == 500 and _has_error_body(body))):
+    if request_faults and (
+        status in (400, 422, 501) or (status == 500 and _has_error_body(body))
+    ):
         return UpstreamRequestFailed(
-            f"{msg}. The replica could not process this request itself (not a replica "
-            "failure); check the messages and parameters"
+            f"{msg}. The replica refused this request itself (not a replica failure); "
+            "check the messages and parameters"
         )
     if status == 402:
         return UpstreamInsufficientBalance(

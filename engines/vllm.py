@@ -431,15 +431,13 @@ class VllmEngine:
             try:
                 resp = await self._post(replica, req, data, headers, where)
             except UpstreamRequestFailed as exc:
-                # The request's own failure: not the replica's, and tried once elsewhere.
+                # The request's own failure, not the replica's. Its siblings run the same
+                # server and would refuse it alike: the plan's next backend may take it.
                 self._release(replica)
                 req.request_faults += 1
                 exc.attempts = req.request_faults
-                if req.request_faults >= 2:
-                    exc.retryable = False
-                    raise
-                last = exc
-                continue
+                exc.retryable = req.request_faults < 2
+                raise
             except UpstreamError as exc:
                 self._release(replica)
                 if not exc.retryable:

@@ -97,12 +97,14 @@ class UpstreamBadRequest(UpstreamError):
 
 
 class UpstreamRequestFailed(UpstreamError):
-    """The backend failed on this request's own content, not because it is unwell.
+    """A vLLM replica refused this request's own content, not because it is unwell.
 
-    vLLM answers 500 with an error body when an assertion fails while it encodes a
-    request, and 501 for input it does not support. Another backend may still take the
-    request, so it is retried at most once elsewhere; it never counts against a replica's
-    breaker. ``attempts`` counts the backends that refused the request this way.
+    vLLM answers 400/422 for input it refuses, 500 with an error body when an assertion
+    fails while it encodes a request, and 501 for input it does not support. The
+    replica's siblings would refuse it alike, but another backend (the hosted API, with
+    its own encoder and limits) may take it: it goes to the plan's next option once at
+    most, and never counts against a replica's breaker. ``attempts`` counts the backends
+    that refused it so.
     """
 
     status = 400

@@ -95,27 +95,60 @@ def route_of(gateway: Gateway, **kw: Any) -> str:
 # ---- a request's own error is not a replica failure ------------------------------------
 
 
-def test_request_error_501_is_tried_once_elsewhere_and_opens_no_breaker(
-    gw: Gateway, pair: list[SimServer], sims: Sims
+def test_request_error_501_reaches_one_replica_opens_no_breaker_and_is_a_400(
+    pair: list[SimServer], sims: Sims, monkeypatch_module: pytest.MonkeyPatch
 ) -> None:
+    # Self-hosted only: no other backend to try, so the replica's refusal is the answer.
+    catalog = catalog_for(
+        [s.base_url for s in pair], sims, routing={"backend_preference": ["self_hosted"]}
+    )
+    server, gateway = start_gateway(catalog)
     before = requests_seen(*pair)
     hosted_before = httpx.get(sims.hosted + "/sim/stats").json()["requests"]
-    for _ in range(3):
-        with pytest.raises(openai.BadRequestError) as info:
-            gw.client().chat.completions.create(
+    try:
+        for _ in range(3):
+            with pytest.raises(openai.BadRequestError) as info:
+                gateway.client().chat.completions.create(
+                    model="deepseek-chat",
+                    messages=[{"role": "function", "name": "f", "content": "x"}, *MSG],
+                    max_tokens=4,
+                )
+            assert info.value.status_code == 400
+            body = info.value.body
+            assert isinstance(body, dict) and body["code"] == "upstream_request_failed"
+            assert "501" in body["message"] and "Unknown role" in body["message"]
+        # Each bad request reached one replica (its sibling would refuse it alike), never
+        # the hosted API, and opened no breaker.
+        assert requests_seen(*pair) - before == 3
+        assert httpx.get(sims.hosted + "/sim/stats").json()["requests"] == hosted_before
+        time.sleep(0.4)
+        assert breaker_open(gateway, "flash-local") == []
+        assert route_of(gateway).startswith("flash/non-thinking/flash-local")
+    finally:
+        server.stop()
+
+
+def test_a_prompt_over_the_replicas_context_is_tried_once_on_the_hosted_api(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    short = sim("short", max_model_len=64)  # its real limit; the catalog says more
+    server, gateway = start_gateway(catalog_for([short.base_url], sims))
+    try:
+        for _ in range(3):
+            raw = gateway.client().chat.completions.with_raw_response.create(
                 model="deepseek-chat",
-                messages=[{"role": "function", "name": "f", "content": "x"}, *MSG],
+                messages=[{"role": "user", "content": "long " * 200}],
                 max_tokens=4,
             )
-        assert info.value.status_code == 400
-        body = info.value.body
-        assert isinstance(body, dict) and body["code"] == "upstream_request_failed"
-        assert "501" in body["message"] and "Unknown role" in body["message"]
-    # Each bad request reached two replicas, never the hosted API, and opened no breaker.
-    assert requests_seen(*pair) - before == 6
-    assert httpx.get(sims.hosted + "/sim/stats").json()["requests"] == hosted_before
-    assert breaker_open(gw, "flash-local") == []
-    assert route_of(gw).startswith("flash/non-thinking/flash-local")
+            route = raw.headers["x-tiergate-route"]
+            assert route.startswith("flash/non-thinking/hosted"), route
+            assert "failover:flash-local:upstream_request_failed" in route
+        assert short.state.stats["requests"] == 3
+        time.sleep(0.4)
+        assert breaker_open(gateway, "flash-local") == []
+    finally:
+        server.stop()
+        short.stop()
 
 
 def test_assertion_500_on_a_single_replica_fails_over_once_and_keeps_the_breaker_closed(

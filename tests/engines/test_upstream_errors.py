@@ -32,8 +32,11 @@ OLD_VLLM_501 = orjson.dumps({"object": "error", "message": "Unknown role", "code
 @pytest.mark.parametrize(
     ("status", "body", "request_faults", "kind"),
     [
-        (400, VLLM_500, True, UpstreamBadRequest),
-        (422, b"{}", True, UpstreamBadRequest),
+        (400, VLLM_500, True, UpstreamRequestFailed),  # refused by the replica's checks
+        (422, b"{}", True, UpstreamRequestFailed),
+        (400, VLLM_500, False, UpstreamBadRequest),  # the hosted API's 400: final
+        (422, b"{}", False, UpstreamBadRequest),
+        (404, b"{}", True, UpstreamBadRequest),  # a replica serving another model
         (500, VLLM_500, True, UpstreamRequestFailed),  # an assertion while encoding
         (501, OLD_VLLM_501, True, UpstreamRequestFailed),  # input vLLM does not support
         (501, b"", True, UpstreamRequestFailed),
