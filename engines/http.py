@@ -101,9 +101,7 @@ def error_for_status(
     """
     msg = f"{where} answered {status}: {_message_from(body)}"
     retry_after = _retry_after(headers)
-    if request_faults and (
-        status in (400, 422, 501) or (status == 500 and _has_error_body(body))
-    ):
+    if request_faults and (status in (400, 422, 501) or (status == 500 and _has_error_body(body))):
         return UpstreamRequestFailed(
             f"{msg}. The replica refused this request itself (not a replica failure); "
             "check the messages and parameters"

@@ -20,6 +20,11 @@ _FIELDS = (
     "default_output_tokens",
     "reasoning_tokens",
     "fail_rate",
+    "idle_close_s",
+    "queue_s",
+    "keepalive_every_s",
+    "concurrency_limit",
+    "poll_delay_s",
     "fail_status",
     "fail_mode",
     "seed",
@@ -109,6 +114,23 @@ def configure(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="SSE ': keep-alive' comments (default: on for hosted)",
+    )
+    p.add_argument(
+        "--idle-close-s",
+        dest="idle_close_s",
+        type=float,
+        help="drop a request sent on a connection idle this long (vLLM's keep-alive: 5)",
+    )
+    p.add_argument(
+        "--queue-s",
+        dest="queue_s",
+        type=float,
+        help="hosted overload: wait this long before inference, sending keep-alives",
+    )
+    p.add_argument("--keepalive-every-s", dest="keepalive_every_s", type=float)
+    p.add_argument("--concurrency-limit", dest="concurrency_limit", type=int, help="429 above this")
+    p.add_argument(
+        "--poll-delay-s", dest="poll_delay_s", type=float, help="answer /health, /metrics late"
     )
     p.add_argument("--seed", type=int)
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning"))
