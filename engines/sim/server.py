@@ -192,8 +192,9 @@ def create_sim_app(config: SimConfig) -> Starlette:
                 media_type="text/event-stream",
                 headers=_SSE_HEADERS,
             )
-        if fault == "error_event":  # not streamed: vLLM answers the failure as a 500
-            return error(500, "EngineGenerateError: the request failed during generation")
+        if fault == "error_event":  # not streamed: vLLM's engine-error handler, an empty 500
+            state.stats["errors"] += 1
+            return Response(status_code=500)
         if cfg.queue_s:
             return StreamingResponse(
                 _queued_answer(state, gen, request.scope), media_type="application/json"
