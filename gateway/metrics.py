@@ -62,7 +62,8 @@ class Metrics:
         )
         self.ttft = Histogram(
             "tiergate_time_to_first_token_seconds",
-            "Time from request received to the first streamed event.",
+            "Time from request received to the first streamed token (keep-alive comments"
+            " do not count).",
             _OPTION,
             buckets=_LATENCY_BUCKETS,
             registry=r,
