@@ -34,12 +34,12 @@ from gateway.app import create_app
 from gateway.db.engine import make_engine, make_sessions
 from gateway.db.migrate import upgrade
 from gateway.db.models import LedgerRow
-from gateway.settings import Settings
+from gateway.settings import EXAMPLES, Settings
 from policies.catalog import Catalog, VllmBackend, parse_catalog
 from policies.pricing import NANOS_PER_USD, PriceBook
 from policies.usage import Usage
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
+DEMO_CONFIG = EXAMPLES / "demo.yaml"
 PHYSICS = (
     "A 2.0 kg block slides down a frictionless incline of angle 30 degrees from a height of 5.0 m, "
     "then compresses a spring of constant 400 N/m. Find the maximum compression of the spring.\n"

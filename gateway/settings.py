@@ -14,11 +14,14 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Example catalogs shipped inside the package (the default catalog is the simulated demo).
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TIERGATE_", extra="ignore")
 
-    config: Path = Field(default=Path("examples/demo.yaml"), description="catalog YAML file")
+    config: Path = Field(default=EXAMPLES / "demo.yaml", description="catalog YAML file")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -93,7 +93,7 @@ class Stack:
     def __enter__(self) -> Stack:
         if self.database_url or self.redis_url:
             self._affinity = move_off_core(local_service_pids(), 0)
-        catalog = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
+        catalog = yaml.safe_load((ROOT / "gateway" / "examples" / "demo.yaml").read_text())
         catalog["backends"]["flash-local"]["replicas"] = [self.url("direct")]
         tmp = Path(tempfile.mkdtemp())
         (tmp / "catalog.yaml").write_text(yaml.safe_dump(catalog))

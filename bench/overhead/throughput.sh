@@ -12,7 +12,7 @@ SIM=$(port); GW=$(port); LL=$(port)
 tmp=$(mktemp -d)
 $PY - "$SIM" "$tmp" <<'PYEOF'
 import sys, yaml
-d = yaml.safe_load(open("examples/demo.yaml"))
+d = yaml.safe_load(open("gateway/examples/demo.yaml"))
 d["backends"]["flash-local"]["replicas"] = [f"http://127.0.0.1:{sys.argv[1]}"]
 open(sys.argv[2] + "/catalog.yaml", "w").write(yaml.safe_dump(d))
 PYEOF

@@ -101,7 +101,7 @@ SEQS = 4  # running sequences per simulated replica
 
 def catalog(urls: list[str], strategy: str, load_factor: float) -> dict[str, Any]:
     """``oracle`` is affinity (over one replica); ``affinity_queue`` adds the gateway's queue."""
-    data: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
+    data: dict[str, Any] = yaml.safe_load((ROOT / "gateway" / "examples" / "demo.yaml").read_text())
     selection = {"oracle": "affinity", "affinity_queue": "affinity"}.get(strategy, strategy)
     data["backends"]["flash-local"].update(
         replicas=urls, selection=selection, poll_interval_s=0.5, load_factor=load_factor

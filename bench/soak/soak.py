@@ -253,7 +253,7 @@ def main() -> int:
         ),
         "hosted": Sim("hosted", ["--preset", "hosted", "--replica-id", "hosted", *scale]),
     }
-    catalog = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
+    catalog = yaml.safe_load((ROOT / "gateway" / "examples" / "demo.yaml").read_text())
     catalog["backends"]["flash-local"]["replicas"] = [sims["flash-0"].url, sims["flash-1"].url]
     catalog["backends"]["pro-local"]["replicas"] = [sims["pro-0"].url]
     catalog["backends"]["hosted"]["base_url"] = sims["hosted"].url

@@ -1,4 +1,4 @@
-"""Run the Alembic migrations shipped in ``migrations/`` (CLI and Helm hook; never the app)."""
+"""Run the Alembic migrations shipped in ``gateway/db/migrations`` (CLI and Helm hook)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, pool
 from gateway.db.engine import ensure_sqlite_dir, sync_url
 from policies.errors import ConfigError
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def _config(url: str) -> Config:

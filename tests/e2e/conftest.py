@@ -26,7 +26,7 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from policies.catalog import Catalog, parse_catalog
 
-DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "gateway" / "examples" / "demo.yaml"
 
 
 @dataclass

@@ -448,7 +448,7 @@ def test_metrics_cost_equals_sum_of_settled_costs(
 def test_serve_refuses_a_bad_catalog(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        (Path(__file__).resolve().parents[2] / "examples" / "demo.yaml")
+        (Path(__file__).resolve().parents[2] / "gateway" / "examples" / "demo.yaml")
         .read_text()
         .replace("max_model_len", "max_len", 1)
     )

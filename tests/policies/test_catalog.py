@@ -6,7 +6,7 @@ import yaml
 from policies.catalog import load_catalog, parse_catalog
 from policies.errors import ConfigError
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "gateway" / "examples"
 
 
 def demo() -> dict:

@@ -29,7 +29,7 @@ from policies.router.shadow import (
 )
 from policies.router.train import featurize
 
-DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "gateway" / "examples" / "demo.yaml"
 
 
 @pytest.mark.parametrize(
