@@ -60,11 +60,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_database(settings: object) -> None:
-    from gateway.db.migrate import require_head
+    from gateway.db.migrate import require_compatible
 
     url = getattr(settings, "database_url", "")
     if url not in ("", "none"):
-        require_head(url)
+        require_compatible(url)
 
 
 def _check(args: argparse.Namespace) -> int:

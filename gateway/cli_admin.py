@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway import admin_ops
 from gateway.settings import Settings
-from policies.errors import TiergateError
+from policies.errors import ConfigError, TiergateError
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -59,15 +59,22 @@ def _print(result: Any, as_csv: bool) -> None:
 
 
 def _db(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
     from gateway.db import migrate
 
     url = _url(args)
-    if args.action == "upgrade":
-        migrate.upgrade(url, args.revision or "head")
-    elif args.action == "downgrade":
-        migrate.downgrade(url, args.revision or "base")
+    try:
+        if args.action == "upgrade":
+            migrate.upgrade(url, args.revision or "head")
+        elif args.action == "downgrade":
+            migrate.downgrade(url, args.revision or "base")
+    except ConfigError as exc:
+        print(f"tiergate: {exc}", file=sys.stderr)
+        return 2
     current = migrate.current_revision(url) or "none"
-    print(f"{url}: revision {current} (head {migrate.head_revision()})")
+    where = make_url(url).render_as_string(hide_password=True)
+    print(f"{where}: revision {current} (head {migrate.head_revision()})")
     return 0
 
 

@@ -25,9 +25,9 @@ async def drain(database_url: str, redis_url: str, prefix: str, once: bool, clai
     from redis.asyncio import Redis
 
     from gateway.db.engine import make_engine, make_sessions
-    from gateway.db.migrate import require_head
+    from gateway.db.migrate import require_compatible
 
-    await asyncio.to_thread(require_head, database_url)
+    await asyncio.to_thread(require_compatible, database_url)
     engine = make_engine(database_url)
     redis = Redis.from_url(redis_url)
     drainer = StreamDrainer(redis, make_sessions(engine), prefix + "ledger", claim_idle_ms=claim_ms)

@@ -421,9 +421,9 @@ class MoneyAccounting:
 async def open_money(settings: Any, metrics: Metrics) -> MoneyAccounting:
     """Build from settings; refuse to start on a database that is not migrated."""
     from gateway.db.engine import make_engine, make_sessions
-    from gateway.db.migrate import require_head
+    from gateway.db.migrate import require_compatible
 
-    await asyncio.to_thread(require_head, settings.database_url)
+    await asyncio.to_thread(require_compatible, settings.database_url)
     engine = make_engine(settings.database_url)
     # Fail fast when Redis is away (one quick retry for a connection it dropped), so that
     # RedisGuard, not a pile of retries, decides what a request does.

@@ -128,3 +128,18 @@ class RouterLabel(Base):
     prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
     shadow_cost_nanos: Mapped[int] = mapped_column(BigInteger)
     judge_cost_nanos: Mapped[int] = mapped_column(BigInteger)
+
+
+class SchemaFloor(Base):
+    """The oldest code revision that still serves on this database (expand/contract rule).
+
+    `tiergate db upgrade` writes it after every run: the newest migration up to the
+    database's revision that does not only add. Code that finds a revision it does not
+    know (a rollback, an older pod mid-rollout) serves when its own head is at or after
+    this floor (gateway/db/migrate.py).
+    """
+
+    __tablename__ = "schema_floor"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[str] = mapped_column(String(32))

@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from gateway.db.engine import ensure_sqlite_dir, sync_url
+from gateway.db.migrate import record_floor
 from gateway.db.models import Base
 
 config = context.config
@@ -29,6 +30,11 @@ def run() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
+            # In the migrations' transaction where DDL is transactional (PostgreSQL)...
+            record_floor(connection, context.script)
+        # ...and committed on its own where it is not (SQLite: each step commits).
+        if connection.in_transaction():
+            connection.commit()
     engine.dispose()
 
 

@@ -14,6 +14,7 @@ revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+expand_only = False
 
 
 def upgrade() -> None:

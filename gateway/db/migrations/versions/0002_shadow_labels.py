@@ -14,6 +14,8 @@ revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
+# A defaulted column and a new table: code of revision 0001 still writes its ledger rows.
+expand_only = True
 
 
 def upgrade() -> None:
