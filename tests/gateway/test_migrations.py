@@ -217,3 +217,15 @@ def test_refuses_a_newer_database_that_records_no_floor(
     engine.dispose()
     with pytest.raises(ConfigError, match="newer than this code's .* records no schema floor"):
         require_compatible(scratch_pg)
+
+
+def test_concurrent_upgrades_take_turns(scratch_pg: str) -> None:
+    # Every gateway pod's init container runs `tiergate db upgrade` at once on a fresh database.
+    cmd = [sys.executable, "-m", "gateway.cli", "db", "upgrade", "--database-url", scratch_pg]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    assert current_revision(scratch_pg) == head_revision() and tables(scratch_pg) == TABLES
