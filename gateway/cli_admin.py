@@ -64,6 +64,10 @@ def _db(args: argparse.Namespace) -> int:
     from gateway.db import migrate
 
     url = _url(args)
+    if url in ("", "none"):
+        # The gateway runs without a database then (no keys, no ledger): nothing to migrate.
+        print("no database configured (TIERGATE_DATABASE_URL is empty): nothing to migrate")
+        return 0
     try:
         if args.action == "upgrade":
             migrate.upgrade(url, args.revision or "head")

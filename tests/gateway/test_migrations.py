@@ -229,3 +229,9 @@ def test_concurrent_upgrades_take_turns(scratch_pg: str) -> None:
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outs
     assert current_revision(scratch_pg) == head_revision() and tables(scratch_pg) == TABLES
+
+
+def test_upgrade_without_a_database_is_a_no_op(capsys: pytest.CaptureFixture[str]) -> None:
+    # The chart's init container runs `db upgrade` even where no database is configured.
+    assert cli_main(["db", "upgrade", "--database-url", "none"]) == 0
+    assert "nothing to migrate" in capsys.readouterr().out
