@@ -270,6 +270,38 @@ def test_compose_config_is_valid() -> None:
     assert gw["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert gw["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "healthcheck" in gw and cfg["services"]["vllm-flash"]["profiles"] == ["gpu"]
+    services = cfg["services"]
+    # Redis holds the ledger stream until it is written: persisted, on a volume.
+    assert "--appendonly" in services["redis"]["command"]
+    assert {v["target"] for v in services["redis"]["volumes"]} == {"/data"}
+    # A ledger writer drains the stream; the gateway only appends to it.
+    drain = services["ledger-drain"]
+    assert drain["command"] == ["ledger", "drain"]
+    assert drain["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert gw["environment"]["TIERGATE_LEDGER_DRAIN"] == "external"
+    assert gw["read_only"] is True and "/var/lib/tiergate" in {v["target"] for v in gw["volumes"]}
+    # The GPU replica runs the chart's Flash launch profile and its catalog routes to it.
+    vllm = services["vllm-flash"]
+    profile = SHIPPED["flash"]
+    assert vllm["entrypoint"] + vllm["command"] == profile.argv
+    assert {k: v for k, v in vllm["environment"].items() if k != "HF_TOKEN"} == profile.env
+    assert vllm["ipc"] == "host" and "/root/.cache/huggingface" in {
+        v["target"] for v in vllm["volumes"]
+    }
+    devices = vllm["deploy"]["resources"]["reservations"]["devices"]
+    assert int(devices[0]["count"]) == profile.gpus
+    assert ":" in vllm["image"] and not vllm["image"].endswith(":latest")
+    sims = yaml.safe_load((ROOT / "deploy" / "compose-catalog.yaml").read_text())
+    gpu = yaml.safe_load((ROOT / "deploy" / "compose-catalog-gpu.yaml").read_text())
+    for catalog in (sims, gpu):
+        parse_catalog(catalog)
+    pool = gpu["backends"].pop("flash-local")
+    sims["backends"].pop("flash-local")
+    assert gpu == sims, "the two compose catalogs differ only in the Flash pool"
+    assert pool["replicas"] == ["http://vllm-flash:8000"]
+    assert pool["served_model"] == _served_name(profile)
+    assert pool["max_model_len"] == profile.max_model_len
+    assert pool["cost"]["gpus_per_replica"] == profile.gpus
 
 
 def test_ledger_drain_pods_take_the_stream_off_the_gateways(helm: str) -> None:
