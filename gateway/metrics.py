@@ -107,6 +107,13 @@ class Metrics:
             ("how", "tier", "mode"),
             registry=r,
         )
+        self.budget_downgrades = Counter(
+            "tiergate_budget_downgrades",
+            "Requests the router chose for under budget pressure (a budget past its"
+            " downgrade_at): Flash instead of Pro, by the tier and mode chosen.",
+            ("tier", "mode"),
+            registry=r,
+        )
         self.rejections = Counter(
             "tiergate_rejections",
             "Requests refused before dispatch, by error code.",

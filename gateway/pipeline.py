@@ -164,6 +164,8 @@ class Pipeline:
             raise
         how = plan.reason.split(":", 1)[0]
         self.metrics.route_decisions.labels(how, plan.primary.tier, plan.primary.mode.label).inc()
+        if view.downgrade and how == "auto":
+            self.metrics.budget_downgrades.labels(plan.primary.tier, plan.primary.mode.label).inc()
         for backend, why in plan.skipped:
             self.metrics.spillovers.labels(backend, why).inc()
         if self.shadow is not None:

@@ -100,7 +100,9 @@ async def _provision(url: str) -> tuple[str, str]:
     engine = make_engine(url)
     async with make_sessions(engine)() as s:
         team = await admin_ops.create_team(s, "dash")
-        await admin_ops.set_budget(s, "team", "dash", "day", BUDGET_USD, [0.02, 0.05])
+        await admin_ops.set_budget(
+            s, "team", "dash", "day", BUDGET_USD, [0.02, 0.05], downgrade_at=0.5
+        )
         key = await admin_ops.create_key(s, "dash", may_override_tier=True)
     await engine.dispose()
     return key.key, team["id"]
@@ -177,10 +179,10 @@ def scraped(sims: Sims, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Scra
         client.chat.completions.create(model="deepseek-chat", messages=user, max_tokens=8)
         sims.reset()
         time.sleep(2.5)
-        for _ in range(200):  # until the tiny budget refuses
+        for i in range(200):  # until the tiny budget refuses; past half of it auto downgrades
             try:
                 client.chat.completions.create(
-                    model="deepseek-v4-pro", messages=user, max_tokens=64
+                    model="auto" if i % 2 else "deepseek-v4-pro", messages=user, max_tokens=64
                 )
             except openai.RateLimitError:
                 break
