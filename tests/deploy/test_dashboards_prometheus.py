@@ -177,6 +177,10 @@ def scraped(sims: Sims, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Scra
         for url in sims.flash:  # one failover to the hosted API
             httpx.post(url + "/sim/control", json={"fail_rate": 1.0, "fail_status": 503})
         client.chat.completions.create(model="deepseek-chat", messages=user, max_tokens=8)
+        for url in sims.pro:  # the Pro pool down: one request planned past it (a spill-over)
+            httpx.post(url + "/sim/control", json={"healthy": False})
+        time.sleep(2.5)
+        client.chat.completions.create(model="deepseek-v4-pro", messages=user, max_tokens=8)
         sims.reset()
         time.sleep(2.5)
         for i in range(200):  # until the tiny budget refuses; past half of it auto downgrades
