@@ -41,6 +41,16 @@ class PanelData:
     series: list[Series]
 
 
+def expand(expr: str, values: dict[str, str] | None = None) -> str:
+    """Grafana's ``$var`` / ``${var}`` in a query: the given value, else the All value ``.*``."""
+    chosen = values or {}
+    return re.sub(
+        r"\$(?:{(\w+)}|(\w+))",
+        lambda m: chosen.get(m.group(1) or m.group(2), ".*"),
+        expr,
+    )
+
+
 def legend(fmt: str, metric: dict[str, str]) -> str:
     """Grafana's ``{{label}}`` legend format; without one, the label set."""
     if fmt:
@@ -72,7 +82,8 @@ def fetch(
         for panel in ordered:
             series = []
             for target in panel["targets"]:
-                for s in query_range(client, prometheus, target["expr"], start, end, step):
+                expr = expand(target["expr"])
+                for s in query_range(client, prometheus, expr, start, end, step):
                     points = [(float(t), float(v)) for t, v in s["values"]]
                     series.append(
                         Series(

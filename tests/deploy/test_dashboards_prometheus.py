@@ -33,7 +33,7 @@ from gateway.app import create_app
 from gateway.db.engine import make_engine, make_sessions
 from gateway.db.migrate import upgrade
 from gateway.settings import Settings
-from scripts.render_dashboard import render
+from scripts.render_dashboard import expand, render
 from tests.conftest import REQUIRE
 from tests.e2e.conftest import Sims, demo_catalog
 
@@ -57,7 +57,7 @@ def panels() -> list[tuple[str, str, str]]:
     for path in DASHBOARDS:
         for p in json.loads(path.read_text())["panels"]:
             for t in p["targets"]:
-                out.append((path.stem, p["title"], t["expr"]))
+                out.append((path.stem, p["title"], expand(t["expr"])))
     return out
 
 
@@ -248,3 +248,25 @@ def test_cost_dashboard_renders_from_scraped_data(scraped: Scraped, tmp_path: Pa
         p.title for p in panels if not p.series
     ]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+def test_dashboard_variables_are_defined() -> None:
+    import re
+
+    for path in DASHBOARDS:
+        dash = json.loads(path.read_text())
+        defined = {v["name"] for v in dash.get("templating", {}).get("list", [])}
+        for p in dash["panels"]:
+            for t in p["targets"]:
+                used = {a or b for a, b in re.findall(r"\$(?:{(\w+)}|(\w+))", t["expr"])}
+                assert used <= defined, f"{path.stem}/{p['title']}: {used - defined} undefined"
+
+
+def test_cost_dashboard_filters_by_team(scraped: Scraped) -> None:
+    cost = json.loads((ROOT / "helm/tiergate/files/dashboards/cost.json").read_text())
+    by_team = next(p for p in cost["panels"] if p["title"].startswith("Spend by team"))
+    expr = by_team["targets"][0]["expr"]
+    assert "$team" in expr and "$key" in expr
+    only = _instant(scraped.api, expand(expr, {"team": scraped.team}))
+    assert [json.loads(k)["team"] for k in only] == [scraped.team]
+    assert _instant(scraped.api, expand(expr, {"team": "no-such-team"})) == {}
