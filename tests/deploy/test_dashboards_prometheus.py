@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -25,6 +26,7 @@ from typing import NamedTuple
 import httpx
 import openai
 import pytest
+import redis
 import yaml
 
 from engines.asgi_thread import BackgroundServer, free_port
@@ -122,15 +124,25 @@ def _wait_for(api: str, query: str, timeout_s: float = 30) -> None:
 
 
 @pytest.fixture(scope="module")
-def scraped(sims: Sims, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Scraped]:
+def scraped(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch, redis_url: str
+) -> Iterator[Scraped]:
     prometheus = need("prometheus")
     work = Path(tempfile.mkdtemp(prefix="tiergate-prom-"))
     db = f"sqlite+aiosqlite:///{work}/ledger.db"
     upgrade(db)
     key, team = asyncio.run(_provision(db))
     catalog = demo_catalog(sims)
+    prefix = f"tgdash:{uuid.uuid4().hex[:8]}:"
     app = create_app(
-        Settings(log_level="warning", database_url=db, require_api_key=True), catalog=catalog
+        Settings(
+            log_level="warning",
+            database_url=db,
+            require_api_key=True,
+            redis_url=redis_url,
+            redis_prefix=prefix,
+        ),
+        catalog=catalog,
     )
     gw = BackgroundServer(app).start()
     port = free_port()
@@ -199,6 +211,10 @@ def scraped(sims: Sims, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Scra
         prom.wait(10)
         gw.stop()
         shutil.rmtree(work, ignore_errors=True)
+        r = redis.Redis.from_url(redis_url)
+        for k in r.scan_iter(prefix + "*"):
+            r.delete(k)
+        r.close()
 
 
 @pytest.mark.parametrize(("dashboard", "title", "expr"), panels(), ids=lambda v: str(v)[:40])
