@@ -215,6 +215,7 @@ BAD_VALUES = [
     ),
     ("catalog=[oops", "catalog must be a YAML mapping"),
     ("ingress.enabled=true,ingress.hosts=null", "- ingress: hosts is required"),
+    ("httpRoute.enabled=true", "- httpRoute.parentRefs: Array must have at least 1 items"),
 ]
 
 

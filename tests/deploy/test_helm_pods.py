@@ -196,6 +196,9 @@ def test_ingress_and_monitoring_objects(helm: str) -> None:
     assert ing["spec"]["tls"] == [{"secretName": "llm-tls", "hosts": ["llm.example.com"]}]
     backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": "t-tiergate", "port": {"name": "http"}}
+    route = next(d for d in docs if d["kind"] == "HTTPRoute")
+    assert route["spec"]["hostnames"] == ["llm.example.com"]
+    assert route["spec"]["rules"][0]["backendRefs"] == [{"name": "t-tiergate", "port": 8080}]
     sm = next(d for d in docs if d["kind"] == "ServiceMonitor")
     rule = next(d for d in docs if d["kind"] == "PrometheusRule")
     assert sm["metadata"]["labels"]["release"] == rule["metadata"]["labels"]["release"]
