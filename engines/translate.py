@@ -13,6 +13,7 @@ Responses: everything leaves in DeepSeek's shape: ``reasoning_content`` (vLLM sa
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -28,6 +29,14 @@ from policies.usage import Usage, usage_from_openai
 _NEEDS_PARSE = re.compile(
     rb'"(?:usage|reasoning|tool_calls|finish_reason|error)"\s*:\s*(?!null)|"object"\s*:\s*"error"'
 )
+
+# A chunk that carries reasoning text (vLLM's ``reasoning`` or ``reasoning_content``, a
+# non-empty string). vLLM sends one token per chunk and reports no reasoning tokens in
+# usage, so these chunks are its reasoning-token count.
+_REASONING_TEXT = re.compile(rb'"reasoning(?:_content)?"\s*:\s*"(?!")')
+# Characters per token, to estimate a non-stream answer's reasoning tokens when the
+# backend reports none.
+_CHARS_PER_TOKEN = 4
 
 # Fields of ours or of another dialect that must not travel upstream.
 _GATEWAY_FIELDS = ("thinking", "reasoning_effort", "chat_template_kwargs")
@@ -124,9 +133,25 @@ def normalize_response(body: dict[str, Any]) -> Usage:
                     choice["finish_reason"] = _finish(
                         choice["finish_reason"], bool(msg.get("tool_calls"))
                     )
-    usage = usage_from_openai(body.get("usage")) or Usage()
+    usage = with_reasoning(usage_from_openai(body.get("usage")) or Usage(), _reasoning_est(body))
     body["usage"] = usage.to_deepseek()
     return usage
+
+
+def with_reasoning(usage: Usage, counted: int) -> Usage:
+    """Usage with the reasoning tokens the gateway counted, when the backend reported none."""
+    if usage.reasoning_tokens or not counted:
+        return usage
+    return replace(usage, reasoning_tokens=min(counted, usage.output_tokens))
+
+
+def _reasoning_est(body: dict[str, Any]) -> int:
+    chars = 0
+    for choice in body.get("choices") or ():
+        msg = choice.get("message") if isinstance(choice, dict) else None
+        text = msg.get("reasoning_content") if isinstance(msg, dict) else None
+        chars += len(text) if isinstance(text, str) else 0
+    return -(-chars // _CHARS_PER_TOKEN)
 
 
 class SSENormalizer:
@@ -145,6 +170,7 @@ class SSENormalizer:
         self.where = where
         self.done = False
         self.tool_calls: set[Any] = set()  # choices that streamed a tool call (``_finish``)
+        self.reasoning_chunks = 0
 
     def feed(self, line: bytes) -> bytes | None:
         """One upstream line in (without its newline); one SSE event out, or None to drop."""
@@ -155,6 +181,8 @@ class SSENormalizer:
         if payload == b"[DONE]":
             self.done = True
             return b"data: [DONE]\n\n"
+        if _REASONING_TEXT.search(payload) is not None:
+            self.reasoning_chunks += 1
         if _NEEDS_PARSE.search(payload) is None:
             self.outcome.output_chars += len(payload)
             return b"data: " + payload + b"\n\n"
@@ -187,7 +215,7 @@ class SSENormalizer:
                 self.outcome.finish_reason = str(choice["finish_reason"])
         raw_usage = chunk.get("usage")
         if isinstance(raw_usage, dict):
-            usage = usage_from_openai(raw_usage) or Usage()
+            usage = with_reasoning(usage_from_openai(raw_usage) or Usage(), self.reasoning_chunks)
             self.outcome.usage = usage
             if not self.include_usage:
                 if not chunk.get("choices"):

@@ -10,26 +10,61 @@ with usage, message_stop). Cache hits are reported as ``cache_read_input_tokens`
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from gateway.errors import sse_error_event
 from gateway.parse import Call, load_json_object
-from policies.errors import InvalidRequest, TiergateError, UpstreamError
+from gateway.pipeline import Prepared
+from gateway.serve import Edge
+from policies.errors import InvalidRequest, TiergateError, UpstreamError, UpstreamUnavailable
 from policies.usage import Usage, usage_from_openai
+
+# What happens to image and document blocks (V4 reads text only): "note" puts a visible
+# text note in their place (the request goes on, and the route reason counts them),
+# "reject" refuses the request with a 400 that says why.
+MediaPolicy = Literal["note", "reject"]
 
 _STOP = {
     "stop": "end_turn",
     "length": "max_tokens",
     "tool_calls": "tool_use",
     "content_filter": "refusal",
-    "insufficient_system_resource": "end_turn",
 }
+# DeepSeek's mid-generation failure: the answer is cut, so it must not look complete.
+_CUT = "insufficient_system_resource"
+_CUT_MESSAGE = (
+    "the upstream model ran out of resources mid-answer (insufficient_system_resource); "
+    "the answer was cut: retry the request"
+)
 _BYTES_PER_TOKEN = 3
+# Anthropic tool types that run on Anthropic's servers (or need its fixed schemas); no V4
+# backend can run them, so they are left out of the request and the route reason says so.
+_SERVER_TOOL_PREFIXES = (
+    "web_search_",
+    "web_fetch_",
+    "code_execution_",
+    "bash_",
+    "text_editor_",
+    "computer_",
+    "memory_",
+    "tool_search_",
+    "mcp_",
+)
+
+
+def media_note(kind: str) -> str:
+    return f"[{kind} omitted: this model reads text only]"
+
+
+def signature_of(thinking: str) -> str:
+    """An opaque, stable signature for a thinking block (clients send blocks back with it)."""
+    return "tg1." + hashlib.blake2b(thinking.encode(), digest_size=16).hexdigest()
 
 
 def _bad(message: str, param: str | None = None) -> InvalidRequest:
@@ -91,7 +126,44 @@ def _assistant(blocks: list[Any], i: int, tool_ids: set[str]) -> dict[str, Any]:
     return msg
 
 
-def _user(blocks: list[Any], i: int, tool_ids: set[str]) -> list[dict[str, Any]]:
+class _Media:
+    """Applies the media policy and counts what it replaced."""
+
+    def __init__(self, policy: MediaPolicy) -> None:
+        self.policy = policy
+        self.replaced: dict[str, int] = {}
+
+    def note(self, kind: str, where: str) -> str:
+        if self.policy == "reject":
+            raise _bad(
+                f"{where}: {kind} blocks are not supported (DeepSeek V4 reads text only); "
+                "send text instead",
+                "messages",
+            )
+        self.replaced[kind] = self.replaced.get(kind, 0) + 1
+        return media_note(kind)
+
+
+def _tool_result_text(content: Any, where: str, media: _Media) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise _bad(f"{where} must be a string or a list of blocks", "messages")
+    parts = []
+    for k, b in enumerate(content):
+        kind = b.get("type") if isinstance(b, dict) else None
+        if kind == "text" and isinstance(b.get("text"), str):
+            parts.append(b["text"])
+        elif kind in ("image", "document"):
+            parts.append(media.note(kind, f"{where}[{k}]"))
+        else:
+            raise _bad(
+                f"{where}[{k}]: unsupported block type {kind!r} in a tool_result", "messages"
+            )
+    return "\n".join(parts)
+
+
+def _user(blocks: list[Any], i: int, tool_ids: set[str], media: _Media) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     text: list[str] = []
     for j, b in enumerate(blocks):
@@ -107,17 +179,12 @@ def _user(blocks: list[Any], i: int, tool_ids: set[str]) -> list[dict[str, Any]]
                     "assistant tool_use block declared",
                     "messages",
                 )
-            content = b.get("content", "")
-            result = (
-                content if isinstance(content, str) else _text_blocks(content, f"{where}.content")
-            )
+            result = _tool_result_text(b.get("content", ""), f"{where}.content", media)
             if b.get("is_error"):
                 result = "ERROR: " + result
             out.append({"role": "tool", "tool_call_id": tid, "content": result})
         elif kind == "image" or kind == "document":
-            raise _bad(
-                f"{where}: {kind} blocks are not supported by DeepSeek V4; send text", "messages"
-            )
+            text.append(media.note(kind, where))
         else:
             raise _bad(
                 f"{where}: unsupported or malformed block type {kind!r} in a user turn", "messages"
@@ -127,13 +194,23 @@ def _user(blocks: list[Any], i: int, tool_ids: set[str]) -> list[dict[str, Any]]
     return out
 
 
-def _tools(tools: Any) -> list[dict[str, Any]]:
+def _tools(tools: Any, notes: list[str]) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
         raise _bad("'tools' must be a list", "tools")
     out = []
     for k, t in enumerate(tools):
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
             raise _bad(f"tools[{k}] needs a string 'name'", "tools")
+        kind = t.get("type")
+        if isinstance(kind, str) and kind.startswith(_SERVER_TOOL_PREFIXES):
+            notes.append(f"server-tool-dropped={kind}")
+            continue
+        if kind not in (None, "custom"):
+            raise _bad(
+                f"tools[{k}]: tool type {kind!r} is not supported; send a custom tool with "
+                "'name' and 'input_schema'",
+                "tools",
+            )
         out.append(
             {
                 "type": "function",
@@ -162,7 +239,56 @@ def _tool_choice(tc: Any) -> Any:
     raise _bad("'tool_choice.type' must be auto, any, tool (with name) or none", "tool_choice")
 
 
-def parse_messages(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
+_EFFORTS = ("low", "medium", "high", "max")
+
+
+def _thinking(body: dict[str, Any], out: dict[str, Any]) -> None:
+    """Anthropic's thinking switch and ``output_config.effort`` -> the DeepSeek fields.
+
+    ``enabled`` thinks (``budget_tokens >= 32000`` or effort ``max`` asks for max effort);
+    no ``thinking`` or ``disabled`` does not (Anthropic's default). ``adaptive`` lets the
+    model decide, which here means the gateway does: effort ``low`` is non-thinking,
+    ``max`` is thinking at max effort, and otherwise the mode is left to the router (the
+    catalog's default for a pinned tier, the classifier for ``auto``).
+    """
+    config = body.get("output_config")
+    if config is not None and not isinstance(config, dict):
+        raise _bad("'output_config' must be an object", "output_config")
+    effort = (config or {}).get("effort")
+    if effort is not None and effort not in _EFFORTS:
+        raise _bad("'output_config.effort' must be one of: " + ", ".join(_EFFORTS), "output_config")
+    thinking = body.get("thinking")
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if thinking is not None and kind not in ("enabled", "disabled", "adaptive"):
+        raise _bad(
+            '\'thinking\' must be {"type": "enabled", "budget_tokens": N}, {"type": "adaptive"} '
+            'or {"type": "disabled"}',
+            "thinking",
+        )
+    if kind == "adaptive":
+        if effort == "low":
+            out["thinking"] = {"type": "disabled"}
+        elif effort == "max":
+            out["reasoning_effort"] = "max"
+        return
+    out["thinking"] = {"type": "enabled" if kind == "enabled" else "disabled"}
+    budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+    if kind == "enabled" and (effort == "max" or (isinstance(budget, int) and budget >= 32_000)):
+        out["reasoning_effort"] = "max"
+
+
+def _system(system: Any, messages: list[Any]) -> list[str]:
+    """The system prompt: the ``system`` field, then any ``role: system`` messages in order."""
+    parts = [_text_blocks(system, "system")] if system is not None else []
+    for i, m in enumerate(messages):
+        if isinstance(m, dict) and m.get("role") == "system":
+            parts.append(_text_blocks(m.get("content"), f"messages[{i}].content"))
+    return [p for p in parts if p]
+
+
+def parse_messages(
+    raw: bytes, *, max_bytes: int, max_messages: int, media: MediaPolicy = "note"
+) -> Call:
     body = load_json_object(raw, max_bytes)
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -178,14 +304,17 @@ def parse_messages(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
             f"'messages' has {len(messages)} entries, over the limit of {max_messages}", "messages"
         )
     chat: list[dict[str, Any]] = []
-    system = body.get("system")
-    if system is not None:
-        chat.append({"role": "system", "content": _text_blocks(system, "system")})
+    system = _system(body.get("system"), messages)
+    if system:
+        chat.append({"role": "system", "content": "\n\n".join(system)})
     tool_ids: set[str] = set()
     last_user = ""
+    handler = _Media(media)
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
-            raise _bad(f"messages[{i}].role must be 'user' or 'assistant'", "messages")
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant", "system"):
+            raise _bad(f"messages[{i}].role must be 'user', 'assistant' or 'system'", "messages")
+        if m["role"] == "system":
+            continue  # merged into the system prompt above
         content = m.get("content")
         blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
         if not isinstance(blocks, list):
@@ -193,7 +322,7 @@ def parse_messages(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
         if m["role"] == "assistant":
             chat.append(_assistant(blocks, i, tool_ids))
         else:
-            turn = _user(blocks, i, tool_ids)
+            turn = _user(blocks, i, tool_ids, handler)
             chat.extend(turn)
             last_user = next(
                 (t["content"] for t in reversed(turn) if t["role"] == "user"), last_user
@@ -206,22 +335,14 @@ def parse_messages(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
     ):
         if body.get(src) is not None:
             out[dst] = body[src]
+    notes = [f"{kind}-as-text={n}" for kind, n in handler.replaced.items()]
     if body.get("tools"):
-        out["tools"] = _tools(body["tools"])
-    if body.get("tool_choice") is not None:
+        tools = _tools(body["tools"], notes)
+        if tools:
+            out["tools"] = tools
+    if body.get("tool_choice") is not None and out.get("tools"):
         out["tool_choice"] = _tool_choice(body["tool_choice"])
-    thinking = body.get("thinking")
-    if thinking is None:
-        out["thinking"] = {"type": "disabled"}  # Anthropic's default: no extended thinking
-    elif isinstance(thinking, dict) and thinking.get("type") in ("enabled", "disabled", "adaptive"):
-        out["thinking"] = {"type": "disabled" if thinking["type"] == "disabled" else "enabled"}
-        budget = thinking.get("budget_tokens")
-        if isinstance(budget, int) and budget >= 32_000:
-            out["reasoning_effort"] = "max"
-    else:
-        raise _bad(
-            '\'thinking\' must be {"type": "enabled", "budget_tokens": N} or disabled', "thinking"
-        )
+    _thinking(body, out)
     user = (
         (body.get("metadata") or {}).get("user_id")
         if isinstance(body.get("metadata"), dict)
@@ -247,7 +368,8 @@ def parse_messages(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
         prompt_tokens_est=len(raw) // _BYTES_PER_TOKEN + 1,
         last_user_text=last_user[-4000:],
         prompt_chars=chars,
-        has_tools=bool(body.get("tools")),
+        has_tools=bool(out.get("tools")),
+        notes=notes,
     )
 
 
@@ -271,12 +393,36 @@ def _msg_id() -> str:
     return "msg_" + uuid.uuid4().hex[:24]
 
 
-def to_message(resp: dict[str, Any], model: str) -> dict[str, Any]:
+def _stop(finish: str | None, matched: Any, stops: list[str]) -> tuple[str, str | None]:
+    """Anthropic's ``stop_reason`` and ``stop_sequence`` from the upstream finish.
+
+    vLLM names the stop string it hit in the choice's ``stop_reason``; the hosted API does
+    not, so a stop-sequence hit there reads as ``end_turn``.
+    """
+    if finish == _CUT:
+        raise UpstreamUnavailable(_CUT_MESSAGE)
+    if finish in (None, "stop") and isinstance(matched, str) and matched in stops:
+        return "stop_sequence", matched
+    return _STOP.get(finish or "stop", "end_turn"), None
+
+
+def stop_list(body: dict[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    return [s for s in stop if isinstance(s, str)] if isinstance(stop, list) else []
+
+
+def to_message(resp: dict[str, Any], model: str, stops: list[str] | None = None) -> dict[str, Any]:
     choice = (resp.get("choices") or [{}])[0]
+    stop_reason, stop_sequence = _stop(
+        choice.get("finish_reason"), choice.get("stop_reason"), stops or []
+    )
     msg = choice.get("message") or {}
     content: list[dict[str, Any]] = []
     if msg.get("reasoning_content"):
-        content.append({"type": "thinking", "thinking": msg["reasoning_content"], "signature": ""})
+        thought = msg["reasoning_content"]
+        content.append(
+            {"type": "thinking", "thinking": thought, "signature": signature_of(thought)}
+        )
     if msg.get("content"):
         content.append({"type": "text", "text": msg["content"]})
     for call in msg.get("tool_calls") or ():
@@ -295,8 +441,8 @@ def to_message(resp: dict[str, Any], model: str) -> dict[str, Any]:
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": _STOP.get(choice.get("finish_reason") or "stop", "end_turn"),
-        "stop_sequence": None,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
         "usage": anthropic_usage(usage),
     }
 
@@ -308,13 +454,16 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 class StreamTranslator:
     """OpenAI chat-completion chunks (DeepSeek-shaped) -> Anthropic stream events."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, stops: list[str] | None = None) -> None:
         self.model = model
+        self.stops = stops or []
         self.index = -1
         self.open: str | None = None  # "thinking" | "text" | "tool"
         self.tool_index: dict[int, int] = {}
         self.finish: str | None = None
+        self.matched: Any = None
         self.usage = Usage()
+        self.thought = hashlib.blake2b(digest_size=16)
 
     def start(self) -> bytes:
         message: dict[str, Any] = {
@@ -332,8 +481,16 @@ class StreamTranslator:
     def _close(self) -> bytes:
         if self.open is None:
             return b""
+        out = b""
+        if self.open == "thinking":
+            # A thinking block ends with its signature, whatever comes next (text, tool_use).
+            signature = "tg1." + self.thought.hexdigest()
+            out = _event(
+                "content_block_delta",
+                {"index": self.index, "delta": {"type": "signature_delta", "signature": signature}},
+            )
         self.open = None
-        return _event("content_block_stop", {"index": self.index})
+        return out + _event("content_block_stop", {"index": self.index})
 
     def _begin(self, kind: str, block: dict[str, Any]) -> bytes:
         out = self._close()
@@ -349,7 +506,10 @@ class StreamTranslator:
             delta = choice.get("delta") or {}
             if delta.get("reasoning_content"):
                 if self.open != "thinking":
-                    out += self._begin("thinking", {"type": "thinking", "thinking": ""})
+                    out += self._begin(
+                        "thinking", {"type": "thinking", "thinking": "", "signature": ""}
+                    )
+                self.thought.update(delta["reasoning_content"].encode())
                 out += _event(
                     "content_block_delta",
                     {
@@ -358,14 +518,6 @@ class StreamTranslator:
                     },
                 )
             if delta.get("content"):
-                if self.open == "thinking":
-                    out += _event(
-                        "content_block_delta",
-                        {
-                            "index": self.index,
-                            "delta": {"type": "signature_delta", "signature": ""},
-                        },
-                    )
                 if self.open != "text":
                     out += self._begin("text", {"type": "text", "text": ""})
                 out += _event(
@@ -399,16 +551,21 @@ class StreamTranslator:
                     )
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
+                self.matched = choice.get("stop_reason")
         return out
 
     def end(self) -> bytes:
-        stop = _STOP.get(self.finish or "stop", "end_turn")
+        try:
+            stop, sequence = _stop(self.finish, self.matched, self.stops)
+        except TiergateError as err:
+            # A cut answer ends in an error event, never in a normal stop.
+            return self._close() + sse_error_event(err, "anthropic")
         return (
             self._close()
             + _event(
                 "message_delta",
                 {
-                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "delta": {"stop_reason": stop, "stop_sequence": sequence},
                     "usage": anthropic_usage(self.usage),
                 },
             )
@@ -417,9 +574,9 @@ class StreamTranslator:
 
 
 async def translate_stream(
-    events: AsyncGenerator[bytes, None], model: str
+    events: AsyncGenerator[bytes, None], model: str, stops: list[str] | None = None
 ) -> AsyncGenerator[bytes, None]:
-    tr = StreamTranslator(model)
+    tr = StreamTranslator(model, stops)
     async with aclosing(events):  # closing this stream early closes the relay too
         yield tr.start()
         async for raw in events:
@@ -442,3 +599,19 @@ async def translate_stream(
 def stream_error(err: TiergateError) -> bytes:
     """Mid-stream failure, in the OpenAI framing the translator reads back."""
     return b"data: " + orjson.dumps({"error": {"message": err.message, "type": err.type}}) + b"\n\n"
+
+
+def _render(p: Prepared, body: dict[str, Any]) -> bytes:
+    return orjson.dumps(to_message(body, p.call.model, stop_list(p.call.body)))
+
+
+def _stream(p: Prepared, events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    return translate_stream(events, p.call.model, stop_list(p.call.body))
+
+
+EDGE = Edge(
+    render=_render,
+    stream=_stream,
+    stream_error=stream_error,
+    headers=lambda p: {"request-id": p.request_id, "x-request-id": p.request_id},
+)

@@ -120,6 +120,13 @@ class Metrics:
             ("protocol", "code"),
             registry=r,
         )
+        self.adaptations = Counter(
+            "tiergate_request_adaptations",
+            "Parts of requests the protocol translation replaced or left out, by what"
+            " (e.g. image-as-text, server-tool-dropped).",
+            ("protocol", "what"),
+            registry=r,
+        )
         self.budget_alerts = Counter(
             "tiergate_budget_alerts",
             "Soft budget thresholds crossed, by scope and threshold fraction.",

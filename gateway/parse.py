@@ -7,14 +7,14 @@ context checks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
 from policies.errors import BodyTooLarge, InvalidRequest
 
-Protocol = Literal["openai", "anthropic"]
+Protocol = Literal["openai", "anthropic", "responses"]
 Endpoint = Literal["chat", "completions"]
 
 # A conservative bytes-per-token ratio: over-estimating the prompt keeps reservations safe.
@@ -37,6 +37,9 @@ class Call:
     prompt_chars: int
     has_tools: bool = False
     json_mode: bool = False
+    # What the protocol translation changed or left out (an image replaced by a note, a
+    # server tool dropped): added to the route reason, the log line and a metric.
+    notes: list[str] = field(default_factory=list)
 
 
 def load_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:

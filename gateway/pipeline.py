@@ -7,6 +7,7 @@ between lives here, the same for every protocol. Decisions are delegated to ``po
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
@@ -53,6 +54,13 @@ _STREAM_BYTES_PER_TOKEN = 4
 _DONE = b"data: [DONE]\n\n"
 # Events kept from a stream sampled for shadow mode; a longer answer is not sampled.
 _SHADOW_STREAM_BYTES = 4 * 1024 * 1024
+# Internal addresses (a replica's URL) in an upstream error: the log keeps them, clients
+# get the message without them.
+_URL = re.compile(r"\s*\bhttps?://[^\s'\"]+")
+
+
+def public_message(message: str) -> str:
+    return _URL.sub("", message)
 
 
 def rule_classifier(catalog: Catalog, call: Call, downgrade: bool = False) -> AutoChoice:
@@ -138,12 +146,32 @@ class Pipeline:
             )
         return states
 
+    def reject(self, protocol: str, err: TiergateError, **fields: object) -> None:
+        """A request refused before dispatch: counted by reason, with its log line."""
+        self.metrics.rejections.labels(protocol, err.code).inc()
+        self.log.info(
+            "request",
+            protocol=protocol,
+            status=err.status,
+            rejected=err.code,
+            error=err.message,
+            **fields,
+        )
+
     async def authenticate(self, headers: Mapping[str, str], protocol: str = "openai") -> Caller:
         """First step of every request, before its body is read."""
         try:
             return await self.accounting.authenticate(_raw_key(headers))
         except TiergateError as err:
-            self.metrics.rejections.labels(protocol, err.code).inc()
+            self.reject(protocol, err)
+            raise
+
+    def parsed(self, parse: Callable[[bytes], Call], raw: bytes, protocol: str) -> Call:
+        """The protocol's parser over the body; a refused body is counted and logged."""
+        try:
+            return parse(raw)
+        except TiergateError as err:
+            self.reject(protocol, err)
             raise
 
     async def prepare(self, call: Call, headers: Mapping[str, str], caller: Caller) -> Prepared:
@@ -159,9 +187,20 @@ class Pipeline:
             p.reserved = self._worst_case(p)
             await self.accounting.reserve(caller, request_id, p.reserved, started_at)
         except TiergateError as err:
-            self.metrics.rejections.labels(call.protocol, err.code).inc()
+            self.reject(
+                call.protocol,
+                err,
+                request_id=request_id,
+                model=call.model,
+                stream=call.stream,
+                team=caller.team_id,
+                key=caller.key_prefix,
+            )
             err.headers.setdefault("x-request-id", request_id)
             raise
+        for note in call.notes:
+            p.reasons.append(note)
+            self.metrics.adaptations.labels(call.protocol, note.split("=", 1)[0]).inc()
         how = plan.reason.split(":", 1)[0]
         self.metrics.route_decisions.labels(how, plan.primary.tier, plan.primary.mode.label).inc()
         if view.downgrade and how == "auto":
@@ -248,6 +287,7 @@ class Pipeline:
                 result = await opener(engine, req)
             except UpstreamError as exc:
                 self.metrics.upstream_errors.labels(option.backend, exc.code).inc()
+                p.option = option  # the backend whose answer the client gets, if this is the last
                 if isinstance(exc, UpstreamRequestFailed):
                     # Tried once elsewhere at most: the next backend is the last try.
                     p.request_faults = max(req.request_faults, exc.attempts)
@@ -348,6 +388,7 @@ class Pipeline:
             p.reasons.append(f"stream-error:{err.code}")
             p.error = err.message
             await self._finish_stream(p, stream, err.status)
+            err.message = public_message(err.message)
             yield on_error(err)
         finally:
             await self._finish_stream(p, stream, 499)  # if the client went away mid-stream
@@ -395,7 +436,8 @@ class Pipeline:
             str(err.status),
             p.caller.team_id or "none",
         ).inc()
-        self._log(p, p.plan.primary, Usage(), 0, err.status, error=err.message)
+        self._log(p, p.option or p.plan.primary, Usage(), 0, err.status, error=err.message)
+        err.message = public_message(err.message)
 
     async def _settle(
         self, p: Prepared, usage: Usage, status: int, *, provider_cost_usd: float | None = None

@@ -57,6 +57,7 @@ class Generation:
     others: list[Generation] = field(default_factory=list)  # choices 1..n-1 (vLLM's n)
     tool_fragments: bool = False  # stream the call as vLLM does: header, then fragments
     finish_reason: str = "stop"
+    stop_reason: str | None = None  # vLLM names the stop string that ended the answer
     id: str = field(default_factory=lambda: "sim-" + uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
     started: float = field(default_factory=time.perf_counter)
@@ -95,6 +96,7 @@ class Generation:
         self.content = kept
         self.tool_call, self.tool_call_tokens = None, 0
         self.finish_reason = "stop"
+        self.stop_reason = next(s for s in stops if s and text.find(s) == cut)
 
     def cap(self, max_tokens: int | None) -> None:
         """Enforce ``max_tokens`` over reasoning and answer together (finish ``length``)."""
@@ -152,6 +154,8 @@ class Generation:
             choice = {"index": index, "message": self.message()}
         choice["logprobs"] = None
         choice["finish_reason"] = self.finish_reason
+        if self.mode == "vllm":
+            choice["stop_reason"] = self.stop_reason
         return choice
 
     def response_body(self) -> dict[str, Any]:
@@ -175,6 +179,8 @@ class Generation:
             obj = "chat.completion.chunk"
         choice["logprobs"] = None
         choice["finish_reason"] = finish
+        if self.mode == "vllm":
+            choice["stop_reason"] = self.stop_reason if finish else None
         return {
             "id": self.id,
             "object": obj,

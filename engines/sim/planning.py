@@ -10,6 +10,7 @@ thinking mode, and offers FIM and chat prefix completion on its ``/beta`` paths 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -34,6 +35,9 @@ _EFFORTS = {
 }
 _MAX_STOPS = 16
 _FIM_MAX_OUTPUT = 4096
+# A user turn that asks for a tool by name ("use the get_weather tool", optionally
+# 'with {"city": "Paris"}') gets that tool call when the tool is offered, as a model would.
+_ASKED_TOOL = re.compile(r"use the (\w+) tool(?: with (\{.*?\})(?=\s*$|\s*\n))?", re.S)
 
 
 def _int_header(headers: Mapping[str, str], name: str, default: int) -> int:
@@ -228,7 +232,9 @@ def plan_chat(
     )
     max_tokens = _check_common(cfg, body, count_tokens(text))
     stops = _stops(body)
-    tool = _tool_name(body, tools or [], headers)
+    tool, asked_args = _tool_name(body, tools or [], headers), None
+    if tool is None and body.get("tool_choice") != "none":
+        tool, asked_args = _asked_tool(messages, tools or [])
     gen = _new(cfg, cache, "chat", model, text, thinking)
     seed = text[-512:].encode()
     if thinking:
@@ -246,9 +252,8 @@ def plan_chat(
         doc = {"answer": gen.text.strip(), "model": model, "replica": cfg.replica_id}
         gen.content = split_tokens(orjson.dumps(doc).decode())
     if tool:
-        _add_tool_call(
-            gen, tool, seed, _int_header(headers, "x-sim-tool-arg-chars", cfg.tool_arg_chars)
-        )
+        arg_chars = _int_header(headers, "x-sim-tool-arg-chars", cfg.tool_arg_chars)
+        _add_tool_call(gen, tool, seed, arg_chars, asked_args)
     if gen.tool_call is None:
         gen.stop_at(stops)
     gen.cap(max_tokens)
@@ -289,11 +294,30 @@ def _tool_name(body: dict[str, Any], tools: list[Any], headers: Mapping[str, str
     return None
 
 
-def _add_tool_call(gen: Generation, name: str, seed: bytes, arg_chars: int = 0) -> None:
+def _asked_tool(messages: list[Any], tools: list[Any]) -> tuple[str | None, str | None]:
+    """The tool the last message (a user turn) asks for by name, and any arguments given."""
+    last = messages[-1] if messages else None
+    if not isinstance(last, dict) or last.get("role") != "user":
+        return None, None
+    content = last.get("content")
+    if isinstance(content, list):
+        content = "\n".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    match = _ASKED_TOOL.search(content) if isinstance(content, str) else None
+    if match is None:
+        return None, None
+    offered = {(t.get("function") or {}).get("name") for t in tools if isinstance(t, dict)}
+    return (match.group(1), match.group(2)) if match.group(1) in offered else (None, None)
+
+
+def _add_tool_call(
+    gen: Generation, name: str, seed: bytes, arg_chars: int = 0, asked: str | None = None
+) -> None:
     query = "".join(words(seed, 3)).strip()
     if arg_chars > len(query):  # a long argument (x-sim-tool-arg-chars)
         query = (query + " ") * (arg_chars // (len(query) + 1) + 1)
-    args = orjson.dumps({"query": query}).decode()
+    args = asked or orjson.dumps({"query": query}).decode()
     gen.tool_call = {
         "id": "call_" + hashlib.blake2b(seed + name.encode(), digest_size=8).hexdigest(),
         "type": "function",

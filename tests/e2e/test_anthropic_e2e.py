@@ -156,7 +156,7 @@ def test_streamed_tool_call(gateway: Gateway) -> None:
             {
                 "model": "claude-sonnet-4-5",
                 "max_tokens": 10,
-                "messages": [{"role": "system", "content": "x"}],
+                "messages": [{"role": "tool", "content": "x"}],
             },
             "role",
         ),

@@ -56,8 +56,8 @@ def test_rewrites_and_pins_on_self_hosted(
         usage["prompt_cache_hit_tokens"] + usage["prompt_cache_miss_tokens"]
         == resp.usage.prompt_tokens
     )
-    expected_model = "DeepSeek-V4-Pro" if "pro/" in route_prefix else "DeepSeek-V4-Flash"
-    assert expected_model in resp.model
+    # The name the client asked for; the option that answered shows in the route header.
+    assert resp.model == model
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_rewrites_on_hosted(hosted_first: Gateway, model: str, mode: str, thinki
     resp = raw.parse()
     assert route(raw).startswith(f"flash/{mode}/hosted; reason=alias:{model}")
     assert bool((resp.choices[0].message.model_extra or {}).get("reasoning_content")) is thinking
-    assert resp.model in ("deepseek-v4-flash", "deepseek-flash")
+    assert resp.model == model  # the same name as from a replica (test above)
 
 
 def test_explicit_thinking_effort_max(gateway: Gateway) -> None:
