@@ -34,9 +34,6 @@ _NEEDS_PARSE = re.compile(
 # non-empty string). vLLM sends one token per chunk and reports no reasoning tokens in
 # usage, so these chunks are its reasoning-token count.
 _REASONING_TEXT = re.compile(rb'"reasoning(?:_content)?"\s*:\s*"(?!")')
-# Characters per token, to estimate a non-stream answer's reasoning tokens when the
-# backend reports none.
-_CHARS_PER_TOKEN = 4
 
 # Fields of ours or of another dialect that must not travel upstream.
 _GATEWAY_FIELDS = ("thinking", "reasoning_effort", "chat_template_kwargs")
@@ -133,7 +130,8 @@ def normalize_response(body: dict[str, Any]) -> Usage:
                     choice["finish_reason"] = _finish(
                         choice["finish_reason"], bool(msg.get("tool_calls"))
                     )
-    usage = with_reasoning(usage_from_openai(body.get("usage")) or Usage(), _reasoning_est(body))
+    usage = usage_from_openai(body.get("usage")) or Usage()
+    usage = with_reasoning(usage, _reasoning_share(body, usage.output_tokens))
     body["usage"] = usage.to_deepseek()
     return usage
 
@@ -145,13 +143,22 @@ def with_reasoning(usage: Usage, counted: int) -> Usage:
     return replace(usage, reasoning_tokens=min(counted, usage.output_tokens))
 
 
-def _reasoning_est(body: dict[str, Any]) -> int:
-    chars = 0
+def _reasoning_share(body: dict[str, Any], output_tokens: int) -> int:
+    """A non-stream answer's reasoning tokens, when the backend reports none: the output
+    tokens split in proportion to the characters of reasoning and of everything else."""
+    reasoning = other = 0
     for choice in body.get("choices") or ():
         msg = choice.get("message") if isinstance(choice, dict) else None
-        text = msg.get("reasoning_content") if isinstance(msg, dict) else None
-        chars += len(text) if isinstance(text, str) else 0
-    return -(-chars // _CHARS_PER_TOKEN)
+        if not isinstance(msg, dict):
+            continue
+        text = msg.get("reasoning_content")
+        reasoning += len(text) if isinstance(text, str) else 0
+        content = msg.get("content")
+        other += len(content) if isinstance(content, str) else 0
+        other += len(orjson.dumps(msg.get("tool_calls"))) if msg.get("tool_calls") else 0
+    if not reasoning:
+        return 0
+    return max(1, round(output_tokens * reasoning / (reasoning + other)))
 
 
 class SSENormalizer:

@@ -28,6 +28,7 @@ from gateway.router_service import RouterService, RouterTruth
 from gateway.routes import admin as admin_routes
 from gateway.routes import anthropic as anthropic_routes
 from gateway.routes import openai as openai_routes
+from gateway.routes import responses as responses_routes
 from gateway.routes import system as system_routes
 from gateway.settings import Settings, get_settings
 from gateway.shadow import ShadowService
@@ -121,12 +122,14 @@ def create_app(
         {
             "/v1/chat/completions": openai_routes.chat_completions,
             "/v1/completions": openai_routes.completions,
+            "/v1/responses": responses_routes.create_response,
             **{p + "/v1/messages": anthropic_routes.messages for p in ("", "/anthropic")},
         }
     )
     app.include_router(system_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)
+    app.include_router(responses_routes.router)
     app.include_router(admin_routes.router)
 
     @app.exception_handler(TiergateError)

@@ -101,6 +101,25 @@ COUNT_TOKENS = {
     },
 }
 
+RESPONSES = {
+    "type": "object",
+    "required": ["model", "input"],
+    "properties": {
+        "model": _MODEL,
+        "input": {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "minItems": 1, "items": {"type": "object"}},
+            ]
+        },
+        "instructions": {"type": "string"},
+        "max_output_tokens": _MAX_TOKENS,
+        "stream": _STREAM,
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "reasoning": {"type": "object"},
+    },
+}
+
 TEAM = {
     "type": "object",
     "required": ["name"],

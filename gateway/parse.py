@@ -40,6 +40,8 @@ class Call:
     # What the protocol translation changed or left out (an image replaced by a note, a
     # server tool dropped): added to the route reason, the log line and a metric.
     notes: list[str] = field(default_factory=list)
+    # What the protocol's renderer needs from its own request (opaque to the pipeline).
+    context: Any = None
 
 
 def load_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from gateway.keys import master_key_matches
-from gateway.state import state_of
-from policies.errors import AuthenticationFailed
+from gateway.state import AppState, state_of
+from policies.errors import AuthenticationFailed, UnknownModel
 
 router = APIRouter()
 
@@ -40,33 +40,52 @@ async def readyz(request: Request) -> Response:
     )
 
 
+def _model_item(st: AppState, name: str, now: int) -> dict[str, object]:
+    entry = st.catalog.lookup_model(name)
+    item: dict[str, object] = {
+        "id": name,
+        "object": "model",
+        "created": now,
+        "owned_by": "tiergate",
+    }
+    if entry is not None:
+        item["tier"] = entry.tier
+        if entry.thinking is not None:
+            item["thinking"] = entry.thinking
+        if entry.retired is not None:
+            item["retired_upstream"] = entry.retired.isoformat()
+    else:
+        item["passthrough"] = True
+    return item
+
+
 @router.get("/v1/models", summary="Models and aliases this gateway serves")
 async def list_models(request: Request) -> Response:
     st = state_of(request)
     caller = await st.pipeline.authenticate(request.headers)
     allowed = caller.allowed_models
     now = int(time.time())
-    data = []
-    for name in st.catalog.public_model_names():
-        if allowed is not None and name not in allowed:
-            continue
-        entry = st.catalog.lookup_model(name)
-        item: dict[str, object] = {
-            "id": name,
-            "object": "model",
-            "created": now,
-            "owned_by": "tiergate",
-        }
-        if entry is not None:
-            item["tier"] = entry.tier
-            if entry.thinking is not None:
-                item["thinking"] = entry.thinking
-            if entry.retired is not None:
-                item["retired_upstream"] = entry.retired.isoformat()
-        else:
-            item["passthrough"] = True
-        data.append(item)
+    data = [
+        _model_item(st, name, now)
+        for name in st.catalog.public_model_names()
+        if allowed is None or name in allowed
+    ]
     return _json({"object": "list", "data": data})
+
+
+@router.get("/v1/models/{model_id:path}", summary="One model or alias this gateway serves")
+async def get_model(request: Request, model_id: str) -> Response:
+    st = state_of(request)
+    caller = await st.pipeline.authenticate(request.headers)
+    allowed = caller.allowed_models
+    public = st.catalog.public_model_names()
+    # A name the catalog matches (e.g. by a claude-* glob) is served even when not listed.
+    served = model_id in public or st.catalog.lookup_model(model_id) is not None
+    if not served or (allowed is not None and model_id not in allowed):
+        err = UnknownModel(f"model '{model_id}' is not served here; see GET /v1/models")
+        st.pipeline.reject("openai", err)
+        raise err
+    return _json(_model_item(st, model_id, int(time.time())))
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)

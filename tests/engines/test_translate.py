@@ -81,8 +81,8 @@ def test_normalize_vllm_response_to_deepseek_shape() -> None:
         },
     }
     usage = normalize_response(body)
-    # vLLM reports no reasoning tokens: estimated from the reasoning text (1 char -> 1 token)
-    assert usage == Usage(256, 44, 20, 1)
+    # vLLM reports no reasoning tokens: the output split by characters ("r" vs "a")
+    assert usage == Usage(256, 44, 20, 10)
     msg = body["choices"][0]["message"]
     assert msg["reasoning_content"] == "r" and "reasoning" not in msg and msg["tool_calls"] is None
     assert body["usage"]["prompt_cache_hit_tokens"] == 256

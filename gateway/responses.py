@@ -1,0 +1,753 @@
+"""OpenAI Responses API (``POST /v1/responses``) <-> the internal OpenAI-chat request.
+
+Codex CLI, the openai SDKs' ``responses`` methods and LangChain's ``use_responses_api``
+speak this protocol. A body becomes a ``Call`` whose body is OpenAI chat (instructions and
+developer messages -> the system prompt, ``function_call`` / ``custom_tool_call`` items ->
+assistant ``tool_calls``, their outputs -> ``tool`` messages, ``reasoning`` items ->
+``reasoning_content``) and runs the same pipeline as chat. The DeepSeek-shaped answer
+comes back as a response object, or as the Responses event stream.
+
+Nothing is stored: ``previous_response_id`` is refused with a 400 that says to send the
+conversation in ``input`` (as Codex does with ``store: false``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.anthropic import MediaPolicy, media_note
+from gateway.parse import Call, load_json_object
+from gateway.serve import Edge
+from policies.errors import InvalidRequest, TiergateError, UpstreamUnavailable
+from policies.usage import Usage, usage_from_openai
+
+_BYTES_PER_TOKEN = 3
+_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+# Built-in tools that OpenAI's servers run. ``web_search`` is only advisory (Codex offers it
+# by default): it is left out, and the route reason says so. The others would make an
+# agent wait for work nobody does, so they are refused.
+_DROPPED_TOOLS = ("web_search", "web_search_preview")
+_REFUSED_TOOLS = (
+    "file_search",
+    "code_interpreter",
+    "computer_use_preview",
+    "image_generation",
+    "mcp",
+    "local_shell",
+)
+_CUT_MESSAGE = (
+    "the upstream model ran out of resources mid-answer (insufficient_system_resource); "
+    "the answer was cut: retry the request"
+)
+
+
+def _bad(message: str, param: str | None = None) -> InvalidRequest:
+    return InvalidRequest(message, param=param)
+
+
+@dataclass(slots=True)
+class Context:
+    """What rendering needs besides the chat answer: the request's own fields, echoed back."""
+
+    echo: dict[str, Any]
+    custom_tools: set[str] = field(default_factory=set)
+    namespaces: dict[str, str] = field(default_factory=dict)  # tool name -> namespace
+    encrypted_reasoning: bool = False
+
+
+# ---- request --------------------------------------------------------------------------------
+
+
+def _content_text(content: Any, where: str, notes: dict[str, int], media: MediaPolicy) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise _bad(f"{where} must be a string or a list of content parts", "input")
+    parts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise _bad(f"{where}[{j}].text must be a string", "input")
+            parts.append(text)
+        elif kind in ("input_image", "input_file", "input_audio"):
+            what = {"input_image": "image", "input_file": "file", "input_audio": "audio"}[kind]
+            if media == "reject":
+                raise _bad(
+                    f"{where}[{j}]: {kind} is not supported (DeepSeek V4 reads text only); "
+                    "send text instead",
+                    "input",
+                )
+            notes[what] = notes.get(what, 0) + 1
+            parts.append(media_note(what))
+        elif kind == "refusal":
+            parts.append(str(part.get("refusal", "")))
+        else:
+            raise _bad(f"{where}[{j}]: unsupported content part type {kind!r}", "input")
+    return "\n".join(parts)
+
+
+def _output_text(output: Any, where: str, notes: dict[str, int], media: MediaPolicy) -> str:
+    return _content_text(output, f"{where}.output", notes, media)
+
+
+class _History:
+    """Input items -> chat messages; consecutive assistant items join one assistant turn."""
+
+    def __init__(self, media: MediaPolicy) -> None:
+        self.media = media
+        self.system: list[str] = []
+        self.messages: list[dict[str, Any]] = []
+        self.notes: dict[str, int] = {}
+        self.call_ids: set[str] = set()
+        self.last_user = ""
+        self.reasoning: list[str] = []  # reasoning items waiting for their assistant turn
+
+    def _assistant(self) -> dict[str, Any]:
+        last = self.messages[-1] if self.messages else None
+        if last is None or last["role"] != "assistant" or last.get("tool_calls"):
+            last = {"role": "assistant", "content": None}
+            self.messages.append(last)
+        if self.reasoning:
+            last["reasoning_content"] = (last.get("reasoning_content") or "") + "".join(
+                self.reasoning
+            )
+            self.reasoning = []
+        return last
+
+    def _call(self, call_id: Any, name: Any, arguments: str, where: str) -> None:
+        if not isinstance(call_id, str) or not isinstance(name, str):
+            raise _bad(f"{where} needs string 'call_id' and 'name'", "input")
+        self.call_ids.add(call_id)
+        turn = self._assistant()
+        turn.setdefault("tool_calls", []).append(
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+        )
+
+    def _output(self, item: dict[str, Any], where: str) -> None:
+        call_id = item.get("call_id")
+        if call_id not in self.call_ids:
+            raise _bad(
+                f"{where}: call_id {call_id!r} matches no earlier function_call or "
+                "custom_tool_call item in 'input' (this gateway stores no responses: send the "
+                "whole conversation)",
+                "input",
+            )
+        text = _output_text(item.get("output"), where, self.notes, self.media)
+        self.messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
+
+    def add(self, item: Any, i: int) -> None:
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise _bad(f"{where} must be an object", "input")
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            text = _content_text(item.get("content"), f"{where}.content", self.notes, self.media)
+            if role in ("system", "developer"):
+                self.system.append(text)
+            elif role == "user":
+                self.messages.append({"role": "user", "content": text})
+                self.last_user = text
+            elif role == "assistant":
+                turn = self._assistant()
+                turn["content"] = (turn.get("content") or "") + text
+            else:
+                raise _bad(
+                    f"{where}.role must be one of user, assistant, system, developer", "input"
+                )
+        elif kind == "reasoning":
+            text = _content_text(item.get("content"), f"{where}.content", self.notes, self.media)
+            if not text and isinstance(item.get("encrypted_content"), str):
+                text = item["encrypted_content"]  # ours: the reasoning text itself
+            if not text:
+                text = _content_text(item.get("summary"), f"{where}.summary", {}, self.media)
+            self.reasoning.append(text)
+        elif kind == "function_call":
+            args = item.get("arguments", "")
+            args = args if isinstance(args, str) else ""
+            self._call(item.get("call_id"), item.get("name"), args, where)
+        elif kind == "custom_tool_call":
+            raw = item.get("input", "")
+            args = orjson.dumps({"input": raw if isinstance(raw, str) else ""}).decode()
+            self._call(item.get("call_id"), item.get("name"), args, where)
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            self._output(item, where)
+        elif kind == "item_reference":
+            raise _bad(
+                f"{where}: item_reference needs stored responses, which this gateway "
+                "does not keep; send the items themselves",
+                "input",
+            )
+        else:
+            raise _bad(f"{where}: input item type {kind!r} is not supported here", "input")
+
+
+def _tools(tools: Any, ctx: Context, notes: list[str]) -> list[dict[str, Any]]:
+    if not isinstance(tools, list):
+        raise _bad("'tools' must be a list", "tools")
+    out: list[dict[str, Any]] = []
+    for k, t in enumerate(tools):
+        kind = t.get("type") if isinstance(t, dict) else None
+        if kind == "namespace" and isinstance(t.get("tools"), list):
+            for inner in _tools(t["tools"], ctx, notes):
+                ctx.namespaces[inner["function"]["name"]] = str(t.get("name", ""))
+                out.append(inner)
+            continue
+        if kind in _DROPPED_TOOLS:
+            notes.append(f"server-tool-dropped={kind}")
+            continue
+        if kind in _REFUSED_TOOLS:
+            raise _bad(
+                f"tools[{k}]: the built-in tool {kind!r} runs on OpenAI's servers and no "
+                "backend of this gateway can run it; offer a function tool instead",
+                "tools",
+            )
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise _bad(
+                f"tools[{k}] needs a 'type' of function or custom and a string 'name'", "tools"
+            )
+        if kind == "function":
+            fn = {"name": t["name"], "description": t.get("description") or ""}
+            fn["parameters"] = t.get("parameters") or {"type": "object", "properties": {}}
+            if t.get("strict") is not None:
+                fn["strict"] = t["strict"]
+            out.append({"type": "function", "function": fn})
+        elif kind == "custom":
+            ctx.custom_tools.add(t["name"])
+            desc = t.get("description") or ""
+            fmt = t.get("format")
+            if isinstance(fmt, dict) and fmt.get("type") == "grammar":
+                desc += f"\n\nThe input must follow this {fmt.get('syntax', '')} grammar:\n"
+                desc += str(fmt.get("definition", ""))
+            schema = {
+                "type": "object",
+                "properties": {"input": {"type": "string", "description": "the raw input"}},
+                "required": ["input"],
+            }
+            out.append(
+                {
+                    "type": "function",
+                    "function": {"name": t["name"], "description": desc, "parameters": schema},
+                }
+            )
+        else:
+            raise _bad(f"tools[{k}]: tool type {kind!r} is not supported", "tools")
+    return out
+
+
+def _tool_choice(tc: Any) -> Any:
+    if tc in ("auto", "none", "required"):
+        return tc
+    if (
+        isinstance(tc, dict)
+        and tc.get("type") in ("function", "custom")
+        and isinstance(tc.get("name"), str)
+    ):
+        return {"type": "function", "function": {"name": tc["name"]}}
+    raise _bad(
+        '\'tool_choice\' must be auto, none, required or {"type": "function", "name": ...}',
+        "tool_choice",
+    )
+
+
+def _reasoning(body: dict[str, Any], out: dict[str, Any]) -> None:
+    """``reasoning.effort``: none -> non-thinking; any other effort -> thinking at that
+    effort (high or max on V4); absent -> the router decides."""
+    reasoning = body.get("reasoning")
+    if reasoning is None:
+        return
+    if not isinstance(reasoning, dict):
+        raise _bad("'reasoning' must be an object", "reasoning")
+    effort = reasoning.get("effort")
+    if effort is None:
+        return
+    if effort not in _EFFORTS:
+        raise _bad("'reasoning.effort' must be one of: " + ", ".join(_EFFORTS), "reasoning")
+    if effort == "none":
+        out["thinking"] = {"type": "disabled"}
+    else:
+        out["reasoning_effort"] = effort
+
+
+def _text_format(body: dict[str, Any], out: dict[str, Any], system: list[str]) -> bool:
+    text = body.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if fmt is None:
+        return False
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return False
+    if kind == "json_object":
+        out["response_format"] = {"type": "json_object"}
+        return True
+    if kind == "json_schema" and isinstance(fmt.get("schema"), dict):
+        # V4 has JSON mode, not schema-constrained decoding: the schema goes in the prompt.
+        out["response_format"] = {"type": "json_object"}
+        system.append(
+            "Answer with one JSON object only, matching this JSON schema:\n"
+            + orjson.dumps(fmt["schema"]).decode()
+        )
+        return True
+    raise _bad(
+        "'text.format.type' must be text, json_object or json_schema (with 'schema')", "text"
+    )
+
+
+def _echo(body: dict[str, Any]) -> dict[str, Any]:
+    reasoning: dict[str, Any] = body.get("reasoning") or {}
+    text: dict[str, Any] = body.get("text") or {}
+    reasoning = reasoning if isinstance(reasoning, dict) else {}
+    text = text if isinstance(text, dict) else {}
+    return {
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
+        "temperature": body.get("temperature"),
+        "text": {"format": text.get("format") or {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "top_p": body.get("top_p"),
+        "user": body.get("user"),
+        "metadata": body.get("metadata") or {},
+    }
+
+
+def parse_responses(
+    raw: bytes, *, max_bytes: int, max_messages: int, media: MediaPolicy = "note"
+) -> Call:
+    body = load_json_object(raw, max_bytes)
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise _bad("'model' is required and must be a non-empty string", "model")
+    if body.get("previous_response_id") is not None:
+        raise _bad(
+            "previous_response_id is not supported: this gateway stores no responses; send "
+            "the whole conversation in 'input' (with store: false, as Codex does)",
+            "previous_response_id",
+        )
+    if body.get("conversation") is not None:
+        raise _bad(
+            "'conversation' is not supported: send the conversation in 'input'", "conversation"
+        )
+    items = body.get("input")
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    if not isinstance(items, list) or not items:
+        raise _bad("'input' is required: a string or a non-empty list of items", "input")
+    if len(items) > max_messages:
+        raise _bad(f"'input' has {len(items)} items, over the limit of {max_messages}", "input")
+    history = _History(media)
+    if body.get("instructions") is not None:
+        if not isinstance(body["instructions"], str):
+            raise _bad("'instructions' must be a string", "instructions")
+        history.system.append(body["instructions"])
+    for i, item in enumerate(items):
+        history.add(item, i)
+    ctx = Context(echo=_echo(body))
+    include = body.get("include")
+    ctx.encrypted_reasoning = isinstance(include, list) and "reasoning.encrypted_content" in include
+    notes = [f"{what}-as-text={n}" for what, n in history.notes.items()]
+    out: dict[str, Any] = {"model": model}
+    if body.get("tools"):
+        tools = _tools(body["tools"], ctx, notes)
+        if tools:
+            out["tools"] = tools
+            if body.get("tool_choice") is not None:
+                out["tool_choice"] = _tool_choice(body["tool_choice"])
+            if body.get("parallel_tool_calls") is not None:
+                out["parallel_tool_calls"] = bool(body["parallel_tool_calls"])
+    json_mode = _text_format(body, out, history.system)
+    system = [s for s in history.system if s]
+    out["messages"] = ([{"role": "system", "content": "\n\n".join(system)}] if system else []) + (
+        history.messages
+    )
+    if not history.messages:
+        raise _bad("'input' has no user, assistant or tool item to answer", "input")
+    max_tokens = body.get("max_output_tokens")
+    if max_tokens is not None:
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise _bad("'max_output_tokens' must be a positive integer", "max_output_tokens")
+        out["max_tokens"] = max_tokens
+    for key in ("temperature", "top_p"):
+        if body.get(key) is not None:
+            out[key] = body[key]
+    user = body.get("safety_identifier") or body.get("user")
+    if isinstance(user, str):
+        out["user_id"] = user
+    _reasoning(body, out)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _bad("'stream' must be true or false", "stream")
+    if stream:
+        out["stream"] = True
+        out["stream_options"] = {"include_usage": True}
+    return Call(
+        protocol="responses",
+        endpoint="chat",
+        body=out,
+        model=model,
+        stream=stream,
+        include_usage=stream,
+        max_tokens=max_tokens,
+        prompt_tokens_est=len(raw) // _BYTES_PER_TOKEN + 1,
+        last_user_text=history.last_user[-4000:],
+        prompt_chars=sum(len(str(m.get("content") or "")) for m in out["messages"]),
+        has_tools=bool(out.get("tools")),
+        json_mode=json_mode,
+        notes=notes,
+        context=ctx,
+    )
+
+
+# ---- response -------------------------------------------------------------------------------
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def responses_usage(u: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": u.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": u.cache_hit_tokens},
+        "output_tokens": u.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+        "total_tokens": u.total_tokens,
+    }
+
+
+def _status(finish: str | None) -> tuple[str, dict[str, str] | None]:
+    if finish == "insufficient_system_resource":
+        raise UpstreamUnavailable(_CUT_MESSAGE)
+    if finish == "length":
+        return "incomplete", {"reason": "max_output_tokens"}
+    if finish == "content_filter":
+        return "incomplete", {"reason": "content_filter"}
+    return "completed", None
+
+
+class Renderer:
+    """Builds the output items and the response object of one request."""
+
+    def __init__(self, ctx: Context, model: str) -> None:
+        self.ctx = ctx
+        self.model = model
+        self.id = _id("resp")
+        self.created = int(time.time())
+
+    def response(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: Usage | None = None,
+        *,
+        incomplete: dict[str, str] | None = None,
+        error: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created,
+            "status": status,
+            "error": error,
+            "incomplete_details": incomplete,
+            "model": self.model,
+            "output": output,
+            "previous_response_id": None,
+            "store": False,
+            "truncation": "disabled",
+            "usage": responses_usage(usage) if usage is not None else None,
+            **self.ctx.echo,
+        }
+
+    def reasoning(self, text: str, item_id: str | None = None) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "type": "reasoning",
+            "id": item_id or _id("rs"),
+            "summary": [],
+            "content": [{"type": "reasoning_text", "text": text}],
+        }
+        if self.ctx.encrypted_reasoning:
+            # Opaque to the client, which sends it back; V4 needs the text itself again.
+            item["encrypted_content"] = text
+        return item
+
+    @staticmethod
+    def message(text: str, item_id: str | None = None, status: str = "completed") -> dict[str, Any]:
+        return {
+            "type": "message",
+            "id": item_id or _id("msg"),
+            "status": status,
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        }
+
+    def call(
+        self, call_id: str, name: str, arguments: str, item_id: str | None = None
+    ) -> dict[str, Any]:
+        if name in self.ctx.custom_tools:
+            try:
+                raw = orjson.loads(arguments or "{}")
+            except orjson.JSONDecodeError:
+                raw = {"input": arguments}
+            value = raw.get("input") if isinstance(raw, dict) else None
+            return {
+                "type": "custom_tool_call",
+                "id": item_id or _id("ctc"),
+                "status": "completed",
+                "call_id": call_id,
+                "name": name,
+                "input": value if isinstance(value, str) else arguments,
+            }
+        item = {
+            "type": "function_call",
+            "id": item_id or _id("fc"),
+            "status": "completed",
+            "call_id": call_id,
+            "name": name,
+            "arguments": arguments,
+        }
+        if name in self.ctx.namespaces:
+            item["namespace"] = self.ctx.namespaces[name]
+        return item
+
+
+def to_response(resp: dict[str, Any], call: Call) -> dict[str, Any]:
+    r = Renderer(call.context, call.model)
+    choice = (resp.get("choices") or [{}])[0]
+    status, incomplete = _status(choice.get("finish_reason"))
+    msg = choice.get("message") or {}
+    output: list[dict[str, Any]] = []
+    if msg.get("reasoning_content"):
+        output.append(r.reasoning(msg["reasoning_content"]))
+    if msg.get("content"):
+        output.append(r.message(msg["content"]))
+    for tc in msg.get("tool_calls") or ():
+        fn = tc.get("function") or {}
+        output.append(
+            r.call(tc.get("id") or _id("call"), fn.get("name", ""), fn.get("arguments") or "")
+        )
+    usage = usage_from_openai(resp.get("usage")) or Usage()
+    return r.response(status, output, usage, incomplete=incomplete)
+
+
+# ---- stream ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Open:
+    """The output item being streamed."""
+
+    kind: str  # "reasoning" | "message" | "call"
+    index: int
+    item_id: str
+    text: list[str] = field(default_factory=list)
+    call_id: str = ""
+    name: str = ""
+
+
+class StreamTranslator:
+    """DeepSeek-shaped chat chunks -> the Responses event stream, in order."""
+
+    def __init__(self, ctx: Context, model: str) -> None:
+        self.r = Renderer(ctx, model)
+        self.seq = 0
+        self.output: list[dict[str, Any]] = []
+        self.open: _Open | None = None
+        self.calls: dict[int, _Open] = {}
+        self.finish: str | None = None
+        self.usage = Usage()
+
+    def _event(self, kind: str, **data: Any) -> bytes:
+        self.seq += 1
+        payload = orjson.dumps({"type": kind, "sequence_number": self.seq - 1, **data})
+        return b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n"
+
+    def start(self) -> bytes:
+        snapshot = self.r.response("in_progress", [])
+        return self._event("response.created", response=snapshot) + self._event(
+            "response.in_progress", response=snapshot
+        )
+
+    def _begin(self, kind: str, item: dict[str, Any]) -> tuple[bytes, _Open]:
+        out = self._close()
+        self.open = _Open(kind, len(self.output), item["id"])
+        self.output.append(item)
+        out += self._event("response.output_item.added", output_index=self.open.index, item=item)
+        return out, self.open
+
+    def _close(self) -> bytes:
+        o, self.open = self.open, None
+        if o is None:
+            return b""
+        at = {"item_id": o.item_id, "output_index": o.index}
+        text = "".join(o.text)
+        if o.kind == "reasoning":
+            item = self.r.reasoning(text, o.item_id)
+            out = self._event("response.reasoning_text.done", **at, content_index=0, text=text)
+        elif o.kind == "message":
+            item = self.r.message(text, o.item_id)
+            part = item["content"][0]
+            out = self._event(
+                "response.output_text.done", **at, content_index=0, text=text, logprobs=[]
+            )
+            out += self._event("response.content_part.done", **at, content_index=0, part=part)
+        else:
+            item = self.r.call(o.call_id, o.name, text, o.item_id)
+            if item["type"] == "custom_tool_call":
+                out = self._event(
+                    "response.custom_tool_call_input.delta", **at, delta=item["input"]
+                )
+                out += self._event(
+                    "response.custom_tool_call_input.done", **at, input=item["input"]
+                )
+            else:
+                out = self._event(
+                    "response.function_call_arguments.done", **at, name=o.name, arguments=text
+                )
+        self.output[o.index] = item
+        return out + self._event("response.output_item.done", output_index=o.index, item=item)
+
+    def _text(self, kind: str, delta: str) -> bytes:
+        out = b""
+        if self.open is None or self.open.kind != kind:
+            if kind == "reasoning":
+                item: dict[str, Any] = {"type": "reasoning", "id": _id("rs"), "summary": []}
+                out, o = self._begin(kind, item)
+            else:
+                item = self.r.message("", _id("msg"), "in_progress")
+                item["content"] = []
+                out, o = self._begin(kind, item)
+                part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+                out += self._event(
+                    "response.content_part.added",
+                    item_id=o.item_id,
+                    output_index=o.index,
+                    content_index=0,
+                    part=part,
+                )
+        current = self.open
+        assert current is not None
+        current.text.append(delta)
+        name = (
+            "response.reasoning_text.delta" if kind == "reasoning" else "response.output_text.delta"
+        )
+        extra: dict[str, Any] = {} if kind == "reasoning" else {"logprobs": []}
+        return out + self._event(
+            name,
+            item_id=current.item_id,
+            output_index=current.index,
+            content_index=0,
+            delta=delta,
+            **extra,
+        )
+
+    def _tool(self, call: dict[str, Any]) -> bytes:
+        k = call.get("index", 0)
+        fn = call.get("function") or {}
+        out = b""
+        if k not in self.calls:
+            call_id = call.get("id") or _id("call")
+            name = fn.get("name", "")
+            custom = name in self.r.ctx.custom_tools
+            item = self.r.call(call_id, name, "", _id("ctc" if custom else "fc"))
+            item["status"] = "in_progress"
+            if custom:
+                item["input"] = ""
+            out, o = self._begin("call", item)
+            o.call_id, o.name = call_id, name
+            self.calls[k] = o
+        o = self.calls[k]
+        if fn.get("arguments") and o is self.open:
+            o.text.append(fn["arguments"])
+            if o.name not in self.r.ctx.custom_tools:
+                out += self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=o.item_id,
+                    output_index=o.index,
+                    delta=fn["arguments"],
+                )
+        return out
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        out = b""
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = usage_from_openai(chunk["usage"]) or self.usage
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                out += self._text("reasoning", delta["reasoning_content"])
+            if delta.get("content"):
+                out += self._text("message", delta["content"])
+            for call in delta.get("tool_calls") or ():
+                out += self._tool(call)
+            if choice.get("finish_reason"):
+                self.finish = choice["finish_reason"]
+        return out
+
+    def fail(self, err: TiergateError) -> bytes:
+        out = self._close()
+        error = {"code": err.code, "message": err.message}
+        return out + self._event(
+            "response.failed",
+            response=self.r.response("failed", self.output, self.usage, error=error),
+        )
+
+    def end(self) -> bytes:
+        try:
+            status, incomplete = _status(self.finish)
+        except TiergateError as err:
+            return self.fail(err)
+        out = self._close()
+        final = self.r.response(status, self.output, self.usage, incomplete=incomplete)
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        return out + self._event(kind, response=final)
+
+
+async def translate_stream(
+    events: AsyncGenerator[bytes, None], call: Call
+) -> AsyncGenerator[bytes, None]:
+    tr = StreamTranslator(call.context, call.model)
+    async with aclosing(events):  # closing this stream early closes the relay too
+        yield tr.start()
+        async for raw in events:
+            if not raw.startswith(b"data: "):
+                continue  # keep-alive comments
+            payload = raw[6:].strip()
+            if payload == b"[DONE]":
+                yield tr.end()
+                return
+            chunk = orjson.loads(payload)
+            if "error" in chunk and not chunk.get("choices"):
+                err = chunk["error"]
+                failure = UpstreamUnavailable(str(err.get("message", err)))
+                failure.code = str(err.get("code") or err.get("type") or failure.code)
+                yield tr.fail(failure)
+                return
+            out = tr.feed(chunk)
+            if out:
+                yield out
+
+
+def _stream_error(err: TiergateError) -> bytes:
+    """Mid-stream failure, in the OpenAI framing the translator reads back."""
+    body = {"error": {"message": err.message, "type": err.type, "code": err.code}}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+EDGE = Edge(
+    render=lambda p, body: orjson.dumps(to_response(body, p.call)),
+    stream=lambda p, events: translate_stream(events, p.call),
+    stream_error=_stream_error,
+    headers=lambda p: {"x-request-id": p.request_id},
+)
