@@ -1,0 +1,225 @@
+"""The OpenAI Responses API through the official openai SDK and the gateway to the simulators.
+
+The same pipeline as chat (routing, pricing, the ledger), rendered as response objects and
+the Responses event stream; plus Codex CLI's captured requests replayed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from .conftest import Gateway, Sims
+
+DATA = Path(__file__).parent / "data"
+WEATHER = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    }
+]
+ASK = 'use the get_weather tool with {"city": "Paris"}'
+
+
+def test_plain_response_is_routed_priced_and_ledgered(gateway: Gateway) -> None:
+    raw = gateway.client().responses.with_raw_response.create(
+        model="deepseek-reasoner", input="hello", instructions="Be brief.", max_output_tokens=200
+    )
+    resp = raw.parse()
+    assert raw.headers["x-tiergate-route"].startswith("flash/think-high/flash-local")
+    assert resp.status == "completed" and resp.model == "deepseek-reasoner"
+    assert [o.type for o in resp.output] == ["reasoning", "message"]
+    assert resp.output_text.startswith(" [deepseek-ai/DeepSeek-V4-Flash@")
+    usage = resp.usage
+    assert usage is not None and usage.input_tokens > 0
+    assert 0 < usage.output_tokens_details.reasoning_tokens < usage.output_tokens
+    s = gateway.settled()[-1]
+    assert s.protocol == "responses" and s.requested_model == "deepseek-reasoner"
+    assert s.cost_nanos > 0 and s.reasoning_tokens == usage.output_tokens_details.reasoning_tokens
+
+
+def test_stream_event_sequence(gateway: Gateway) -> None:
+    with gateway.client().responses.stream(
+        model="deepseek-reasoner", input="hello", max_output_tokens=200
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert kinds[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    for kind in (
+        "response.reasoning_text.delta",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.output_item.done",
+    ):
+        assert kind in kinds
+    assert kinds.index("response.reasoning_text.done") < kinds.index("response.content_part.added")
+    assert final.status == "completed" and final.model == "deepseek-reasoner"
+    assert final.output_text and final.usage is not None
+    assert final.usage.output_tokens_details.reasoning_tokens > 0  # counted on a replica
+    s = gateway.settled()[-1]
+    assert s.protocol == "responses" and s.reasoning_tokens > 0
+
+
+@pytest.mark.parametrize("fixture", ["gateway", "hosted_first"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_function_call_round_trip(
+    request: pytest.FixtureRequest, fixture: str, stream: bool
+) -> None:
+    gw: Gateway = request.getfixturevalue(fixture)
+    c = gw.client()
+    kwargs: dict[str, Any] = {
+        "model": "deepseek-reasoner",
+        "tools": WEATHER,
+        "input": [{"role": "user", "content": ASK}],
+        "include": ["reasoning.encrypted_content"],
+    }
+    if stream:
+        with c.responses.stream(**kwargs) as s:
+            kinds = [e.type for e in s]
+            first = s.get_final_response()
+        assert "response.function_call_arguments.delta" in kinds
+        assert "response.function_call_arguments.done" in kinds
+    else:
+        first = c.responses.create(**kwargs)
+    assert [o.type for o in first.output] == ["reasoning", "function_call"]
+    call = first.output[1]
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert json.loads(call.arguments) == {"city": "Paris"}
+    # Sent back as Codex does (store: false, the whole conversation): in thinking mode the
+    # hosted API needs the reasoning again, which the reasoning item carries.
+    history = [*kwargs["input"], *(o.model_dump(exclude_none=True) for o in first.output)]
+    history.append({"type": "function_call_output", "call_id": call.call_id, "output": "sunny"})
+    second = c.responses.create(model="deepseek-reasoner", tools=WEATHER, input=history)
+    assert second.status == "completed" and second.output[-1].type == "message"
+
+
+def test_custom_tools_come_back_as_custom_tool_calls(gateway: Gateway) -> None:
+    tool = {
+        "type": "custom",
+        "name": "apply_patch",
+        "description": "Apply a patch",
+        "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"},
+    }
+    resp = gateway.client().responses.create(
+        model="deepseek-chat",
+        tools=[tool],  # type: ignore[list-item]
+        input='use the apply_patch tool with {"input": "*** Begin Patch"}',
+    )
+    call = resp.output[-1]
+    assert call.type == "custom_tool_call" and call.input == "*** Begin Patch"
+    after = gateway.client().responses.create(
+        model="deepseek-chat",
+        tools=[tool],  # type: ignore[list-item]
+        input=[
+            call.model_dump(exclude_none=True),
+            {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done"},
+        ],
+    )
+    assert after.status == "completed"
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "mode"),
+    [
+        ({"effort": "none"}, "non-thinking"),
+        ({"effort": "medium"}, "think-high"),
+        ({"effort": "max"}, "think-max"),
+    ],
+)
+def test_reasoning_effort_picks_the_mode(gateway: Gateway, reasoning: Any, mode: str) -> None:
+    raw = gateway.client().responses.with_raw_response.create(
+        model="deepseek-v4-pro", input="hello", reasoning=reasoning, max_output_tokens=300
+    )
+    assert raw.headers["x-tiergate-route"].startswith(f"pro/{mode}/")
+
+
+def test_json_schema_and_max_output_tokens(gateway: Gateway) -> None:
+    c = gateway.client()
+    resp = c.responses.create(
+        model="deepseek-chat",
+        input="Give me a json answer",
+        text={"format": {"type": "json_schema", "name": "a", "schema": {"type": "object"}}},
+    )
+    assert isinstance(json.loads(resp.output_text), dict)
+    cut = c.responses.create(model="deepseek-chat", input="hello", max_output_tokens=2)
+    assert cut.status == "incomplete" and cut.incomplete_details is not None
+    assert cut.incomplete_details.reason == "max_output_tokens"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"previous_response_id": "resp_123"}, "previous_response_id"),
+        ({"tools": [{"type": "file_search", "vector_store_ids": ["v"]}]}, "file_search"),
+        ({"reasoning": {"effort": "huge"}}, "reasoning.effort"),
+        ({"input": [{"type": "function_call_output", "call_id": "nope", "output": "x"}]}, "nope"),
+        ({"model": "gpt-17"}, "gpt-17"),
+    ],
+)
+def test_bad_requests_are_clear_errors(gateway: Gateway, kwargs: Any, fragment: str) -> None:
+    args = {"model": "deepseek-chat", "input": "hello", **kwargs}
+    with pytest.raises(openai.APIStatusError) as info:
+        gateway.client().responses.create(**args)
+    assert info.value.status_code in (400, 404) and fragment in info.value.message
+
+
+def test_web_search_is_dropped_with_a_note(gateway: Gateway) -> None:
+    raw = gateway.client().responses.with_raw_response.create(
+        model="deepseek-chat", input="hello", tools=[{"type": "web_search"}, *WEATHER]
+    )
+    assert raw.parse().status == "completed"
+    assert "server-tool-dropped=web_search" in raw.headers["x-tiergate-route"]
+
+
+def test_stored_responses_and_models(gateway: Gateway) -> None:
+    c = gateway.client()
+    with pytest.raises(openai.NotFoundError) as info:
+        c.responses.retrieve("resp_abc")
+    assert "does not store responses" in info.value.message
+    assert c.models.retrieve("deepseek-reasoner").id == "deepseek-reasoner"
+    assert c.models.retrieve("claude-sonnet-4-5").id == "claude-sonnet-4-5"  # a catalog glob
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("gpt-17")
+
+
+def test_a_cut_answer_fails_the_stream(hosted_first: Gateway, sims: Sims) -> None:
+    sims.control(sims.hosted, fail_rate=1.0, fail_mode="insufficient")
+    with hosted_first.client().responses.stream(model="deepseek-chat", input="hello") as s:
+        kinds = [e.type for e in s]
+    assert kinds[-1] == "response.failed" and "response.completed" not in kinds
+
+
+@pytest.mark.parametrize("name", ["codex_say_hi.json", "codex_tool_result.json"])
+def test_captured_codex_requests_replay(gateway: Gateway, name: str) -> None:
+    captured = json.loads((DATA / name).read_text())
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/responses",
+        json=captured["body"],
+        headers={**captured["headers"], "authorization": "Bearer test"},
+        timeout=30,
+    ) as r:
+        assert r.status_code == 200, r.read()
+        route = r.headers["x-tiergate-route"]
+        datas = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert "server-tool-dropped=web_search" in route
+    assert datas[0]["type"] == "response.created" and datas[-1]["type"] == "response.completed"
+    done = [d["item"]["type"] for d in datas if d["type"] == "response.output_item.done"]
+    assert done[-1] == "message"
+    reasoning = next(d["item"] for d in datas if d["type"] == "response.output_item.done")
+    assert reasoning["type"] == "reasoning" and reasoning["encrypted_content"]  # Codex asks
