@@ -145,6 +145,9 @@ def create_app(
         else:
             err = InvalidRequest(str(exc.detail))
             err.status = exc.status_code
+        st = getattr(request.app.state, "tiergate", None)
+        if st is not None:
+            st.pipeline.reject(_protocol(request), err, path=request.url.path)
         return error_response(err, _protocol(request))  # type: ignore[arg-type]
 
     @app.exception_handler(Exception)

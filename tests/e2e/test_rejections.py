@@ -1,0 +1,102 @@
+"""Refused requests are visible (a log line, a counted reason) and errors name no internal URL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import Gateway
+
+
+class Lines:
+    """Stands in for the pipeline's logger (the test gateway logs only warnings)."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.lines.append({"event": event, **fields})
+
+    warning = error = info
+
+
+@pytest.fixture
+def logs(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    recorder = Lines()
+    monkeypatch.setattr(gateway.app.state.tiergate.pipeline, "log", recorder)
+    return recorder.lines
+
+
+def _count(gw: Gateway, protocol: str, code: str) -> float:
+    metrics = gw.app.state.tiergate.metrics
+    value: float = metrics.rejections.labels(protocol, code)._value.get()
+    return value
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "protocol", "status", "code"),
+    [
+        ("/v1/chat/completions", b"{not json", "openai", 400, "invalid_request"),
+        (
+            "/v1/chat/completions",
+            {"model": "gpt-17", "messages": [{"role": "user", "content": "x"}]},
+            "openai",
+            404,
+            "model_not_found",
+        ),
+        (
+            "/v1/messages",
+            {"model": "claude-x", "messages": []},
+            "anthropic",
+            400,
+            "invalid_request",
+        ),
+        ("/v1/responses", {"model": "deepseek-chat"}, "responses", 400, "invalid_request"),
+        ("/v1/responses", {"model": "nope", "input": "x"}, "responses", 404, "model_not_found"),
+        ("/v1/no/such/route", {}, "openai", 404, "not_found"),
+    ],
+)
+def test_every_rejection_is_logged_and_counted(
+    gateway: Gateway,
+    logs: list[dict[str, Any]],
+    path: str,
+    body: Any,
+    protocol: str,
+    status: int,
+    code: str,
+) -> None:
+    before = _count(gateway, protocol, code)
+    content = body if isinstance(body, bytes) else None
+    r = httpx.post(
+        gateway.url + path,
+        content=content,
+        json=None if content else body,
+        headers={"authorization": "Bearer test", "content-type": "application/json"},
+    )
+    assert r.status_code == status
+    assert _count(gateway, protocol, code) == before + 1
+    lines = [entry for entry in logs if entry.get("rejected") == code]
+    assert lines and lines[-1]["status"] == status and lines[-1]["protocol"] == protocol
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_errors_do_not_show_replica_urls(
+    gateway: Gateway, logs: list[dict[str, Any]], stream: bool
+) -> None:
+    # 17 stop strings: the replica (vLLM, like the hosted API) refuses more than 16.
+    body = {
+        "model": "deepseek-chat",
+        "messages": [{"role": "user", "content": "x"}],
+        "stop": [f"s{i}" for i in range(17)],
+        "stream": stream,
+    }
+    r = httpx.post(
+        gateway.url + "/v1/chat/completions", json=body, headers={"authorization": "Bearer t"}
+    )
+    assert r.status_code == 400
+    message = r.json()["error"]["message"]
+    assert "16" in message and "http://" not in message and "flash-local" in message
+    logged = [e for e in logs if e.get("event") == "request" and e.get("status") == 400]
+    assert logged and "http://" in logged[-1]["error"]  # the log keeps the address
