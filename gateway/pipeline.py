@@ -29,6 +29,7 @@ from policies.errors import (
     UpstreamRequestFailed,
     UpstreamUnavailable,
 )
+from policies.features import task_messages
 from policies.options import Option, resolve_target
 from policies.pricing import NANOS_PER_USD, PriceBook
 from policies.router.shadow import answer_text, stream_text
@@ -64,7 +65,14 @@ def public_message(message: str) -> str:
 
 
 def rule_classifier(catalog: Catalog, call: Call, downgrade: bool = False) -> AutoChoice:
-    choice = simple_auto(catalog, call.last_user_text, call.prompt_chars)
+    messages = call.body.get("messages")
+    if isinstance(messages, list):  # the task, not the agent harness around it
+        task = task_messages(messages)
+        chars = sum(len(str(m.get("content") or "")) for m in task)
+        last = next((str(m["content"]) for m in reversed(task) if m["role"] == "user"), "")
+    else:
+        chars, last = call.prompt_chars, call.last_user_text
+    choice = simple_auto(catalog, last, chars)
     if downgrade and choice.tier != "flash":
         return AutoChoice("flash", choice.mode, choice.reason + ";budget-downgrade")
     return choice

@@ -45,6 +45,14 @@ _CONSTRAINT = re.compile(
     r"\bmust\b|\bexactly\b|\bat least\b|\bat most\b|\bwithout\b|\bonly\b|\bconstraint|\bensure\b"
 )
 
+# Blocks an agent harness adds to user turns on every request (Claude Code's reminders,
+# Codex's environment context and instructions): they describe the harness, not the task.
+_HARNESS = re.compile(
+    r"<(system-reminder|environment_context|user_instructions|skills_instructions"
+    r"|permissions instructions)>.*?</\1>\s*",
+    re.S,
+)
+
 DENSE_NAMES = (
     "bias",
     "log_total_chars",
@@ -165,6 +173,33 @@ def _added(last: str, prev: str) -> int:
     a, b = last[:REPEAT_SCAN_CHARS], prev[:REPEAT_SCAN_CHARS]
     n = len(os.path.commonprefix((a, b)))
     return n if n >= REPEAT_MIN_CHARS else 0
+
+
+def task_text(text: str) -> str:
+    """A user turn without the blocks an agent harness adds to it."""
+    return _HARNESS.sub("", text) if "</" in text else text
+
+
+def task_messages(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The conversation as the router should weigh it.
+
+    System and developer prompts still count as present, but not by their length: an agent
+    sends the same long prompt (and tool schemas) on every turn, whatever the task. User
+    turns lose the harness blocks; a turn that was only harness blocks is left out.
+    """
+    out: list[Mapping[str, Any]] = []
+    for m in messages:
+        role = m.get("role")
+        if role in ("system", "developer"):
+            out.append({"role": role, "content": ""})
+        elif role == "user":
+            content = m.get("content")
+            text = task_text(content if isinstance(content, str) else _text(content))
+            if text.strip():
+                out.append({"role": "user", "content": text})
+        else:
+            out.append(m)
+    return out
 
 
 def extract_features(

@@ -190,3 +190,25 @@ def test_policies_import_no_io_libraries() -> None:
                 names = [node.module]
             bad += [f"{path.name}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
     assert bad == []
+
+
+def test_task_messages_leave_the_agent_harness_out() -> None:
+    from policies.features import task_messages, task_text
+
+    reminder = "<system-reminder>\nToday is Friday.\n</system-reminder>\n"
+    env = "<environment_context>\n  <cwd>/x</cwd>\n</environment_context>"
+    messages = [
+        {"role": "system", "content": "You are an agent. " * 500},
+        {"role": "developer", "content": "<skills_instructions>...</skills_instructions>"},
+        {"role": "user", "content": env},
+        {"role": "user", "content": [{"type": "text", "text": reminder + "say hi"}]},
+    ]
+    task = task_messages(messages)
+    assert task == [
+        {"role": "system", "content": ""},
+        {"role": "developer", "content": ""},
+        {"role": "user", "content": "say hi"},
+    ]
+    assert task_text("plain <b>text</b>") == "plain <b>text</b>"
+    easy = extract_features(task)
+    assert easy.total_chars == len("say hi") and easy.dense[DENSE_NAMES.index("has_system")] == 1
