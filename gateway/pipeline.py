@@ -30,7 +30,7 @@ from policies.errors import (
     UpstreamUnavailable,
 )
 from policies.features import task_messages
-from policies.options import Option, resolve_target
+from policies.options import NON_THINKING, Option, resolve_target
 from policies.pricing import NANOS_PER_USD, PriceBook
 from policies.router.shadow import answer_text, stream_text
 from policies.routing import (
@@ -106,6 +106,17 @@ class Prepared:
     def route_header(self) -> str:
         option = self.option or self.plan.primary
         return f"{option.label}; reason={self.reason}"
+
+
+def _tool_turn_without_reasoning(body: Mapping[str, Any]) -> bool:
+    messages = body.get("messages")
+    return isinstance(messages, list) and any(
+        isinstance(m, dict)
+        and m.get("role") == "assistant"
+        and m.get("tool_calls")
+        and not m.get("reasoning_content")
+        for m in messages
+    )
 
 
 def _raw_key(headers: Mapping[str, str]) -> str | None:
@@ -284,11 +295,28 @@ class Pipeline:
             request_faults=p.request_faults,
         )
 
+    def _fallback_option(self, p: Prepared, option: Option) -> Option:
+        """A failover to the hosted API in thinking mode, for a history whose tool-call turns
+        lack their ``reasoning_content`` (replicas accept that, the hosted API answers 400):
+        the turn is answered without thinking there, and the route reason says why."""
+        backend = self.catalog.backends.get(option.backend)
+        if (
+            option is p.plan.primary
+            or not option.mode.thinking
+            or backend is None
+            or backend.kind != "deepseek"
+            or not _tool_turn_without_reasoning(p.call.body)
+        ):
+            return option
+        p.reasons.append("non-thinking-on-hosted:tool-turn-without-reasoning")
+        return Option(option.tier, NON_THINKING, option.backend)
+
     async def _dispatch(
         self, p: Prepared, opener: Callable[[Engine, EngineRequest], Awaitable[Any]]
     ) -> Any:
         last: UpstreamError | None = None
-        for option in p.plan.options():
+        for planned in p.plan.options():
+            option = self._fallback_option(p, planned)
             engine = self.engines[option.backend]
             req = self._engine_request(p, option)
             try:
@@ -306,7 +334,7 @@ class Pipeline:
                 last = exc
                 p.reasons.append(f"failover:{option.backend}:{exc.code}")
                 continue
-            if option is not p.plan.primary:
+            if planned is not p.plan.primary:
                 self.metrics.fallbacks.labels(p.plan.primary.backend, option.backend).inc()
             p.option = option
             return result

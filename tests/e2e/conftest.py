@@ -40,7 +40,7 @@ class Sims:
 
     def reset(self) -> None:
         for url in [*self.flash, *self.pro, self.hosted]:
-            self.control(url, healthy=True, fail_rate=0.0)
+            self.control(url, healthy=True, fail_rate=0.0, fail_mode="")
 
 
 @pytest.fixture(scope="session")

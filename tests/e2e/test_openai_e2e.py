@@ -460,3 +460,38 @@ def test_serve_refuses_a_bad_catalog(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "invalid catalog" in proc.stderr and "max_len" in proc.stderr
+
+
+def test_failover_to_hosted_keeps_a_thinking_tool_history_valid(
+    gateway: Gateway, sims: Sims
+) -> None:
+    # A thinking-mode tool round trip whose assistant turn lost its reasoning_content (as
+    # some client libraries drop it): replicas accept it, the hosted API would answer 400.
+    history = [
+        {"role": "user", "content": "weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    for url in sims.flash:
+        sims.control(url, fail_rate=1.0, fail_status=503)
+    raw = gateway.client().chat.completions.with_raw_response.create(
+        model="deepseek-reasoner",
+        messages=history,
+        max_tokens=16,  # type: ignore[arg-type]
+    )
+    resp = raw.parse()
+    assert resp.choices[0].message.content
+    assert route(raw).startswith("flash/non-thinking/hosted;")
+    assert "non-thinking-on-hosted:tool-turn-without-reasoning" in route(raw)
+    s = gateway.settled()[-1]
+    assert s.backend == "hosted" and s.mode == "non-thinking"
