@@ -39,10 +39,14 @@ OPERATIONS = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/v1/models"),
+    ("GET", "/v1/models/{model_id}"),
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
     ("POST", "/v1/messages"),
     ("POST", "/v1/messages/count_tokens"),
+    ("POST", "/v1/responses"),
+    ("GET", "/v1/responses/{response_id}"),
+    ("DELETE", "/v1/responses/{response_id}"),
     ("POST", "/admin/teams"),
     ("GET", "/admin/teams"),
     ("POST", "/admin/keys"),
@@ -63,6 +67,9 @@ NO_INPUT = {
     ("GET", "/admin/teams"),
     ("GET", "/admin/budgets"),
     ("DELETE", "/admin/keys/{key_id}"),
+    ("GET", "/v1/models/{model_id}"),
+    ("GET", "/v1/responses/{response_id}"),
+    ("DELETE", "/v1/responses/{response_id}"),
 }
 CASES = [
     (method, path, mode)
