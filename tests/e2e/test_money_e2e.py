@@ -445,3 +445,60 @@ def test_models_list_what_the_key_may_use(gateways: Gateways) -> None:
     denied = chat(gateways.urls[0], key, model="deepseek-v4-pro")
     assert denied.status_code == 403 and "may not use model" in denied.json()["error"]["message"]
     assert httpx.get(gateways.urls[0] + "/v1/models").status_code == 401
+
+
+def test_responses_and_messages_are_priced_ledgered_and_budgeted_like_chat(
+    gateways: Gateways, pg_url: str
+) -> None:
+    team_id, _, key = new_key(gateways, "agents")
+    auth = {"Authorization": f"Bearer {key}"}
+    for i, stream in enumerate((False, True)):
+        r = httpx.post(
+            gateways.urls[i] + "/v1/responses",
+            json={"model": "deepseek-reasoner", "input": "hello", "stream": stream},
+            headers=auth,
+            timeout=30,
+        )
+        assert r.status_code == 200 and (not stream or "response.completed" in r.text)
+    r = httpx.post(
+        gateways.urls[2] + "/v1/messages",
+        json={
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 32,
+            "messages": [{"role": "user", "content": "hello"}],
+        },
+        headers=auth,
+        timeout=30,
+    )
+    assert r.status_code == 200
+    assert wait_rows(pg_url, team_id, 3) == 3
+    rows = sql(
+        pg_url,
+        "select protocol, requested_model, cost_nanos, reasoning_tokens from ledger "
+        "where team_id = %s order by protocol, ts",
+        team_id,
+    )
+    assert [(p, m) for p, m, _, _ in rows] == [
+        ("anthropic", "claude-sonnet-4-5"),
+        ("responses", "deepseek-reasoner"),
+        ("responses", "deepseek-reasoner"),
+    ]
+    assert all(cost > 0 for _, _, cost, _ in rows)
+    assert all(reasoning > 0 for p, _, _, reasoning in rows if p == "responses")
+    # Over the budget: the same 429 as chat, in the Responses API's (OpenAI) error shape.
+    spent = sum(cost for _, _, cost, _ in rows)
+    r = admin(
+        gateways,
+        "PUT",
+        "/budgets",
+        {"scope": "team", "scope_id": "agents", "period": "day", "limit_usd": spent / 1e9},
+    )
+    assert r.status_code == 200
+    time.sleep(5.5)  # key caches expire, every process sees the budget
+    r = httpx.post(
+        gateways.urls[0] + "/v1/responses",
+        json={"model": "deepseek-reasoner", "input": "hello"},
+        headers=auth,
+        timeout=30,
+    )
+    assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"
