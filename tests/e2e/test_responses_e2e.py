@@ -223,3 +223,26 @@ def test_captured_codex_requests_replay(gateway: Gateway, name: str) -> None:
     assert done[-1] == "message"
     reasoning = next(d["item"] for d in datas if d["type"] == "response.output_item.done")
     assert reasoning["type"] == "reasoning" and reasoning["encrypted_content"]  # Codex asks
+
+
+@pytest.mark.parametrize("fixture", ["gateway", "hosted_first"])
+def test_langchain_with_the_responses_api(request: pytest.FixtureRequest, fixture: str) -> None:
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        model="deepseek-reasoner",
+        base_url=request.getfixturevalue(fixture).url + "/v1",
+        api_key="test",  # type: ignore[arg-type]
+        use_responses_api=True,
+        max_retries=0,
+    )
+    plain = llm.invoke("hello")
+    assert plain.text and plain.response_metadata["model_name"] == "deepseek-reasoner"
+    tools = llm.bind_tools([WEATHER[0]])
+    ask = HumanMessage(ASK)
+    call = tools.invoke([ask])
+    assert call.tool_calls and call.tool_calls[0]["args"] == {"city": "Paris"}
+    result = ToolMessage("sunny", tool_call_id=call.tool_calls[0]["id"])
+    answer = tools.invoke([ask, call, result])
+    assert answer.text and not answer.tool_calls
