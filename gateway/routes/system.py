@@ -20,6 +20,12 @@ def _json(data: object, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+async def root() -> Response:
+    # Clients probe the base URL before their first request (Claude Code sends HEAD /).
+    return _json({"name": "tiergate", "docs": "/docs"})
+
+
 @router.get("/healthz", summary="Liveness: the process answers")
 async def healthz() -> Response:
     return _json({"status": "ok"})

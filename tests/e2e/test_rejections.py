@@ -100,3 +100,8 @@ def test_upstream_errors_do_not_show_replica_urls(
     assert "16" in message and "http://" not in message and "flash-local" in message
     logged = [e for e in logs if e.get("event") == "request" and e.get("status") == 400]
     assert logged and "http://" in logged[-1]["error"]  # the log keeps the address
+
+
+def test_the_base_url_answers_a_probe(gateway: Gateway, logs: list[dict[str, Any]]) -> None:
+    assert httpx.head(gateway.url + "/").status_code == 200  # Claude Code's first request
+    assert not [entry for entry in logs if entry.get("rejected")]
