@@ -113,7 +113,7 @@ class _History:
 
     def _assistant(self) -> dict[str, Any]:
         last = self.messages[-1] if self.messages else None
-        if last is None or last["role"] != "assistant" or last.get("tool_calls"):
+        if last is None or last["role"] != "assistant":
             last = {"role": "assistant", "content": None}
             self.messages.append(last)
         if self.reasoning:

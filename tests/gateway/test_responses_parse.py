@@ -1,0 +1,235 @@
+"""Responses API bodies -> the internal chat body, and answers back: table-driven."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.anthropic import media_note
+from gateway.parse import Call
+from gateway.responses import StreamTranslator, parse_responses, to_response
+from policies.errors import InvalidRequest, UpstreamUnavailable
+
+
+def parse(media: Any = "note", **body: Any) -> Call:
+    body = {"model": "deepseek-chat", **body}
+    body.setdefault("input", "hi")
+    return parse_responses(orjson.dumps(body), max_bytes=1 << 20, max_messages=100, media=media)
+
+
+def test_items_become_one_chat_conversation() -> None:
+    call = parse(
+        instructions="Be brief.",
+        input=[
+            {
+                "type": "message",
+                "role": "developer",
+                "content": [{"type": "input_text", "text": "D"}],
+            },
+            {"role": "user", "content": "weather?"},
+            {
+                "type": "reasoning",
+                "summary": [],
+                "content": [{"type": "reasoning_text", "text": "R"}],
+            },
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+            {"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "P"},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+            {"type": "custom_tool_call_output", "call_id": "c2", "output": "ok"},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "Sunny."}]},
+            {"role": "user", "content": [{"type": "input_text", "text": "thanks"}]},
+        ],
+    )
+    assert call.body["messages"] == [
+        {"role": "system", "content": "Be brief.\n\nD"},
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "reasoning_content": "R",
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{}"},
+                },
+                {
+                    "id": "c2",
+                    "type": "function",
+                    "function": {"name": "apply_patch", "arguments": '{"input":"P"}'},
+                },
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "c2", "content": "ok"},
+        {"role": "assistant", "content": "Sunny."},
+        {"role": "user", "content": "thanks"},
+    ]
+    assert call.protocol == "responses" and call.last_user_text == "thanks"
+
+
+def test_encrypted_reasoning_goes_back_as_reasoning_content() -> None:
+    call = parse(
+        input=[
+            {"role": "user", "content": "x"},
+            {"type": "reasoning", "summary": [], "encrypted_content": "thought"},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+        ]
+    )
+    assert call.body["messages"][-1]["reasoning_content"] == "thought"
+
+
+def test_tools_custom_namespace_and_built_ins() -> None:
+    call = parse(
+        tools=[
+            {"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": False},
+            {
+                "type": "custom",
+                "name": "apply_patch",
+                "format": {"type": "grammar", "syntax": "lark", "definition": "start: x"},
+            },
+            {
+                "type": "namespace",
+                "name": "agents",
+                "tools": [{"type": "function", "name": "spawn"}],
+            },
+            {"type": "web_search", "external_web_access": False},
+        ],
+        tool_choice={"type": "function", "name": "f"},
+    )
+    names = [t["function"]["name"] for t in call.body["tools"]]
+    assert names == ["f", "apply_patch", "spawn"]
+    patch = call.body["tools"][1]["function"]
+    assert patch["parameters"]["required"] == ["input"] and "start: x" in patch["description"]
+    assert call.body["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+    assert call.notes == ["server-tool-dropped=web_search"]
+    assert call.context.custom_tools == {"apply_patch"}
+    assert call.context.namespaces == {"spawn": "agents"}
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "fields"),
+    [
+        (None, {}),
+        ({"summary": "auto"}, {}),
+        ({"effort": "none"}, {"thinking": {"type": "disabled"}}),
+        ({"effort": "low"}, {"reasoning_effort": "low"}),
+        ({"effort": "max"}, {"reasoning_effort": "max"}),
+    ],
+)
+def test_reasoning_effort(reasoning: Any, fields: dict[str, Any]) -> None:
+    body = parse(**({"reasoning": reasoning} if reasoning else {})).body
+    assert {k: body[k] for k in ("thinking", "reasoning_effort") if k in body} == fields
+
+
+def test_text_formats_and_media() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    call = parse(text={"format": {"type": "json_schema", "name": "x", "schema": schema}})
+    assert call.body["response_format"] == {"type": "json_object"} and call.json_mode
+    assert '"properties"' in call.body["messages"][0]["content"]
+    image = {"type": "input_image", "image_url": "data:image/png;base64,AA=="}
+    noted = parse(
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "see"}, image]}]
+    )
+    assert noted.body["messages"][0]["content"] == "see\n" + media_note("image")
+    assert noted.notes == ["image-as-text=1"]
+    with pytest.raises(InvalidRequest, match="text only"):
+        parse(media="reject", input=[{"role": "user", "content": [image]}])
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"previous_response_id": "resp_1"}, "stores no responses"),
+        ({"input": []}, "'input'"),
+        ({"input": [{"type": "function_call_output", "call_id": "x", "output": ""}]}, "'x'"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "item_reference"),
+        (
+            {"tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]},
+            "code_interpreter",
+        ),
+        ({"tools": [{"type": "function"}]}, "tools[0]"),
+        ({"tool_choice": "sometimes", "tools": [{"type": "function", "name": "f"}]}, "tool_choice"),
+        ({"text": {"format": {"type": "xml"}}}, "text.format"),
+        ({"max_output_tokens": 0}, "max_output_tokens"),
+        ({"input": [{"role": "critic", "content": "x"}]}, "role"),
+    ],
+)
+def test_bad_bodies_are_400s_that_say_why(body: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse(**body)
+    assert fragment in info.value.message
+
+
+def _answer(finish: str, message: dict[str, Any]) -> dict[str, Any]:
+    usage = {
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "prompt_cache_hit_tokens": 4,
+        "prompt_cache_miss_tokens": 6,
+        "completion_tokens_details": {"reasoning_tokens": 2},
+    }
+    return {"choices": [{"message": message, "finish_reason": finish}], "usage": usage}
+
+
+def test_answers_become_response_objects() -> None:
+    call = parse(
+        tools=[{"type": "custom", "name": "apply_patch"}], include=["reasoning.encrypted_content"]
+    )
+    tool_call = {
+        "id": "c",
+        "type": "function",
+        "function": {"name": "apply_patch", "arguments": '{"input": "P"}'},
+    }
+    resp = to_response(
+        _answer(
+            "tool_calls", {"reasoning_content": "R", "content": None, "tool_calls": [tool_call]}
+        ),
+        call,
+    )
+    assert [o["type"] for o in resp["output"]] == ["reasoning", "custom_tool_call"]
+    assert resp["output"][0]["encrypted_content"] == "R" and resp["output"][1]["input"] == "P"
+    assert resp["usage"] == {
+        "input_tokens": 10,
+        "input_tokens_details": {"cached_tokens": 4},
+        "output_tokens": 5,
+        "output_tokens_details": {"reasoning_tokens": 2},
+        "total_tokens": 15,
+    }
+    cut = to_response(_answer("length", {"content": "a"}), call)
+    assert cut["status"] == "incomplete" and cut["incomplete_details"] == {
+        "reason": "max_output_tokens"
+    }
+    with pytest.raises(UpstreamUnavailable):
+        to_response(_answer("insufficient_system_resource", {"content": "a"}), call)
+
+
+def test_stream_events_are_numbered_and_items_closed_in_order() -> None:
+    tr = StreamTranslator(parse().context, "deepseek-chat")
+    out = tr.start()
+    for delta in ({"reasoning_content": "r"}, {"content": "a"}, {"content": "b"}):
+        out += tr.feed({"choices": [{"delta": delta}]})
+    out += tr.feed({"choices": [{"delta": {}, "finish_reason": "stop"}]}) + tr.end()
+    events = [orjson.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    final = events[-1]["response"]
+    assert [o["type"] for o in final["output"]] == ["reasoning", "message"]
+    assert final["output"][1]["content"][0]["text"] == "ab"
