@@ -133,7 +133,11 @@ class _Media:
         self.policy = policy
         self.replaced: dict[str, int] = {}
 
-    def note(self, kind: str, where: str) -> str:
+    def note(self, block: dict[str, Any], where: str) -> str:
+        kind = str(block.get("type"))
+        source = block.get("source")
+        if kind == "document" and isinstance(source, dict) and source.get("type") == "text":
+            return str(source.get("data", ""))  # a plain-text document is just text
         if self.policy == "reject":
             raise _bad(
                 f"{where}: {kind} blocks are not supported (DeepSeek V4 reads text only); "
@@ -155,7 +159,7 @@ def _tool_result_text(content: Any, where: str, media: _Media) -> str:
         if kind == "text" and isinstance(b.get("text"), str):
             parts.append(b["text"])
         elif kind in ("image", "document"):
-            parts.append(media.note(kind, f"{where}[{k}]"))
+            parts.append(media.note(b, f"{where}[{k}]"))
         else:
             raise _bad(
                 f"{where}[{k}]: unsupported block type {kind!r} in a tool_result", "messages"
@@ -184,7 +188,7 @@ def _user(blocks: list[Any], i: int, tool_ids: set[str], media: _Media) -> list[
                 result = "ERROR: " + result
             out.append({"role": "tool", "tool_call_id": tid, "content": result})
         elif kind == "image" or kind == "document":
-            text.append(media.note(kind, where))
+            text.append(media.note(b, where))
         else:
             raise _bad(
                 f"{where}: unsupported or malformed block type {kind!r} in a user turn", "messages"

@@ -114,6 +114,12 @@ def test_images_and_documents_become_visible_notes_and_are_counted() -> None:
     assert sorted(call.notes) == ["document-as-text=1", "image-as-text=2"]
 
 
+def test_plain_text_documents_are_text_whatever_the_policy() -> None:
+    doc = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "T"}}
+    call = parse(media="reject", messages=[{"role": "user", "content": [doc]}])
+    assert call.body["messages"][-1]["content"] == "T" and not call.notes
+
+
 def test_media_policy_reject_refuses_with_a_clear_message() -> None:
     with pytest.raises(InvalidRequest) as info:
         parse(media="reject", messages=[{"role": "user", "content": [IMAGE]}])
