@@ -20,7 +20,7 @@ from engines.registry import build_engines
 from gateway.accounting import Accounting, OpenAccounting
 from gateway.errors import error_response
 from gateway.fastpath import TiergateApp, unexpected_error
-from gateway.http_guard import BodyLimit
+from gateway.http_guard import BodyLimit, metric_protocol
 from gateway.logging import configure_logging
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, rule_classifier
@@ -147,7 +147,7 @@ def create_app(
             err.status = exc.status_code
         st = getattr(request.app.state, "tiergate", None)
         if st is not None:
-            st.pipeline.reject(_protocol(request), err, path=request.url.path)
+            st.pipeline.reject(metric_protocol(request.url.path), err, path=request.url.path)
         return error_response(err, _protocol(request))  # type: ignore[arg-type]
 
     @app.exception_handler(Exception)

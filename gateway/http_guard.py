@@ -169,6 +169,11 @@ def protocol_of_path(path: str) -> Protocol:
     return "anthropic" if path.startswith(("/v1/messages", "/anthropic/")) else "openai"
 
 
+def metric_protocol(path: str) -> str:
+    """The protocol a refusal is counted under (the Responses API has OpenAI's error shape)."""
+    return "responses" if path.startswith("/v1/responses") else protocol_of_path(path)
+
+
 class BodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` is a 413 before it is buffered.
 
@@ -196,9 +201,12 @@ class BodyLimit:
                 declared = value
                 break
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = error_response(
-                self._too_large(f"{int(declared)} bytes"), protocol_of_path(scope["path"])
-            )
+            err = self._too_large(f"{int(declared)} bytes")
+            protocol = protocol_of_path(scope["path"])
+            state = getattr(getattr(scope.get("app"), "state", None), "tiergate", None)
+            if state is not None:  # counted and logged like every refusal
+                state.pipeline.reject(metric_protocol(scope["path"]), err, path=scope["path"])
+            response = error_response(err, protocol)
             response.headers["connection"] = "close"
             await response(scope, receive, send)
             return

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import Gateway
+from .conftest import Gateway, Sims, demo_catalog, start_gateway
 
 
 class Lines:
@@ -105,3 +105,17 @@ def test_upstream_errors_do_not_show_replica_urls(
 def test_the_base_url_answers_a_probe(gateway: Gateway, logs: list[dict[str, Any]]) -> None:
     assert httpx.head(gateway.url + "/").status_code == 200  # Claude Code's first request
     assert not [entry for entry in logs if entry.get("rejected")]
+
+
+def test_a_body_over_the_limit_is_counted_too(sims: Sims) -> None:
+    server, gw = start_gateway(demo_catalog(sims), max_body_bytes=1000)
+    try:
+        r = httpx.post(
+            gw.url + "/v1/responses",
+            json={"model": "deepseek-chat", "input": "x" * 2000},
+            headers={"authorization": "Bearer t"},
+        )
+        assert r.status_code == 413
+        assert _count(gw, "responses", "body_too_large") == 1
+    finally:
+        server.stop()
