@@ -1,6 +1,6 @@
 """Request-body schemas for the OpenAPI document (``/openapi.json``).
 
-The routes read raw bodies and parse them themselves (gateway/parse.py, gateway/anthropic.py,
+The routes read raw bodies and parse them themselves (gateway/parse.py, gateway/protocols/,
 gateway/routes/admin.py), so FastAPI cannot infer their shape. These schemas describe the
 fields the gateway checks; unknown fields are allowed and travel upstream untouched. They
 document the API and drive the schema-based tests; they are not used to parse requests.

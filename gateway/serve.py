@@ -1,23 +1,21 @@
 """One request lifecycle for every protocol: prepare, dispatch, render, settle.
 
-A protocol is a parser (its body -> ``Call``) and an ``Edge``: how it renders the
-DeepSeek-shaped answer or event stream the pipeline returns. ``serve`` drives the rest the
-same way for all of them (answer or stream, settlement after the response is sent, the
-abandoned-stream settlement), so a new protocol adds a parser and an edge, not a lifecycle.
+A protocol (gateway/protocols/) is a parser (its body -> ``Call``) and an ``Edge``: how it
+renders the DeepSeek-shaped answer or event stream the pipeline returns. ``serve`` drives
+the rest the same way for all of them (answer or stream, settlement after the response is
+sent, the abandoned-stream settlement), so a new protocol adds a parser and an edge, not a
+lifecycle. Routes only bind paths to a parser and an edge.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from starlette.responses import Response
 
 from gateway.accounting import Caller
-from gateway.errors import sse_error_event
 from gateway.event_stream import EventStreamResponse
 from gateway.parse import Call
 from gateway.pipeline import Pipeline, Prepared
@@ -27,9 +25,6 @@ from policies.errors import TiergateError
 Events = AsyncGenerator[bytes, None]
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# The first "model" key of a chunk: in JSON text an unescaped quote only delimits keys and
-# strings, so this cannot match inside generated text.
-_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,25 +56,3 @@ async def serve(
     resp = await pipeline.answer(p)
     out["x-tiergate-route"] = p.route_header()
     return await settled_response(pipeline, p, resp, lambda: edge.render(p, resp.body), out)
-
-
-# ---- the OpenAI chat / completions edge ----------------------------------------------------
-
-
-def _chat_render(p: Prepared, body: dict[str, Any]) -> bytes:
-    body["model"] = p.call.model  # the name the client asked for, whichever option served it
-    return orjson.dumps(body)
-
-
-async def _chat_stream(p: Prepared, events: Events) -> Events:
-    name = b'"model":' + orjson.dumps(p.call.model)
-    async for event in events:
-        yield _MODEL_FIELD.sub(lambda _: name, event, count=1) if event[:6] == b"data: " else event
-
-
-CHAT = Edge(
-    render=_chat_render,
-    stream=_chat_stream,
-    stream_error=lambda err: sse_error_event(err, "openai"),
-    headers=lambda p: {"x-request-id": p.request_id},
-)

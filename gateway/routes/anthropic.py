@@ -6,8 +6,8 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.anthropic import EDGE, count_tokens, parse_messages
 from gateway.openapi_bodies import COUNT_TOKENS, MESSAGES, body
+from gateway.protocols.anthropic import EDGE, count_tokens, parse_messages
 from gateway.serve import serve
 from gateway.state import pipeline_of, settings_of
 

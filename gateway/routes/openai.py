@@ -7,7 +7,8 @@ from starlette.responses import Response
 
 from gateway.openapi_bodies import CHAT_COMPLETION, COMPLETION, body
 from gateway.parse import parse_chat, parse_completion
-from gateway.serve import CHAT, serve
+from gateway.protocols.chat import EDGE
+from gateway.serve import serve
 from gateway.state import pipeline_of, settings_of
 
 router = APIRouter()
@@ -26,7 +27,7 @@ async def chat_completions(request: Request) -> Response:
         await request.body(),
         "openai",
     )
-    return await serve(pipeline, call, request.headers, caller, CHAT)
+    return await serve(pipeline, call, request.headers, caller, EDGE)
 
 
 @router.post(
@@ -42,4 +43,4 @@ async def completions(request: Request) -> Response:
         await request.body(),
         "openai",
     )
-    return await serve(pipeline, call, request.headers, caller, CHAT)
+    return await serve(pipeline, call, request.headers, caller, EDGE)

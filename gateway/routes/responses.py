@@ -1,4 +1,4 @@
-"""OpenAI Responses API routes. Only paths are bound here (gateway/responses.py translates)."""
+"""OpenAI Responses API routes; only paths are bound here (gateway/protocols/responses.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.openapi_bodies import RESPONSES, body
-from gateway.responses import EDGE, parse_responses
+from gateway.protocols.responses import EDGE, parse_responses
 from gateway.serve import serve
 from gateway.state import pipeline_of, settings_of
 from policies.errors import UnknownModel

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.anthropic import media_note, parse_messages, signature_of, to_message
+from gateway.protocols.anthropic import media_note, parse_messages, signature_of, to_message
 from policies.errors import InvalidRequest, UpstreamUnavailable
 
 

@@ -6,8 +6,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.anthropic import parse_messages
 from gateway.parse import parse_chat, parse_completion
+from gateway.protocols.anthropic import parse_messages
 from policies.errors import TiergateError
 
 json_values = st.recursive(

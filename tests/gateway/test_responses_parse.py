@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.anthropic import media_note
 from gateway.parse import Call
-from gateway.responses import StreamTranslator, parse_responses, to_response
+from gateway.protocols.anthropic import media_note
+from gateway.protocols.responses import StreamTranslator, parse_responses, to_response
 from policies.errors import InvalidRequest, UpstreamUnavailable
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import orjson
 
-from gateway.anthropic import MediaPolicy, media_note
 from gateway.parse import Call, load_json_object
+from gateway.protocols.anthropic import MediaPolicy, media_note
 from gateway.serve import Edge
 from policies.errors import InvalidRequest, TiergateError, UpstreamUnavailable
 from policies.usage import Usage, usage_from_openai

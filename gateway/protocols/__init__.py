@@ -1,0 +1,1 @@
+"""One module per client protocol: its parser and its ``Edge`` (gateway/serve.py)."""
