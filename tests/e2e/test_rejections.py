@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -81,10 +82,19 @@ def test_every_rejection_is_logged_and_counted(
     assert lines and lines[-1]["status"] == status and lines[-1]["protocol"] == protocol
 
 
+@pytest.fixture(scope="module")
+def replicas_only(sims: Sims, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Gateway]:
+    server, gw = start_gateway(demo_catalog(sims, backend_preference=["self_hosted"]))
+    yield gw
+    server.stop()
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_upstream_errors_do_not_show_replica_urls(
-    gateway: Gateway, logs: list[dict[str, Any]], stream: bool
+    replicas_only: Gateway, monkeypatch: pytest.MonkeyPatch, stream: bool
 ) -> None:
+    recorder = Lines()
+    monkeypatch.setattr(replicas_only.app.state.tiergate.pipeline, "log", recorder)
     # 17 stop strings: the replica (vLLM, like the hosted API) refuses more than 16.
     body = {
         "model": "deepseek-chat",
@@ -93,12 +103,12 @@ def test_upstream_errors_do_not_show_replica_urls(
         "stream": stream,
     }
     r = httpx.post(
-        gateway.url + "/v1/chat/completions", json=body, headers={"authorization": "Bearer t"}
+        replicas_only.url + "/v1/chat/completions", json=body, headers={"authorization": "Bearer t"}
     )
     assert r.status_code == 400
     message = r.json()["error"]["message"]
     assert "16" in message and "http://" not in message and "flash-local" in message
-    logged = [e for e in logs if e.get("event") == "request" and e.get("status") == 400]
+    logged = [e for e in recorder.lines if e.get("event") == "request" and e.get("status") == 400]
     assert logged and "http://" in logged[-1]["error"]  # the log keeps the address
 
 
