@@ -261,7 +261,7 @@ def _tool_choice(tc: Any) -> Any:
 
 def _reasoning(body: dict[str, Any], out: dict[str, Any]) -> None:
     """``reasoning.effort``: none -> non-thinking; any other effort -> thinking at that
-    effort (high or max on V4); absent -> the router decides."""
+    effort (``reasoning_effort``, mapped by the catalog); absent -> the router decides."""
     reasoning = body.get("reasoning")
     if reasoning is None:
         return
