@@ -29,7 +29,7 @@ from policies.errors import InvalidRequest, TiergateError, UpstreamUnavailable
 from policies.usage import Usage, usage_from_openai
 
 _BYTES_PER_TOKEN = 3
-_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max", "ultra")
 # Built-in tools that OpenAI's servers run. ``web_search`` is only advisory (Codex offers it
 # by default): it is left out, and the route reason says so. The others would make an
 # agent wait for work nobody does, so they are refused.
