@@ -78,6 +78,10 @@ class Accounting(Protocol):
 
     async def release(self, caller: Caller, request_id: str) -> None: ...
 
+    async def ledger_lag(self) -> tuple[int, float]:
+        """(settled events not yet in the database, age in seconds of the oldest)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -112,6 +116,9 @@ class OpenAccounting:
 
     async def release(self, caller: Caller, request_id: str) -> None:
         return None
+
+    async def ledger_lag(self) -> tuple[int, float]:
+        return 0, 0.0
 
     async def close(self) -> None:
         return None

@@ -4,8 +4,11 @@ With Redis, settlement appends each event to a stream inside the same Lua step t
 the budget; ``StreamDrainer`` (one per gateway process, one consumer group for all) writes
 batches to SQL and acknowledges them only after the commit, and claims entries a dead
 consumer left pending. A gateway killed after settling loses nothing; a database outage
-only delays rows. Without Redis, ``BatchedWriter`` queues events in process, writes them
-in batches and flushes on shutdown.
+only delays rows. An entry the database refuses (it cannot happen to an event the gateway
+wrote, whose strings are fitted to their columns, but a stream may hold anything) is found
+by splitting the batch, moved to the ``ledger_dead_letters`` table with a log line and a
+metric, and acknowledged, so it never holds back the entries behind it. Without Redis,
+``BatchedWriter`` queues events in process, writes them in batches and flushes on shutdown.
 """
 
 from __future__ import annotations
@@ -15,23 +18,27 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Sequence
-from dataclasses import fields
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-from sqlalchemy import BigInteger, DateTime, Float, Integer, func, select, text
+from sqlalchemy import BigInteger, DateTime, Float, Integer, String, func, insert, select, text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.accounting import Settlement
-from gateway.db.models import LedgerRow
+from gateway.db.models import LedgerDeadLetter, LedgerRow
 
 log = structlog.get_logger("tiergate.ledger")
+
+# What an unreachable database raises through SQLAlchemy and its driver (not a query error).
+DATABASE_DOWN = (OperationalError, InterfaceError, OSError, TimeoutError)
 
 
 _SETTLEMENT_FIELDS = tuple(f.name for f in fields(Settlement))
@@ -43,10 +50,29 @@ def event_of(s: Settlement) -> dict[str, Any]:
     return data
 
 
+# Text columns and their lengths: every string is fitted to its column before a write.
+_TEXT_LIMITS = {
+    c.name: c.type.length
+    for c in LedgerRow.__table__.columns
+    if isinstance(c.type, String) and c.type.length
+}
+
+
+def fit_text(value: str, limit: int) -> str:
+    """A string PostgreSQL and SQLite both store as is: no NUL, at most ``limit`` characters."""
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    return value if len(value) <= limit else value[:limit]
+
+
 def _row(event: dict[str, Any]) -> dict[str, Any]:
     row = dict(event)
     row["ts"] = datetime.fromisoformat(row["ts"])
     row.setdefault("kind", "client")
+    for name, limit in _TEXT_LIMITS.items():
+        value = row.get(name)
+        if isinstance(value, str):
+            row[name] = fit_text(value, limit)
     return row
 
 
@@ -111,6 +137,14 @@ async def spent_since(
     return int(total or 0)
 
 
+@dataclass(frozen=True, slots=True)
+class _Dead:
+    stream_id: bytes
+    raw: bytes
+    request_id: str | None
+    error: str
+
+
 class StreamDrainer:
     def __init__(
         self,
@@ -122,8 +156,10 @@ class StreamDrainer:
         batch: int = 500,
         claim_idle_ms: int = 30_000,
         interval_s: float = 0.2,
+        on_dead_letter: Callable[[int], None] | None = None,
     ) -> None:
         self.redis = redis
+        self.on_dead_letter = on_dead_letter  # told how many entries were set aside
         self.interval_s = interval_s
         self.sessions = sessions
         self.stream = stream
@@ -133,6 +169,7 @@ class StreamDrainer:
         self.claim_idle_ms = claim_idle_ms
         self.written = 0
         self.failures = 0
+        self.dead_letters = 0
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -153,13 +190,89 @@ class StreamDrainer:
                 await asyncio.wait_for(self._task, timeout=10)
 
     async def _write(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        events = [orjson.loads(fields[b"event"]) for _, fields in entries]
-        self.written += await insert_events(self.sessions, events)
+        good: list[tuple[bytes, dict[str, Any]]] = []
+        dead: list[_Dead] = []
+        for eid, data in entries:
+            raw = data.get(b"event", b"")
+            event: Any = None
+            try:
+                event = orjson.loads(raw)
+                _row(event)  # a row can be made of it
+                good.append((eid, event))
+            except Exception as exc:
+                rid = event.get("request_id") if isinstance(event, dict) else None
+                dead.append(
+                    _Dead(eid, raw, rid if isinstance(rid, str) else None, f"unreadable: {exc!r}")
+                )
+        dead += await self._insert_isolating(good)
+        if dead:
+            await self._set_aside(dead)
         ids = [eid for eid, _ in entries]
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(self.stream, self.group, *ids)
         pipe.xdel(self.stream, *ids)
         await pipe.execute()
+
+    async def _insert_isolating(self, items: list[tuple[bytes, dict[str, Any]]]) -> list[_Dead]:
+        """Insert ``items``; when the database refuses the batch (not when it is away),
+        split it until the entries it refuses are alone, and return those."""
+        if not items:
+            return []
+        try:
+            self.written += await insert_events(self.sessions, [e for _, e in items])
+            return []
+        except DATABASE_DOWN:
+            raise
+        except Exception as exc:
+            if len(items) == 1:
+                eid, event = items[0]
+                rid = event.get("request_id")
+                return [
+                    _Dead(
+                        eid,
+                        orjson.dumps(event),
+                        rid if isinstance(rid, str) else None,
+                        f"{type(exc).__name__}: {exc}",
+                    )
+                ]
+        mid = len(items) // 2
+        return await self._insert_isolating(items[:mid]) + await self._insert_isolating(items[mid:])
+
+    async def _set_aside(self, dead: list[_Dead]) -> None:
+        """Move entries that cannot be written to the dead-letter table, loudly."""
+        now = datetime.now(UTC)
+        rows: list[dict[str, Any]] = [
+            {
+                "stream_id": fit_text(d.stream_id.decode("ascii", "replace"), 64),
+                "request_id": fit_text(d.request_id, 64) if d.request_id else None,
+                "received_at": now,
+                "error": fit_text(d.error, 4000),
+                "event": fit_text(d.raw.decode("utf-8", "backslashreplace"), 1_000_000),
+            }
+            for d in dead
+        ]
+        for d in dead:
+            log.error(
+                "ledger entry set aside: it cannot be written to the ledger",
+                request_id=d.request_id,
+                stream_id=d.stream_id.decode("ascii", "replace"),
+                error=d.error[:500],
+                table="ledger_dead_letters",
+            )
+        try:
+            async with self.sessions() as session:
+                await session.execute(insert(LedgerDeadLetter), rows)
+                await session.commit()
+        except DATABASE_DOWN:
+            raise  # retried with the batch once the database answers
+        except Exception as exc:
+            # Even the dead-letter table refuses it: the log keeps the entry; the stream
+            # must not stop for it.
+            for row in rows:
+                log.error("ledger entry dropped", entry=str(row["event"])[:10_000], error=repr(exc))
+        self.dead_letters += len(dead)
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(len(dead))
 
     async def drain_once(self, block_ms: int = 1000) -> int:
         """Claim stale entries, then read new ones; write and acknowledge. Returns entries done."""

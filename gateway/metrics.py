@@ -163,6 +163,17 @@ class Metrics:
             "Age of the oldest settled ledger event not yet written to the database.",
             registry=r,
         )
+        self.ledger_dead_letters = Counter(
+            "tiergate_ledger_dead_letters",
+            "Ledger stream entries the database refused, set aside in ledger_dead_letters.",
+            registry=r,
+        )
+        self.redis_persistence = Gauge(
+            "tiergate_redis_persistence",
+            "1 when Redis, which holds settled spend until it is drained, persists to disk "
+            "(AOF or RDB); 0 when a Redis restart would lose it.",
+            registry=r,
+        )
         self.degraded = Gauge(
             "tiergate_degraded",
             "1 while a component (redis) is unreachable and the gateway runs without it.",

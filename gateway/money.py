@@ -31,9 +31,9 @@ from gateway.budgets import BudgetExceeded, BudgetStore, MemoryBudgetStore, Redi
 from gateway.budgets.leases import LeasePolicy
 from gateway.db.models import ApiKey, Budget, RateLimit
 from gateway.keys import hash_key
-from gateway.ledger import BatchedWriter, StreamDrainer, event_of, spent_since
+from gateway.ledger import DATABASE_DOWN, BatchedWriter, StreamDrainer, event_of, spent_since
 from gateway.metrics import Metrics
-from gateway.outage import DATABASE_DOWN, REDIS_DOWN, FailureMode, RedisGuard
+from gateway.outage import REDIS_DOWN, FailureMode, RedisGuard
 from gateway.ratelimit import RateLimiter
 from policies.budget import (
     PERIODS,
@@ -118,7 +118,11 @@ class MoneyAccounting:
             )
             self.store = store
             self.writer = StreamDrainer(
-                redis, sessions, prefix + "ledger", claim_idle_ms=claim_idle_ms
+                redis,
+                sessions,
+                prefix + "ledger",
+                claim_idle_ms=claim_idle_ms,
+                on_dead_letter=metrics.ledger_dead_letters.inc,
             )
             self.guard = RedisGuard(
                 redis,

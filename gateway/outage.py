@@ -32,12 +32,11 @@ from typing import Any, Literal, TypeVar
 import redis.exceptions
 import structlog
 from redis.asyncio import Redis
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.budgets import BudgetState, MemoryBudgetStore, RedisBudgetStore, Window
 from gateway.budgets.base import SpentLoader
-from gateway.ledger import insert_events
+from gateway.ledger import DATABASE_DOWN, insert_events
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter
 from gateway.spool import Spooled, SpoolFile
@@ -54,8 +53,6 @@ REDIS_DOWN = (
     OSError,
     TimeoutError,
 )
-# What an unreachable database raises through SQLAlchemy and its driver (not a query error).
-DATABASE_DOWN = (OperationalError, InterfaceError, OSError, TimeoutError)
 
 T = TypeVar("T")
 

@@ -7,6 +7,7 @@ context checks.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -60,11 +61,35 @@ def load_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
     return data
 
 
-def _require_model(body: dict[str, Any]) -> str:
-    model = body.get("model")
+# A model name travels into the ledger (a 200-character column), the route header and the
+# logs: it is bounded and free of characters that could end a line or hide text there.
+MAX_MODEL_CHARS = 200
+# Control, format (bidi overrides, zero-width), surrogate, private-use and unassigned
+# characters, and the line and paragraph separators.
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def check_model(model: object) -> str:
+    """The client's model name, or a 400 naming the field and what is wrong with it."""
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
+    if len(model) > MAX_MODEL_CHARS:
+        raise InvalidRequest(
+            f"'model' is {len(model)} characters long, over the limit of {MAX_MODEL_CHARS}",
+            param="model",
+        )
+    for i, ch in enumerate(model):
+        if unicodedata.category(ch) in _BAD_CATEGORIES:
+            raise InvalidRequest(
+                f"'model' contains the control or invisible character U+{ord(ch):04X} at "
+                f"position {i}; model names are printable text",
+                param="model",
+            )
     return model
+
+
+def _require_model(body: dict[str, Any]) -> str:
+    return check_model(body.get("model"))
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # process; "external" leaves it to `tiergate ledger drain` processes, so the batched
     # inserts never share the request path's event loop.
     ledger_drain: Literal["inline", "external"] = "inline"
+    # /readyz answers 503 while the oldest settled ledger event not yet in the database is
+    # older than this (a stalled drainer or database); 0 leaves the ledger out of readiness.
+    ledger_max_lag_s: float = Field(default=300.0, ge=0)
     master_key: SecretStr | None = None
     # When set, /metrics needs 'Authorization: Bearer <metrics_key>' (it shows per-team spend).
     metrics_key: SecretStr | None = None

@@ -106,6 +106,22 @@ class LedgerRow(Base):
     kind: Mapped[str] = mapped_column(String(16), default="client", server_default="client")
 
 
+class LedgerDeadLetter(Base):
+    """A ledger stream entry the drainer could not write: kept here, out of the way of the
+    others, for an operator to inspect (``tiergate_ledger_dead_letters_total`` counts them)."""
+
+    __tablename__ = "ledger_dead_letters"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    stream_id: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(Text)  # the entry as stored in the stream (JSON text)
+
+
 class RouterLabel(Base):
     """One shadow-mode label: the weak and strong options' answers judged for one request."""
 

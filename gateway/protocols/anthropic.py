@@ -19,7 +19,7 @@ from typing import Any, Literal
 import orjson
 
 from gateway.errors import sse_error_event
-from gateway.parse import Call, load_json_object
+from gateway.parse import Call, check_model, load_json_object
 from gateway.pipeline import Prepared
 from gateway.serve import Edge
 from policies.errors import InvalidRequest, TiergateError, UpstreamError, UpstreamUnavailable
@@ -294,9 +294,7 @@ def parse_messages(
     raw: bytes, *, max_bytes: int, max_messages: int, media: MediaPolicy = "note"
 ) -> Call:
     body = load_json_object(raw, max_bytes)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("model: Field required (a non-empty string)", "model")
+    model = check_model(body.get("model"))
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise _bad("max_tokens: Field required (a positive integer)", "max_tokens")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import orjson
@@ -31,7 +32,25 @@ async def healthz() -> Response:
     return _json({"status": "ok"})
 
 
-@router.get("/readyz", summary="Readiness: every tier has at least one usable backend")
+async def _ledger(st: AppState) -> dict[str, object]:
+    """How far the ledger is behind; ``ok`` is false past ``TIERGATE_LEDGER_MAX_LAG_S``."""
+    try:
+        events, age = await asyncio.wait_for(st.pipeline.accounting.ledger_lag(), timeout=2.0)
+    except Exception as exc:  # Redis away: the budget guard answers for that, not readiness
+        return {"ok": True, "lag_events": None, "lag_seconds": None, "error": type(exc).__name__}
+    limit = st.settings.ledger_max_lag_s
+    return {
+        "ok": not limit or age <= limit,
+        "lag_events": events,
+        "lag_seconds": round(age, 1),
+        "max_lag_seconds": limit or None,
+    }
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: every tier has at least one usable backend and the ledger keeps up",
+)
 async def readyz(request: Request) -> Response:
     st = state_of(request)
     backends = {name: await engine.health() for name, engine in st.engines.items()}
@@ -39,9 +58,15 @@ async def readyz(request: Request) -> Response:
         tier: any(backends.get(b, False) for b in st.catalog.backends_for_tier(tier))
         for tier in st.catalog.tiers
     }
-    ready = all(tiers.values())
+    ledger = await _ledger(st)
+    ready = all(tiers.values()) and bool(ledger["ok"])
     return _json(
-        {"status": "ready" if ready else "not ready", "tiers": tiers, "backends": backends},
+        {
+            "status": "ready" if ready else "not ready",
+            "tiers": tiers,
+            "backends": backends,
+            "ledger": ledger,
+        },
         200 if ready else 503,
     )
 

@@ -167,3 +167,62 @@ async def test_every_column_survives_the_batch_insert_sqlite(tmp_path) -> None:
     engine = make_engine(url)
     await _check_every_column_survives_the_batch_insert(make_sessions(engine))
     await engine.dispose()
+
+
+async def test_a_poison_entry_is_set_aside_and_never_stops_the_drain(
+    sessions, redis_url: str, redis_prefix: str
+) -> None:
+    from gateway.db.models import LedgerDeadLetter
+
+    async with sessions() as session:
+        await session.execute(delete(LedgerDeadLetter))
+        await session.commit()
+    r = Redis.from_url(redis_url)
+    stream = redis_prefix + "ledger"
+    told: list[int] = []
+    drainer = StreamDrainer(r, sessions, stream, on_dead_letter=told.append)
+    await drainer.ensure_group()
+    hostile = [
+        # what a client once could put in a model name: fitted to the column, written
+        {**event("nul"), "requested_model": "claude-x\x00y"},
+        {**event("long"), "requested_model": "claude-" + "z" * 500, "route_reason": "r" * 900},
+    ]
+    poison = [
+        b"{not json",
+        orjson.dumps({**event("bad-ts"), "ts": "yesterday"}),
+        orjson.dumps({**event("bad-cost"), "cost_nanos": "lots"}),  # the database refuses it
+        orjson.dumps(event("huge-cost")).replace(
+            b'"cost_nanos":100', b'"cost_nanos":1180591620717411303424'
+        ),
+    ]
+    for i in range(3):
+        await r.xadd(stream, {"event": orjson.dumps(event(f"before{i}"))})
+    for e in hostile:
+        await r.xadd(stream, {"event": orjson.dumps(e)})
+    for raw in poison:
+        await r.xadd(stream, {"event": raw})
+    for i in range(3):
+        await r.xadd(stream, {"event": orjson.dumps(event(f"after{i}"))})
+    await drainer.drain_once(block_ms=10)
+    async with sessions() as session:
+        rows = {x.request_id: x for x in (await session.scalars(select(LedgerRow))).all()}
+        dead = (await session.scalars(select(LedgerDeadLetter))).all()
+    assert set(rows) == {
+        "before0",
+        "before1",
+        "before2",
+        "nul",
+        "long",
+        *(f"after{i}" for i in range(3)),
+    }
+    assert rows["nul"].requested_model == "claude-xy"
+    assert rows["long"].requested_model == ("claude-" + "z" * 500)[:200]
+    assert len(rows["long"].route_reason) == 500
+    assert sorted(d.request_id or "" for d in dead) == ["", "bad-cost", "bad-ts", "huge-cost"]
+    assert sum(told) == 4 and drainer.dead_letters == 4
+    assert await r.xlen(stream) == 0  # acknowledged: nothing left to retry
+    # New entries keep flowing after the poison.
+    await r.xadd(stream, {"event": orjson.dumps(event("later"))})
+    await drainer.drain_once(block_ms=10)
+    assert await count(sessions) == 9
+    await r.aclose()

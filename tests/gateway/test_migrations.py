@@ -25,7 +25,16 @@ from gateway.db.migrate import (
 )
 from policies.errors import ConfigError
 
-TABLES = {"teams", "api_keys", "budgets", "rate_limits", "ledger", "router_labels", "schema_floor"}
+TABLES = {
+    "teams",
+    "api_keys",
+    "budgets",
+    "rate_limits",
+    "ledger",
+    "ledger_dead_letters",
+    "router_labels",
+    "schema_floor",
+}
 
 
 def tables(url: str) -> set[str]:
@@ -131,7 +140,8 @@ def _floor(url: str) -> str | None:
 
 
 @pytest.mark.parametrize(
-    ("revision", "floor"), [("0001", "0001"), ("0002", "0001"), ("0003", "0001"), (None, None)]
+    ("revision", "floor"),
+    [("0001", "0001"), ("0002", "0001"), ("0003", "0001"), ("0004", "0001"), (None, None)],
 )
 def test_schema_floor_of_the_shipped_migrations(revision: str | None, floor: str | None) -> None:
     assert schema_floor(ScriptDirectory(str(MIGRATIONS)), revision) == floor
