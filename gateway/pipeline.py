@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from engines.base import Engine, EngineRequest, EngineResponse, EngineStream
 from gateway.accounting import Accounting, Caller, Settlement
@@ -105,7 +106,17 @@ class Prepared:
 
     def route_header(self) -> str:
         option = self.option or self.plan.primary
-        return f"{option.label}; reason={self.reason}"
+        return header_value(f"{option.label}; reason={self.reason}")
+
+
+# Printable ASCII but '%': everything else in a header value is percent-encoded (UTF-8).
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def header_value(text: str) -> str:
+    """``text`` as a valid header value: a model name such as ``claude-opus-日本`` travels in
+    ``x-tiergate-route``, and neither non-ASCII nor a line break may reach the wire raw."""
+    return quote(text, safe=_HEADER_SAFE)
 
 
 def _tool_turn_without_reasoning(body: Mapping[str, Any]) -> bool:
