@@ -93,6 +93,8 @@ def _require_model(body: dict[str, Any]) -> str:
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
+    """The output limit asked for. With both fields, ``max_completion_tokens`` wins, as in
+    OpenAI's API and vLLM; the pipeline forwards that one value alone, as ``max_tokens``."""
     value = None
     for key in ("max_tokens", "max_completion_tokens"):
         v = body.get(key)
@@ -100,7 +102,7 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
             continue
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise InvalidRequest(f"'{key}' must be a positive integer", param=key)
-        value = v if value is None else min(value, v)
+        value = v
     return value
 
 

@@ -214,7 +214,8 @@ class Pipeline:
             view = await self.accounting.budget_view(caller, started_at)
             plan = self._plan(call, caller, headers, view.downgrade)
             p = Prepared(call, caller, request_id, plan, started, started_at)
-            p.reserved = self._worst_case(p)
+            out = self._output_limit(call, plan)
+            p.reserved = self._worst_case(p, out)
             await self.accounting.reserve(caller, request_id, p.reserved, started_at)
         except TiergateError as err:
             self.reject(
@@ -286,8 +287,31 @@ class Pipeline:
         cap = self.catalog.routing.reservation_output_cap
         return min(spec.max_output_tokens, cap) if spec else cap
 
-    def _worst_case(self, p: Prepared) -> int:
-        out = p.call.max_tokens or self._default_max_output(p.plan.primary.tier)
+    def _output_limit(self, call: Call, plan: RoutePlan) -> int:
+        """The output tokens (reasoning included) reserved for and asked of the upstream:
+        the client's limit, or the reservation cap when it set none. It is written into the
+        body as the one ``max_tokens`` the upstream sees, so nothing unreserved is spent."""
+        tier = plan.primary.tier
+        spec = self.catalog.tiers.get(tier)
+        asked = call.max_tokens
+        if asked is not None and spec is not None and asked > spec.max_output_tokens:
+            field = "max_tokens"
+            if "max_completion_tokens" in call.body:
+                field = "max_completion_tokens"
+            raise InvalidRequest(
+                f"{field} {asked} is over the {spec.max_output_tokens} output tokens "
+                f"{tier} can produce; ask for at most {spec.max_output_tokens}",
+                param=field,
+            )
+        out = asked or self._default_max_output(tier)
+        if spec is None and asked is None:
+            return out  # a pass-through model: its own provider's default, nothing reserved
+        call.body.pop("max_completion_tokens", None)
+        call.body["max_tokens"] = out
+        call.max_tokens = out
+        return out
+
+    def _worst_case(self, p: Prepared, out: int) -> int:
         worst = 0
         for option in p.plan.options():
             if self.prices.has(option.backend, option.tier):

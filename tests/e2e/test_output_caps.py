@@ -1,0 +1,137 @@
+"""What is reserved is what can be spent: output limits against real gateway processes.
+
+Two `tiergate serve` processes share Redis and PostgreSQL; the simulators answer at length
+(2,000 output tokens) unless the request's ``max_tokens`` stops them, and the catalog's
+``reservation_output_cap`` is 64 tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from .conftest import Sims
+from .test_money_e2e import (
+    Gateways,
+    admin,
+    drop_keys,
+    money_env,
+    new_key,
+    sims_catalog,
+    sql,
+    wait_rows,
+)
+
+CAP = 64
+LONG = 2000
+
+
+@pytest.fixture(scope="module")
+def gw(
+    sims: Sims, pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateways]:
+    config = sims_catalog(sims, tmp_path_factory.mktemp("caps"))
+    data = yaml.safe_load(config.read_text())
+    data["routing"]["reservation_output_cap"] = CAP
+    config.write_text(yaml.safe_dump(data))
+    prefix = f"tgc:{os.getpid()}:"
+    g = Gateways(money_env(pg_url, redis_url, prefix), config)
+    g.start(2)
+    yield g
+    g.stop()
+    drop_keys(redis_url, prefix)
+
+
+@pytest.fixture
+def long_answers(sims: Sims) -> Iterator[None]:
+    urls = [*sims.flash, *sims.pro, sims.hosted]
+    for url in urls:
+        sims.control(url, default_output_tokens=LONG, reasoning_tokens=0)
+    yield
+    for url in urls:
+        sims.control(url, default_output_tokens=24, reasoning_tokens=16)
+
+
+def body(**kw: Any) -> dict[str, Any]:
+    return {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}], **kw}
+
+
+def post(url: str, key: str, b: dict[str, Any]) -> httpx.Response:
+    return httpx.post(
+        url + "/v1/chat/completions",
+        json=b,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+
+
+def test_no_max_tokens_spends_no_more_than_was_reserved_under_concurrency(
+    gw: Gateways, pg_url: str, long_answers: None
+) -> None:
+    team_id, _, key = new_key(gw, "no-limit-team")
+    first = post(gw.urls[0], key, body(max_tokens=CAP))
+    assert first.status_code == 200 and first.json()["usage"]["completion_tokens"] == CAP
+    wait_rows(pg_url, team_id, 1)
+    one = sql(pg_url, "select cost_nanos from ledger where team_id = %s", team_id)[0][0]
+    limit_nanos = one * 11  # the probe and about ten more
+    r = admin(
+        gw,
+        "PUT",
+        "/budgets",
+        {
+            "scope": "team",
+            "scope_id": "no-limit-team",
+            "period": "day",
+            "limit_usd": limit_nanos / 1e9,
+        },
+    )
+    assert r.status_code == 200, r.text
+    time.sleep(5.5)  # key caches expire: every process sees the budget
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        gw.urls[i % 2] + "/v1/chat/completions",
+                        json=body(),  # no max_tokens
+                        headers={"Authorization": f"Bearer {key}"},
+                    )
+                    for i in range(60)
+                )
+            )
+
+    responses = asyncio.run(fire())
+    ok = [r for r in responses if r.status_code == 200]
+    assert len(ok) + sum(r.status_code == 429 for r in responses) == 60
+    assert ok and all(r.json()["usage"]["completion_tokens"] <= CAP for r in ok)
+    assert wait_rows(pg_url, team_id, len(ok) + 1) == len(ok) + 1
+    spent = sql(pg_url, "select sum(cost_nanos) from ledger where team_id = %s", team_id)[0][0]
+    print(f"\n[caps] 60 without max_tokens: {len(ok)} served, spent {spent} of {limit_nanos} nanos")
+    assert spent <= limit_nanos
+
+
+def test_with_both_limits_the_one_reserved_is_the_one_the_upstream_gets(
+    gw: Gateways, pg_url: str, long_answers: None
+) -> None:
+    team_id, _, key = new_key(gw, "both-limits-team")
+    r = post(gw.urls[0], key, body(max_tokens=CAP, max_completion_tokens=8))
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] <= 8
+    wait_rows(pg_url, team_id, 1)
+    assert sql(pg_url, "select output_tokens from ledger where team_id = %s", team_id)[0][0] <= 8
+
+
+def test_max_tokens_beyond_what_the_tier_can_produce_is_a_400(gw: Gateways) -> None:
+    _, _, key = new_key(gw, "huge-limit-team")
+    for field in ("max_tokens", "max_completion_tokens"):
+        r = post(gw.urls[0], key, body(**{field: 10**12}))
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == field and "at most" in r.json()["error"]["message"]
