@@ -1,7 +1,8 @@
 """The money hooks of the request path: who is calling, reserve before dispatch, settle after.
 
-``Caller`` is what auth resolves a key to. ``Settlement`` is everything the ledger records
-about one finished request. ``Accounting`` is the interface the pipeline calls; the
+``Caller`` is what auth resolves a key to. ``Hold`` is what ``reserve`` took for a request;
+it travels with the request to ``settle`` or ``release``. ``Settlement`` is everything the
+ledger records about one finished request. ``Accounting`` is the interface the pipeline calls; the
 budget store and ledger implement it, and ``OpenAccounting`` serves the embedded default
 when no keys or budgets are configured (it still keeps the in-process ledger of the run).
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
+
+from gateway.budgets.base import Window
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,28 @@ class Settlement:
 
 
 @dataclass(frozen=True, slots=True)
+class RateCharge:
+    """Tokens a request was counted for in its key's rate window at admission."""
+
+    key_id: str
+    minute: int
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What a request holds, decided once at admission and carried with the request to its
+    settlement or release: the budget windows reserved in (never looked up again, so an
+    admin change or a period boundary in between cannot move the money elsewhere), the
+    amount, and the rate-limit window it was counted in."""
+
+    request_id: str
+    amount_nanos: int = 0
+    windows: tuple[Window, ...] = ()
+    rate: RateCharge | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetView:
     """Budget facts the router and the response headers use."""
 
@@ -66,17 +91,22 @@ class Accounting(Protocol):
 
     async def authenticate(self, raw_key: str | None) -> Caller: ...
 
-    async def check_rate(self, caller: Caller, tokens: int) -> None: ...
+    async def check_rate(self, caller: Caller, tokens: int) -> RateCharge | None: ...
 
     async def budget_view(self, caller: Caller, now: datetime) -> BudgetView: ...
 
     async def reserve(
-        self, caller: Caller, request_id: str, amount_nanos: int, now: datetime
-    ) -> None: ...
+        self,
+        caller: Caller,
+        request_id: str,
+        amount_nanos: int,
+        now: datetime,
+        rate: RateCharge | None = None,
+    ) -> Hold: ...
 
-    async def settle(self, caller: Caller, s: Settlement) -> None: ...
+    async def settle(self, caller: Caller, s: Settlement, hold: Hold) -> None: ...
 
-    async def release(self, caller: Caller, request_id: str) -> None: ...
+    async def release(self, caller: Caller, hold: Hold) -> None: ...
 
     async def ledger_lag(self) -> tuple[int, float]:
         """(settled events not yet in the database, age in seconds of the oldest)."""
@@ -98,23 +128,28 @@ class OpenAccounting:
     async def authenticate(self, raw_key: str | None) -> Caller:
         return ANONYMOUS
 
-    async def check_rate(self, caller: Caller, tokens: int) -> None:
+    async def check_rate(self, caller: Caller, tokens: int) -> RateCharge | None:
         return None
 
     async def budget_view(self, caller: Caller, now: datetime) -> BudgetView:
         return BudgetView()
 
     async def reserve(
-        self, caller: Caller, request_id: str, amount_nanos: int, now: datetime
-    ) -> None:
-        return None
+        self,
+        caller: Caller,
+        request_id: str,
+        amount_nanos: int,
+        now: datetime,
+        rate: RateCharge | None = None,
+    ) -> Hold:
+        return Hold(request_id, amount_nanos, (), rate)
 
-    async def settle(self, caller: Caller, s: Settlement) -> None:
+    async def settle(self, caller: Caller, s: Settlement, hold: Hold) -> None:
         self.settled.append(s)
         if len(self.settled) > self._keep:
             del self.settled[: len(self.settled) - self._keep]
 
-    async def release(self, caller: Caller, request_id: str) -> None:
+    async def release(self, caller: Caller, hold: Hold) -> None:
         return None
 
     async def ledger_lag(self) -> tuple[int, float]:

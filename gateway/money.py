@@ -26,7 +26,7 @@ from redis.driver_info import DriverInfo
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from gateway.accounting import ANONYMOUS, BudgetView, Caller, Settlement
+from gateway.accounting import ANONYMOUS, BudgetView, Caller, Hold, RateCharge, Settlement
 from gateway.budgets import BudgetExceeded, BudgetStore, MemoryBudgetStore, RedisBudgetStore, Window
 from gateway.budgets.leases import LeasePolicy
 from gateway.db.models import ApiKey, Budget, RateLimit
@@ -34,7 +34,7 @@ from gateway.keys import hash_key
 from gateway.ledger import DATABASE_DOWN, BatchedWriter, StreamDrainer, event_of, spent_since
 from gateway.metrics import Metrics
 from gateway.outage import REDIS_DOWN, FailureMode, RedisGuard
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import RateLimiter, window
 from policies.budget import (
     PERIODS,
     BudgetSpec,
@@ -90,6 +90,7 @@ class MoneyAccounting:
         drain_inline: bool = True,
         spool_dir: Path | None = None,
         lease_share: float = 0.0,
+        reservation_ttl_s: int = 900,
     ) -> None:
         self.engine = engine
         self.sessions = sessions
@@ -106,6 +107,9 @@ class MoneyAccounting:
         self.store: BudgetStore
         self.guard: RedisGuard | None = None
         self._drain_inline = drain_inline
+        self.reservation_ttl_s = reservation_ttl_s
+        # Requests holding a reservation right now: renewed until settled or released.
+        self._live: dict[str, Hold] = {}
         if redis is not None:
             by_lease = metrics.budget_reservations.labels("lease")
             in_redis = metrics.budget_reservations.labels("redis")
@@ -113,6 +117,7 @@ class MoneyAccounting:
                 redis,
                 self._load_spent,
                 prefix=prefix,
+                reservation_ttl_s=reservation_ttl_s,
                 lease=LeasePolicy(share=lease_share) if lease_share > 0 else None,
                 on_reserve=lambda leased: (by_lease if leased else in_redis).inc(),
             )
@@ -134,13 +139,17 @@ class MoneyAccounting:
                 mode=redis_failure_mode,
                 on_recover=self._redis_recovered,
                 spool_dir=spool_dir,
+                reservation_ttl_s=reservation_ttl_s,
             )
         else:
             writer = BatchedWriter(sessions)
             self.writer = writer
-            self.store = MemoryBudgetStore(self._load_spent, writer.put)
+            self.store = MemoryBudgetStore(
+                self._load_spent, writer.put, reservation_ttl_s=reservation_ttl_s
+            )
         self._listener: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
+        self._renew_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -154,6 +163,21 @@ class MoneyAccounting:
         if self.guard is not None:
             self.guard.start()
         self._lag_task = asyncio.create_task(self._watch_lag(), name="ledger-lag")
+        self._renew_task = asyncio.create_task(self._renew_live(), name="reservation-renewal")
+
+    async def _renew_live(self) -> None:
+        """Every third of the reservation TTL, push back the expiry of every reservation
+        whose request is still running: only a dead process's reservations expire."""
+        every = max(self.reservation_ttl_s / 3, 0.1)
+        while True:
+            await asyncio.sleep(every)
+            holds = [(h.request_id, h.windows) for h in self._live.values()]
+            if not holds:
+                continue
+            try:
+                await (self.guard or self.store).renew(holds)
+            except Exception as exc:
+                log.warning("reservations not renewed", count=len(holds), error=repr(exc))
 
     async def _watch_lag(self) -> None:
         while True:
@@ -164,7 +188,7 @@ class MoneyAccounting:
             await asyncio.sleep(5)
 
     async def close(self) -> None:
-        for task in (self._listener, self._lag_task):
+        for task in (self._listener, self._lag_task, self._renew_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -323,21 +347,23 @@ class MoneyAccounting:
     async def _load_spent(self, w: Window) -> int:
         return await spent_since(self.sessions, w.spec.scope, w.spec.scope_id, w.start)
 
-    async def check_rate(self, caller: Caller, tokens: int) -> None:
+    async def check_rate(self, caller: Caller, tokens: int) -> RateCharge | None:
         entry = await self._entry(caller)
         if entry is None or (not entry.rpm and not entry.tpm):
-            return
+            return None
         key_id = entry.caller.key_id or ""
+        at = window()
         if self.guard is not None:
-            retry = await self.guard.allow(key_id, entry.rpm, entry.tpm, tokens)
+            retry = await self.guard.allow(key_id, entry.rpm, entry.tpm, tokens, at)
         else:
-            retry = await self.rates.allow(key_id, entry.rpm, entry.tpm, tokens)
+            retry = await self.rates.allow(key_id, entry.rpm, entry.tpm, tokens, at)
         if retry:
             raise RateLimited(
                 f"rate limit for key {caller.key_prefix}: {entry.rpm or '-'} requests and "
                 f"{entry.tpm or '-'} tokens per minute; retry in {math.ceil(retry)} s",
                 retry_after=retry,
             )
+        return RateCharge(key_id, at[0], tokens) if entry.tpm else None
 
     async def budget_view(self, caller: Caller, now: datetime) -> BudgetView:
         entry = await self._entry(caller)
@@ -352,42 +378,59 @@ class MoneyAccounting:
         return BudgetView(pressure=worst, downgrade=down)
 
     async def reserve(
-        self, caller: Caller, request_id: str, amount_nanos: int, now: datetime
-    ) -> None:
+        self,
+        caller: Caller,
+        request_id: str,
+        amount_nanos: int,
+        now: datetime,
+        rate: RateCharge | None = None,
+    ) -> Hold:
         entry = await self._entry(caller)
         windows = self._windows(entry, now)
+        hold = Hold(request_id, amount_nanos, tuple(windows), rate)
         if self.guard is not None:  # every request: with Redis down, closed refuses them all
             reserve = self.guard.reserve(request_id, windows, amount_nanos)
         elif not windows:
-            return
+            return hold
         else:
             reserve = self.store.reserve(request_id, windows, amount_nanos)
         try:
             await reserve
         except BudgetExceeded as exc:
-            spec = exc.window.spec
-            remaining = max(exc.remaining_nanos, 0)
-            reset = exc.window.reset_at
-            wait = max(1.0, (reset - datetime.now(UTC)).total_seconds())
-            raise BudgetExceededError(
-                f"{spec.scope} budget '{spec.id}' ({spec.period}, limit "
-                f"${spec.limit_nanos / NANOS_PER_USD:.6f}) has ${remaining / NANOS_PER_USD:.6f} "
-                f"left, less than this request's worst case ${amount_nanos / NANOS_PER_USD:.6f}; "
-                f"it resets at {reset.isoformat()}. Lower max_tokens or raise the budget.",
-                retry_after=wait if spec.period != "total" else None,
-                headers={
-                    "x-tiergate-budget-remaining-usd": f"{remaining / NANOS_PER_USD:.9f}",
-                    "x-tiergate-budget-reset": reset.isoformat(),
-                    "x-tiergate-budget-id": spec.id,
-                },
-            ) from None
+            raise self._refusal(exc, amount_nanos) from None
+        if windows:
+            self._live[request_id] = hold
+        return hold
 
-    async def settle(self, caller: Caller, s: Settlement) -> None:
-        entry = await self._entry(caller)
-        windows = self._windows(entry, s.ts)
-        after = await (self.guard or self.store).settle(
-            s.request_id, windows, s.cost_nanos, event_of(s)
+    @staticmethod
+    def _refusal(exc: BudgetExceeded, amount_nanos: int) -> BudgetExceededError:
+        spec = exc.window.spec
+        remaining = max(exc.remaining_nanos, 0)
+        reset = exc.window.reset_at
+        wait = max(1.0, (reset - datetime.now(UTC)).total_seconds())
+        return BudgetExceededError(
+            f"{spec.scope} budget '{spec.id}' ({spec.period}, limit "
+            f"${spec.limit_nanos / NANOS_PER_USD:.6f}) has ${remaining / NANOS_PER_USD:.6f} "
+            f"left, less than this request's worst case ${amount_nanos / NANOS_PER_USD:.6f}; "
+            f"it resets at {reset.isoformat()}. Lower max_tokens or raise the budget.",
+            retry_after=wait if spec.period != "total" else None,
+            headers={
+                "x-tiergate-budget-remaining-usd": f"{remaining / NANOS_PER_USD:.9f}",
+                "x-tiergate-budget-reset": reset.isoformat(),
+                "x-tiergate-budget-id": spec.id,
+            },
         )
+
+    async def settle(self, caller: Caller, s: Settlement, hold: Hold) -> None:
+        windows = list(hold.windows)  # where the reservation was made, whatever changed since
+        try:
+            after = await (self.guard or self.store).settle(
+                s.request_id, windows, s.cost_nanos, event_of(s)
+            )
+        finally:
+            self._live.pop(hold.request_id, None)
+        if hold.rate is not None:
+            await self._count_tokens(hold.rate, s)
         for w, spent in zip(windows, after or (), strict=False):
             spec = w.spec
             labels = (spec.scope, spec.scope_id, spec.period)
@@ -403,13 +446,26 @@ class MoneyAccounting:
                     threshold=t,
                 )
 
-    async def release(self, caller: Caller, request_id: str) -> None:
-        entry = await self._entry(caller)
-        windows = self._windows(entry, datetime.now(UTC))
-        if self.guard is not None:
-            await self.guard.release(request_id, windows)
-        elif windows:
-            await self.store.release(request_id, windows)
+    async def _count_tokens(self, rate: RateCharge, s: Settlement) -> None:
+        """Move the key's token window from the prompt estimate to the actual tokens."""
+        actual = s.cache_hit_tokens + s.cache_miss_tokens + s.output_tokens
+        try:
+            if self.guard is not None:
+                await self.guard.add_tokens(rate.key_id, rate.minute, actual - rate.tokens)
+            else:
+                await self.rates.add(rate.key_id, rate.minute, actual - rate.tokens)
+        except Exception as exc:  # the request is settled; its tokens are a rate matter
+            log.warning("tokens not counted in the rate window", error=repr(exc))
+
+    async def release(self, caller: Caller, hold: Hold) -> None:
+        windows = list(hold.windows)
+        try:
+            if self.guard is not None:
+                await self.guard.release(hold.request_id, windows)
+            elif windows:
+                await self.store.release(hold.request_id, windows)
+        finally:
+            self._live.pop(hold.request_id, None)
 
     async def ledger_lag(self) -> tuple[int, float]:
         return await self.writer.lag()
@@ -464,4 +520,5 @@ async def open_money(settings: Any, metrics: Metrics) -> MoneyAccounting:
         drain_inline=settings.ledger_drain == "inline",
         spool_dir=Path(settings.spool_dir) if settings.spool_dir else None,
         lease_share=settings.budget_lease_share,
+        reservation_ttl_s=settings.reservation_ttl_s,
     )

@@ -77,8 +77,10 @@ class RedisGuard:
         heartbeat_s: float = 1.0,
         remind_s: float = 30.0,
         spool_dir: Path | None = None,
+        reservation_ttl_s: float = 900,
     ) -> None:
         self.redis = redis
+        self._reservation_ttl_s = reservation_ttl_s
         self.store = store
         self.rates = rates
         self.metrics = metrics
@@ -106,7 +108,9 @@ class RedisGuard:
     # ---- state -------------------------------------------------------------------------
 
     def _new_local(self) -> MemoryBudgetStore:
-        return MemoryBudgetStore(self._local_spent, _discard)
+        return MemoryBudgetStore(
+            self._local_spent, _discard, reservation_ttl_s=self._reservation_ttl_s
+        )
 
     async def _local_spent(self, w: Window) -> int:
         try:
@@ -179,10 +183,23 @@ class RedisGuard:
 
     # ---- the budget store, guarded -----------------------------------------------------
 
-    async def allow(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> float:
+    async def allow(
+        self,
+        key_id: str,
+        rpm: int | None,
+        tpm: int | None,
+        tokens: int,
+        at: tuple[int, float] | None = None,
+    ) -> float:
         return await self.run(
-            lambda: self.rates.allow(key_id, rpm, tpm, tokens),
-            lambda: self.local_rates.allow(key_id, rpm, tpm, tokens),
+            lambda: self.rates.allow(key_id, rpm, tpm, tokens, at),
+            lambda: self.local_rates.allow(key_id, rpm, tpm, tokens, at),
+        )
+
+    async def add_tokens(self, key_id: str, minute: int, tokens: int) -> None:
+        await self.run(
+            lambda: self.rates.add(key_id, minute, tokens),
+            lambda: self.local_rates.add(key_id, minute, tokens),
         )
 
     async def state(self, windows: Sequence[Window]) -> list[BudgetState]:
@@ -240,6 +257,21 @@ class RedisGuard:
             await self.store.release(request_id, windows)
         except REDIS_DOWN as exc:
             self.mark_down(exc)
+
+    async def renew(self, holds: Sequence[tuple[str, Sequence[Window]]]) -> None:
+        """Keep live requests' reservations, wherever they were made, from expiring."""
+        shared = []
+        for request_id, windows in holds:
+            local = self._held.get(request_id)
+            if local is not None:
+                await local.renew([(request_id, windows)])
+            else:
+                shared.append((request_id, windows))
+        if shared and not self.down:
+            try:
+                await self.store.renew(shared)
+            except REDIS_DOWN as exc:
+                self.mark_down(exc)
 
     # ---- probing and recovery ----------------------------------------------------------
 

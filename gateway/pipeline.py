@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from engines.base import Engine, EngineRequest, EngineResponse, EngineStream
-from gateway.accounting import Accounting, Caller, Settlement
+from gateway.accounting import Accounting, Caller, Hold, Settlement
 from gateway.logging import get_logger
 from gateway.metrics import Metrics
 from gateway.parse import Call
@@ -90,6 +90,7 @@ class Prepared:
     started: float
     started_at: datetime
     reserved: int = 0
+    hold: Hold | None = None  # what the reservation took; settled or released with it
     option: Option | None = None
     replica: str | None = None
     reasons: list[str] = field(default_factory=list)
@@ -210,13 +211,13 @@ class Pipeline:
         started, started_at = time.perf_counter(), datetime.now(UTC)
         try:
             self._check_caller(call, caller)
-            await self.accounting.check_rate(caller, call.prompt_tokens_est)
+            rate = await self.accounting.check_rate(caller, call.prompt_tokens_est)
             view = await self.accounting.budget_view(caller, started_at)
             plan = self._plan(call, caller, headers, view.downgrade)
             p = Prepared(call, caller, request_id, plan, started, started_at)
             out = self._output_limit(call, plan)
             p.reserved = self._worst_case(p, out)
-            await self.accounting.reserve(caller, request_id, p.reserved, started_at)
+            p.hold = await self.accounting.reserve(caller, request_id, p.reserved, started_at, rate)
         except TiergateError as err:
             self.reject(
                 call.protocol,
@@ -498,7 +499,7 @@ class Pipeline:
     async def _fail(self, p: Prepared, err: TiergateError) -> None:
         err.headers.setdefault("x-request-id", p.request_id)
         err.headers.setdefault("x-tiergate-route", p.route_header())
-        await self.accounting.release(p.caller, p.request_id)
+        await self.accounting.release(p.caller, p.hold or Hold(p.request_id))
         self.metrics.requests.labels(
             p.call.protocol,
             p.plan.primary.tier,
@@ -546,7 +547,7 @@ class Pipeline:
             latency_ms=round(latency * 1000, 3),
             status=status,
         )
-        await self.accounting.settle(p.caller, s)
+        await self.accounting.settle(p.caller, s, p.hold or Hold(p.request_id))
         p.cost_nanos = cost
         if self.truth is not None and p.plan.reason.startswith("auto"):
             self.truth.settled(option.tier == self.catalog.strong_tier, cost)

@@ -1,7 +1,10 @@
 """Requests and tokens per minute per key: a fixed one-minute window.
 
 With Redis the counters are shared by every gateway process (one Lua call checks and
-counts both); without it they are per process. A request is counted only if admitted.
+counts both); without it they are per process. A request is counted only if admitted, for
+its prompt estimate; once it is settled, ``add`` moves the window it was admitted in to
+its actual tokens, prompt and output (reasoning included). A window already spent refuses
+the next request, so a key runs at most one minute's answers past its limit.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ return 1
 """
 
 
-def _window() -> tuple[int, float]:
+def window() -> tuple[int, float]:
+    """The current minute (since the epoch) and the seconds left in it."""
     now = time.time()
     minute = int(now // 60)
     return minute, 60 - (now % 60)
@@ -38,10 +42,18 @@ class RateLimiter:
         self._script = redis.register_script(_LUA) if redis is not None else None
         self._local: dict[tuple[str, int], list[int]] = {}
 
-    async def allow(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> float:
+    async def allow(
+        self,
+        key_id: str,
+        rpm: int | None,
+        tpm: int | None,
+        tokens: int,
+        at: tuple[int, float] | None = None,
+    ) -> float:
+        """``at``: the window (minute, seconds left) to count in; the current one if None."""
         if not rpm and not tpm:
             return 0.0
-        minute, retry = _window()
+        minute, retry = at or window()
         if self._script is not None:
             keys = [f"{self.prefix}rl:{key_id}:{minute}:r", f"{self.prefix}rl:{key_id}:{minute}:t"]
             ok = await self._script(keys=keys, args=[rpm or 0, tpm or 0, tokens])
@@ -54,3 +66,18 @@ class RateLimiter:
         if len(self._local) > 10_000:
             self._local = {k: v for k, v in self._local.items() if k[1] >= minute}
         return 0.0
+
+    async def add(self, key_id: str, minute: int, tokens: int) -> None:
+        """Count ``tokens`` more (or fewer) in the token window of ``minute``."""
+        if not tokens:
+            return
+        if self.redis is not None:
+            key = f"{self.prefix}rl:{key_id}:{minute}:t"
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.incrby(key, tokens)
+            pipe.expire(key, 120)
+            await pipe.execute()
+            return
+        counts = self._local.get((key_id, minute))
+        if counts is not None:
+            counts[1] += tokens

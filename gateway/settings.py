@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # budget's headroom for its own requests, which then reserve in process; 0 turns them off
     # and every request reserves in Redis.
     budget_lease_share: float = Field(default=0.05, ge=0, lt=1)
+    # A reservation lives this long unless renewed; a running request's reservation is
+    # renewed every third of it, so only the reservations of a dead process expire.
+    reservation_ttl_s: int = Field(default=900, ge=1)
     ledger_claim_idle_ms: int = Field(default=30_000, gt=0)
     # With Redis: "inline" drains the ledger stream into the database inside each gateway
     # process; "external" leaves it to `tiergate ledger drain` processes, so the batched

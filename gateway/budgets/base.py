@@ -6,7 +6,8 @@ reservation by the actual cost and, in the same atomic step, hands the ledger ev
 durable path, returning each window's spend after it (None if already settled);
 ``release`` drops a reservation without billing. Reservations that are never
 settled (a gateway killed mid-request) expire after a TTL, so they cannot block a budget
-forever. Settle is idempotent on the request id.
+forever; ``renew`` pushes that expiry back for requests still running, so only a dead
+process's reservations expire. Settle is idempotent on the request id.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class BudgetStore(Protocol):
     ) -> list[int] | None: ...
 
     async def release(self, request_id: str, windows: Sequence[Window]) -> None: ...
+
+    async def renew(self, holds: Sequence[tuple[str, Sequence[Window]]]) -> None: ...
 
     async def state(self, windows: Sequence[Window]) -> list[BudgetState]: ...
 

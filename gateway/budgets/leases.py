@@ -209,6 +209,15 @@ class LeaseBook:
             lease.used -= f.amount
         return True
 
+    def renew(self, request_id: str) -> bool:
+        """A lease-funded request is still running: its slice does not expire yet. False
+        when the request was not funded from a lease."""
+        f = self.funded.get(request_id)
+        if f is None:
+            return False
+        self.funded[request_id] = Funded(f.amount, f.leases, time.monotonic())
+        return True
+
     def _expire_funded(self, now: float) -> None:
         """A lease-funded request never settled nor released stops holding its slice after
         the reservation TTL, as a reservation made in Redis would."""

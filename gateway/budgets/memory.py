@@ -26,7 +26,7 @@ EventSink = Callable[[dict[str, Any]], Awaitable[None]]
 
 class MemoryBudgetStore:
     def __init__(
-        self, load_spent: SpentLoader, sink: EventSink, *, reservation_ttl_s: int = 900
+        self, load_spent: SpentLoader, sink: EventSink, *, reservation_ttl_s: float = 900
     ) -> None:
         self._load_spent = load_spent
         self._sink = sink
@@ -75,6 +75,15 @@ class MemoryBudgetStore:
             c = self._counters.get(w.key)
             if c is not None:
                 c.held.pop(request_id, None)
+
+    async def renew(self, holds: Sequence[tuple[str, Sequence[Window]]]) -> None:
+        """Push back the expiry of live requests' reservations (request id, its windows)."""
+        expiry = time.monotonic() + self._ttl
+        for request_id, windows in holds:
+            for w in windows:
+                c = self._counters.get(w.key)
+                if c is not None and request_id in c.held:
+                    c.held[request_id] = (c.held[request_id][0], expiry)
 
     async def state(self, windows: Sequence[Window]) -> list[BudgetState]:
         now = time.monotonic()

@@ -45,6 +45,7 @@ class RedisBudgetStore:
         self._reserve = redis.register_script(_script("reserve.lua"))
         self._settle = redis.register_script(_script("settle.lua"))
         self._release = redis.register_script(_script("release.lua"))
+        self._renew = redis.register_script(_script("renew.lua"))
         self._on_reserve = on_reserve  # told, per reservation, whether a lease took it
         self.leases = (
             LeaseBook(
@@ -160,6 +161,23 @@ class RedisBudgetStore:
         for w in windows:
             keys += self._keys(w)
         await self._release(keys=keys, args=[request_id, len(windows)])
+
+    async def renew(self, holds: Sequence[tuple[str, Sequence[Window]]]) -> None:
+        """Push back the expiry of live requests' reservations (request id, its windows)."""
+        keys: list[str] = []
+        args: list[str | int] = [int(time.time()), self._ttl, 0]
+        count = 0
+        for request_id, windows in holds:
+            if self.leases is not None and self.leases.renew(request_id):
+                continue  # funded from this process's lease: renewed in process
+            keys.append(self.prefix + "r:" + request_id)
+            for w in windows:
+                keys += self._keys(w)[1:]
+            args += [request_id, len(windows)]
+            count += 1
+        if count:
+            args[2] = count
+            await self._renew(keys=keys, args=args)
 
     async def state(self, windows: Sequence[Window]) -> list[BudgetState]:
         if not windows:

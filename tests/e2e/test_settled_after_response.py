@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.accounting import Caller, OpenAccounting, Settlement
+from gateway.accounting import Caller, Hold, OpenAccounting, Settlement
 from gateway.settled import SettledResponse
 
 from .conftest import Sims, demo_catalog, start_gateway
@@ -30,12 +30,12 @@ class GatedAccounting(OpenAccounting):
         self.gate = threading.Event()
         self.fail_next = False
 
-    async def settle(self, caller: Caller, s: Settlement) -> None:
+    async def settle(self, caller: Caller, s: Settlement, hold: Hold) -> None:
         await asyncio.to_thread(self.gate.wait, 30)
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("ledger store exploded")
-        await super().settle(caller, s)
+        await super().settle(caller, s, hold)
 
 
 @pytest.fixture(scope="module")

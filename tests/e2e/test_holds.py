@@ -1,0 +1,209 @@
+"""Holds: what a request reserved stays held, in the windows it was reserved in, while it runs.
+
+Two `tiergate serve` processes share Redis and PostgreSQL, with the reservation TTL scaled
+down to 2 s and budget leases off (every reservation is visible in Redis). The Flash
+simulators stream slowly, so a stream outlives the TTL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+
+from .conftest import Sims
+from .test_money_e2e import (
+    Gateways,
+    admin,
+    drop_keys,
+    money_env,
+    new_key,
+    sims_catalog,
+    sql,
+    wait_rows,
+)
+
+TTL_S = 2
+STREAM_S = 6  # 120 tokens at 50 ms
+
+
+@pytest.fixture(scope="module")
+def gw(
+    sims: Sims, pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateways]:
+    config = sims_catalog(sims, tmp_path_factory.mktemp("holds"))
+    prefix = f"tgo:{os.getpid()}:"
+    env = money_env(
+        pg_url,
+        redis_url,
+        prefix,
+        TIERGATE_RESERVATION_TTL_S=str(TTL_S),
+        TIERGATE_BUDGET_LEASE_SHARE="0",
+    )
+    g = Gateways(env, config)
+    g.start(2)
+    yield g
+    g.stop()
+    drop_keys(redis_url, prefix)
+
+
+@pytest.fixture
+def slow_flash(sims: Sims) -> Iterator[None]:
+    for url in sims.flash:
+        sims.control(url, itl_s=STREAM_S / 120, default_output_tokens=120)
+    yield
+    for url in sims.flash:
+        sims.control(url, itl_s=0.0, default_output_tokens=24)
+
+
+@pytest.fixture
+def rdb(redis_url: str) -> Iterator[redis.Redis]:
+    r = redis.Redis.from_url(redis_url)
+    yield r
+    r.close()
+
+
+def team_with_budget(gw: Gateways, name: str, limit_usd: float = 100.0) -> tuple[str, str, str]:
+    """(team id, key, budget id) of a new team with a daily budget."""
+    team_id, _, key = new_key(gw, name)
+    r = admin(
+        gw,
+        "PUT",
+        "/budgets",
+        {"scope": "team", "scope_id": name, "period": "day", "limit_usd": limit_usd},
+    )
+    assert r.status_code == 200, r.text
+    return team_id, key, r.json()["id"]
+
+
+class Stream:
+    """A streamed chat request read to its end in a thread; ``rid`` once the head arrived."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.rid: str | None = None
+        self.head = threading.Event()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.body = b""
+        self._args = (url, key)
+        threading.Thread(target=self._run, daemon=True).start()
+        assert self.head.wait(30), "no response head"
+
+    def _run(self) -> None:
+        url, key = self._args
+        body = {
+            "model": "deepseek-chat",
+            "messages": [{"role": "user", "content": "tell me a long story"}],
+            "max_tokens": 120,
+            "stream": True,
+        }
+        try:
+            with httpx.stream(
+                "POST",
+                url + "/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=60,
+            ) as r:
+                self.rid = r.headers.get("x-request-id")
+                self.head.set()
+                for chunk in r.iter_bytes():
+                    self.body += chunk
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.head.set()
+            self.done.set()
+
+
+def holding(r: redis.Redis, prefix: str, rid: str) -> list[float | None]:
+    """The expiry of the request's hold in every budget window that holds it."""
+    return [
+        r.zscore(hkey[:-2] + b":z", rid)
+        for hkey in r.scan_iter(prefix + "b:*:h")
+        if r.hexists(hkey, rid)
+    ]
+
+
+def counter(r: redis.Redis, prefix: str, budget_id: str) -> dict[str, int]:
+    """The (only) window counter of a budget: spent, reserved, leased."""
+    keys = [k for k in r.scan_iter(f"{prefix}b:{budget_id}:*") if not k.endswith((b":z", b":h"))]
+    assert len(keys) == 1, keys
+    return {k.decode(): int(v) for k, v in r.hgetall(keys[0]).items()}
+
+
+def test_a_live_stream_keeps_its_hold_past_the_ttl(
+    gw: Gateways, rdb: redis.Redis, slow_flash: None
+) -> None:
+    prefix = gw.env["TIERGATE_REDIS_PREFIX"]
+    _, key, _ = team_with_budget(gw, "long-stream-team")
+    s = Stream(gw.urls[0], key)
+    assert s.rid
+    seen = []
+    while not s.done.wait(0.25):
+        expiries = holding(rdb, prefix, s.rid)
+        if s.done.is_set():
+            break  # settled meanwhile
+        assert expiries, "the hold of a running stream was dropped"
+        assert all(e is not None and e >= time.time() - 1 for e in expiries), "it expired"
+        seen.append(time.monotonic())
+    assert s.error is None and b"[DONE]" in s.body
+    assert seen[-1] - seen[0] > 2 * TTL_S  # held for well past the TTL
+    assert holding(rdb, prefix, s.rid) == []  # settled: nothing held any more
+
+
+def test_an_admin_change_mid_flight_settles_in_the_windows_reserved_in(
+    gw: Gateways, rdb: redis.Redis, pg_url: str, slow_flash: None
+) -> None:
+    prefix = gw.env["TIERGATE_REDIS_PREFIX"]
+    team_id, key, budget_id = team_with_budget(gw, "admin-change-team", 100.0)
+    s = Stream(gw.urls[0], key)
+    r = admin(
+        gw,
+        "PUT",
+        "/budgets",
+        {"scope": "team", "scope_id": "admin-change-team", "period": "day", "limit_usd": 50.0},
+    )
+    assert r.status_code == 200, r.text
+    assert s.done.wait(30) and s.error is None
+    assert wait_rows(pg_url, team_id, 1) == 1
+    cost = sql(pg_url, "select cost_nanos from ledger where team_id = %s", team_id)[0][0]
+    c = counter(rdb, prefix, budget_id)
+    assert c.get("spent") == cost and c.get("reserved", 0) == 0, c
+
+
+def test_a_dead_process_hold_expires_after_the_ttl(
+    gw: Gateways, rdb: redis.Redis, slow_flash: None
+) -> None:
+    prefix = gw.env["TIERGATE_REDIS_PREFIX"]
+    _, key, _ = team_with_budget(gw, "dead-process-team")
+    s = Stream(gw.urls[1], key)
+    assert s.rid and holding(rdb, prefix, s.rid)
+    gw.procs[1].send_signal(signal.SIGKILL)
+    gw.procs[1].wait(10)
+    deadline = time.monotonic() + 3 * TTL_S + 5
+    while time.monotonic() < deadline:
+        if all(e is not None and e < time.time() for e in holding(rdb, prefix, s.rid)):
+            break
+        time.sleep(0.2)
+    expiries = holding(rdb, prefix, s.rid)
+    assert all(e is not None and e < time.time() for e in expiries), expiries
+    # The next reservation in that window drops it.
+    r = httpx.post(
+        gw.urls[0] + "/v1/chat/completions",
+        json={
+            "model": "deepseek-chat",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4,
+        },
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert holding(rdb, prefix, s.rid) == []
