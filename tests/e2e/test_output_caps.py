@@ -135,3 +135,28 @@ def test_max_tokens_beyond_what_the_tier_can_produce_is_a_400(gw: Gateways) -> N
         r = post(gw.urls[0], key, body(**{field: 10**12}))
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == field and "at most" in r.json()["error"]["message"]
+
+
+def test_tokens_per_minute_count_the_output_too(gw: Gateways, long_answers: None) -> None:
+    _, key_id, key = new_key(gw, "tpm-team")
+    tpm = 2000
+    r = admin(gw, "PUT", f"/limits/{key_id}", {"tokens_per_minute": tpm})
+    assert r.status_code == 200, r.text
+    left = 60 - time.time() % 60
+    if left < 15:  # the requests below must fall in one calendar minute
+        time.sleep(left + 0.5)
+    served = 0
+    refused = []
+    for _ in range(10):
+        r = post(gw.urls[0], key, body(max_tokens=600))
+        if r.status_code == 200:
+            usage = r.json()["usage"]
+            served += usage["prompt_tokens"] + usage["completion_tokens"]
+        else:
+            refused.append(r)
+    print(f"\n[tpm] limit {tpm}: {served} tokens served, {len(refused)} refused")
+    assert refused and all(r.status_code == 429 for r in refused)
+    assert refused[0].json()["error"]["code"] == "rate_limit_exceeded"
+    assert refused[0].headers["Retry-After"]
+    # The window refuses once spent: past the limit by at most the last request admitted.
+    assert served <= tpm + 600 + 100
