@@ -313,6 +313,11 @@ class StreamDrainer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database or Redis is away: keep the entries, retry
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    # Redis restarted without our consumer group (and what it held).
+                    log.error("ledger consumer group missing in Redis; creating it again")
+                    with contextlib.suppress(Exception):
+                        await self.ensure_group()
                 self.failures += 1
                 log.warning("ledger write failed; will retry", error=str(exc), backoff_s=backoff)
                 await asyncio.sleep(backoff)

@@ -107,6 +107,7 @@ class MoneyAccounting:
         self.store: BudgetStore
         self.guard: RedisGuard | None = None
         self._drain_inline = drain_inline
+        self.redis_persists: bool | None = None  # Redis has an append-only file (at start)
         self.reservation_ttl_s = reservation_ttl_s
         # Requests holding a reservation right now: renewed until settled or released.
         self._live: dict[str, Hold] = {}
@@ -154,6 +155,8 @@ class MoneyAccounting:
     # ---- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.redis is not None:
+            self.redis_persists = await self._check_persistence(self.redis)
         if isinstance(self.writer, StreamDrainer):
             await self.writer.ensure_group()
         if self._drain_inline or not isinstance(self.writer, StreamDrainer):
@@ -178,6 +181,27 @@ class MoneyAccounting:
                 await (self.guard or self.store).renew(holds)
             except Exception as exc:
                 log.warning("reservations not renewed", count=len(holds), error=repr(exc))
+
+    async def _check_persistence(self, redis: Redis) -> bool | None:
+        """Settled spend lives in Redis until it is drained to the database: without an
+        append-only file a Redis restart loses it (and the budgets rebuilt from the ledger
+        would not count it). Says so loudly; None when Redis does not tell."""
+        try:
+            info: Any = await redis.info("persistence")
+        except Exception as exc:
+            log.warning("Redis persistence unknown: INFO persistence failed", error=repr(exc))
+            return None
+        aof = str(info.get("aof_enabled", "0")) == "1"
+        self.metrics.redis_persistence.set(1 if aof else 0)
+        if not aof:
+            log.error(
+                "Redis has no append-only file (appendonly no): settled spend not yet written "
+                "to the database is lost if Redis restarts, and budgets rebuilt from the "
+                "ledger would let it be spent again. Run Redis with 'appendonly yes' "
+                "(docs/reliability.md, Ledger durability).",
+                aof_enabled=False,
+            )
+        return aof
 
     async def _watch_lag(self) -> None:
         while True:
@@ -474,6 +498,7 @@ class MoneyAccounting:
         return {
             "redis": self.redis is not None,
             "redis_down": self.guard is not None and self.guard.down,
+            "redis_persists": self.redis_persists,
             "cached_keys": len(self._cache),
         }
 

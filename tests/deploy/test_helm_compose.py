@@ -305,6 +305,16 @@ def test_compose_config_is_valid() -> None:
     assert pool["cost"]["gpus_per_replica"] == profile.gpus
 
 
+def test_dev_redis_persists_what_it_holds(helm: str) -> None:
+    docs = render(helm, "-f", str(CHART / "ci" / "dev-values.yaml"), "--set", "dev.redis=true")
+    redis = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-redis")
+    )
+    pod = redis["spec"]["template"]["spec"]
+    assert "--appendonly" in pod["containers"][0]["args"]
+    assert {"name": "data", "mountPath": "/data"} in pod["containers"][0]["volumeMounts"]
+
+
 def test_ledger_drain_pods_take_the_stream_off_the_gateways(helm: str) -> None:
     def env_of(d: dict) -> dict[str, dict]:
         return {e["name"]: e for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
