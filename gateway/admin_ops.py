@@ -89,7 +89,15 @@ def usd_to_nanos(value: Any, field: str) -> int:
         raise Unprocessable(f"'{field}' must be a positive number of US dollars", param=field)
     if d > MAX_LIMIT_USD:
         raise Unprocessable(f"'{field}' must be at most {MAX_LIMIT_USD} US dollars", param=field)
-    return int(d * NANOS_PER_USD)
+    nanos = int(d * NANOS_PER_USD)
+    if nanos < 1:
+        # Money is counted in nano-dollars: a smaller amount would be stored as $0.
+        raise Unprocessable(
+            f"'{field}' {value} is below the smallest amount the ledger counts, "
+            "0.000000001 US dollars (one nano-dollar)",
+            param=field,
+        )
+    return nanos
 
 
 async def create_team(s: AsyncSession, name: str) -> dict[str, Any]:
@@ -275,7 +283,7 @@ async def spend_report(
 ) -> list[dict[str, Any]]:
     cols: list[Any] = []
     names: list[str] = []
-    for g in group_by:
+    for g in dict.fromkeys(group_by):  # each grouping once, in the order asked
         if g == "day":
             day = func.date(LedgerRow.ts)
             cols.append(day.label("day"))

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -34,7 +35,7 @@ from gateway.settings import Settings, get_settings
 from gateway.shadow import ShadowService
 from gateway.state import AppState
 from policies.catalog import Catalog, load_catalog
-from policies.errors import InvalidRequest, TiergateError, UnknownModel
+from policies.errors import InvalidRequest, ServiceUnavailable, TiergateError, UnknownModel
 from policies.router import Router
 
 AccountingFactory = Callable[[Settings, Catalog, Metrics], Awaitable[Accounting]]
@@ -149,6 +150,19 @@ def create_app(
         if st is not None:
             st.pipeline.reject(metric_protocol(request.url.path), err, path=request.url.path)
         return error_response(err, _protocol(request))  # type: ignore[arg-type]
+
+    async def _database_down(request: Request, exc: Exception) -> Response:
+        # The database is unreachable (the admin API and reports need it): a 503 to retry,
+        # not a 500. Requests themselves keep flowing on cached keys (docs/money.md).
+        err = ServiceUnavailable(
+            "database unavailable: the gateway cannot reach its database right now; "
+            "retry in a few seconds",
+            retry_after=5,
+        )
+        return error_response(err, _protocol(request))  # type: ignore[arg-type]
+
+    for kind in (OperationalError, InterfaceError):
+        app.add_exception_handler(kind, _database_down)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -206,6 +206,7 @@ def test_admin_needs_the_master_key(gateways: Gateways) -> None:
         ({"scope": "team", "scope_id": "x", "period": "fortnight", "limit_usd": 5}, "period"),
         ({"scope": "team", "scope_id": "x", "period": "day", "limit_usd": "lots"}, "limit_usd"),
         ({"scope": "team", "scope_id": "x", "period": "day", "limit_usd": -3}, "limit_usd"),
+        ({"scope": "team", "scope_id": "x", "period": "day", "limit_usd": "1e-12"}, "limit_usd"),
         ({"scope": "org", "scope_id": "x", "period": "day", "limit_usd": 5}, "scope"),
         (
             {
@@ -225,6 +226,16 @@ def test_malformed_budgets_are_422(gateways: Gateways, body: dict[str, Any], par
     assert r.status_code == 422, r.text
     err = r.json()["error"]
     assert err["param"] == param and param in err["message"]
+
+
+def test_spend_grouped_by_a_long_list_of_the_same_grouping_is_not_a_500(
+    gateways: Gateways,
+) -> None:
+    r = admin(gateways, "GET", "/spend?group_by=" + ",".join(["team"] * 2000))
+    assert r.status_code == 200, r.text
+    assert all(set(row) >= {"team_id", "cost_usd"} for row in r.json()["data"])
+    r = admin(gateways, "GET", "/spend?group_by=team,fortnight")
+    assert r.status_code == 422 and r.json()["error"]["param"] == "group_by"
 
 
 def test_key_shown_once_and_stored_hashed(gateways: Gateways, pg_url: str) -> None:

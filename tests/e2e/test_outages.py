@@ -345,6 +345,9 @@ def test_postgres_down_requests_flow_and_the_ledger_catches_up_exactly_once(
         assert info.value.status_code == 503
         assert info.value.response.json()["error"]["message"].startswith("key store unavailable")
         assert metric(gw, "tiergate_ledger_lag_events") >= 5
+        r = admin(gw, "GET", "/teams")  # the admin API needs the database: 503, not 500
+        assert r.status_code == 503 and r.json()["error"]["message"].startswith("database")
+        assert r.headers["Retry-After"]
         stored = {row[0] for row in ledger_rows(pg_url, team_id)}
         assert len(stored) == 2 and not stored & set(during)
 
