@@ -50,7 +50,9 @@ def _serve(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
         loop="uvloop",
-        http=guarded_protocol(settings.max_header_bytes, settings.header_timeout_s),
+        http=guarded_protocol(
+            settings.max_header_bytes, settings.header_timeout_s, settings.body_timeout_s
+        ),
         timeout_keep_alive=settings.keep_alive_s,
         limit_concurrency=settings.limit_concurrency,
         # SIGTERM: stop accepting, let in-flight requests and streams finish, then flush.

@@ -8,7 +8,9 @@ a subclass that:
 * answers 431 and closes once the request line plus headers pass ``max_head_bytes``;
 * answers 408 and closes when a request head has not finished ``head_timeout_s`` after the
   connection opened or after its first byte arrived (slowloris-style clients). Between
-  requests on a kept-alive connection, uvicorn's own keep-alive timeout applies.
+  requests on a kept-alive connection, uvicorn's own keep-alive timeout applies;
+* answers 408 and closes when a request body has not arrived whole ``body_timeout_s``
+  after its head (a body shorter than its ``Content-Length``, or one trickled in).
 
 Both answers carry the caller's protocol error shape (OpenAI, or Anthropic for
 ``/v1/messages`` paths). ``BodyLimit`` limits request bodies in the application (413).
@@ -41,8 +43,10 @@ class HeadTimeout(InvalidRequest):
 _REASONS = {431: b"Request Header Fields Too Large", 408: b"Request Timeout"}
 
 
-def guarded_protocol(max_head_bytes: int, head_timeout_s: float) -> type[HttpToolsProtocol]:
-    """An httptools protocol class enforcing the two limits (uvicorn ``http=`` accepts it)."""
+def guarded_protocol(
+    max_head_bytes: int, head_timeout_s: float, body_timeout_s: float | None = None
+) -> type[HttpToolsProtocol]:
+    """An httptools protocol class enforcing the limits (uvicorn ``http=`` accepts it)."""
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -52,6 +56,7 @@ def guarded_protocol(max_head_bytes: int, head_timeout_s: float) -> type[HttpToo
             self._head_too_large = False
             self._in_head = True
             self._head_timer: asyncio.TimerHandle | None = None
+            self._body_timer: asyncio.TimerHandle | None = None
 
         # ---- head timer ------------------------------------------------------------------
 
@@ -74,12 +79,34 @@ def guarded_protocol(max_head_bytes: int, head_timeout_s: float) -> type[HttpToo
                     )
                 )
 
+        # ---- body timer ------------------------------------------------------------------
+
+        def _cancel_body_timer(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _body_timed_out(self) -> None:
+            self._body_timer = None
+            if not self.transport.is_closing():
+                self._reject(
+                    HeadTimeout(
+                        f"request body not received within {body_timeout_s:g} s of its head; "
+                        "send the whole body (as long as its Content-Length) promptly"
+                    )
+                )
+
+        def on_message_complete(self) -> None:
+            self._cancel_body_timer()
+            super().on_message_complete()
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm_head_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
+            self._cancel_body_timer()
             super().connection_lost(exc)
 
         # ---- head size -------------------------------------------------------------------
@@ -110,6 +137,9 @@ def guarded_protocol(max_head_bytes: int, head_timeout_s: float) -> type[HttpToo
             self._in_head = False
             self._cancel_head_timer()
             super().on_headers_complete()
+            if body_timeout_s is not None:
+                self._cancel_body_timer()
+                self._body_timer = self.loop.call_later(body_timeout_s, self._body_timed_out)
 
         def data_received(self, data: bytes) -> None:
             if self._head_too_large:
@@ -147,6 +177,7 @@ def guarded_protocol(max_head_bytes: int, head_timeout_s: float) -> type[HttpToo
 
         def _reject(self, err: TiergateError) -> None:
             self._cancel_head_timer()
+            self._cancel_body_timer()
             url = getattr(self, "url", None)
             path = url.split(b"?", 1)[0] if isinstance(url, bytes) else b""
             protocol = protocol_of_path(path.decode("latin-1"))

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     # docs/reliability.md for what they protect against and what needs a reverse proxy.
     max_header_bytes: int = Field(default=64 * 1024, gt=0)
     header_timeout_s: float = Field(default=10.0, gt=0)
+    # From a request's head to the end of its body (a body shorter than its Content-Length).
+    body_timeout_s: float = Field(default=30.0, gt=0)
     keep_alive_s: int = Field(default=5, gt=0)
     limit_concurrency: int | None = Field(default=None, gt=0)
     upstream_connections: int = Field(default=1024, gt=0)

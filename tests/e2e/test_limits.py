@@ -26,6 +26,7 @@ MAX_BODY = 64_000
 MAX_MESSAGES = 20
 MAX_HEAD = 8_192
 HEAD_TIMEOUT = 3.0
+BODY_TIMEOUT = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,7 @@ def served(sims: Sims, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         "TIERGATE_MAX_MESSAGES": str(MAX_MESSAGES),
         "TIERGATE_MAX_HEADER_BYTES": str(MAX_HEAD),
         "TIERGATE_HEADER_TIMEOUT_S": str(HEAD_TIMEOUT),
+        "TIERGATE_BODY_TIMEOUT_S": str(BODY_TIMEOUT),
     }
     gw = Gateways(env, config)
     gw.start(1)
@@ -155,7 +157,7 @@ def _read_all(sock: socket.socket, timeout: float) -> bytes:
     try:
         while chunk := sock.recv(65536):
             out += chunk
-    except TimeoutError:
+    except (TimeoutError, ConnectionResetError):  # a reset may follow the reply
         pass
     return out
 
@@ -175,6 +177,20 @@ def test_a_head_that_never_finishes_is_cut_off_with_408(served: str) -> None:
     assert reply.startswith(b"HTTP/1.1 408"), reply
     assert b'"type":"error"' in reply  # Anthropic shape: the path was /v1/messages
     assert HEAD_TIMEOUT - 0.5 <= time.monotonic() - started <= HEAD_TIMEOUT + 6
+
+
+def test_a_body_shorter_than_its_content_length_is_cut_off_with_408(served: str) -> None:
+    port = int(served.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"model":'
+        )
+        started = time.monotonic()
+        reply = _read_all(sock, BODY_TIMEOUT + 10)
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+    assert b'"code":"request_timeout"' in reply and b"Content-Length" in reply
+    assert BODY_TIMEOUT - 0.5 <= time.monotonic() - started <= BODY_TIMEOUT + 6
 
 
 def test_200_trickling_connections_do_not_starve_a_normal_client(served: str) -> None:
