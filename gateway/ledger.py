@@ -145,7 +145,77 @@ class _Dead:
     error: str
 
 
-class StreamDrainer:
+class _Isolating:
+    """Writing events so that one the database refuses never holds back the others."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    written: int
+    dead_letters: int
+    on_dead_letter: Callable[[int], None] | None
+
+    async def _insert_isolating(self, items: list[tuple[bytes, dict[str, Any]]]) -> list[_Dead]:
+        """Insert ``items``; when the database refuses the batch (not when it is away),
+        split it until the entries it refuses are alone, and return those."""
+        if not items:
+            return []
+        try:
+            self.written += await insert_events(self.sessions, [e for _, e in items])
+            return []
+        except DATABASE_DOWN:
+            raise
+        except Exception as exc:
+            if len(items) == 1:
+                eid, event = items[0]
+                rid = event.get("request_id")
+                return [
+                    _Dead(
+                        eid,
+                        orjson.dumps(event),
+                        rid if isinstance(rid, str) else None,
+                        f"{type(exc).__name__}: {exc}",
+                    )
+                ]
+        mid = len(items) // 2
+        return await self._insert_isolating(items[:mid]) + await self._insert_isolating(items[mid:])
+
+    async def _set_aside(self, dead: list[_Dead]) -> None:
+        """Move entries that cannot be written to the dead-letter table, loudly."""
+        now = datetime.now(UTC)
+        rows: list[dict[str, Any]] = [
+            {
+                "stream_id": fit_text(d.stream_id.decode("ascii", "replace"), 64),
+                "request_id": fit_text(d.request_id, 64) if d.request_id else None,
+                "received_at": now,
+                "error": fit_text(d.error, 4000),
+                "event": fit_text(d.raw.decode("utf-8", "backslashreplace"), 1_000_000),
+            }
+            for d in dead
+        ]
+        for d in dead:
+            log.error(
+                "ledger entry set aside: it cannot be written to the ledger",
+                request_id=d.request_id,
+                stream_id=d.stream_id.decode("ascii", "replace"),
+                error=d.error[:500],
+                table="ledger_dead_letters",
+            )
+        try:
+            async with self.sessions() as session:
+                await session.execute(insert(LedgerDeadLetter), rows)
+                await session.commit()
+        except DATABASE_DOWN:
+            raise  # retried with the batch once the database answers
+        except Exception as exc:
+            # Even the dead-letter table refuses it: the log keeps the entry; the stream
+            # must not stop for it.
+            for row in rows:
+                log.error("ledger entry dropped", entry=str(row["event"])[:10_000], error=repr(exc))
+        self.dead_letters += len(dead)
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(len(dead))
+
+
+class StreamDrainer(_Isolating):
     def __init__(
         self,
         redis: Redis,
@@ -213,67 +283,6 @@ class StreamDrainer:
         pipe.xdel(self.stream, *ids)
         await pipe.execute()
 
-    async def _insert_isolating(self, items: list[tuple[bytes, dict[str, Any]]]) -> list[_Dead]:
-        """Insert ``items``; when the database refuses the batch (not when it is away),
-        split it until the entries it refuses are alone, and return those."""
-        if not items:
-            return []
-        try:
-            self.written += await insert_events(self.sessions, [e for _, e in items])
-            return []
-        except DATABASE_DOWN:
-            raise
-        except Exception as exc:
-            if len(items) == 1:
-                eid, event = items[0]
-                rid = event.get("request_id")
-                return [
-                    _Dead(
-                        eid,
-                        orjson.dumps(event),
-                        rid if isinstance(rid, str) else None,
-                        f"{type(exc).__name__}: {exc}",
-                    )
-                ]
-        mid = len(items) // 2
-        return await self._insert_isolating(items[:mid]) + await self._insert_isolating(items[mid:])
-
-    async def _set_aside(self, dead: list[_Dead]) -> None:
-        """Move entries that cannot be written to the dead-letter table, loudly."""
-        now = datetime.now(UTC)
-        rows: list[dict[str, Any]] = [
-            {
-                "stream_id": fit_text(d.stream_id.decode("ascii", "replace"), 64),
-                "request_id": fit_text(d.request_id, 64) if d.request_id else None,
-                "received_at": now,
-                "error": fit_text(d.error, 4000),
-                "event": fit_text(d.raw.decode("utf-8", "backslashreplace"), 1_000_000),
-            }
-            for d in dead
-        ]
-        for d in dead:
-            log.error(
-                "ledger entry set aside: it cannot be written to the ledger",
-                request_id=d.request_id,
-                stream_id=d.stream_id.decode("ascii", "replace"),
-                error=d.error[:500],
-                table="ledger_dead_letters",
-            )
-        try:
-            async with self.sessions() as session:
-                await session.execute(insert(LedgerDeadLetter), rows)
-                await session.commit()
-        except DATABASE_DOWN:
-            raise  # retried with the batch once the database answers
-        except Exception as exc:
-            # Even the dead-letter table refuses it: the log keeps the entry; the stream
-            # must not stop for it.
-            for row in rows:
-                log.error("ledger entry dropped", entry=str(row["event"])[:10_000], error=repr(exc))
-        self.dead_letters += len(dead)
-        if self.on_dead_letter is not None:
-            self.on_dead_letter(len(dead))
-
     async def drain_once(self, block_ms: int = 1000) -> int:
         """Claim stale entries, then read new ones; write and acknowledge. Returns entries done."""
         done = 0
@@ -335,17 +344,23 @@ class StreamDrainer:
         return length, max(0.0, time.time() - ms / 1000)
 
 
-class BatchedWriter:
+class BatchedWriter(_Isolating):
     """In-process ledger path: events queue in memory and are written in batches."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], *, interval_s: float = 0.2
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        interval_s: float = 0.2,
+        on_dead_letter: Callable[[int], None] | None = None,
     ) -> None:
         self.sessions = sessions
         self.interval_s = interval_s
         self.pending: list[dict[str, Any]] = []
         self.written = 0
         self.failures = 0
+        self.dead_letters = 0
+        self.on_dead_letter = on_dead_letter
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -360,7 +375,9 @@ class BatchedWriter:
         async with self._lock:
             while self.pending:
                 batch = self.pending[:1000]
-                self.written += await insert_events(self.sessions, batch)
+                dead = await self._insert_isolating([(b"memory", e) for e in batch])
+                if dead:
+                    await self._set_aside(dead)
                 del self.pending[: len(batch)]
 
     async def _run(self) -> None:

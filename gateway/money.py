@@ -143,7 +143,7 @@ class MoneyAccounting:
                 reservation_ttl_s=reservation_ttl_s,
             )
         else:
-            writer = BatchedWriter(sessions)
+            writer = BatchedWriter(sessions, on_dead_letter=metrics.ledger_dead_letters.inc)
             self.writer = writer
             self.store = MemoryBudgetStore(
                 self._load_spent, writer.put, reservation_ttl_s=reservation_ttl_s

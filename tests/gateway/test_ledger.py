@@ -226,3 +226,28 @@ async def test_a_poison_entry_is_set_aside_and_never_stops_the_drain(
     await drainer.drain_once(block_ms=10)
     assert await count(sessions) == 9
     await r.aclose()
+
+
+async def test_the_in_process_writer_sets_a_poison_event_aside_too(tmp_path) -> None:
+    from gateway.db.migrate import upgrade
+    from gateway.db.models import LedgerDeadLetter
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/l.db"
+    upgrade(url)
+    engine = make_engine(url)
+    s = make_sessions(engine)
+    told: list[int] = []
+    w = BatchedWriter(s, interval_s=60, on_dead_letter=told.append)
+    await w.put(event("good-1"))
+    await w.put({**event("bad"), "ts": "not a time"})
+    await w.put({**event("nul"), "requested_model": "a\x00b"})
+    await w.put(event("good-2"))
+    await w.flush()
+    async with s() as session:
+        dead = (await session.scalars(select(LedgerDeadLetter))).all()
+        models = dict(
+            (await session.execute(select(LedgerRow.request_id, LedgerRow.requested_model))).all()
+        )
+    assert models == {"good-1": "deepseek-chat", "nul": "ab", "good-2": "deepseek-chat"}
+    assert [d.request_id for d in dead] == ["bad"] and told == [1] and w.pending == []
+    await engine.dispose()
