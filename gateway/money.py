@@ -27,7 +27,13 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.accounting import ANONYMOUS, BudgetView, Caller, Hold, RateCharge, Settlement
-from gateway.budgets import BudgetExceeded, BudgetStore, MemoryBudgetStore, RedisBudgetStore, Window
+from gateway.budgets import (
+    BudgetExceeded,
+    BudgetStore,
+    MemoryBudgetStore,
+    RedisBudgetStore,
+    Window,
+)
 from gateway.budgets.leases import LeasePolicy
 from gateway.db.models import ApiKey, Budget, RateLimit
 from gateway.keys import hash_key
@@ -106,6 +112,10 @@ class MoneyAccounting:
         self.writer: StreamDrainer | BatchedWriter
         self.store: BudgetStore
         self.guard: RedisGuard | None = None
+        # What the request path calls: with Redis, the guard, which wraps the shared store
+        # and rate limiter through outages; without Redis, the in-process ones.
+        self.budgets: BudgetStore | RedisGuard
+        self.limiter: RateLimiter | RedisGuard = self.rates
         self._drain_inline = drain_inline
         self.redis_persists: bool | None = None  # Redis has an append-only file (at start)
         self.reservation_ttl_s = reservation_ttl_s
@@ -142,12 +152,14 @@ class MoneyAccounting:
                 spool_dir=spool_dir,
                 reservation_ttl_s=reservation_ttl_s,
             )
+            self.budgets = self.limiter = self.guard
         else:
             writer = BatchedWriter(sessions, on_dead_letter=metrics.ledger_dead_letters.inc)
             self.writer = writer
             self.store = MemoryBudgetStore(
                 self._load_spent, writer.put, reservation_ttl_s=reservation_ttl_s
             )
+            self.budgets = self.store
         self._listener: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
@@ -178,7 +190,7 @@ class MoneyAccounting:
             if not holds:
                 continue
             try:
-                await (self.guard or self.store).renew(holds)
+                await self.budgets.renew(holds)
             except Exception as exc:
                 log.warning("reservations not renewed", count=len(holds), error=repr(exc))
 
@@ -377,10 +389,7 @@ class MoneyAccounting:
             return None
         key_id = entry.caller.key_id or ""
         at = window()
-        if self.guard is not None:
-            retry = await self.guard.allow(key_id, entry.rpm, entry.tpm, tokens, at)
-        else:
-            retry = await self.rates.allow(key_id, entry.rpm, entry.tpm, tokens, at)
+        retry = await self.limiter.allow(key_id, entry.rpm, entry.tpm, tokens, at)
         if retry:
             raise RateLimited(
                 f"rate limit for key {caller.key_prefix}: {entry.rpm or '-'} requests and "
@@ -394,7 +403,7 @@ class MoneyAccounting:
         if entry is None or not any(b.downgrade_at is not None for b in entry.budgets):
             return BudgetView()
         windows = self._windows(entry, now)
-        states = await (self.guard or self.store).state(windows)
+        states = await self.budgets.state(windows)
         worst = max(
             (s.spent_nanos / max(s.window.spec.limit_nanos, 1) for s in states), default=0.0
         )
@@ -412,14 +421,9 @@ class MoneyAccounting:
         entry = await self._entry(caller)
         windows = self._windows(entry, now)
         hold = Hold(request_id, amount_nanos, tuple(windows), rate)
-        if self.guard is not None:  # every request: with Redis down, closed refuses them all
-            reserve = self.guard.reserve(request_id, windows, amount_nanos)
-        elif not windows:
-            return hold
-        else:
-            reserve = self.store.reserve(request_id, windows, amount_nanos)
+        # Every request, budgets or not: with Redis down, closed mode refuses them all.
         try:
-            await reserve
+            await self.budgets.reserve(request_id, windows, amount_nanos)
         except BudgetExceeded as exc:
             raise self._refusal(exc, amount_nanos) from None
         if windows:
@@ -448,9 +452,7 @@ class MoneyAccounting:
     async def settle(self, caller: Caller, s: Settlement, hold: Hold) -> None:
         windows = list(hold.windows)  # where the reservation was made, whatever changed since
         try:
-            after = await (self.guard or self.store).settle(
-                s.request_id, windows, s.cost_nanos, event_of(s)
-            )
+            after = await self.budgets.settle(s.request_id, windows, s.cost_nanos, event_of(s))
         finally:
             self._live.pop(hold.request_id, None)
         if hold.rate is not None:
@@ -474,20 +476,15 @@ class MoneyAccounting:
         """Move the key's token window from the prompt estimate to the actual tokens."""
         actual = s.cache_hit_tokens + s.cache_miss_tokens + s.output_tokens
         try:
-            if self.guard is not None:
-                await self.guard.add_tokens(rate.key_id, rate.minute, actual - rate.tokens)
-            else:
-                await self.rates.add(rate.key_id, rate.minute, actual - rate.tokens)
+            await self.limiter.add(rate.key_id, rate.minute, actual - rate.tokens)
         except Exception as exc:  # the request is settled; its tokens are a rate matter
             log.warning("tokens not counted in the rate window", error=repr(exc))
 
     async def release(self, caller: Caller, hold: Hold) -> None:
         windows = list(hold.windows)
         try:
-            if self.guard is not None:
-                await self.guard.release(hold.request_id, windows)
-            elif windows:
-                await self.store.release(hold.request_id, windows)
+            if windows or self.guard is not None:  # the guard frees a lease's slice too
+                await self.budgets.release(hold.request_id, windows)
         finally:
             self._live.pop(hold.request_id, None)
 

@@ -196,7 +196,7 @@ class RedisGuard:
             lambda: self.local_rates.allow(key_id, rpm, tpm, tokens, at),
         )
 
-    async def add_tokens(self, key_id: str, minute: int, tokens: int) -> None:
+    async def add(self, key_id: str, minute: int, tokens: int) -> None:
         await self.run(
             lambda: self.rates.add(key_id, minute, tokens),
             lambda: self.local_rates.add(key_id, minute, tokens),
