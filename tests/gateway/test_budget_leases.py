@@ -355,3 +355,25 @@ async def test_a_leased_reservation_never_settled_expires_like_one_in_redis(
     assert "lost" not in store.leases.funded and lease.used == 0
     await store.close()
     assert (await counters(redis, store, ws[0]))["leased"] == 0
+
+
+async def test_a_leased_reservation_renewed_while_its_request_runs_does_not_expire(
+    redis: Redis, redis_prefix: str
+) -> None:
+    store = RedisBudgetStore(
+        redis, zero, prefix=redis_prefix, reservation_ttl_s=1, lease=LeasePolicy(renew_s=0.2)
+    )
+    ws = windows(TEAM)
+    await leased_after_first(store, ws, 1_000)
+    assert store.leases is not None
+    await store.reserve("running", ws, 1_000)
+    assert "running" in store.leases.funded
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 2.5  # well past the 1 s TTL
+    while loop.time() < until:
+        await store.renew([("running", ws)])  # what the process does while it runs
+        await asyncio.sleep(0.2)
+        assert "running" in store.leases.funded, "a running request lost its slice"
+    await store.settle("running", ws, 400, ev("running"))
+    assert "running" not in store.leases.funded
+    await store.close()
