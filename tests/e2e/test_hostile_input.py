@@ -122,7 +122,7 @@ def test_readyz_turns_503_while_the_ledger_is_stalled(gw: Gateways) -> None:
     assert r.status_code == 503, r.text
     ledger = r.json()["ledger"]
     assert ledger["ok"] is False and ledger["lag_events"] >= 1
-    assert ledger["lag_seconds"] > MAX_LAG_S
+    assert ledger["lag_seconds"] >= MAX_LAG_S  # rounded to 0.1 s in the answer
     drain_once(gw)
     r = httpx.get(gw.urls[0] + "/readyz")
     assert r.status_code == 200 and r.json()["ledger"]["lag_events"] == 0, r.text
