@@ -309,10 +309,13 @@ class StreamDrainer(_Isolating):
         return done
 
     async def _run(self) -> None:
-        await self.ensure_group()
         backoff = 0.1
+        need_group = True
         while not self._stop.is_set():
             try:
+                if need_group:
+                    await self.ensure_group()
+                    need_group = False
                 done = await self.drain_once(block_ms=500)
                 backoff = 0.1
                 if 0 < done < self.batch:
@@ -325,8 +328,7 @@ class StreamDrainer(_Isolating):
                 if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                     # Redis restarted without our consumer group (and what it held).
                     log.error("ledger consumer group missing in Redis; creating it again")
-                    with contextlib.suppress(Exception):
-                        await self.ensure_group()
+                    need_group = True
                 self.failures += 1
                 log.warning("ledger write failed; will retry", error=str(exc), backoff_s=backoff)
                 await asyncio.sleep(backoff)

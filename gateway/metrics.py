@@ -174,6 +174,11 @@ class Metrics:
             "(AOF or RDB); 0 when a Redis restart would lose it.",
             registry=r,
         )
+        self.redis_restarts = Counter(
+            "tiergate_redis_restarts",
+            "Redis restarts this process noticed (its run id changed).",
+            registry=r,
+        )
         self.degraded = Gauge(
             "tiergate_degraded",
             "1 while a component (redis) is unreachable and the gateway runs without it.",

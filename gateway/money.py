@@ -97,6 +97,7 @@ class MoneyAccounting:
         spool_dir: Path | None = None,
         lease_share: float = 0.0,
         reservation_ttl_s: int = 900,
+        watch_interval_s: float = 5.0,
     ) -> None:
         self.engine = engine
         self.sessions = sessions
@@ -117,7 +118,9 @@ class MoneyAccounting:
         self.budgets: BudgetStore | RedisGuard
         self.limiter: RateLimiter | RedisGuard = self.rates
         self._drain_inline = drain_inline
-        self.redis_persists: bool | None = None  # Redis has an append-only file (at start)
+        self.redis_persists: bool | None = None  # Redis has an append-only file
+        self._redis_run_id = ""
+        self._watch_s = watch_interval_s  # ledger lag and Redis restarts are looked at
         self.reservation_ttl_s = reservation_ttl_s
         # Requests holding a reservation right now: renewed until settled or released.
         self._live: dict[str, Hold] = {}
@@ -169,6 +172,8 @@ class MoneyAccounting:
     async def start(self) -> None:
         if self.redis is not None:
             self.redis_persists = await self._check_persistence(self.redis)
+            with contextlib.suppress(Exception):
+                await self._check_restart(self.redis)
         if isinstance(self.writer, StreamDrainer):
             await self.writer.ensure_group()
         if self._drain_inline or not isinstance(self.writer, StreamDrainer):
@@ -210,10 +215,30 @@ class MoneyAccounting:
                 "Redis has no append-only file (appendonly no): settled spend not yet written "
                 "to the database is lost if Redis restarts, and budgets rebuilt from the "
                 "ledger would let it be spent again. Run Redis with 'appendonly yes' "
-                "(docs/reliability.md, Ledger durability).",
+                "(docs/money.md, Ledger durability).",
                 aof_enabled=False,
             )
         return aof
+
+    async def _check_restart(self, redis: Redis) -> None:
+        """Notice a Redis restart (its run id changes): counted, logged, and its persistence
+        read again, since a Redis without one came back without the spend it held."""
+        info: Any = await redis.info("server")
+        run_id = str(info.get("run_id", ""))
+        if self._redis_run_id and run_id != self._redis_run_id:
+            self.metrics.redis_restarts.inc()
+            log.error(
+                "Redis restarted"
+                + (
+                    ""
+                    if self.redis_persists
+                    else " without an append-only file: ledger events and reservations it "
+                    "held are lost"
+                ),
+                had_append_only_file=self.redis_persists,
+            )
+            self.redis_persists = await self._check_persistence(redis)
+        self._redis_run_id = run_id
 
     async def _watch_lag(self) -> None:
         while True:
@@ -221,7 +246,10 @@ class MoneyAccounting:
                 events, age = await self.writer.lag()
                 self.metrics.ledger_lag_events.set(events)
                 self.metrics.ledger_lag_seconds.set(age)
-            await asyncio.sleep(5)
+            if self.redis is not None:
+                with contextlib.suppress(Exception):
+                    await self._check_restart(self.redis)
+            await asyncio.sleep(self._watch_s)
 
     async def close(self) -> None:
         for task in (self._listener, self._lag_task, self._renew_task):
