@@ -287,7 +287,8 @@ class MoneyAccounting:
                 await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    # typed in some redis releases, not in others
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
 
     async def _redis_recovered(self) -> None:
         self._expire_all()
