@@ -1,8 +1,8 @@
 """What is reserved is what can be spent: output limits against real gateway processes.
 
-Two `tiergate serve` processes share Redis and PostgreSQL; the simulators answer at length
-(2,000 output tokens) unless the request's ``max_tokens`` stops them, and the catalog's
-``reservation_output_cap`` is 64 tokens.
+Two `tiergate serve` processes share Redis and PostgreSQL and prefer the simulated hosted
+API, which answers at length (2,000 output tokens) unless the request's limit stops it; the
+catalog's ``reservation_output_cap`` is 64 tokens.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ def gw(
     config = sims_catalog(sims, tmp_path_factory.mktemp("caps"))
     data = yaml.safe_load(config.read_text())
     data["routing"]["reservation_output_cap"] = CAP
+    # The hosted API reads max_tokens before max_completion_tokens (vLLM the other way):
+    # with both sent, it is the one that shows a limit the gateway did not reserve for.
+    data["routing"]["backend_preference"] = ["hosted", "self_hosted"]
     config.write_text(yaml.safe_dump(data))
     prefix = f"tgc:{os.getpid()}:"
     g = Gateways(money_env(pg_url, redis_url, prefix), config)
