@@ -471,6 +471,8 @@ def test_an_sse_line_over_128_kib_is_relayed(gw: Gateway, pair: list[SimServer])
             tools=TOOLS,  # type: ignore[arg-type]
             tool_choice=NAMED,  # type: ignore[arg-type]
             stream=True,
+            # Without a limit the gateway asks for its reservation cap (32,768 tokens).
+            max_tokens=300_000,
         ):
             for c in chunk.choices:
                 for call in c.delta.tool_calls or ():
