@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from gateway.parse import Call, load_json_object
+from gateway.parse import Call, check_model, load_json_object
 from gateway.protocols.anthropic import MediaPolicy, media_note
 from gateway.serve import Edge
 from policies.errors import InvalidRequest, TiergateError, UpstreamUnavailable
@@ -326,9 +326,7 @@ def parse_responses(
     raw: bytes, *, max_bytes: int, max_messages: int, media: MediaPolicy = "note"
 ) -> Call:
     body = load_json_object(raw, max_bytes)
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise _bad("'model' is required and must be a non-empty string", "model")
+    model = check_model(body.get("model"))
     if body.get("previous_response_id") is not None:
         raise _bad(
             "previous_response_id is not supported: this gateway stores no responses; send "

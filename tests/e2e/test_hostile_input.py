@@ -89,6 +89,9 @@ def test_hostile_model_names_are_refused_before_dispatch_and_the_ledger_keeps_fl
         assert r.status_code == 400, (model, r.status_code, r.text)
         assert r.json()["error"]["type"] == "invalid_request_error"
         assert "model" in r.json()["error"]["message"]
+        r = post(gw, key, "/v1/responses", {"model": model, "input": "hi"})
+        assert r.status_code == 400, (model, r.status_code, r.text)
+        assert r.json()["error"]["param"] == "model"
     # A non-ASCII name that matches a glob is served; the route header carries it encoded.
     served = []
     for path, body in (
