@@ -280,6 +280,7 @@ class Pipeline:
             is_fim=call.endpoint == "completions",
             auto=auto,
             tier_override=override or None,
+            history_without_reasoning=_tool_turn_without_reasoning(call.body),
         )
         return plan_route(self.catalog, req, self._states())
 

@@ -35,6 +35,10 @@ class RouteRequest:
     is_fim: bool = False
     auto: AutoChoice | None = None
     tier_override: str | None = None
+    # The history has assistant tool-call turns without their reasoning: a conversation held
+    # without thinking so far. The hosted API refuses to continue it in thinking mode, so a
+    # mode the gateway picks (``auto``) stays non-thinking on every backend the plan may use.
+    history_without_reasoning: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,10 @@ def plan_route(
     if req.is_fim and mode.thinking:
         mode = NON_THINKING
         reason += ";fim-non-thinking"
+    picked_by_auto = req.auto is not None and req.target.mode is None
+    if picked_by_auto and req.history_without_reasoning and mode.thinking:
+        mode = NON_THINKING
+        reason += ";history-non-thinking"
     needed = req.prompt_tokens + req.max_output_tokens
     limit = catalog.tiers[tier].context_length
     if req.prompt_tokens > limit:

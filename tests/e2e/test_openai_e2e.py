@@ -495,3 +495,40 @@ def test_failover_to_hosted_keeps_a_thinking_tool_history_valid(
     assert "non-thinking-on-hosted:tool-turn-without-reasoning" in route(raw)
     s = gateway.settled()[-1]
     assert s.backend == "hosted" and s.mode == "non-thinking"
+
+
+def test_auto_continues_a_non_thinking_tool_conversation_without_thinking_on_hosted(
+    hosted_first: Gateway,
+) -> None:
+    # An agent loop that ran without thinking so far (its tool-call turn carries no
+    # reasoning_content) now asks something auto would answer with thinking. The hosted API
+    # refuses thinking on such a history (400), so auto keeps the conversation's mode.
+    history = [
+        {"role": "user", "content": "weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "user", "content": "Explain step by step why the sky is blue."},
+    ]
+    client = hosted_first.client()
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=history, max_tokens=16
+    )
+    assert raw.parse().choices[0].message.content
+    assert route(raw).startswith("flash/non-thinking/hosted;")
+    assert "history-non-thinking" in route(raw)
+    # The same question without that history still thinks: the mode came from the history.
+    fresh = client.chat.completions.with_raw_response.create(
+        model="auto", messages=history[-1:], max_tokens=16
+    )
+    fresh.parse()
+    assert route(fresh).startswith("flash/think-high/hosted;")

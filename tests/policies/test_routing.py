@@ -86,6 +86,31 @@ def test_auto_rule(text: str, tier: str, mode: Mode) -> None:
     assert plan.reason.startswith("auto:rule:")
 
 
+@pytest.mark.parametrize(
+    ("model", "history", "mode", "suffix"),
+    [
+        # auto picked thinking, but the conversation so far ran without it: it stays so.
+        ("auto", True, NON_THINKING, ";history-non-thinking"),
+        ("auto", False, Mode(True, "high"), ""),
+        # A mode the client chose is the client's: the backend's own answer stands.
+        ("deepseek-reasoner", True, Mode(True, "high"), ""),
+    ],
+)
+def test_auto_keeps_a_non_thinking_conversation_non_thinking(model, history, mode, suffix) -> None:
+    text = {"text": "Prove that there are infinitely many primes."} if model == "auto" else {}
+    plan = plan_route(CATALOG, req(model, history_without_reasoning=history, **text), {})
+    assert plan.primary.mode == mode
+    assert all(o.mode == mode for o in plan.fallbacks)
+    assert plan.reason.endswith(suffix)
+    assert ("history-non-thinking" in plan.reason) == bool(suffix)
+
+
+def test_auto_leaves_a_mode_the_client_set() -> None:
+    body = {"thinking": {"type": "enabled"}}
+    plan = plan_route(CATALOG, req("auto", body, history_without_reasoning=True, text="hi"), {})
+    assert plan.primary.mode.thinking and "history-non-thinking" not in plan.reason
+
+
 def test_override_header_wins_and_unknown_tier_is_400() -> None:
     plan = plan_route(CATALOG, req("deepseek-chat", tier_override="pro"), {})
     assert plan.primary.tier == "pro" and plan.reason == "override:pro"
