@@ -1,13 +1,15 @@
-"""A JSON response whose request is settled after its bytes are handed to the client.
+"""A JSON response whose request is settled before its bytes are handed to the client.
 
 Settling (the cost, the budget script in Redis, the ledger event, metrics, the log line)
-takes a Redis round trip and some CPU; nothing in the response depends on it, so the
-client should not wait for it. The worst-case reservation made before dispatch stays
-held until the settlement replaces it, so a budget cannot be overspent in the gap.
+takes a Redis round trip. It runs before the first byte is sent, so an answer a client has
+received is always in the ledger and its budget: a process killed between sending and
+settling (SIGKILL, OOM) would otherwise lose answered, upstream-billed requests from both.
+The price is that round trip on each non-stream answer's latency. Streams settle before
+their last event for the same reason (``Pipeline.relay``).
 
-``after`` runs whether or not sending succeeded (a client that went away was still
-answered upstream, and the upstream bills for it), inside the request's own task, so a
-graceful shutdown waits for it like for any request in flight.
+``after`` runs once, also when rendering or sending fails (a client that went away was
+still answered upstream, and the upstream bills for it), inside the request's own task, so
+a graceful shutdown waits for it like for any request in flight.
 """
 
 from __future__ import annotations
@@ -38,10 +40,8 @@ class SettledResponse(Response):
         self._after = after
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._after()
+        await self._after()  # never raises: a failed settlement is logged and counted
+        await super().__call__(scope, receive, send)
 
 
 async def settled_response(
@@ -51,7 +51,7 @@ async def settled_response(
     render: Callable[[], bytes],
     headers: Mapping[str, str],
 ) -> SettledResponse:
-    """The client's answer, settled after it is sent; settled at once if rendering fails."""
+    """The client's answer, settled before it is sent; settled at once if rendering fails."""
     try:
         content = render()
     except BaseException:
