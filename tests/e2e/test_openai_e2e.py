@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -462,26 +463,31 @@ def test_serve_refuses_a_bad_catalog(tmp_path: Path) -> None:
     assert "invalid catalog" in proc.stderr and "max_len" in proc.stderr
 
 
+# A tool round trip whose assistant turn carries no reasoning_content: a conversation held
+# without thinking, or a thinking one whose client library dropped the reasoning.
+TOOL_HISTORY: list[dict[str, Any]] = [
+    {"role": "user", "content": "weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "c1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+]
+
+
 def test_failover_to_hosted_keeps_a_thinking_tool_history_valid(
     gateway: Gateway, sims: Sims
 ) -> None:
     # A thinking-mode tool round trip whose assistant turn lost its reasoning_content (as
     # some client libraries drop it): replicas accept it, the hosted API would answer 400.
-    history = [
-        {"role": "user", "content": "weather in Paris?"},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "c1",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
-    ]
+    history = TOOL_HISTORY
     for url in sims.flash:
         sims.control(url, fail_rate=1.0, fail_status=503)
     raw = gateway.client().chat.completions.with_raw_response.create(
@@ -504,19 +510,7 @@ def test_auto_continues_a_non_thinking_tool_conversation_without_thinking_on_hos
     # reasoning_content) now asks something auto would answer with thinking. The hosted API
     # refuses thinking on such a history (400), so auto keeps the conversation's mode.
     history = [
-        {"role": "user", "content": "weather in Paris?"},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "c1",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        *TOOL_HISTORY,
         {"role": "user", "content": "Explain step by step why the sky is blue."},
     ]
     client = hosted_first.client()
