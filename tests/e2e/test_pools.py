@@ -63,7 +63,7 @@ def ask(gw: Gateway, system: str, user: str) -> str:
         messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
         max_tokens=4,
     )
-    replica = gw.settled()[-1].replica  # settled after the answer: wait for it
+    replica = gw.settled()[-1].replica  # settled before the answer was sent
     assert replica is not None
     return replica
 
