@@ -38,6 +38,7 @@ class Call:
     prompt_chars: int
     has_tools: bool = False
     json_mode: bool = False
+    choices: int = 1  # ``n``: each choice may produce the whole output limit
     # What the protocol translation changed or left out (an image replaced by a note, a
     # server tool dropped): added to the route reason, the log line and a metric.
     notes: list[str] = field(default_factory=list)
@@ -104,6 +105,18 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
             raise InvalidRequest(f"'{key}' must be a positive integer", param=key)
         value = v
     return value
+
+
+_MAX_CHOICES = 128  # vLLM's own bound on n
+
+
+def _choices(body: dict[str, Any]) -> int:
+    n = body.get("n")
+    if n is None:
+        return 1
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= _MAX_CHOICES:
+        raise InvalidRequest(f"'n' must be an integer from 1 to {_MAX_CHOICES}", param="n")
+    return n
 
 
 def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
@@ -193,6 +206,7 @@ def parse_chat(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
         prompt_chars=chars,
         has_tools=bool(tools),
         json_mode=isinstance(fmt, dict) and fmt.get("type") == "json_object",
+        choices=_choices(body),
     )
 
 
@@ -218,4 +232,5 @@ def parse_completion(raw: bytes, *, max_bytes: int) -> Call:
         prompt_tokens_est=len(raw) // _BYTES_PER_TOKEN + 1,
         last_user_text=prompt[-4000:],
         prompt_chars=len(prompt) + len(suffix or ""),
+        choices=_choices(body),
     )

@@ -318,7 +318,9 @@ class Pipeline:
         for option in p.plan.options():
             if self.prices.has(option.backend, option.tier):
                 rate = self.prices.rate(option.backend, option.tier, p.started_at)
-                worst = max(worst, rate.worst_case_nanos(p.call.prompt_tokens_est, out))
+                # n choices share the prompt; each may produce the whole output limit.
+                outputs = out * p.call.choices
+                worst = max(worst, rate.worst_case_nanos(p.call.prompt_tokens_est, outputs))
         return worst
 
     # ---- dispatch ----------------------------------------------------------------------
