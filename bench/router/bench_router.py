@@ -13,6 +13,7 @@ model never reach the router (``Pipeline``: the classifier runs only for ``auto`
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -31,7 +32,10 @@ from policies.router.embed import default_embedder  # noqa: E402
 from policies.router.policy import AutoInput, decide  # noqa: E402
 from policies.router.scorer import fit_pair, pair_label  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data" / "routing"
+# the public outcome data; TIERGATE_ROUTING_DATA names another copy of it
+SHARED = Path(
+    os.environ.get("TIERGATE_ROUTING_DATA") or ROOT.parent / "shared" / "data" / "routing"
+)
 PARA = (
     "The service must reconcile invoices against purchase orders, then flag mismatches "
     "over 2% and explain each one step by step. Return JSON with fields id and reason. "

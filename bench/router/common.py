@@ -6,6 +6,7 @@ Features and embeddings of every labelled public row are computed once and cache
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,10 @@ from policies.router.embed import default_embedder  # noqa: E402
 from policies.router.metrics import curve  # noqa: E402
 from policies.router.scorer import fallback_score, signals  # noqa: E402, F401
 
-SHARED = ROOT.parent / "shared" / "data" / "routing"
+# the public outcome data; TIERGATE_ROUTING_DATA names another copy of it
+SHARED = Path(
+    os.environ.get("TIERGATE_ROUTING_DATA") or ROOT.parent / "shared" / "data" / "routing"
+)
 CACHE = ROOT / "var" / "bench" / "router_rows.npz"
 
 # Weak -> strong pairs scored on each source (a pair counts where both are labelled and
