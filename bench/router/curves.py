@@ -37,7 +37,12 @@ from common import (  # noqa: E402
 )
 
 from policies.router.metrics import curve  # noqa: E402
-from policies.router.scorer import fit_pair, knn_mean, pair_label, scores_of  # noqa: E402
+from policies.router.scorer import (  # noqa: E402
+    fit_pair,
+    knn_mean,
+    pair_label,
+    scores_of,
+)
 
 GROUPS = {
     "mmlu_pro": (lambda s: s == "mmlu_pro", MMLU_PAIRS),
@@ -60,7 +65,15 @@ DEV = {
         ("claude-3-5-haiku-20241022", "claude-3-5-sonnet-20241022"),
     ),
 }
-VARIANTS: dict[str, dict[str, int]] = {"base": {}, "repeats3": {"repeats": 3}, "ksqrt": {"k": 0}}
+VARIANTS: dict[str, dict[str, object]] = {
+    "base": {},
+    "repeats3": {"repeats": 3},
+    "ksqrt": {"k": 0},
+    # before the blend: a candidate alone, one standard error of lead
+    "switch_se1": {"alphas": (math.inf,), "margin": 1.0},
+    "blend_se1": {"margin": 1.0},
+    "blend_fixed": {"alphas": (0.25, 0.5, 1.0, 2.0, 4.0)},
+}
 
 
 def run_pair(

@@ -198,6 +198,11 @@ class PairModel:
 LAMBDAS: tuple[float, ...] = (100.0, 30.0, 10.0, 3.0, 1.0)
 CV_FOLDS = 5
 USES = ("prior", "topic", "topic+knn", "full")
+# Blend weights tried: the fallback plus this many standard deviations of a candidate's
+# score (inf: the candidate alone, whose own length coefficient is free).
+ALPHAS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, math.inf)
+# A candidate must lead the fallback by this many standard errors (fold-paired) to ship.
+MARGIN_SE = 2.0
 
 
 def pair_label(weak_right: bool, strong_right: bool) -> float:
@@ -299,15 +304,16 @@ class _Inputs:
     k: int
 
 
-def _cv_folds(d: _Inputs, use: str, lam: float) -> np.ndarray:
-    """``excess_gain`` of each fold's held-out rows under a model fitted on the others,
-    for every fold of every repeat."""
+def _fold_scores(d: _Inputs, use: str, lam: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For every fold of every repeat: its held-out rows and their candidate scores under a
+    model fitted on the other folds, standardised by that model's scores on its own rows
+    (so that a blend weight means the same in every fold and in the final model)."""
     out = []
     for fold in d.folds:
         for j in np.unique(fold):
             tr, te = np.flatnonzero(fold != j), np.flatnonzero(fold == j)
             if use == "prior":
-                out.append(excess_gain(d.zb[te, 0], d.y[te]))
+                out.append((te, d.zb[te, 0]))
                 continue
             knn = np.zeros(len(d.y))
             if use in ("topic+knn", "full"):
@@ -315,28 +321,50 @@ def _cv_folds(d: _Inputs, use: str, lam: float) -> np.ndarray:
                 knn[te] = _knn_from(d.sims, d.y, te, tr, d.k)
             x, pen = _design(d.zb, knn, d.topics, d.eg, use, lam)
             w, b = _ridge(x[tr], d.y[tr], pen)
-            out.append(excess_gain(x[te] @ w + b, d.y[te]))
-    return np.asarray(out)
+            fit = x[tr] @ w
+            out.append((te, (x[te] @ w - fit.mean()) / (fit.std() or 1.0)))
+    return out
 
 
-def _choose(d: _Inputs, lambdas: Sequence[float]) -> tuple[str, float, dict[str, float]]:
-    """The candidate whose fold-paired lead over the fallback, less one standard error, is
-    largest; the fallback when none leads."""
-    prior = _cv_folds(d, "prior", 0.0)
-    cv = {"prior": float(prior.mean())}
-    use, lam, best = "prior", 0.0, 0.0
+def _gains(d: _Inputs, prior: list[tuple[np.ndarray, np.ndarray]], cand, alpha: float):  # type: ignore[no-untyped-def]
+    """``excess_gain`` per fold of the fallback plus ``alpha`` times a candidate's score
+    (the candidate alone when ``alpha`` is infinite)."""
+    return np.asarray(
+        [
+            excess_gain(p if alpha == 0 else c if math.isinf(alpha) else p + alpha * c, d.y[te])
+            for (te, p), (_, c) in zip(prior, cand, strict=True)
+        ]
+    )
+
+
+def _choose(
+    d: _Inputs, lambdas: Sequence[float], alphas: Sequence[float], margin: float
+) -> tuple[str, float, float, dict[str, float]]:
+    """The candidate and blend weight whose fold-paired lead over the fallback, less
+    ``margin`` standard errors, is largest; the fallback when none leads."""
+    prior = _fold_scores(d, "prior", 0.0)
+    base = _gains(d, prior, prior, 0.0)
+    cv = {"prior": float(base.mean())}
+    use, lam, alpha, best = "prior", 0.0, 0.0, 0.0
     if len(d.y) < 2 * CV_FOLDS:
-        return use, lam, cv
+        return use, lam, alpha, cv
     for u in USES[1:]:
         for lm in lambdas if u == "full" else (0.0,):
-            name = u + (f"(l2={lm:g})" if u == "full" else "")
-            diff = _cv_folds(d, u, lm) - prior
-            cv[name] = float(cv["prior"] + diff.mean())
-            # repeats share their rows, so the standard error counts one repeat's folds
-            lead = float(diff.mean() - diff.std(ddof=1) / math.sqrt(CV_FOLDS))
-            if lead > best:
-                use, lam, best = u, lm, lead
-    return use, lam, cv
+            cand = _fold_scores(d, u, lm)
+            for a in alphas:
+                name = _name(u, lm, a)
+                diff = _gains(d, prior, cand, a) - base
+                cv[name] = float(cv["prior"] + diff.mean())
+                # repeats share their rows, so the standard error counts one repeat's folds
+                lead = float(diff.mean() - margin * diff.std(ddof=1) / math.sqrt(CV_FOLDS))
+                if lead > best:
+                    use, lam, alpha, best = u, lm, a, lead
+    return use, lam, alpha, cv
+
+
+def _name(use: str, lam: float, alpha: float) -> str:
+    name = use + (f"(l2={lam:g})" if use == "full" else "")
+    return name if math.isinf(alpha) or use == "prior" else f"prior+{alpha:g}*{name}"
 
 
 def fit_pair(
@@ -349,6 +377,8 @@ def fit_pair(
     seed: int = 0,
     repeats: int = 1,
     k: int | None = None,
+    alphas: Sequence[float] = ALPHAS,
+    margin: float = MARGIN_SE,
 ) -> PairModel:
     """Learn one pair from labelled rows (``y`` from ``pair_label``), prior = the fallback.
 
@@ -377,7 +407,7 @@ def fit_pair(
         tuple(np.random.default_rng(seed + r).permutation(n) % CV_FOLDS for r in range(repeats)),
         k or int(max(5, min(200, n // 8))),
     )
-    use, lam, cv = _choose(d, lambdas) if n else ("prior", 0.0, {})
+    use, lam, alpha, cv = _choose(d, lambdas, alphas, margin) if n else ("prior", 0.0, 0.0, {})
     coef = np.zeros(2 + cents.shape[0] + len(SIGNAL_NAMES) + e.shape[1])
     bias = 0.0
     exemplars, labels, k = np.zeros((0, e.shape[1]), np.float32), np.zeros(0), 0
@@ -390,6 +420,12 @@ def fit_pair(
             exemplars, labels, k = e, yv, d.k
         x, pen = _design(d.zb, knn, d.topics, d.eg, use, lam)
         w, bias = _ridge(x, yv, pen)
+        if not math.isinf(alpha):
+            # the fallback plus alpha standard deviations of the candidate: still linear
+            fit = x @ w
+            gain = alpha / (float(fit.std()) or 1.0)
+            w, bias = w * gain, -gain * float(fit.mean())
+            w[0] += 1.0
         coef[0] = w[0]
         j = 1
         if use in ("topic+knn", "full"):
@@ -406,7 +442,7 @@ def fit_pair(
     model.meta = {
         "kind": "pair",
         "rows": n,
-        "chosen": use + (f"(l2={lam:g})" if use == "full" else ""),
+        "chosen": _name(use, lam, alpha),
         "cv_excess_gain": ";".join(f"{name}:{v:.4f}" for name, v in cv.items()),
     }
     return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -210,6 +211,42 @@ def test_pair_trainer_beats_length_when_the_gap_depends_on_topic() -> None:
     assert again.raw(f0, e.embed(test[0])) == pytest.approx(
         model.raw(f0, e.embed(test[0])), abs=1e-3
     )
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+@pytest.mark.parametrize(("alpha", "like"), [(0.02, "length"), (1e6, "alone")])
+def test_a_blend_is_the_fallback_plus_a_scaled_candidate(alpha: float, like: str) -> None:
+    """A blend folds into the model's linear coefficients: a vanishing weight ranks like
+    the fallback, a huge one like the candidate fitted alone."""
+    e = StaticEmbedder.load()
+    train, y = _synthetic(300, 0)
+    test, _ = _synthetic(200, 1)
+    ftr, fte = [from_text(t) for t in train], [from_text(t) for t in test]
+    etr, ete = e.embed_many(train), e.embed_many(test)
+    blend = fit_pair(ftr, etr, y, alphas=(alpha,), margin=-1e9, lambdas=(10.0,))
+    assert blend.meta["chosen"].startswith(f"prior+{alpha:g}*")
+    got = scores_of(blend, fte, ete)
+    if like == "length":
+        want = np.array([len(f.task) for f in fte], float)
+    else:
+        alone = fit_pair(ftr, etr, y, alphas=(math.inf,), margin=-1e9, lambdas=(10.0,))
+        assert blend.meta["chosen"].endswith(alone.meta["chosen"])
+        want = scores_of(alone, fte, ete)
+    assert _spearman(got, want) > (0.98 if like == "length" else 0.999)
+
+
+def test_a_candidate_needs_a_clear_lead_to_replace_the_fallback() -> None:
+    """With the lead required raised out of reach, the fallback ships; without any
+    requirement, a learned candidate wins on topic-dependent labels."""
+    e = StaticEmbedder.load()
+    train, y = _synthetic(300, 0)
+    f, emb = [from_text(t) for t in train], e.embed_many(train)
+    assert fit_pair(f, emb, y, margin=1e6).meta["chosen"] == "prior"
+    assert fit_pair(f, emb, y, margin=0.0).meta["chosen"] != "prior"
 
 
 def test_noise_labels_keep_the_fallback() -> None:
