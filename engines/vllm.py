@@ -24,7 +24,7 @@ import functools
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -36,7 +36,16 @@ from engines.base import EngineRequest, EngineResponse
 from engines.http import error_for_status, new_session, read_json_object, translate_errors
 from engines.sse_stream import SSEStream
 from engines.translate import normalize_response, vllm_body
-from policies.affinity import PrefixIndex, ReplicaView, cache_blocks, order, prefix_chain
+from policies.affinity import (
+    PrefixIndex,
+    ReplicaView,
+    cache_blocks,
+    engine_name,
+    order,
+    per_replica,
+    pick_engine,
+    prefix_chain,
+)
 from policies.catalog import VllmBackend
 from policies.errors import (
     UpstreamConnectionLost,
@@ -47,6 +56,8 @@ from policies.errors import (
 )
 
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+#: vLLM's per-request choice of data-parallel engine (``OpenAIServing._get_data_parallel_rank``)
+DP_RANK_HEADER = "X-data-parallel-rank"
 # The gateway has no tokenizer: 256 V4 tokens are about 1 KiB of English text, so prompts
 # are cut into 1 KiB blocks. The rendezvous key covers the first 8 blocks; the prefix index
 # follows up to 64 (about 16k tokens) so that growing conversations keep their replica.
@@ -62,6 +73,15 @@ async def resolve_a(host: str, port: int) -> list[str]:
     return sorted({str(i[4][0]) for i in infos})
 
 
+@dataclass(frozen=True, slots=True)
+class EngineMetrics:
+    """One engine (data-parallel rank) of a replica, as polled."""
+
+    running: int = 0
+    waiting: int = 0
+    cache_tokens: int | None = None  # this engine's KV cache; None: not reported
+
+
 @dataclass(slots=True)
 class Replica:
     url: str
@@ -75,6 +95,18 @@ class Replica:
     kv_usage: float = 0.0
     cache_tokens: int | None = None  # KV-cache size reported by the replica
     poll_misses: int = 0  # polls in a row that got no answer in time
+    # data parallelism: the engines the replica reports, by rank, as last polled (empty:
+    # one engine), and the gateway's own requests in flight per engine
+    engines: tuple[EngineMetrics, ...] = ()
+    engine_in_flight: dict[int, int] = field(default_factory=dict)
+
+    def engine_loads(self) -> list[int]:
+        """Each engine's load: running (polled, or the gateway's own in flight if more,
+        as those may have started since the poll) plus waiting."""
+        return [
+            max(e.running, self.engine_in_flight.get(i, 0)) + e.waiting
+            for i, e in enumerate(self.engines)
+        ]
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.open_until
@@ -103,6 +135,8 @@ class PolledMetrics:
     running: int = 0
     kv_usage: float = 0.0
     cache_tokens: int | None = None  # num_gpu_blocks x block_size; None: not reported
+    # per engine, by rank, when the replica reports more than one (data parallelism)
+    engines: tuple[EngineMetrics, ...] = ()
 
 
 _LOAD = frozenset(
@@ -115,6 +149,10 @@ _LOAD = frozenset(
 )
 
 
+def _rank_order(label: str) -> tuple[int, int | str]:
+    return (0, int(label)) if label.isdigit() else (1, label)
+
+
 def parse_metrics(text: str) -> PolledMetrics:
     """Load and KV-cache size from a replica's Prometheus exposition.
 
@@ -124,13 +162,22 @@ def parse_metrics(text: str) -> PolledMetrics:
     cache size comes from the labels of the ``vllm:cache_config_info`` info gauge
     (``num_gpu_blocks`` x ``block_size`` tokens), the largest single engine's: each engine
     caches on its own, so a prefix is cached in one engine, not across the replica.
+
+    With more than one engine, ``engines`` lists each one's load and cache size, in the
+    order of their labels (numerically): position ``i`` is data-parallel rank ``i``, the
+    value of the ``X-data-parallel-rank`` header that selects it.
     """
     values: dict[str, list[float]] = {}
+    per: dict[str, dict[str, float]] = {}  # engine label -> load metric -> value
+    sizes: dict[str, int] = {}  # engine label -> cache tokens
     tokens: int | None = None
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
+            engine = s.labels.get("engine", "")
             if s.name in _LOAD:
                 values.setdefault(s.name, []).append(s.value)
+                m = per.setdefault(engine, {})
+                m[s.name] = m.get(s.name, 0.0) + s.value
             elif s.name == "vllm:cache_config_info":
                 try:
                     t = int(s.labels["num_gpu_blocks"]) * int(s.labels["block_size"])
@@ -138,12 +185,24 @@ def parse_metrics(text: str) -> PolledMetrics:
                     continue
                 if t > 0:
                     tokens = max(tokens or 0, t)
+                    sizes[engine] = max(sizes.get(engine, 0), t)
     kv = values.get("vllm:kv_cache_usage_perc") or values.get("vllm:gpu_cache_usage_perc") or []
+    engines: tuple[EngineMetrics, ...] = ()
+    if len(per) > 1:
+        engines = tuple(
+            EngineMetrics(
+                running=int(per[e].get("vllm:num_requests_running", 0)),
+                waiting=int(per[e].get("vllm:num_requests_waiting", 0)),
+                cache_tokens=sizes.get(e, sizes.get("")),  # unlabelled info: every engine's
+            )
+            for e in sorted(per, key=_rank_order)
+        )
     return PolledMetrics(
         waiting=int(sum(values.get("vllm:num_requests_waiting", ()))),
         running=int(sum(values.get("vllm:num_requests_running", ()))),
         kv_usage=sum(kv) / len(kv) if kv else 0.0,
         cache_tokens=tokens,
+        engines=engines,
     )
 
 
@@ -277,6 +336,7 @@ class VllmEngine:
             r.poll_misses = 0
         r.healthy = text is not None
         if text is None:
+            r.engines = ()
             if self._prefixes is not None:
                 self._prefixes.forget(r.url)  # it may come back with an empty cache
             return
@@ -286,12 +346,22 @@ class VllmEngine:
             return
         r.waiting, r.running, r.kv_usage = m.waiting, m.running, m.kv_usage
         r.cache_tokens = m.cache_tokens
-        if self._prefixes is not None:
-            self._prefixes.set_capacity(r.url, self._index_blocks(r))
+        if len(m.engines) != len(r.engines) and self._prefixes is not None:
+            # Restarted with another --data-parallel-size: ranks name other caches now.
+            self._prefixes.forget(r.url)
+        r.engines = m.engines
+        if self._prefixes is None:
+            return
+        if r.engines:  # each engine's own cache, under its own name
+            for i, e in enumerate(r.engines):
+                blocks = self._index_blocks(e.cache_tokens)
+                self._prefixes.set_capacity(engine_name(r.url, i), blocks)
+        else:
+            self._prefixes.set_capacity(r.url, self._index_blocks(r.cache_tokens))
 
-    def _index_blocks(self, r: Replica) -> int | None:
-        """The replica's KV cache in index blocks: reported, else configured, else unknown."""
-        tokens = r.cache_tokens or self.spec.kv_cache_tokens
+    def _index_blocks(self, tokens: int | None) -> int | None:
+        """A KV cache in index blocks: reported, else configured, else unknown."""
+        tokens = tokens or self.spec.kv_cache_tokens
         if tokens is None:
             return None
         return cache_blocks(tokens, self.spec.chars_per_token, _BLOCK_CHARS)
@@ -354,8 +424,14 @@ class VllmEngine:
         now = time.monotonic()
         return sum(max(0, cap - r.in_flight) for r in self._replicas if r.usable(now))
 
-    def _release(self, replica: Replica) -> None:
+    def _release(self, replica: Replica, rank: int | None = None) -> None:
         replica.in_flight -= 1
+        if rank is not None:
+            left = replica.engine_in_flight.get(rank, 0) - 1
+            if left > 0:
+                replica.engine_in_flight[rank] = left
+            else:
+                replica.engine_in_flight.pop(rank, None)
         if self._admission is not None:
             self._admission.wake(replica.url)
 
@@ -378,11 +454,27 @@ class VllmEngine:
         """The replicas holding the longest cached prefix of this chain (none: empty)."""
         if not chain or self._prefixes is None:
             return []
-        matched = self._prefixes.matched(chain)
+        matched = per_replica(self._prefixes.matched(chain))
         best = max(matched.values(), default=0)
         return [name for name, n in matched.items() if n == best]
 
-    def _order(self, req: EngineRequest, chain: list[bytes]) -> tuple[list[Replica], str]:
+    def _engine(self, replica: Replica, matched: dict[str, int]) -> tuple[int | None, str | None]:
+        """The data-parallel rank to ask a replica for (None: it has one engine), and why."""
+        if not replica.engines:
+            return None, None
+        return pick_engine(
+            replica.url,
+            replica.engine_loads(),
+            matched,
+            load_factor=self.spec.load_factor,
+            rr=self._rr,
+        )
+
+    def _order(
+        self, req: EngineRequest, chain: list[bytes]
+    ) -> tuple[list[Replica], str, dict[str, int]]:
+        """Replicas in the order to try them, why the first, and what each index name
+        (replica, or engine of a data-parallel replica) holds of the chain."""
         now = time.monotonic()
         self._rr += 1
         cap = self.spec.max_in_flight_per_replica
@@ -405,13 +497,14 @@ class VllmEngine:
             strategy=self.spec.selection,
             load_factor=self.spec.load_factor,
             rr=self._rr,
-            matched=matched,
+            matched=per_replica(matched),
         )
-        return [self._replicas[i] for i in idx], why
+        return [self._replicas[i] for i in idx], why, matched
 
     async def _open(
         self, req: EngineRequest, stream: bool, skip: frozenset[str] = frozenset()
-    ) -> tuple[aiohttp.ClientResponse, Replica]:
+    ) -> tuple[aiohttp.ClientResponse, Replica, int | None]:
+        """The accepted response, its replica, and the engine (rank) asked for, if any."""
         if not self._replicas:
             raise UpstreamUnavailable(f"backend {self.name} has no replicas (discovery found none)")
         body = vllm_body(req.body, req.option.mode, self.spec.served_model, req.endpoint, stream)
@@ -422,24 +515,29 @@ class VllmEngine:
             waited = await self._admission.admit(lambda: self._holders(chain))
             if self._metrics is not None:
                 self._metrics.pool_queue_wait.labels(self.name).observe(waited)
-        candidates, why = self._order(req, chain)
+        candidates, why, matched = self._order(req, chain)
         candidates = [r for r in candidates if r.url not in skip]
         last: UpstreamError | None = None
         for n, replica in enumerate(candidates):
             where = f"replica {replica.url} of {self.name}"
+            # A data-parallel replica: ask for the engine that holds the prefix.
+            rank, _ = self._engine(replica, matched)
+            sent = headers if rank is None else {**headers, DP_RANK_HEADER: str(rank)}
             replica.in_flight += 1
+            if rank is not None:
+                replica.engine_in_flight[rank] = replica.engine_in_flight.get(rank, 0) + 1
             try:
-                resp = await self._post(replica, req, data, headers, where)
+                resp = await self._post(replica, req, data, sent, where)
             except UpstreamRequestFailed as exc:
                 # The request's own failure, not the replica's. Its siblings run the same
                 # server and would refuse it alike: the plan's next backend may take it.
-                self._release(replica)
+                self._release(replica, rank)
                 req.request_faults += 1
                 exc.attempts = req.request_faults
                 exc.retryable = req.request_faults < 2
                 raise
             except UpstreamError as exc:
-                self._release(replica)
+                self._release(replica, rank)
                 if not exc.retryable:
                     raise
                 replica.record_failure(
@@ -448,16 +546,17 @@ class VllmEngine:
                 last = exc
                 continue
             except BaseException:  # cancelled while waiting: the slot must not leak
-                self._release(replica)
+                self._release(replica, rank)
                 raise
             replica.record_success()
             if chain and self._prefixes is not None:
-                self._prefixes.record(chain, replica.url)
+                held = replica.url if rank is None else engine_name(replica.url, rank)
+                self._prefixes.record(chain, held)
             if self._metrics is not None:
                 self._metrics.replica_selections.labels(
                     self.name, replica.url, why if n == 0 else "retry"
                 ).inc()
-            return resp, replica
+            return resp, replica, rank
         self._export()
         raise last or UpstreamUnavailable(f"backend {self.name} has no usable replica")
 
@@ -502,7 +601,7 @@ class VllmEngine:
         # Nothing has reached the client yet: a body that breaks off is retried elsewhere too.
         skip: set[str] = set()
         while True:
-            resp, replica = await self._open(req, stream=False, skip=frozenset(skip))
+            resp, replica, rank = await self._open(req, stream=False, skip=frozenset(skip))
             try:
                 body = await read_json_object(resp, f"replica {replica.url} of {self.name}")
             except UpstreamError as exc:
@@ -514,7 +613,7 @@ class VllmEngine:
                 skip.add(replica.url)
                 continue
             finally:
-                self._release(replica)
+                self._release(replica, rank)
             usage = normalize_response(body)
             return EngineResponse(body=body, usage=usage, replica=replica.url)
 
@@ -524,13 +623,13 @@ class VllmEngine:
         include = bool((req.body.get("stream_options") or {}).get("include_usage"))
         skip: set[str] = set()
         while True:
-            resp, replica = await self._open(req, stream=True, skip=frozenset(skip))
+            resp, replica, rank = await self._open(req, stream=True, skip=frozenset(skip))
             stream = SSEStream(
                 resp,
                 replica.url,
                 include,
                 f"replica {replica.url} of {self.name}",
-                on_close=functools.partial(self._release, replica),
+                on_close=functools.partial(self._release, replica, rank),
             )
             try:
                 await stream.wait_first_token(self.spec.first_token_timeout_s)

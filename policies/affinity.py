@@ -19,6 +19,13 @@ Requests that share a prompt prefix should land where that prefix is already cac
 * Requests with no whole block go to the least-loaded replica.
 * Replicas at the gateway's in-flight cap (``full``) come after every replica with a free
   slot, whatever the strategy.
+
+Data-parallel replicas (vLLM's ``--data-parallel-size N``) run N engines, each with its own
+prefix cache, and let the caller pick the engine per request (header
+``X-data-parallel-rank``). The index then keeps each engine under its own name
+(:func:`engine_name`); a replica's match is its best engine's (:func:`per_replica`), and
+within the chosen replica :func:`pick_engine` takes the engine holding the longest cached
+prefix, within the same bounded load, else the least-loaded engine.
 """
 
 from __future__ import annotations
@@ -105,6 +112,55 @@ def order(
     return [pick, *rest, *dead], why
 
 
+_ENGINE_SEP = "#dp"
+
+
+def engine_name(replica: str, engine: int) -> str:
+    """The prefix index's name for engine (data-parallel rank) ``engine`` of a replica."""
+    return f"{replica}{_ENGINE_SEP}{engine}"
+
+
+def replica_of(name: str) -> str:
+    """The replica an index name belongs to (itself, or the replica of an engine)."""
+    return name.split(_ENGINE_SEP, 1)[0]
+
+
+def per_replica(matched: Mapping[str, int]) -> dict[str, int]:
+    """Matches by replica: a data-parallel replica holds what its best engine holds."""
+    out: dict[str, int] = {}
+    for name, n in matched.items():
+        r = replica_of(name)
+        out[r] = max(out.get(r, 0), n)
+    return out
+
+
+def pick_engine(
+    replica: str,
+    loads: Sequence[int],
+    matched: Mapping[str, int],
+    *,
+    load_factor: float = 1.25,
+    rr: int = 0,
+) -> tuple[int, str]:
+    """The engine of a data-parallel replica to send a request to, and why.
+
+    ``loads``: each engine's requests running and waiting, by rank; ``matched``: leading
+    prompt blocks held per index name (engines as :func:`engine_name`). The engine holding
+    the longest cached prefix wins if its load stays within ``load_factor`` times the
+    engines' mean (plus one), as between replicas (ties: lower load, then lower rank);
+    otherwise the least-loaded engine, in turn from ``rr`` on a tie.
+    """
+    n = len(loads)
+    if n == 0:
+        raise ValueError("a replica has at least one engine")
+    bound = math.ceil(load_factor * (sum(loads) + 1) / n)
+    depth = [matched.get(engine_name(replica, e), 0) for e in range(n)]
+    eligible = [e for e in range(n) if loads[e] < bound and depth[e] > 0]
+    if eligible:
+        return min(eligible, key=lambda e: (-depth[e], loads[e], e)), "engine-prefix-match"
+    return min(range(n), key=lambda e: (loads[e], (e - rr) % n)), "engine-least-loaded"
+
+
 def prefix_chain(
     scope: str, parts: Sequence[str], block_chars: int, max_blocks: int
 ) -> list[bytes]:
@@ -160,7 +216,8 @@ class PrefixIndex:
     would have had to: within one prompt the tail goes first, as in vLLM (which frees a
     finished request's blocks in reverse) and in the simulator, so a prompt's head outlives
     its tail. A replica holds a prompt's first ``n`` blocks when it holds elements
-    ``0..n-1``.
+    ``0..n-1``. Each engine of a data-parallel replica is a "replica" here, named by
+    :func:`engine_name`, with its own cache and capacity.
     """
 
     def __init__(self, capacity: int = 65_536) -> None:
@@ -183,14 +240,21 @@ class PrefixIndex:
         self._trim(replica)
 
     def forget(self, replica: str) -> None:
-        """Drop what a replica holds (it left the pool, or restarted with an empty cache)."""
+        """Drop what a replica holds, its engines' entries included (it left the pool,
+        restarted with an empty cache, or changed its number of engines)."""
         self._held.pop(replica, None)
+        prefix = replica + _ENGINE_SEP
+        for name in [n for n in self._held if n.startswith(prefix)]:
+            del self._held[name]
+        for name in [n for n in self._limit if n.startswith(prefix)]:
+            del self._limit[name]
 
     def retain(self, replicas: Iterable[str]) -> None:
+        """Keep only these replicas (and their engines)."""
         keep = set(replicas)
-        for name in [n for n in self._held if n not in keep]:
+        for name in [n for n in self._held if replica_of(n) not in keep]:
             del self._held[name]
-        for name in [n for n in self._limit if n not in keep]:
+        for name in [n for n in self._limit if replica_of(n) not in keep]:
             del self._limit[name]
 
     def matched(self, chain: Sequence[bytes]) -> dict[str, int]:

@@ -41,7 +41,9 @@ class SimConfig:
     # scheduler and limits
     max_num_seqs: int = 256  # per engine
     # data-parallel engines in the replica, each with its own slots, prefix cache and
-    # metrics samples (label ``engine``), as vLLM's --data-parallel-size
+    # metrics samples (label ``engine``), as vLLM's --data-parallel-size; a request goes
+    # to the engine its X-data-parallel-rank header names (outside 0..N-1: 400), else to
+    # the least-loaded one
     data_parallel_size: int = 1
     max_model_len: int = 1_048_576
     # output

@@ -125,6 +125,18 @@ async def _pause(cfg: SimConfig, until: float) -> None:
         await asyncio.sleep(delay)
 
 
+def _dp_rank(request: Request) -> int | None:
+    """The engine asked for, as vLLM's ``OpenAIServing._get_data_parallel_rank`` reads it:
+    header ``X-data-parallel-rank`` as an integer; absent or not an integer: none."""
+    raw = request.headers.get("x-data-parallel-rank")
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
 def create_sim_app(config: SimConfig) -> Starlette:
     """An ASGI app simulating one backend; its ``SimState`` is at ``app.state.sim``."""
     state = SimState(config)
@@ -169,7 +181,7 @@ def create_sim_app(config: SimConfig) -> Starlette:
                 return error(429, status_message(429) + " (the account's concurrency limit)")
             user_id = body.get("user_id")
             state.last_user_id = user_id if isinstance(user_id, str) else None
-            engine = state.pick_engine()
+            engine = state.pick_engine(_dp_rank(request) if cfg.mode == "vllm" else None)
             if kind == "chat":
                 beta = request.scope["path"].startswith("/beta/")
                 gen = plan_chat(cfg, engine.cache, body, request.headers, beta=beta)

@@ -87,10 +87,16 @@ class SimState:
     def waiting(self) -> int:
         return sum(e.waiting for e in self.engines)
 
-    def pick_engine(self) -> SimEngine:
-        """The engine a new request goes to: the least loaded (vLLM's data-parallel
-        balancing by queue lengths), in turn on a tie; not by cached prefix."""
+    def pick_engine(self, rank: int | None = None) -> SimEngine:
+        """The engine a new request goes to: the one the caller asked for (vLLM's
+        ``X-data-parallel-rank``), else the least loaded (vLLM's data-parallel balancing
+        by queue lengths), in turn on a tie; never by cached prefix."""
         n = len(self.engines)
+        if rank is not None:
+            if not 0 <= rank < n:
+                # vLLM's InputProcessor.process_inputs: a VLLMValidationError, so a 400
+                raise SimError(400, f"data_parallel_rank {rank} is out of range [0, {n}).")
+            return self.engines[rank]
         self._turn = (self._turn + 1) % n  # spreads a burst that arrives at once
         return min(self.engines, key=lambda e: (e.running + e.waiting, (e.index - self._turn) % n))
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import anthropic
 import httpx
 import openai
@@ -21,7 +22,9 @@ import yaml
 
 from engines.sim.config import SimConfig
 from engines.sim.runner import SimServer
-from policies.catalog import Catalog, parse_catalog
+from engines.vllm import VllmEngine
+from policies.affinity import engine_name
+from policies.catalog import Catalog, VllmBackend, parse_catalog
 
 from .conftest import DEMO, Gateway, Sims, start_gateway
 
@@ -557,6 +560,125 @@ def test_a_data_parallel_replica_reads_as_one_replica_with_its_engines_averaged(
     ]
     assert len(samples) == 4 and all(0 < s <= 1 for s in samples)  # every engine served
     assert usage == pytest.approx(sum(samples) / 4) and usage <= 1.0
+
+
+DOCS = 5  # documents, each a long shared prefix; 5 is prime to the 4 engines
+
+
+def dp_round_robin(client: openai.OpenAI, model: str, rounds: int = 4) -> list[int]:
+    """Cached prompt tokens of each answer, sending every document once per round."""
+    cached = []
+    for r in range(rounds):
+        for d in range(DOCS):
+            doc = f"Document {d}. " + " ".join(f"clause-{d}-{w}" for w in range(200))
+            resp = client.chat.completions.create(
+                model=model,
+                messages=[
+                    {"role": "system", "content": doc},
+                    {"role": "user", "content": f"question {r} about document {d}"},
+                ],
+                max_tokens=4,
+            )
+            details = resp.usage.prompt_tokens_details if resp.usage else None
+            cached.append((details.cached_tokens or 0) if details else 0)
+    return cached
+
+
+def engines_served(server: SimServer) -> list[float]:
+    """Per engine of a simulated replica, the prompt tokens served from its cache."""
+    text = httpx.get(server.base_url + "/metrics").text
+    return [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:prefix_cache_hits_total{")
+    ]
+
+
+def test_a_repeated_prefix_goes_to_the_data_parallel_engine_that_caches_it(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    """Five long documents, each sent four times in turn. Without the rank header the
+    replica spreads them over its four engines by load, so a document rarely finds the
+    engine that cached it; through the gateway each goes back to its engine."""
+    direct, dp = sim("dp-direct", data_parallel_size=4), sim("dp", data_parallel_size=4)
+    server, gateway = start_gateway(catalog_for([dp.base_url], sims))
+    try:
+        pool = gateway.app.state.tiergate.pipeline.engines["flash-local"]
+        deadline = time.monotonic() + 5
+        while len(pool.replicas()[0].engines) != 4 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first poll: the gateway learns the replica's engines
+        assert len(pool.replicas()[0].engines) == 4
+        through = dp_round_robin(gateway.client(), "deepseek-chat")
+        plain = openai.OpenAI(base_url=direct.base_url + "/v1", api_key="x", max_retries=0)
+        without = dp_round_robin(plain, "deepseek-ai/DeepSeek-V4-Flash")
+        per_engine = engines_served(dp)
+    finally:
+        server.stop()
+        dp.stop()
+        direct.stop()
+    hits, hits_without = sum(c > 0 for c in through), sum(c > 0 for c in without)
+    print(f"requests with cached tokens: {hits}/20 through the gateway, {hits_without}/20 without")
+    assert hits == 20 - DOCS  # every repeat: only each document's first request misses
+    assert hits_without <= 5
+    assert sum(through) > 3 * sum(without)
+    assert sum(e > 0 for e in per_engine) >= 3  # the documents spread over the engines
+
+
+def _exposition(engines: int) -> str:
+    return "".join(
+        f'vllm:num_requests_running{{engine="{e}",model_name="m"}} 0.0\n'
+        f'vllm:cache_config_info{{block_size="16",engine="{e}",num_gpu_blocks="999"}} 1.0\n'
+        for e in range(engines)
+    )
+
+
+async def test_a_replica_whose_engines_change_or_that_goes_down_forgets_them() -> None:
+    spec = VllmBackend.model_validate(
+        {
+            "kind": "vllm",
+            "tier": "flash",
+            "served_model": "m",
+            "replicas": ["http://127.0.0.1:9"],
+            "max_model_len": 1000,
+            "prices": "x",
+        }
+    )
+    answers: list[str | None] = []
+
+    async def scrape(_: Any) -> str | None:
+        return answers.pop(0)
+
+    async with aiohttp.ClientSession() as session:
+        pool = VllmEngine("flash-local", spec, session)
+        pool._scrape = scrape  # type: ignore[method-assign]
+        index, replica = pool._prefixes, pool.replicas()[0]
+        assert index is not None
+        url, chain = replica.url, [b"a", b"b"]
+
+        answers.append(_exposition(1))  # one engine (labelled "0"): a plain replica
+        await pool.poll_once()
+        assert replica.engines == () and pool._engine(replica, {}) == (None, None)
+        index.record(chain, url)
+
+        answers.append(_exposition(4))  # restarted with four engines
+        await pool.poll_once()
+        assert len(replica.engines) == 4 and index.matched(chain) == {}
+        index.record(chain, engine_name(url, 2))
+        rank, _ = pool._engine(replica, index.matched(chain))
+        assert rank == 2  # the engine holding the prefix
+
+        answers.append(_exposition(4))  # the same engines: kept
+        await pool.poll_once()
+        assert index.matched(chain) == {engine_name(url, 2): 2}
+
+        answers.append(_exposition(2))  # fewer engines: ranks name other caches now
+        await pool.poll_once()
+        assert len(replica.engines) == 2 and index.matched(chain) == {}
+        index.record(chain, engine_name(url, 1))
+
+        answers.append(None)  # down
+        await pool.poll_once()
+        assert replica.engines == () and index.matched(chain) == {}
 
 
 # ---- thinking switches and efforts ----------------------------------------------------

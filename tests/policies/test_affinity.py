@@ -2,13 +2,16 @@ from collections import Counter
 
 import pytest
 
-from engines.vllm import PolledMetrics, parse_metrics
+from engines.vllm import EngineMetrics, PolledMetrics, parse_metrics
 from policies.affinity import (
     PrefixIndex,
     ReplicaView,
     affinity_key,
     cache_blocks,
+    engine_name,
     order,
+    per_replica,
+    pick_engine,
     prefix_chain,
 )
 
@@ -201,7 +204,19 @@ _GAUGES = (
                 f'vllm:kv_cache_usage_perc{{engine="{e}",model_name="m"}} {u}\n'
                 for e, u in enumerate((0.9, 0.5, 0.3, 0.1))
             ),
-            PolledMetrics(waiting=4, running=8, kv_usage=0.45),
+            PolledMetrics(waiting=4, running=8, kv_usage=0.45, engines=(EngineMetrics(2, 1),) * 4),
+        ),
+        (  # each engine's own load and cache, by rank (labels read as numbers: 10 after 9)
+            "".join(
+                f'vllm:num_requests_running{{engine="{e}",model_name="m"}} {e}.0\n'
+                f'vllm:cache_config_info{{block_size="16",engine="{e}",num_gpu_blocks="{e}"}} 1\n'
+                for e in (10, 9)
+            ),
+            PolledMetrics(
+                running=19,
+                cache_tokens=160,
+                engines=(EngineMetrics(9, 0, 144), EngineMetrics(10, 0, 160)),
+            ),
         ),
     ],
 )
@@ -268,3 +283,61 @@ def test_replicas_at_the_in_flight_cap_are_tried_last(
     assert idx[0] == first and idx[-1] == 3 and sorted(idx) == [0, 1, 2, 3]
     if last is not None:
         assert idx[-2] == last
+
+
+# ---- data-parallel replicas: one cache per engine ----------------------------------------
+
+
+def test_engines_are_indexed_apart_and_a_replica_holds_what_its_best_engine_holds() -> None:
+    idx = PrefixIndex()
+    idx.record(C[:2], engine_name("r0", 0))
+    idx.record(C, engine_name("r0", 3))
+    idx.record(C[:1], "r1")
+    matched = idx.matched(C)
+    assert matched == {engine_name("r0", 0): 2, engine_name("r0", 3): 5, "r1": 1}
+    assert per_replica(matched) == {"r0": 5, "r1": 1}
+    idx.set_capacity(engine_name("r0", 3), 1)  # each engine has its own bound
+    assert idx.matched(C)[engine_name("r0", 3)] == 1
+    assert idx.matched(C)[engine_name("r0", 0)] == 2
+
+
+@pytest.mark.parametrize("op", ["forget", "retain"])
+def test_a_replica_forgotten_or_dropped_loses_its_engines(op: str) -> None:
+    idx = PrefixIndex()
+    for e in range(4):
+        idx.record(C, engine_name("r0", e))
+        idx.set_capacity(engine_name("r0", e), 100)
+    idx.record(C, "r1")
+    idx.record(C, engine_name("r10", 0))  # another replica whose name starts alike
+    if op == "forget":
+        idx.forget("r0")
+    else:
+        idx.retain(["r1", "r10"])
+    assert idx.matched(C) == {"r1": 5, engine_name("r10", 0): 5}
+    assert len(idx) == 10
+
+
+@pytest.mark.parametrize(
+    ("loads", "depths", "rr", "engine", "why"),
+    [
+        ([0, 0, 0, 0], {2: 3}, 0, 2, "engine-prefix-match"),  # the engine holding it
+        ([0, 0, 0, 0], {1: 2, 3: 4}, 0, 3, "engine-prefix-match"),  # the longest
+        ([0, 2, 1, 0], {1: 4, 2: 4}, 0, 2, "engine-prefix-match"),  # equal: the lighter
+        ([0, 9, 0, 0], {1: 4, 2: 1}, 0, 2, "engine-prefix-match"),  # overloaded: the next
+        ([1, 9, 1, 1], {1: 4}, 0, 0, "engine-least-loaded"),  # only holder overloaded
+        ([3, 1, 2, 5], {}, 0, 1, "engine-least-loaded"),  # nothing cached: least loaded
+        ([0, 0, 0, 0], {}, 2, 2, "engine-least-loaded"),  # a tie goes in turn
+        ([0, 0, 0, 0], {}, 7, 3, "engine-least-loaded"),
+    ],
+)
+def test_pick_engine_prefers_the_cached_prefix_within_the_load_bound(
+    loads: list[int], depths: dict[int, int], rr: int, engine: int, why: str
+) -> None:
+    matched = {engine_name("r0", e): n for e, n in depths.items()}
+    matched[engine_name("r1", 0)] = 9  # another replica's engines do not count
+    assert pick_engine("r0", loads, matched, rr=rr) == (engine, why)
+
+
+def test_pick_engine_spreads_new_prefixes_over_idle_engines() -> None:
+    picks = {pick_engine("r0", [0] * 4, {}, rr=rr)[0] for rr in range(4)}
+    assert picks == {0, 1, 2, 3}

@@ -133,6 +133,36 @@ def test_data_parallel_engines_report_one_sample_each(servers: list[SimServer]) 
         assert hits in text and f"{hits} 0.0" not in text  # each engine served some
 
 
+def test_the_data_parallel_rank_header_picks_the_engine(servers: list[SimServer]) -> None:
+    sim = started("flash", data_parallel_size=3, block_size=16)
+    servers.append(sim)
+    long = {"messages": [{"role": "user", "content": "a long shared document " * 40}]}
+    cached = []
+    for _ in range(4):  # the same engine each time: cached from the second request on
+        r = post(sim, "/v1/chat/completions", long, {"X-data-parallel-rank": "2"})
+        cached.append(r.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
+    assert cached[0] == 0 and all(c > 0 for c in cached[1:])
+    text = httpx.get(sim.base_url + "/metrics").text
+    served = f'vllm:prompt_tokens_total{{engine="2",model_name="{FLASH}"}}'
+    assert served in text and all(
+        f'vllm:prompt_tokens_total{{engine="{e}",model_name="{FLASH}"}} 0.0' in text for e in (0, 1)
+    )
+    # vLLM: a rank outside 0..N-1 is a validation error (400); one that is no integer is
+    # ignored (the least-loaded engine serves)
+    r = post(sim, "/v1/chat/completions", {"messages": MSG}, {"X-data-parallel-rank": "3"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "BadRequestError"
+    assert r.json()["error"]["message"] == "data_parallel_rank 3 is out of range [0, 3)."
+    r = post(sim, "/v1/chat/completions", {"messages": MSG}, {"X-data-parallel-rank": "-1"})
+    assert r.status_code == 400
+    r = post(sim, "/v1/chat/completions", {"messages": MSG}, {"X-data-parallel-rank": "x"})
+    assert r.status_code == 200
+    one = started("flash")  # no data parallelism: rank 0 only
+    servers.append(one)
+    assert post(one, "/v1/chat/completions", long, {"X-data-parallel-rank": "0"}).is_success
+    r = post(one, "/v1/chat/completions", long, {"X-data-parallel-rank": "1"})
+    assert r.status_code == 400
+
+
 def test_slow_polls(servers: list[SimServer]) -> None:
     sim = started("flash", poll_delay_s=0.3)
     servers.append(sim)
