@@ -5,10 +5,19 @@ team also uses) and, when a DeepSeek backend sets ``client: litellm``, the hoste
 API. litellm is imported here and nowhere else, lazily, with its bundled price map
 (``LITELLM_LOCAL_MODEL_COST_MAP``) so nothing is fetched at start-up. Its exceptions are
 translated to tiergate errors in ``_translate`` only.
+
+The hosted API under overload answers 200 and then sends keep-alive comments (blank lines
+when not streaming) until inference starts; litellm drops them, and each one restarts its
+read timeout. As with the direct client (``engines.deepseek``), a hosted stream must
+therefore reach its first chunk within the backend's ``first_token_timeout_s``, and a
+non-stream answer must be complete within its ``timeout_s``; otherwise the request fails
+with ``UpstreamTimeout`` before anything reached the client (the route plan fails over,
+or the client gets a 504).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +27,7 @@ import orjson
 
 from engines.base import EngineRequest, EngineResponse, StreamOutcome
 from engines.http import error_for_status
+from engines.sse_stream import no_first_token
 from engines.translate import hosted_body
 from policies.catalog import HostedBackend, PassthroughModel
 from policies.errors import TiergateError, UpstreamError, UpstreamTimeout
@@ -115,8 +125,15 @@ class LitellmEngine:
 
     async def complete(self, req: EngineRequest) -> EngineResponse:
         litellm = _litellm()
+        # litellm's own timeout is restarted by every blank line of a queued answer
+        total = self._hosted.timeout_s if self._hosted is not None else None
         try:
-            resp = await litellm.acompletion(**self._call_args(req, stream=False))
+            async with asyncio.timeout(total) as deadline:
+                resp = await litellm.acompletion(**self._call_args(req, stream=False))
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise UpstreamTimeout(f"{self._where} did not answer within {total:g} s") from None
+            raise _translate(exc, self._where) from exc
         except Exception as exc:
             raise _translate(exc, self._where) from exc
         body = _clean(resp.model_dump())
@@ -133,7 +150,10 @@ class LitellmEngine:
         except Exception as exc:
             raise _translate(exc, self._where) from exc
         include = bool((req.body.get("stream_options") or {}).get("include_usage"))
-        return LitellmStream(it, include, self._where)
+        stream = LitellmStream(it, include, self._where)
+        if self._hosted is not None:
+            await stream.wait_first_token(self._hosted.first_token_timeout_s)
+        return stream
 
     async def health(self) -> bool:
         return True
@@ -153,24 +173,56 @@ class LitellmStream:
         self._include = include_usage
         self._where = where
         self._created = int(time.time())
+        self._first: Any = None  # the chunk read while waiting for the first token
+
+    async def wait_first_token(self, timeout_s: float | None) -> None:
+        """Read the first chunk within ``timeout_s`` (None: no deadline), as
+        ``SSEStream.wait_first_token`` does for the direct client: keep-alive comments
+        (which litellm drops) are no token and do not extend the deadline. On any failure
+        the stream is closed and the error raised."""
+        try:
+            async with asyncio.timeout(timeout_s) as deadline:
+                self._first = await self._it.__anext__()
+        except StopAsyncIteration:
+            await self.aclose()
+            raise UpstreamError(f"{self._where} ended the stream before any event") from None
+        except TimeoutError as exc:
+            await self.aclose()
+            if deadline.expired():
+                raise no_first_token(self._where, timeout_s) from None
+            raise _translate(exc, self._where) from exc
+        except Exception as exc:
+            await self.aclose()
+            raise _translate(exc, self._where) from exc
+        except BaseException:
+            await self.aclose()
+            raise
+
+    def _events(self, chunk: Any) -> list[bytes]:
+        data = _clean(chunk.model_dump(exclude_none=True))
+        usage = usage_from_openai(data.pop("usage", None))
+        for choice in data.get("choices") or ():
+            if choice.get("finish_reason"):
+                self.outcome.finish_reason = str(choice["finish_reason"])
+        if usage is not None:
+            self.outcome.usage = usage
+            if not self._include:
+                return []
+            tail = {**data, "choices": [], "usage": usage.to_deepseek()}
+            return [b"data: " + orjson.dumps(tail) + b"\n\n"]
+        payload = orjson.dumps(data)
+        self.outcome.output_chars += len(payload)
+        return [b"data: " + payload + b"\n\n"]
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
+            if self._first is not None:
+                first, self._first = self._first, None
+                for event in self._events(first):
+                    yield event
             async for chunk in self._it:
-                data = _clean(chunk.model_dump(exclude_none=True))
-                usage = usage_from_openai(data.pop("usage", None))
-                for choice in data.get("choices") or ():
-                    if choice.get("finish_reason"):
-                        self.outcome.finish_reason = str(choice["finish_reason"])
-                if usage is not None:
-                    self.outcome.usage = usage
-                    if self._include:
-                        tail = {**data, "choices": [], "usage": usage.to_deepseek()}
-                        yield b"data: " + orjson.dumps(tail) + b"\n\n"
-                    continue
-                payload = orjson.dumps(data)
-                self.outcome.output_chars += len(payload)
-                yield b"data: " + payload + b"\n\n"
+                for event in self._events(chunk):
+                    yield event
         except Exception as exc:
             raise _translate(exc, self._where) from exc
         yield b"data: [DONE]\n\n"

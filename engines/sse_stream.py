@@ -28,6 +28,22 @@ from policies.errors import UpstreamError, UpstreamTimeout
 MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
+def no_first_token(
+    where: str, timeout_s: float | None, comments: int | None = None
+) -> UpstreamTimeout:
+    """The error for a stream whose first token did not come within ``timeout_s``
+    (``comments``: keep-alive comments seen meanwhile, when the client can see them).
+    Nothing has reached the client: the route plan fails over, or the client gets a 504."""
+    return UpstreamTimeout(
+        f"{where} sent no token within {timeout_s:g} s"
+        + (
+            f" ({comments} keep-alive comments: the request waited in its queue)"
+            if comments
+            else ""
+        )
+    )
+
+
 class SSEStream:
     def __init__(
         self,
@@ -94,14 +110,7 @@ class SSEStream:
                         raise UpstreamError(f"{self._where} ended the stream before any event")
         except TimeoutError:
             await self.aclose()
-            raise UpstreamTimeout(
-                f"{self._where} sent no token within {timeout_s:g} s"
-                + (
-                    f" ({comments} keep-alive comments: the request waited in its queue)"
-                    if comments
-                    else ""
-                )
-            ) from None
+            raise no_first_token(self._where, timeout_s, comments) from None
         except BaseException:
             await self.aclose()
             raise

@@ -20,6 +20,7 @@ import openai
 import pytest
 import yaml
 
+from engines.litellm_engine import _litellm
 from engines.sim.config import SimConfig
 from engines.sim.runner import SimServer
 from engines.vllm import VllmEngine
@@ -240,9 +241,9 @@ def hosted_sim(**cfg: Any) -> SimServer:
     return SimServer(SimConfig.preset("hosted", replica_id="busy", **cfg).zero_latency()).start()
 
 
-def stream_text(gateway: Gateway, **kw: Any) -> tuple[str, str]:
+def stream_text(gateway: Gateway, timeout: float = 20, **kw: Any) -> tuple[str, str]:
     """(the answer's text, the route header) of a streamed request."""
-    with gateway.client(timeout=20).chat.completions.with_streaming_response.create(
+    with gateway.client(timeout=timeout).chat.completions.with_streaming_response.create(
         model="deepseek-chat", messages=MSG, max_tokens=8, stream=True, **kw
     ) as raw:
         route = raw.headers["x-tiergate-route"]
@@ -351,6 +352,98 @@ def test_a_queued_non_stream_answer_is_bounded_by_the_timeout(
         server.stop()
         busy.stop()
     assert info.value.status_code == 504 and took < 5
+
+
+# ---- the same through litellm (client: litellm) ----------------------------------------
+
+
+def litellm_catalog(
+    url: str, sims: Sims, busy: SimServer, preference: list[str], **hosted: Any
+) -> Catalog:
+    _litellm()  # imported before any clock starts (its first import takes seconds)
+    return catalog_for(
+        [url],
+        sims,
+        hosted=busy.base_url,
+        hosted_spec={"client": "litellm", "max_retries": 0, **hosted},
+        routing={"backend_preference": preference},
+    )
+
+
+def answer_text(gateway: Gateway, stream: bool) -> tuple[str, str]:
+    """(text, route header) of a request, streamed or not, with a 5 s client timeout."""
+    if stream:
+        return stream_text(gateway, timeout=5)
+    raw = gateway.client(timeout=5).chat.completions.with_raw_response.create(
+        model="deepseek-chat", messages=MSG, max_tokens=8
+    )
+    return raw.parse().choices[0].message.content or "", str(raw.headers["x-tiergate-route"])
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
+def test_a_queued_hosted_request_through_litellm_past_its_deadline_fails_over(
+    pair: list[SimServer], sims: Sims, monkeypatch_module: pytest.MonkeyPatch, stream: bool
+) -> None:
+    busy = hosted_sim(queue_s=30, keepalive_every_s=0.05)
+    catalog = litellm_catalog(
+        pair[0].base_url,
+        sims,
+        busy,
+        ["hosted", "self_hosted"],
+        first_token_timeout_s=0.5,
+        timeout_s=1.0,
+    )
+    server, gateway = start_gateway(catalog)
+    try:
+        started = time.monotonic()
+        text, route = answer_text(gateway, stream)
+        took = time.monotonic() - started
+    finally:
+        server.stop()
+        busy.stop()
+    assert route.startswith("flash/non-thinking/flash-local"), route
+    assert "failover:hosted:upstream_timeout" in route
+    assert "u0" in text and took < 4, took
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
+def test_a_queued_hosted_request_through_litellm_without_another_option_is_a_clear_504(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch, stream: bool
+) -> None:
+    busy = hosted_sim(queue_s=30, keepalive_every_s=0.05)
+    catalog = litellm_catalog(
+        sims.flash[0], sims, busy, ["hosted"], first_token_timeout_s=0.5, timeout_s=1.0
+    )
+    server, gateway = start_gateway(catalog)
+    try:
+        with pytest.raises(openai.APIStatusError) as info:
+            answer_text(gateway, stream)
+    finally:
+        server.stop()
+        busy.stop()
+    assert info.value.status_code == 504
+    body = info.value.body
+    assert isinstance(body, dict) and body["code"] == "upstream_timeout"
+    expect = "sent no token within 0.5 s" if stream else "did not answer within 1 s"
+    assert "(litellm)" in body["message"] and expect in body["message"], body
+
+
+def test_a_briefly_queued_hosted_request_through_litellm_is_served_and_timed_at_its_token(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    busy = hosted_sim(queue_s=0.6, keepalive_every_s=0.05)
+    catalog = litellm_catalog(sims.flash[0], sims, busy, ["hosted"], timeout_s=5.0)
+    server, gateway = start_gateway(catalog)
+    try:
+        streamed, stream_route = answer_text(gateway, stream=True)
+        ttft = ttft_sum(gateway, "hosted")
+        whole, route = answer_text(gateway, stream=False)
+    finally:
+        server.stop()
+        busy.stop()
+    assert stream_route.startswith("flash/non-thinking/hosted") and streamed
+    assert route.startswith("flash/non-thinking/hosted") and whole
+    assert ttft >= 0.6, ttft  # the first token came after the queue, not the first comment
 
 
 # ---- an error event inside a stream ---------------------------------------------------
