@@ -72,7 +72,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     # before the blend: a candidate alone, one standard error of lead
     "switch_se1": {"alphas": (math.inf,), "margin": 1.0},
     "blend_se1": {"margin": 1.0},
-    "blend_fixed": {"alphas": (0.25, 0.5, 1.0, 2.0, 4.0)},
+    "blend_fixed_se1": {"alphas": (0.25, 0.5, 1.0, 2.0, 4.0), "margin": 1.0},
+    "blend_repeats3_se1": {"repeats": 3, "margin": 1.0},
 }
 
 
