@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from policies.features import DENSE_NAMES, Features
+from policies.features import DENSE_NAMES, Features, hash_ngrams
 
 # Dense feature columns that describe the task (the newest user turn and the request).
 TASK_NAMES = (
@@ -49,6 +49,12 @@ TASK_NAMES = (
 )
 _TASK_IDX = tuple(DENSE_NAMES.index(n) for n in TASK_NAMES)
 EMB_GAIN = 16.0  # unit vectors of 256 components: about unit-scale columns after this
+# Lexical columns of the pair model: the task's hashed word unigrams and bigrams folded into
+# LEX_DIM signed buckets, a unit vector, weighted twice the embedding (both chosen on the
+# development pairs, docs/routing.md).
+LEX_DIM = 4096
+LEX_GAIN = 2 * EMB_GAIN
+MAX_PAIR_ROWS = 4000  # rows beyond this are subsampled: the lexical fit is n x n
 LONG_CONTEXT_CHARS = 64_000  # about 16k tokens of conversation
 SIGNAL_NAMES = (*TASK_NAMES, "long_context")
 
@@ -112,6 +118,20 @@ def knn_mean(query: np.ndarray, exemplars: np.ndarray, labels: np.ndarray, k: in
     k = max(1, min(k, exemplars.shape[0]))
     top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     return np.asarray(labels[top].mean(axis=1) - labels.mean(), dtype=np.float64)
+
+
+def lexical(feats: Sequence[Features]) -> np.ndarray:
+    """One unit row per task: its hashed n-grams (``Features.hashed``, or hashed here when
+    the features were taken without them) in LEX_DIM buckets, signed by the next bit."""
+    out = np.zeros((len(feats), LEX_DIM), dtype=np.float32)
+    for i, f in enumerate(feats):
+        h = np.asarray(f.hashed or hash_ngrams(f.task), dtype=np.int64)
+        if h.size:
+            sign = 1.0 - 2.0 * ((h // LEX_DIM) % 2)
+            out[i] = np.bincount(h % LEX_DIM, weights=sign, minlength=LEX_DIM)
+    norm = np.sqrt(np.einsum("ij,ij->i", out, out))
+    norm[norm == 0] = 1.0
+    return np.asarray(out / norm[:, None], dtype=np.float32)
 
 
 TOPICS = "topics.npz"
@@ -302,6 +322,9 @@ class _Inputs:
     y: np.ndarray
     folds: tuple[np.ndarray, ...]  # one fold assignment per repeat of the cross-validation
     k: int
+    rest: np.ndarray  # the full candidate's ridge columns: signals, embedding, lexical
+    k_rest: np.ndarray  # rest @ rest.T
+    k_topic: np.ndarray  # topics @ topics.T
 
 
 def _fold_scores(d: _Inputs, use: str, lam: float) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -319,11 +342,53 @@ def _fold_scores(d: _Inputs, use: str, lam: float) -> list[tuple[np.ndarray, np.
             if use in ("topic+knn", "full"):
                 knn[tr] = _cross_fitted_knn(d.sims, d.y, tr, fold, d.k)
                 knn[te] = _knn_from(d.sims, d.y, te, tr, d.k)
-            x, pen = _design(d.zb, knn, d.topics, d.eg, use, lam)
-            w, b = _ridge(x[tr], d.y[tr], pen)
-            fit = x[tr] @ w
-            out.append((te, (x[te] @ w - fit.mean()) / (fit.std() or 1.0)))
+            if use == "full":
+                alpha, b = _full_fit(d, tr, knn, lam)
+                fit = _full_scores(d, tr, tr, knn, lam, alpha, b)
+                pred = _full_scores(d, te, tr, knn, lam, alpha, b)
+            else:
+                x, pen = _design(d.zb, knn, d.topics, d.eg, use, lam)
+                w, _ = _ridge(x[tr], d.y[tr], pen)
+                fit, pred = x[tr] @ w, x[te] @ w
+            out.append((te, (pred - fit.mean()) / (fit.std() or 1.0)))
     return out
+
+
+def _full_fixed(d: _Inputs, rows: np.ndarray, knn: np.ndarray) -> np.ndarray:
+    """The full candidate's unpenalised columns: intercept, length, kNN."""
+    return np.column_stack([np.ones(len(rows)), d.zb[rows, 0], knn[rows]])
+
+
+def _full_kernel(d: _Inputs, rows: np.ndarray, cols: np.ndarray, lam: float) -> np.ndarray:
+    """Kernel of the penalised columns: topics (TOPIC_PSEUDO_ROWS) and the rest (lam * n)."""
+    ix = np.ix_(rows, cols)
+    return np.asarray(d.k_topic[ix] / TOPIC_PSEUDO_ROWS + d.k_rest[ix] / (lam * len(d.y)))
+
+
+def _full_fit(
+    d: _Inputs, tr: np.ndarray, knn: np.ndarray, lam: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The full candidate on rows ``tr`` in dual form (its lexical columns outnumber the
+    rows): the same minimiser as the column-wise ridge, with the intercept, length and kNN
+    unpenalised. Returns the dual weights and the unpenalised coefficients."""
+    a = _full_fixed(d, tr, knn)
+    m = _full_kernel(d, tr, tr, lam) + np.eye(len(tr))
+    sol = np.linalg.solve(m, np.column_stack([a, d.y[tr]]))
+    mi_a, mi_y = sol[:, :-1], sol[:, -1]
+    b = np.linalg.solve(a.T @ mi_a + 1e-9 * np.eye(a.shape[1]), a.T @ mi_y)
+    return mi_y - mi_a @ b, b
+
+
+def _full_scores(
+    d: _Inputs,
+    rows: np.ndarray,
+    tr: np.ndarray,
+    knn: np.ndarray,
+    lam: float,
+    alpha: np.ndarray,
+    b: np.ndarray,
+) -> np.ndarray:
+    return np.asarray(_full_fixed(d, rows, knn) @ b + _full_kernel(d, rows, tr, lam) @ alpha)
 
 
 def _gains(d: _Inputs, prior: list[tuple[np.ndarray, np.ndarray]], cand, alpha: float):  # type: ignore[no-untyped-def]
@@ -390,6 +455,10 @@ def fit_pair(
     cross-fitted, never leave-one-out.
     """
     yv = np.asarray(y, dtype=np.float64)
+    e = np.asarray(emb, dtype=np.float32).reshape(len(yv), -1)
+    if len(yv) > MAX_PAIR_ROWS:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(yv))[:MAX_PAIR_ROWS])
+        feats, e, yv = [feats[i] for i in keep], e[keep], yv[keep]
     n = len(yv)
     cents = shipped_topics() if centroids is None else np.asarray(centroids, np.float32)
     base = np.array([[fallback_score(f), *signals(f)] for f in feats], dtype=np.float64)
@@ -397,18 +466,26 @@ def fit_pair(
     mean = base.mean(axis=0) if n else np.zeros(base.shape[1])
     scale = base.std(axis=0) if n else np.ones(base.shape[1])
     scale[scale < 1e-9] = 1.0
-    e = np.asarray(emb, dtype=np.float32).reshape(n, -1)
+    zb = (base - mean) / scale
+    topics = topic_onehot(e, cents) if n else np.zeros((0, cents.shape[0]))
+    rest = np.hstack(
+        [zb[:, 1:], e.astype(np.float64) * EMB_GAIN, lexical(feats) * LEX_GAIN]
+    ).astype(np.float32)
     d = _Inputs(
-        (base - mean) / scale,
-        topic_onehot(e, cents) if n else np.zeros((0, cents.shape[0])),
+        zb,
+        topics,
         e.astype(np.float64) * EMB_GAIN,
         e @ e.T,
         yv,
         tuple(np.random.default_rng(seed + r).permutation(n) % CV_FOLDS for r in range(repeats)),
         k or int(max(5, min(200, n // 8))),
+        rest,
+        (rest @ rest.T).astype(np.float64),
+        topics @ topics.T,
     )
     use, lam, alpha, cv = _choose(d, lambdas, alphas, margin) if n else ("prior", 0.0, 0.0, {})
-    coef = np.zeros(2 + cents.shape[0] + len(SIGNAL_NAMES) + e.shape[1])
+    width = 2 + cents.shape[0] + len(SIGNAL_NAMES) + e.shape[1]
+    coef = np.zeros(width + (LEX_DIM if use == "full" else 0))
     bias = 0.0
     exemplars, labels, k = np.zeros((0, e.shape[1]), np.float32), np.zeros(0), 0
     if use == "prior":
@@ -418,8 +495,22 @@ def fit_pair(
         if use in ("topic+knn", "full"):
             knn = _cross_fitted_knn(d.sims, yv, np.arange(n), d.folds[0], d.k)
             exemplars, labels, k = e, yv, d.k
-        x, pen = _design(d.zb, knn, d.topics, d.eg, use, lam)
-        w, bias = _ridge(x, yv, pen)
+        if use == "full":
+            rows = np.arange(n)
+            dual, b = _full_fit(d, rows, knn, lam)
+            # back to one weight per column, in PairModel's order (then the lexical ones)
+            w = np.concatenate(
+                [
+                    b[1:],
+                    d.topics.T @ dual / TOPIC_PSEUDO_ROWS,
+                    rest.T.astype(np.float64) @ dual / (lam * n),
+                ]
+            )
+            bias = float(b[0])
+            x = np.hstack([zb[:, :1], knn[:, None], topics, rest])
+        else:
+            x, pen = _design(d.zb, knn, d.topics, d.eg, use, lam)
+            w, bias = _ridge(x, yv, pen)
         if not math.isinf(alpha):
             # the fallback plus alpha standard deviations of the candidate: still linear
             fit = x @ w
@@ -435,6 +526,8 @@ def fit_pair(
         coef[2 + cents.shape[0] : 2 + cents.shape[0] + len(w) - j - cents.shape[0]] = w[
             j + cents.shape[0] :
         ]
+        if use == "full":  # the lexical columns were scaled by LEX_GAIN when fitted
+            coef[width:] *= LEX_GAIN
     model = PairModel(mean, scale, coef, bias, cents, exemplars, labels, k)
     raws = scores_of(model, feats, e) if n else np.zeros(1)
     model.center = float(np.median(raws))
@@ -460,9 +553,13 @@ def scores_of(model: PairModel, feats: Sequence[Features], emb: np.ndarray) -> n
         out = out + topic_onehot(e, model.centroids) @ c[2 : 2 + t]
     sig = c[2 + t : 2 + t + len(SIGNAL_NAMES)]
     out = out + z[:, 1:] @ sig
-    w_emb = c[2 + t + len(SIGNAL_NAMES) :]
+    o = 2 + t + len(SIGNAL_NAMES)
+    w_emb = c[o : o + e.shape[1]]
     if np.any(w_emb):
         out = out + (e.astype(np.float64) @ w_emb) * EMB_GAIN
+    w_lex = c[o + e.shape[1] :]
+    if w_lex.size and np.any(w_lex):
+        out = out + lexical(feats).astype(np.float64) @ w_lex
     if c[1] != 0.0 and model.k and model.labels.size:
         out = out + c[1] * knn_mean(e, model.exemplars, model.labels, model.k)
     return np.asarray(out, dtype=np.float64)

@@ -17,12 +17,20 @@ from policies.router.embed import DIM, EmbeddingUnavailable, StaticEmbedder, rea
 from policies.router.metrics import curve
 from policies.router.policy import apply_signals
 from policies.router.scorer import (
+    LEX_DIM,
     LONG_CONTEXT_CHARS,
+    SIGNAL_NAMES,
+    TOPIC_PSEUDO_ROWS,
     PairModel,
+    _full_fit,
+    _full_scores,
+    _Inputs,
+    _ridge,
     explicit_signals,
     fallback_score,
     fit_pair,
     gain_apgr,
+    lexical,
     pair_label,
     scores_of,
 )
@@ -247,6 +255,62 @@ def test_a_candidate_needs_a_clear_lead_to_replace_the_fallback() -> None:
     f, emb = [from_text(t) for t in train], e.embed_many(train)
     assert fit_pair(f, emb, y, margin=1e6).meta["chosen"] == "prior"
     assert fit_pair(f, emb, y, margin=0.0).meta["chosen"] != "prior"
+
+
+def test_the_dual_fit_is_the_column_ridge() -> None:
+    """The full candidate is fitted through n x n kernels (its lexical columns outnumber
+    the rows); that must be the same minimiser as the ridge over the columns."""
+    rng = np.random.default_rng(0)
+    n, width = 60, 90
+    zb = rng.normal(size=(n, 1 + len(SIGNAL_NAMES)))
+    topics = np.eye(5)[rng.integers(0, 5, size=n)]
+    rest = rng.normal(size=(n, width)).astype(np.float32)
+    knn, y = rng.normal(size=n), rng.normal(size=n)
+    d = _Inputs(zb, topics, zb, np.eye(n), y, (), 0, rest, rest @ rest.T, topics @ topics.T)
+    rows, lam = np.arange(n), 0.5
+    dual, fixed = _full_fit(d, rows, knn, lam)
+    got = _full_scores(d, rows, rows, knn, lam, dual, fixed)
+    x = np.hstack([zb[:, :1], knn[:, None], topics, rest])
+    pen = np.array([0.0, 0.0] + [TOPIC_PSEUDO_ROWS] * 5 + [lam * n] * width)
+    w, b = _ridge(x, y, pen)
+    assert np.allclose(got, x @ w + b, atol=1e-4)
+
+
+def test_lexical_rows_are_unit_hashed_ngrams() -> None:
+    f = [from_text(t) for t in ("Balance the redox reaction", "Balance the redox reaction", "")]
+    lex = lexical(f)
+    assert lex.shape == (3, LEX_DIM)
+    assert np.allclose(np.linalg.norm(lex[:2], axis=1), 1.0) and not lex[2].any()
+    assert (lex[0] == lex[1]).all()
+    # the same text taken without its n-grams (as the router takes it) gives the same row
+    bare = from_text("Balance the redox reaction", ngrams=False)
+    assert not bare.hashed and (lexical([bare])[0] == lex[0]).all()
+
+
+def test_a_word_level_gain_is_learned() -> None:
+    """The strong side helps only when a ticket names one product code; the other codes
+    have the same digits, which the tokenizer splits one by one, so the embedding (a mean
+    of token vectors) cannot tell them apart: the lexical columns must find it."""
+    rng = np.random.default_rng(5)
+
+    def rows(n: int) -> tuple[list[str], np.ndarray]:
+        texts, y = [], []
+        for _ in range(n):
+            hard = rng.random() < 0.4
+            product = "4417" if hard else rng.choice(["4471", "7144", "1447"])
+            filler = " ".join(rng.choice(WORDS, size=int(rng.integers(5, 40))))
+            texts.append(f"Support ticket about model {product}: {filler}")
+            y.append(1.0 if hard and rng.random() < 0.5 else 0.0)
+        return texts, np.array(y)
+
+    e = StaticEmbedder.load()
+    train, y = rows(400)
+    test, yt = rows(400)
+    ftr, fte = [from_text(t) for t in train], [from_text(t) for t in test]
+    model = fit_pair(ftr, e.embed_many(train), y)
+    learned = gain_apgr(scores_of(model, fte, e.embed_many(test)), yt)
+    length = gain_apgr(np.array([len(t) for t in test], float), yt)
+    assert learned > length + 0.15, (model.meta["chosen"], learned, length)
 
 
 def test_noise_labels_keep_the_fallback() -> None:
