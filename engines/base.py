@@ -46,6 +46,9 @@ class StreamOutcome:
 
     usage: Usage | None = None
     finish_reason: str | None = None
+    # The generated text streamed so far (content, reasoning, tool-call names and arguments,
+    # completion text) as sent, JSON escapes included: the estimate a stream that broke
+    # before its usage chunk is billed on (``engines.translate.generated_chars``).
     output_chars: int = 0
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)

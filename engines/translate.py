@@ -35,6 +35,15 @@ _NEEDS_PARSE = re.compile(
 # usage, so these chunks are its reasoning-token count.
 _REASONING_TEXT = re.compile(rb'"reasoning(?:_content)?"\s*:\s*"(?!")')
 
+# The generated text of a chunk: message content, reasoning (vLLM's ``reasoning`` or
+# ``reasoning_content``), a tool call's name and argument fragments, and a completion's
+# ``text`` (FIM). Group 1 is the string as sent, JSON escapes included: never shorter than
+# the text it decodes to. Matched at a key only, as ``_NEEDS_PARSE`` is.
+_GENERATED_TEXT = re.compile(
+    rb'"(?:content|reasoning_content|reasoning|text|name|arguments)"\s*:\s*'
+    rb'"([^"\\]*(?:\\.[^"\\]*)*)"'
+)
+
 # Fields of ours or of another dialect that must not travel upstream.
 _GATEWAY_FIELDS = ("thinking", "reasoning_effort", "chat_template_kwargs")
 _IGNORED_WHEN_THINKING = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
@@ -161,6 +170,13 @@ def _reasoning_share(body: dict[str, Any], output_tokens: int) -> int:
     return max(1, round(output_tokens * reasoning / (reasoning + other)))
 
 
+def generated_chars(payload: bytes) -> int:
+    """The length of the text a stream chunk (its JSON, as sent) carries to the client: what
+    a stream that breaks before its usage chunk is billed on, never the chunk's envelope
+    (ids, model name, indices, roles), which is most of a one-token chunk's bytes."""
+    return sum(len(m.group(1)) for m in _GENERATED_TEXT.finditer(payload))
+
+
 class SSENormalizer:
     """Turns upstream SSE lines into DeepSeek-shaped events with as little parsing as possible.
 
@@ -191,7 +207,7 @@ class SSENormalizer:
         if _REASONING_TEXT.search(payload) is not None:
             self.reasoning_chunks += 1
         if _NEEDS_PARSE.search(payload) is None:
-            self.outcome.output_chars += len(payload)
+            self.outcome.output_chars += generated_chars(payload)
             return b"data: " + payload + b"\n\n"
         return self._rewrite(payload)
 
@@ -230,5 +246,5 @@ class SSENormalizer:
                 chunk.pop("usage", None)
             else:
                 chunk["usage"] = usage.to_deepseek()
-        self.outcome.output_chars += len(payload)
+        self.outcome.output_chars += generated_chars(payload)
         return b"data: " + orjson.dumps(chunk) + b"\n\n"

@@ -51,8 +51,9 @@ if TYPE_CHECKING:
 # (catalog, request, the caller's budget asks for cheaper options) -> what `auto` gets
 Classifier = Callable[[Catalog, Call, bool], AutoChoice]
 
-# Output bytes per token, used only to bill a stream that broke before its usage chunk.
-_STREAM_BYTES_PER_TOKEN = 4
+# Characters of generated text per token, used only to bill a stream that broke before its
+# usage chunk (``StreamOutcome.output_chars``: the text streamed, not the SSE envelope).
+_STREAM_CHARS_PER_TOKEN = 4
 _DONE = b"data: [DONE]\n\n"
 # Events kept from a stream sampled for shadow mode; a longer answer is not sampled.
 _SHADOW_STREAM_BYTES = 4 * 1024 * 1024
@@ -482,7 +483,7 @@ class Pipeline:
         usage = stream.outcome.usage
         if usage is None:
             p.reasons.append("usage=estimated")
-            out = stream.outcome.output_chars // _STREAM_BYTES_PER_TOKEN
+            out = -(-stream.outcome.output_chars // _STREAM_CHARS_PER_TOKEN)  # rounded up
             usage = Usage(0, p.call.prompt_tokens_est, out, 0)
             status = 502 if status == 200 else status
         if stream.outcome.finish_reason == "insufficient_system_resource":

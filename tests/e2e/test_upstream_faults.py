@@ -148,3 +148,104 @@ def test_passthrough_model_priced_from_litellm_price_map(
     assert raw.headers["x-tiergate-route"].startswith("gpt-4o-mini/non-thinking/gpt-4o-mini")
     s = litellm_gateway.settled()[-1]
     assert s.price_version == "litellm-price-map" and s.cost_nanos > 0
+
+
+# ---- a stream that breaks is billed for the text it delivered -----------------------------
+
+
+@pytest.fixture(scope="module")
+def breaking() -> Iterator[Any]:
+    """A Flash replica whose every stream breaks off after a few chunks."""
+    from engines.sim.config import SimConfig
+    from engines.sim.runner import SimServer
+
+    cfg = SimConfig.preset("flash", replica_id="breaks", default_output_tokens=100)
+    server = SimServer(cfg.zero_latency()).start()
+    server.state.control({"fail_rate": 1.0, "fail_mode": "midstream"})
+    yield server
+    server.stop()
+
+
+def _openai_stream_text(url: str, key: str) -> tuple[str, str]:
+    """(content received, request id) of a stream that ends with an error event."""
+    text, request_id, error = "", "", None
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST",
+            url + "/v1/chat/completions",
+            json={"model": "deepseek-chat", "messages": USER, "max_tokens": 400, "stream": True},
+            headers={"Authorization": f"Bearer {key}"},
+        ) as r,
+    ):
+        assert r.status_code == 200, r.read()
+        request_id = r.headers["x-request-id"]
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunk = orjson.loads(line[6:])
+                error = chunk.get("error") or error
+                for choice in chunk.get("choices") or ():
+                    text += choice["delta"].get("content") or ""
+    assert error is not None, "the stream ended with an error event"
+    return text, request_id
+
+
+def _anthropic_stream_text(url: str, key: str) -> tuple[str, str]:
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    text = ""
+    with (
+        pytest.raises(anthropic.APIStatusError),
+        client.messages.with_streaming_response.create(
+            model="deepseek-chat",
+            max_tokens=400,
+            messages=[{"role": "user", "content": "Say hello."}],
+            stream=True,
+        ) as raw,
+    ):
+        request_id = raw.headers["x-request-id"]
+        for event in raw.parse():
+            if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                text += event.delta.text
+    return text, request_id
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_a_broken_stream_is_billed_for_the_text_it_delivered_not_its_wire_bytes(
+    breaking: Any, sims: Sims, pg_url: str, redis_url: str, tmp_path: Any, protocol: str
+) -> None:
+    """A pool-only gateway process with the PostgreSQL ledger: the row of a stream cut after
+    a few chunks holds about the delivered text's tokens (text / 4, rounded up), not the
+    bytes of the chunks' JSON envelopes (about 20 times more for one-token chunks)."""
+    import math
+    import time
+
+    from .test_money_e2e import Gateways, drop_keys, money_env, new_key, sql, wait_rows
+
+    data = catalog_doc(sims)
+    data["routing"]["backend_preference"] = ["self_hosted"]
+    data["backends"]["flash-local"]["replicas"] = [breaking.base_url]
+    config = tmp_path / "catalog.yaml"
+    config.write_text(yaml.safe_dump(data))
+    prefix = f"tgbrk:{time.time_ns()}:"
+    gws = Gateways(money_env(pg_url, redis_url, prefix), config)
+    gws.start(1)
+    try:
+        team_id, _, key = new_key(gws, f"breaks-{protocol}-{time.time_ns()}")
+        read = _openai_stream_text if protocol == "openai" else _anthropic_stream_text
+        text, request_id = read(gws.urls[0], key)
+        assert text, "the client got text before the stream broke"
+        assert wait_rows(pg_url, team_id, 1) == 1
+        ((status, output, reason),) = sql(
+            pg_url,
+            "select status, output_tokens, route_reason from ledger where request_id = %s",
+            request_id,
+        )
+    finally:
+        gws.stop()
+        drop_keys(redis_url, prefix)
+    assert status == 502 and "usage=estimated" in reason, (status, reason)
+    delivered = math.ceil(len(text) / 4)
+    # never below what was delivered; escapes in the JSON text may add a little
+    assert delivered <= output <= delivered + 2, (output, len(text), text)

@@ -2,7 +2,13 @@ import orjson
 import pytest
 
 from engines.base import StreamOutcome
-from engines.translate import SSENormalizer, hosted_body, normalize_response, vllm_body
+from engines.translate import (
+    SSENormalizer,
+    generated_chars,
+    hosted_body,
+    normalize_response,
+    vllm_body,
+)
 from policies.options import NON_THINKING, Mode
 from policies.usage import Usage
 
@@ -124,3 +130,19 @@ def test_reasoning_delta_renamed_and_finish_reason_seen() -> None:
 def test_malformed_chunk_is_dropped_and_noted() -> None:
     events, out = feed([b'data: {"usage": {broken'], include_usage=True)
     assert events == [] and out.error
+
+
+def test_a_chunks_generated_text_is_counted_without_its_envelope() -> None:
+    env = b'{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
+    assert generated_chars(env + b'"choices":[{"index":0,"delta":{"role":"assistant"}}]}') == 0
+    assert generated_chars(env + b'"choices":[{"index":0,"delta":{"content":"hello"}}]}') == 5
+    assert generated_chars(env + b'"choices":[{"delta":{"reasoning_content":"hmm"}}]}') == 3
+    assert generated_chars(env + b'"choices":[{"delta":{"reasoning": "ab"}}]}') == 2
+    call = b'"tool_calls":[{"index":0,"function":{"name":"weather","arguments":"{\\"q\\":"}}]'
+    assert generated_chars(env + b'"choices":[{"delta":{' + call + b"}}]}") == 7 + 7  # as sent
+    assert generated_chars(env + b'"choices":[{"index":0,"text":"def f():"}]}') == 8
+    # a key's name inside the text is text; escapes count as sent (never less than the text)
+    tricky = orjson.dumps({"choices": [{"delta": {"content": 'say "content":"x" \\'}}]})
+    assert (
+        generated_chars(tricky) == len(orjson.loads(tricky)["choices"][0]["delta"]["content"]) + 5
+    )
