@@ -355,7 +355,8 @@ class Pipeline:
         self, p: Prepared, opener: Callable[[Engine, EngineRequest], Awaitable[Any]]
     ) -> Any:
         last: UpstreamError | None = None
-        for planned in p.plan.options():
+        options = p.plan.options()
+        for i, planned in enumerate(options):
             option = self._fallback_option(p, planned)
             engine = self.engines[option.backend]
             req = self._engine_request(p, option)
@@ -372,7 +373,10 @@ class Pipeline:
                 if not exc.retryable:
                     raise
                 last = exc
-                p.reasons.append(f"failover:{option.backend}:{exc.code}")
+                # A failover only when there is a next option to go to; otherwise the
+                # reason records the failure the client gets (``failed:``).
+                what = "failover" if i + 1 < len(options) else "failed"
+                p.reasons.append(f"{what}:{option.backend}:{exc.code}")
                 continue
             if planned is not p.plan.primary:
                 self.metrics.fallbacks.labels(p.plan.primary.backend, option.backend).inc()

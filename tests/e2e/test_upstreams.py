@@ -297,6 +297,16 @@ def test_a_queued_hosted_stream_without_another_option_is_a_clear_504(
     body = info.value.body
     assert isinstance(body, dict) and body["code"] == "upstream_timeout"
     assert "no token within 0.5 s" in body["message"] and "keep-alive" in body["message"]
+    assert_failed_without_failover(info.value)
+
+
+def assert_failed_without_failover(err: openai.APIStatusError) -> None:
+    """The route header of a request whose only option timed out names the failure and
+    claims no failover (there was nothing to fail over to)."""
+    route = err.response.headers["x-tiergate-route"]
+    assert route.startswith("flash/non-thinking/hosted"), route
+    assert route.endswith("reason=alias:deepseek-chat;failed:hosted:upstream_timeout"), route
+    assert "failover" not in route, route
 
 
 def ttft_sum(gateway: Gateway, backend: str) -> float:
@@ -352,6 +362,7 @@ def test_a_queued_non_stream_answer_is_bounded_by_the_timeout(
         server.stop()
         busy.stop()
     assert info.value.status_code == 504 and took < 5
+    assert_failed_without_failover(info.value)
 
 
 # ---- the same through litellm (client: litellm) ----------------------------------------
@@ -426,6 +437,7 @@ def test_a_queued_hosted_request_through_litellm_without_another_option_is_a_cle
     assert isinstance(body, dict) and body["code"] == "upstream_timeout"
     expect = "sent no token within 0.5 s" if stream else "did not answer within 1 s"
     assert "(litellm)" in body["message"] and expect in body["message"], body
+    assert_failed_without_failover(info.value)
 
 
 def test_a_briefly_queued_hosted_request_through_litellm_is_served_and_timed_at_its_token(
