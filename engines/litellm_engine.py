@@ -2,8 +2,13 @@
 
 Serves the catalog's pass-through models (any OpenAI, Anthropic or other provider model a
 team also uses) and, when a DeepSeek backend sets ``client: litellm``, the hosted DeepSeek
-API. litellm is imported here and nowhere else, lazily, with its bundled price map
-(``LITELLM_LOCAL_MODEL_COST_MAP``) so nothing is fetched at start-up. Its exceptions are
+API. litellm is imported here and nowhere else, with its bundled price map
+(``LITELLM_LOCAL_MODEL_COST_MAP``) so nothing is fetched at start-up. Its first import takes
+seconds of CPU, so it is done by :meth:`LitellmEngine.start`, in a worker thread, when the
+gateway starts with a catalog that uses litellm (the server listens only after engines have
+started; ``health`` is false until then): a first request imported it on the event loop,
+and every request of the process, ``/healthz`` included, waited seconds for it, deadlines
+not counting. A process whose catalog uses no litellm never imports it. Its exceptions are
 translated to tiergate errors in ``_translate`` only.
 
 The hosted API under overload answers 200 and then sends keep-alive comments (blank lines
@@ -82,6 +87,7 @@ class LitellmEngine:
         self._passthrough = passthrough
         self._hosted = hosted
         self._where = f"backend {name} (litellm)"
+        self._loaded = False  # litellm imported (``start``)
 
     def _call_args(self, req: EngineRequest, stream: bool) -> dict[str, Any]:
         if self._hosted is not None:
@@ -156,10 +162,11 @@ class LitellmEngine:
         return stream
 
     async def health(self) -> bool:
-        return True
+        return self._loaded
 
     async def start(self) -> None:
-        return None
+        await asyncio.to_thread(_litellm)  # off the event loop, before the server listens
+        self._loaded = True
 
     async def close(self) -> None:
         return None

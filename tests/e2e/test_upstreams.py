@@ -458,6 +458,76 @@ def test_a_briefly_queued_hosted_request_through_litellm_is_served_and_timed_at_
     assert ttft >= 0.6, ttft  # the first token came after the queue, not the first comment
 
 
+def test_a_fresh_gateway_with_litellm_stays_responsive_and_on_time_from_its_first_request(
+    sims: Sims, tmp_path: Any
+) -> None:
+    """A new `tiergate serve` process (litellm not yet imported) with the hosted API through
+    litellm, queued for 5 s, and a 3 s timeout: litellm is imported at start-up, so while
+    the first request is in flight /healthz answers at once (importing it on that request
+    froze the event loop for seconds), and the first request's 504 comes at its timeout."""
+    import os
+    import threading
+
+    from .test_money_e2e import Gateways
+
+    busy = hosted_sim(queue_s=5, keepalive_every_s=0.3)
+    data = yaml.safe_load(DEMO.read_text())
+    data["backends"]["flash-local"]["replicas"] = sims.flash
+    data["backends"]["pro-local"]["replicas"] = sims.pro
+    data["backends"]["hosted"].update(
+        {"base_url": busy.base_url, "client": "litellm", "max_retries": 0, "timeout_s": 3.0}
+    )
+    data["routing"]["backend_preference"] = ["hosted"]
+    config = tmp_path / "catalog.yaml"
+    config.write_text(yaml.safe_dump(data))
+    from gateway.db.migrate import upgrade
+
+    database = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(database)
+    env = {
+        **os.environ,
+        "DEEPSEEK_API_KEY": "sim-key",
+        "TIERGATE_DATABASE_URL": database,
+        "TIERGATE_LOG_LEVEL": "warning",
+    }
+    env.pop("TIERGATE_REDIS_URL", None)
+    gws = Gateways(env, config)
+    result: dict[str, Any] = {}
+
+    def first_request() -> None:
+        started = time.monotonic()
+        try:
+            r = httpx.post(
+                gws.urls[0] + "/v1/chat/completions",
+                json={"model": "deepseek-chat", "messages": MSG, "max_tokens": 8},
+                timeout=20,
+            )
+            result["status"], result["route"] = r.status_code, r.headers.get("x-tiergate-route")
+        finally:
+            result["took"] = time.monotonic() - started
+
+    try:
+        gws.start(1)
+        ready = httpx.get(gws.urls[0] + "/readyz", timeout=5)
+        assert ready.status_code == 200 and ready.json()["backends"]["hosted"], ready.text
+        worker = threading.Thread(target=first_request)
+        worker.start()
+        health: list[float] = []
+        with httpx.Client(timeout=10) as client:
+            while worker.is_alive():
+                t0 = time.monotonic()
+                assert client.get(gws.urls[0] + "/healthz").status_code == 200
+                health.append(time.monotonic() - t0)
+                time.sleep(0.1)
+        worker.join()
+    finally:
+        gws.stop()
+        busy.stop()
+    assert result.get("status") == 504, result
+    assert 2.9 <= result["took"] < 4.5, result  # timeout_s 3; importing litellm added seconds
+    assert len(health) >= 10 and max(health) < 0.5, health
+
+
 # ---- an error event inside a stream ---------------------------------------------------
 
 
