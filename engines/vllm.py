@@ -82,6 +82,15 @@ class EngineMetrics:
     cache_tokens: int | None = None  # this engine's KV cache; None: not reported
 
 
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A request's hold on a replica (and on one of its engines): taken when it is sent,
+    given back once when it ends."""
+
+    rank: int | None  # the engine asked for; None: no header (one engine, or unknown)
+    sent: float  # monotonic time it was sent
+
+
 @dataclass(slots=True)
 class Replica:
     url: str
@@ -99,6 +108,11 @@ class Replica:
     # one engine), and the gateway's own requests in flight per engine
     engines: tuple[EngineMetrics, ...] = ()
     engine_in_flight: dict[int, int] = field(default_factory=dict)
+    # when the poll that reported ``engines`` started (monotonic)
+    polled_at: float = 0.0
+    # when the gateway last dropped the engines as wrong (a stale rank): a poll that
+    # started before then may describe the replica that was there before
+    engines_dropped_at: float = 0.0
 
     def engine_loads(self) -> list[int]:
         """Each engine's load: running (polled, or the gateway's own in flight if more,
@@ -107,6 +121,35 @@ class Replica:
             max(e.running, self.engine_in_flight.get(i, 0)) + e.waiting
             for i, e in enumerate(self.engines)
         ]
+
+    def take(self, rank: int | None) -> Slot:
+        """Count a request sent to this replica (and engine ``rank``)."""
+        self.in_flight += 1
+        if rank is not None:
+            self.engine_in_flight[rank] = self.engine_in_flight.get(rank, 0) + 1
+        return Slot(rank, time.monotonic())
+
+    def give(self, slot: Slot) -> None:
+        """Count a request as ended (once per :meth:`take`)."""
+        self.in_flight -= 1
+        rank = slot.rank
+        if rank is None:
+            return
+        left = self.engine_in_flight.get(rank, 0) - 1
+        if left > 0:
+            self.engine_in_flight[rank] = left
+        else:
+            self.engine_in_flight.pop(rank, None)
+
+    def set_engines(self, engines: tuple[EngineMetrics, ...], polled_at: float) -> None:
+        """The engines as a poll that started at ``polled_at`` reported them."""
+        self.engines = engines
+        self.polled_at = polled_at
+
+    def drop_engines(self) -> None:
+        """Forget the engines until the next poll: requests go without a rank header."""
+        self.engines = ()
+        self.engines_dropped_at = time.monotonic()
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.open_until
@@ -204,6 +247,21 @@ def parse_metrics(text: str) -> PolledMetrics:
         cache_tokens=tokens,
         engines=engines,
     )
+
+
+class StaleRank(UpstreamRequestFailed):
+    """A data-parallel replica refused the rank the gateway asked for: it has fewer
+    engines than last polled (it was replaced since). Handled inside the engine."""
+
+
+def is_stale_rank(status: int, payload: bytes) -> bool:
+    """Whether an answer is vLLM's refusal of an ``X-data-parallel-rank`` outside its
+    engines: a 400 whose message says ``data_parallel_rank ... out of range``
+    (``InputProcessor.process_inputs``: "data_parallel_rank 2 is out of range [0, 2).")."""
+    if status != 400:
+        return False
+    text = payload[:2000].decode("utf-8", "replace").lower()
+    return "data_parallel_rank" in text and "out of range" in text
 
 
 def _prompt_parts(body: dict[str, Any]) -> list[str]:
@@ -324,6 +382,7 @@ class VllmEngine:
             return None
 
     async def _poll(self, r: Replica) -> None:
+        started = time.monotonic()
         try:
             text = await self._scrape(r)
         except TimeoutError:
@@ -336,7 +395,7 @@ class VllmEngine:
             r.poll_misses = 0
         r.healthy = text is not None
         if text is None:
-            r.engines = ()
+            r.set_engines((), started)
             if self._prefixes is not None:
                 self._prefixes.forget(r.url)  # it may come back with an empty cache
             return
@@ -346,10 +405,12 @@ class VllmEngine:
             return
         r.waiting, r.running, r.kv_usage = m.waiting, m.running, m.kv_usage
         r.cache_tokens = m.cache_tokens
+        if started < r.engines_dropped_at:
+            return  # maybe the replica that was there before: the next poll tells
         if len(m.engines) != len(r.engines) and self._prefixes is not None:
             # Restarted with another --data-parallel-size: ranks name other caches now.
             self._prefixes.forget(r.url)
-        r.engines = m.engines
+        r.set_engines(m.engines, started)
         if self._prefixes is None:
             return
         if r.engines:  # each engine's own cache, under its own name
@@ -424,14 +485,8 @@ class VllmEngine:
         now = time.monotonic()
         return sum(max(0, cap - r.in_flight) for r in self._replicas if r.usable(now))
 
-    def _release(self, replica: Replica, rank: int | None = None) -> None:
-        replica.in_flight -= 1
-        if rank is not None:
-            left = replica.engine_in_flight.get(rank, 0) - 1
-            if left > 0:
-                replica.engine_in_flight[rank] = left
-            else:
-                replica.engine_in_flight.pop(rank, None)
+    def _release(self, replica: Replica, slot: Slot) -> None:
+        replica.give(slot)
         if self._admission is not None:
             self._admission.wake(replica.url)
 
@@ -503,8 +558,9 @@ class VllmEngine:
 
     async def _open(
         self, req: EngineRequest, stream: bool, skip: frozenset[str] = frozenset()
-    ) -> tuple[aiohttp.ClientResponse, Replica, int | None]:
-        """The accepted response, its replica, and the engine (rank) asked for, if any."""
+    ) -> tuple[aiohttp.ClientResponse, Replica, Slot]:
+        """The accepted response, its replica, and its slot there (with the engine asked
+        for, if any)."""
         if not self._replicas:
             raise UpstreamUnavailable(f"backend {self.name} has no replicas (discovery found none)")
         body = vllm_body(req.body, req.option.mode, self.spec.served_model, req.endpoint, stream)
@@ -523,21 +579,32 @@ class VllmEngine:
             # A data-parallel replica: ask for the engine that holds the prefix.
             rank, _ = self._engine(replica, matched)
             sent = headers if rank is None else {**headers, DP_RANK_HEADER: str(rank)}
-            replica.in_flight += 1
-            if rank is not None:
-                replica.engine_in_flight[rank] = replica.engine_in_flight.get(rank, 0) + 1
+            slot = replica.take(rank)
             try:
-                resp = await self._post(replica, req, data, sent, where)
+                try:
+                    resp = await self._post(replica, req, data, sent, where)
+                except StaleRank:
+                    # The replica behind this address has fewer engines than last polled
+                    # (replaced since): the gateway's mistake, not the request's nor the
+                    # replica's. Forget its engines until the next poll counts them, and
+                    # send the same request again there, without a rank. Nothing has
+                    # reached the client, and nothing is billed until it is answered.
+                    self._release(replica, slot)
+                    self._drop_engines(replica)
+                    if self._metrics is not None:
+                        self._metrics.stale_rank_resends.labels(self.name).inc()
+                    slot = replica.take(None)
+                    resp = await self._post(replica, req, data, headers, where)
             except UpstreamRequestFailed as exc:
                 # The request's own failure, not the replica's. Its siblings run the same
                 # server and would refuse it alike: the plan's next backend may take it.
-                self._release(replica, rank)
+                self._release(replica, slot)
                 req.request_faults += 1
                 exc.attempts = req.request_faults
                 exc.retryable = req.request_faults < 2
                 raise
             except UpstreamError as exc:
-                self._release(replica, rank)
+                self._release(replica, slot)
                 if not exc.retryable:
                     raise
                 replica.record_failure(
@@ -546,19 +613,25 @@ class VllmEngine:
                 last = exc
                 continue
             except BaseException:  # cancelled while waiting: the slot must not leak
-                self._release(replica, rank)
+                self._release(replica, slot)
                 raise
             replica.record_success()
             if chain and self._prefixes is not None:
-                held = replica.url if rank is None else engine_name(replica.url, rank)
+                held = replica.url if slot.rank is None else engine_name(replica.url, slot.rank)
                 self._prefixes.record(chain, held)
             if self._metrics is not None:
                 self._metrics.replica_selections.labels(
                     self.name, replica.url, why if n == 0 else "retry"
                 ).inc()
-            return resp, replica, rank
+            return resp, replica, slot
         self._export()
         raise last or UpstreamUnavailable(f"backend {self.name} has no usable replica")
+
+    def _drop_engines(self, replica: Replica) -> None:
+        """Forget a replica's engines and what the prefix index holds for them."""
+        replica.drop_engines()
+        if self._prefixes is not None:
+            self._prefixes.forget(replica.url)
 
     async def _post(
         self, replica: Replica, req: EngineRequest, data: bytes, headers: dict[str, str], where: str
@@ -579,6 +652,8 @@ class VllmEngine:
                     if resp.status != 200:
                         payload = await resp.read()
                         resp.release()
+                        if DP_RANK_HEADER in headers and is_stale_rank(resp.status, payload):
+                            raise StaleRank(f"{where} has no engine {headers[DP_RANK_HEADER]}")
                         raise error_for_status(
                             resp.status, payload, resp.headers, where, request_faults=True
                         )
@@ -601,7 +676,7 @@ class VllmEngine:
         # Nothing has reached the client yet: a body that breaks off is retried elsewhere too.
         skip: set[str] = set()
         while True:
-            resp, replica, rank = await self._open(req, stream=False, skip=frozenset(skip))
+            resp, replica, slot = await self._open(req, stream=False, skip=frozenset(skip))
             try:
                 body = await read_json_object(resp, f"replica {replica.url} of {self.name}")
             except UpstreamError as exc:
@@ -613,7 +688,7 @@ class VllmEngine:
                 skip.add(replica.url)
                 continue
             finally:
-                self._release(replica, rank)
+                self._release(replica, slot)
             usage = normalize_response(body)
             return EngineResponse(body=body, usage=usage, replica=replica.url)
 
@@ -623,13 +698,13 @@ class VllmEngine:
         include = bool((req.body.get("stream_options") or {}).get("include_usage"))
         skip: set[str] = set()
         while True:
-            resp, replica, rank = await self._open(req, stream=True, skip=frozenset(skip))
+            resp, replica, slot = await self._open(req, stream=True, skip=frozenset(skip))
             stream = SSEStream(
                 resp,
                 replica.url,
                 include,
                 f"replica {replica.url} of {self.name}",
-                on_close=functools.partial(self._release, replica, rank),
+                on_close=functools.partial(self._release, replica, slot),
             )
             try:
                 await stream.wait_first_token(self.spec.first_token_timeout_s)

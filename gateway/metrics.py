@@ -81,6 +81,13 @@ class Metrics:
             ("backend",),
             registry=r,
         )
+        self.stale_rank_resends = Counter(
+            "tiergate_stale_rank_resends",
+            "Requests sent again without X-data-parallel-rank after a data-parallel replica"
+            " refused the rank as out of range (it has fewer engines than last polled).",
+            ("backend",),
+            registry=r,
+        )
         self.settlement_failures = Counter(
             "tiergate_settlement_failures",
             "Answered requests whose settlement failed: their spend is missing from budgets "

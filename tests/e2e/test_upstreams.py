@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -854,6 +855,97 @@ async def test_a_replica_whose_engines_change_or_that_goes_down_forgets_them() -
         answers.append(None)  # down
         await pool.poll_once()
         assert replica.engines == () and index.matched(chain) == {}
+
+
+def doc_messages(d: int, q: int = 0) -> list[dict[str, str]]:
+    doc = f"Document {d}. " + " ".join(f"clause-{d}-{w}" for w in range(200))
+    return [
+        {"role": "system", "content": doc},
+        {"role": "user", "content": f"question {q} about document {d}"},
+    ]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_replica_replaced_by_one_with_fewer_engines_answers_every_request(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """A four-engine replica is replaced behind the same address by a two-engine one
+    between two polls, and a burst of requests follows. Those the gateway sends with rank
+    2 or 3 are refused as out of range; each is sent again at once without the header,
+    and every client request succeeds, billed once, with no breaker opened."""
+    four = sim("dp4", data_parallel_size=4)
+    catalog = catalog_for(
+        [four.base_url],
+        sims,
+        poll_interval_s=600,  # one poll, at start: none sees the replacement
+        routing={"backend_preference": ["self_hosted"]},  # nowhere else to go
+    )
+    server, gateway = start_gateway(catalog)
+    two: SimServer | None = None
+    try:
+        pool = gateway.app.state.tiergate.pipeline.engines["flash-local"]
+        replica = pool.replicas()[0]
+        deadline = time.monotonic() + 5
+        while len(replica.engines) != 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(replica.engines) == 4
+        client = gateway.client()
+        for d in range(8):  # eight documents spread over the four engines, two each
+            client.chat.completions.create(
+                model="deepseek-chat", messages=doc_messages(d), max_tokens=4
+            )
+        served = [
+            float(line.rsplit(" ", 1)[1])
+            for line in httpx.get(four.base_url + "/metrics").text.splitlines()
+            if line.startswith("vllm:prompt_tokens_total{")
+        ]
+        assert len(served) == 4 and all(served)  # ranks 2 and 3 hold documents too
+        four.stop()
+        two = SimServer(
+            SimConfig.preset("flash", replica_id="dp2", data_parallel_size=2).zero_latency(),
+            port=four.port,
+        ).start()
+        before = len(gateway.settled())
+
+        def ask(i: int) -> str:
+            kw: dict[str, Any] = {"model": "deepseek-chat", "max_tokens": 4}
+            if stream:
+                chunks = list(
+                    client.chat.completions.create(
+                        messages=doc_messages(i % 10, 1), stream=True, **kw
+                    )
+                )
+                return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            resp = client.chat.completions.create(messages=doc_messages(i % 10, 1), **kw)
+            return resp.choices[0].message.content or ""
+
+        with ThreadPoolExecutor(max_workers=12) as workers:
+            answers = list(workers.map(ask, range(40)))
+        metrics = httpx.get(gateway.url + "/metrics").text
+        settled = gateway.settled()[before:]
+        stats = two.state.stats
+        opened = breaker_open(gateway, "flash-local")
+    finally:
+        server.stop()
+        four.stop()
+        if two is not None:
+            two.stop()
+    assert all(answers) and len(answers) == 40  # every client request answered
+    resends = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith('tiergate_stale_rank_resends_total{backend="flash-local"}')
+    ]
+    print(f"stale ranks sent again: {resends}")
+    assert resends and resends[0] >= 1
+    # Each refusal was sent again once: the replica saw the 40 and the refused ones.
+    assert stats["errors"] == resends[0] and stats["requests"] == 40 + resends[0]
+    assert stats["completed"] == 40
+    # Billed once each, as served by the replica; no breaker opened.
+    assert len(settled) == 40 and len({s.request_id for s in settled}) == 40
+    assert all(s.backend == "flash-local" and s.status == 200 for s in settled)
+    assert opened == []
+    assert replica.engines == ()  # forgotten until the next poll counts them
 
 
 # ---- thinking switches and efforts ----------------------------------------------------
