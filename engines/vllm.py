@@ -108,17 +108,26 @@ class Replica:
     # one engine), and the gateway's own requests in flight per engine
     engines: tuple[EngineMetrics, ...] = ()
     engine_in_flight: dict[int, int] = field(default_factory=dict)
-    # when the poll that reported ``engines`` started (monotonic)
+    # when the poll that reported ``engines`` started (monotonic), and per engine the
+    # gateway's own requests sent before it that have ended since (it may have counted
+    # them running); the same for the poll under way, if any
     polled_at: float = 0.0
+    engine_done: dict[int, int] = field(default_factory=dict)
+    polling_since: float = 0.0
+    pending_done: dict[int, int] = field(default_factory=dict)
     # when the gateway last dropped the engines as wrong (a stale rank): a poll that
     # started before then may describe the replica that was there before
     engines_dropped_at: float = 0.0
 
     def engine_loads(self) -> list[int]:
-        """Each engine's load: running (polled, or the gateway's own in flight if more,
-        as those may have started since the poll) plus waiting."""
+        """Each engine's load: requests running plus waiting. Running is as polled, less
+        the gateway's own requests that poll saw and that have ended since (a poll is up
+        to ``poll_interval_s`` old: without this an engine looks busy with the request it
+        has just finished), or the gateway's own requests in flight to it if more (they
+        may have started since the poll)."""
         return [
-            max(e.running, self.engine_in_flight.get(i, 0)) + e.waiting
+            max(e.running - self.engine_done.get(i, 0), self.engine_in_flight.get(i, 0), 0)
+            + e.waiting
             for i, e in enumerate(self.engines)
         ]
 
@@ -140,15 +149,30 @@ class Replica:
             self.engine_in_flight[rank] = left
         else:
             self.engine_in_flight.pop(rank, None)
+        # The last poll, and the one under way, may have counted it running: not any more.
+        if slot.sent < self.polled_at:
+            self.engine_done[rank] = self.engine_done.get(rank, 0) + 1
+        if self.polling_since > self.polled_at and slot.sent < self.polling_since:
+            self.pending_done[rank] = self.pending_done.get(rank, 0) + 1
+
+    def poll_started(self, at: float) -> None:
+        self.polling_since = at
+        self.pending_done = {}
 
     def set_engines(self, engines: tuple[EngineMetrics, ...], polled_at: float) -> None:
         """The engines as a poll that started at ``polled_at`` reported them."""
         self.engines = engines
         self.polled_at = polled_at
+        # those that ended while it was under way: counted, if the snapshot was taken
+        # before they ended (else the gateway's own in flight bounds the load from below)
+        self.engine_done = self.pending_done if polled_at == self.polling_since else {}
+        self.pending_done = {}
 
     def drop_engines(self) -> None:
         """Forget the engines until the next poll: requests go without a rank header."""
         self.engines = ()
+        self.engine_done = {}
+        self.pending_done = {}
         self.engines_dropped_at = time.monotonic()
 
     def usable(self, now: float) -> bool:
@@ -383,6 +407,7 @@ class VllmEngine:
 
     async def _poll(self, r: Replica) -> None:
         started = time.monotonic()
+        r.poll_started(started)
         try:
             text = await self._scrape(r)
         except TimeoutError:

@@ -8,10 +8,12 @@ calls finishing with ``stop`` and streamed in fragments, data-parallel engines, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -21,12 +23,14 @@ import openai
 import pytest
 import yaml
 
+from engines.base import EngineRequest
 from engines.litellm_engine import _litellm
 from engines.sim.config import SimConfig
 from engines.sim.runner import SimServer
 from engines.vllm import VllmEngine
 from policies.affinity import engine_name
 from policies.catalog import Catalog, VllmBackend, parse_catalog
+from policies.options import NON_THINKING, Option
 
 from .conftest import DEMO, Gateway, Sims, start_gateway
 
@@ -798,6 +802,83 @@ def test_a_repeated_prefix_goes_to_the_data_parallel_engine_that_caches_it(
     assert hits_without <= 5
     assert sum(through) > 3 * sum(without)
     assert sum(e > 0 for e in per_engine) >= 3  # the documents spread over the engines
+
+
+def slow_dp(replica_id: str, ttft_s: float) -> SimServer:
+    """A four-engine replica whose every request takes about ``ttft_s``."""
+    cfg = SimConfig.preset("flash", replica_id=replica_id, data_parallel_size=4)
+    return SimServer(replace(cfg.zero_latency(), ttft_base_s=ttft_s)).start()
+
+
+async def test_a_poll_taken_during_a_request_does_not_send_its_prefix_elsewhere() -> None:
+    """One request at a time: a poll taken while a document's request runs reports its
+    engine running one; once that request has ended, the document's next request still
+    goes to that engine (it used to count as loaded until the next poll, and the load
+    bound, with no slack for one request over four idle engines, sent it elsewhere)."""
+    dp = slow_dp("dp-slow", 0.3)
+    spec = VllmBackend.model_validate(
+        {
+            "kind": "vllm",
+            "tier": "flash",
+            "served_model": "deepseek-ai/DeepSeek-V4-Flash",
+            "replicas": [dp.base_url],
+            "max_model_len": 100_000,
+            "prices": "x",
+        }
+    )
+    cached: list[int] = []
+    busy: list[list[int]] = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            pool = VllmEngine("flash-local", spec, session)
+            replica = pool.replicas()[0]
+            await pool.poll_once()
+            assert len(replica.engines) == 4
+            for q in range(3):
+                req = EngineRequest(
+                    {"model": "deepseek-chat", "messages": doc_messages(0, q), "max_tokens": 4},
+                    Option("flash", NON_THINKING, "flash-local"),
+                )
+                task = asyncio.create_task(pool.complete(req))
+                await asyncio.sleep(0.15)
+                await pool.poll_once()  # the request runs: one engine reports it
+                busy.append([e.running for e in replica.engines])
+                cached.append((await task).usage.cache_hit_tokens)
+        per_engine = engines_served(dp)
+    finally:
+        dp.stop()
+    assert all(sorted(b) == [0, 0, 0, 1] for b in busy)
+    assert cached[0] == 0 and all(c > 0 for c in cached[1:])  # both repeats: cached
+    assert sum(e > 0 for e in per_engine) == 1  # all on one engine
+
+
+def test_a_repeated_prefix_finds_its_engine_although_the_last_poll_saw_it_busy(
+    sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    """Through the gateway, one request at a time, each taking 0.45 s while the replica
+    is polled every 0.2 s: every poll before a repeat saw the document's engine running
+    its previous request, and every repeat is served from that engine's cache."""
+    dp = slow_dp("dp-slow", 0.45)
+    server, gateway = start_gateway(catalog_for([dp.base_url], sims, poll_interval_s=0.2))
+    try:
+        pool = gateway.app.state.tiergate.pipeline.engines["flash-local"]
+        deadline = time.monotonic() + 5
+        while len(pool.replicas()[0].engines) != 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client, cached = gateway.client(), []
+        for q in range(4):
+            resp = client.chat.completions.create(
+                model="deepseek-chat", messages=doc_messages(0, q), max_tokens=4
+            )
+            details = resp.usage.prompt_tokens_details if resp.usage else None
+            cached.append((details.cached_tokens or 0) if details else 0)
+        per_engine = engines_served(dp)
+    finally:
+        server.stop()
+        dp.stop()
+    print(f"cached tokens per request: {cached}")
+    assert cached[0] == 0 and all(c > 0 for c in cached[1:])
+    assert sum(e > 0 for e in per_engine) == 1
 
 
 def _exposition(engines: int) -> str:

@@ -1,8 +1,9 @@
+import time
 from collections import Counter
 
 import pytest
 
-from engines.vllm import EngineMetrics, PolledMetrics, parse_metrics
+from engines.vllm import EngineMetrics, PolledMetrics, Replica, parse_metrics
 from policies.affinity import (
     PrefixIndex,
     ReplicaView,
@@ -341,3 +342,50 @@ def test_pick_engine_prefers_the_cached_prefix_within_the_load_bound(
 def test_pick_engine_spreads_new_prefixes_over_idle_engines() -> None:
     picks = {pick_engine("r0", [0] * 4, {}, rr=rr)[0] for rr in range(4)}
     assert picks == {0, 1, 2, 3}
+
+
+def _polled(running: list[int]) -> tuple[EngineMetrics, ...]:
+    return tuple(EngineMetrics(running=n) for n in running)
+
+
+def test_an_engine_is_not_loaded_by_the_request_it_has_just_finished() -> None:
+    """A poll up to poll_interval_s old still shows the gateway's last request running:
+    once it has ended, its engine is idle again and keeps the prefix it caches."""
+    r = Replica("r0")
+    slot = r.take(1)
+    r.poll_started(slot.sent + 0.001)  # the poll sees it running on engine 1
+    r.set_engines(_polled([0, 1, 0, 0]), slot.sent + 0.001)
+    assert r.engine_loads() == [0, 1, 0, 0]
+    matched = {engine_name("r0", 1): 3}
+    # with one request over four engines the bound has no slack: the holder is skipped
+    assert pick_engine("r0", r.engine_loads(), matched) == (0, "engine-least-loaded")
+    r.give(slot)
+    assert r.engine_loads() == [0, 0, 0, 0]
+    assert pick_engine("r0", r.engine_loads(), matched) == (1, "engine-prefix-match")
+
+
+def test_an_engine_stays_loaded_by_requests_the_poll_did_not_count() -> None:
+    r = Replica("r0")
+    before = r.take(2)  # in flight before the poll, still running
+    t = before.sent + 0.001
+    r.poll_started(t)
+    r.set_engines(_polled([0, 1, 1, 0]), t)  # engine 1: another client's request
+    time.sleep(0.002)
+    r.give(r.take(1))  # sent to engine 1 after the poll, ended since
+    assert r.engine_loads() == [0, 1, 1, 0]  # the poll never counted it
+    r.take(3)
+    r.take(3)
+    assert r.engine_loads() == [0, 1, 1, 2]  # own requests sent since the poll
+
+
+def test_a_request_ending_while_a_poll_is_under_way_is_not_counted_after_it() -> None:
+    r = Replica("r0")
+    slot = r.take(0)
+    t = slot.sent + 0.001
+    r.poll_started(t)
+    r.give(slot)  # ends while the poll's answer is on its way
+    r.set_engines(_polled([1, 0]), t)  # the replica counted it running
+    assert r.engine_loads() == [0, 0]
+    r.poll_started(t + 1)
+    r.set_engines(_polled([0, 0]), t + 1)  # the next poll forgets it
+    assert r.engine_loads() == [0, 0] and r.engine_done == {}
