@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any, Literal
 
 import orjson
@@ -21,6 +20,7 @@ import orjson
 from gateway.errors import sse_error_event
 from gateway.parse import Call, check_model, load_json_object
 from gateway.pipeline import Prepared
+from gateway.protocols.relay import translate_relayed
 from gateway.serve import Edge
 from policies.errors import InvalidRequest, TiergateError, UpstreamError, UpstreamUnavailable
 from policies.usage import Usage, usage_from_openai
@@ -575,27 +575,15 @@ class StreamTranslator:
         )
 
 
-async def translate_stream(
+def translate_stream(
     events: AsyncGenerator[bytes, None], model: str, stops: list[str] | None = None
 ) -> AsyncGenerator[bytes, None]:
     tr = StreamTranslator(model, stops)
-    async with aclosing(events):  # closing this stream early closes the relay too
-        yield tr.start()
-        async for raw in events:
-            if not raw.startswith(b"data: "):
-                continue  # keep-alive comments
-            payload = raw[6:].strip()
-            if payload == b"[DONE]":
-                yield tr.end()
-                return
-            chunk = orjson.loads(payload)
-            if "error" in chunk and not chunk.get("choices"):
-                err = chunk["error"]
-                yield sse_error_event(UpstreamError(str(err.get("message", err))), "anthropic")
-                return
-            out = tr.feed(chunk)
-            if out:
-                yield out
+
+    def fail(err: dict[str, Any]) -> bytes:
+        return sse_error_event(UpstreamError(str(err.get("message", err))), "anthropic")
+
+    return translate_relayed(events, tr.start, tr.feed, tr.end, fail)
 
 
 def stream_error(err: TiergateError) -> bytes:

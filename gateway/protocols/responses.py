@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +23,7 @@ import orjson
 
 from gateway.parse import Call, check_model, load_json_object
 from gateway.protocols.anthropic import MediaPolicy, media_note
+from gateway.protocols.relay import translate_relayed
 from gateway.serve import Edge
 from policies.errors import InvalidRequest, TiergateError, UpstreamUnavailable
 from policies.usage import Usage, usage_from_openai
@@ -712,29 +712,17 @@ class StreamTranslator:
         return out + self._event(kind, response=final)
 
 
-async def translate_stream(
+def translate_stream(
     events: AsyncGenerator[bytes, None], call: Call
 ) -> AsyncGenerator[bytes, None]:
     tr = StreamTranslator(call.context, call.model)
-    async with aclosing(events):  # closing this stream early closes the relay too
-        yield tr.start()
-        async for raw in events:
-            if not raw.startswith(b"data: "):
-                continue  # keep-alive comments
-            payload = raw[6:].strip()
-            if payload == b"[DONE]":
-                yield tr.end()
-                return
-            chunk = orjson.loads(payload)
-            if "error" in chunk and not chunk.get("choices"):
-                err = chunk["error"]
-                failure = UpstreamUnavailable(str(err.get("message", err)))
-                failure.code = str(err.get("code") or err.get("type") or failure.code)
-                yield tr.fail(failure)
-                return
-            out = tr.feed(chunk)
-            if out:
-                yield out
+
+    def fail(err: dict[str, Any]) -> bytes:
+        failure = UpstreamUnavailable(str(err.get("message", err)))
+        failure.code = str(err.get("code") or err.get("type") or failure.code)
+        return tr.fail(failure)
+
+    return translate_relayed(events, tr.start, tr.feed, tr.end, fail)
 
 
 def _stream_error(err: TiergateError) -> bytes:
