@@ -235,20 +235,17 @@ def pair_label(weak_right: bool, strong_right: bool) -> float:
 
 
 def _design(
-    zb: np.ndarray, knn: np.ndarray, topics: np.ndarray, eg: np.ndarray, use: str, lam: float
+    zb: np.ndarray, knn: np.ndarray, topics: np.ndarray, use: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The columns a candidate uses, in PairModel's order, and each one's penalty."""
-    n = len(zb)
+    """The columns of the topic candidates, in PairModel's order, and each one's penalty
+    (the full candidate is fitted in dual form: ``_full_fit``)."""
     cols, pen = [zb[:, :1]], [0.0]
-    if use in ("topic+knn", "full"):
+    if use == "topic+knn":
         cols.append(knn[:, None])
         pen.append(0.0)
     if use != "prior":
         cols.append(topics)
         pen += [TOPIC_PSEUDO_ROWS] * topics.shape[1]
-    if use == "full":
-        cols += [zb[:, 1:], eg]
-        pen += [lam * n] * (zb.shape[1] - 1 + eg.shape[1])
     return np.hstack(cols), np.asarray(pen)
 
 
@@ -321,7 +318,6 @@ def _cross_fitted_knn(
 class _Inputs:
     zb: np.ndarray
     topics: np.ndarray
-    eg: np.ndarray
     sims: np.ndarray
     y: np.ndarray
     folds: tuple[np.ndarray, ...]  # one fold assignment per repeat of the cross-validation
@@ -351,7 +347,7 @@ def _fold_scores(d: _Inputs, use: str, lam: float) -> list[tuple[np.ndarray, np.
                 fit = _full_scores(d, tr, tr, knn, lam, alpha, b)
                 pred = _full_scores(d, te, tr, knn, lam, alpha, b)
             else:
-                x, pen = _design(d.zb, knn, d.topics, d.eg, use, lam)
+                x, pen = _design(d.zb, knn, d.topics, use)
                 w, _ = _ridge(x[tr], d.y[tr], pen)
                 fit, pred = x[tr] @ w, x[te] @ w
             out.append((te, (pred - fit.mean()) / (fit.std() or 1.0)))
@@ -478,7 +474,6 @@ def fit_pair(
     d = _Inputs(
         zb,
         topics,
-        e.astype(np.float64) * EMB_GAIN,
         e @ e.T,
         yv,
         tuple(np.random.default_rng(seed + r).permutation(n) % CV_FOLDS for r in range(repeats)),
@@ -513,7 +508,7 @@ def fit_pair(
             bias = float(b[0])
             x = np.hstack([zb[:, :1], knn[:, None], topics, rest])
         else:
-            x, pen = _design(d.zb, knn, d.topics, d.eg, use, lam)
+            x, pen = _design(d.zb, knn, d.topics, use)
             w, bias = _ridge(x, yv, pen)
         if not math.isinf(alpha):
             # the fallback plus alpha standard deviations of the candidate: still linear

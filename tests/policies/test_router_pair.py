@@ -266,7 +266,7 @@ def test_the_dual_fit_is_the_column_ridge() -> None:
     topics = np.eye(5)[rng.integers(0, 5, size=n)]
     rest = rng.normal(size=(n, width)).astype(np.float32)
     knn, y = rng.normal(size=n), rng.normal(size=n)
-    d = _Inputs(zb, topics, zb, np.eye(n), y, (), 0, rest, rest @ rest.T, topics @ topics.T)
+    d = _Inputs(zb, topics, np.eye(n), y, (), 0, rest, rest @ rest.T, topics @ topics.T)
     rows, lam = np.arange(n), 0.5
     dual, fixed = _full_fit(d, rows, knn, lam)
     got = _full_scores(d, rows, rows, knn, lam, dual, fixed)
