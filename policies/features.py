@@ -29,9 +29,13 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _CODE = re.compile(
     r"```|\bdef |\bclass |\bfunction\b|\breturn\b|;\s*$|\{\s*$|#include|=>|\bimport ", re.M
 )
-_MATH = re.compile(
-    r"\\frac|\\sqrt|\\sum|\\int|\^|\$|\b\d+\s*[-+*/=]\s*\d+|\bequation\b|\bprobability\b"
-)
+# Math markers: LaTeX commands and signs, arithmetic between numbers, and two words. Their
+# matches never overlap, so each part is counted on its own, the literals with str.count.
+_MATH_LITERALS = ("\\frac", "\\sqrt", "\\sum", "\\int", "^", "$")
+_ARITH = re.compile(r"\b\d+\s*[-+*/=]\s*\d+")
+_ARITH_OPS = ("-", "+", "*", "/", "=")
+_MATH_WORDS = re.compile(r"\bequation\b|\bprobability\b")
+_MATH_WORD_HINTS = ("equation", "probability")
 _REASON = re.compile(
     r"\bstep[- ]by[- ]step\b|\bprove\b|\bproof\b|\bderive\b|\bexplain why\b|\bjustify\b|"
     r"\breason\w*\b|\bthink carefully\b|\bshow that\b"
@@ -41,6 +45,28 @@ _MULTI_LIST = re.compile(r"^\s*\d+[.)]", re.M)  # "1." / "2)" at a line start
 # Substrings without which a pattern cannot match: a C-speed check skips the regex.
 _CODE_HINTS = ("```", "def ", "class ", "function", "return", ";", "{", "#include", "=>", "import ")
 _MULTI_HINTS = ("then", "after that", "first", "second", "finally")
+_REASON_HINTS = (
+    "step",
+    "prove",
+    "proof",
+    "derive",
+    "explain why",
+    "justify",
+    "reason",
+    "think carefully",
+    "show that",
+)
+_CONSTRAINT_HINTS = (
+    "must",
+    "exactly",
+    "at least",
+    "at most",
+    "without",
+    "only",
+    "constraint",
+    "ensure",
+)
+_ASCII_DIGITS = "0123456789"
 _CONSTRAINT = re.compile(
     r"\bmust\b|\bexactly\b|\bat least\b|\bat most\b|\bwithout\b|\bonly\b|\bconstraint|\bensure\b"
 )
@@ -109,6 +135,22 @@ def _count(pattern: re.Pattern[str], text: str, hints: tuple[str, ...]) -> int:
     return len(pattern.findall(text)) if any(h in text for h in hints) else 0
 
 
+def _digits(text: str) -> int:
+    """Characters for which ``str.isdigit`` holds (ten C-speed counts for ASCII text)."""
+    if text.isascii():
+        return sum(text.count(d) for d in _ASCII_DIGITS)
+    return sum(map(str.isdigit, text))
+
+
+def _math(text: str, digits: int) -> int:
+    """Math markers: what one alternation of the literals, ``_ARITH`` and ``_MATH_WORDS``
+    would find (their matches share no character, so the counts add up)."""
+    n = sum(text.count(s) for s in _MATH_LITERALS)
+    if digits and any(op in text for op in _ARITH_OPS):
+        n += len(_ARITH.findall(text))
+    return n + _count(_MATH_WORDS, text, _MATH_WORD_HINTS)
+
+
 def hash_ngrams(text: str) -> tuple[int, ...]:
     """Hashed unigrams and bigrams: CRC32 of ``word`` and of ``"a b"``, modulo HASH_DIM.
 
@@ -145,21 +187,21 @@ def from_text(
     low = scan.lower()
     n = max(len(scan), 1)
     total = last_len if total_chars is None else total_chars
-    digits = sum(map(str.isdigit, scan))
+    digits = _digits(scan)
     dense = (
         1.0,
         math.log1p(total) / 10,
         math.log1p(last_len) / 10,
         min(turns, 50) / 10,
         min(_count(_CODE, scan, _CODE_HINTS), 10) / 5,
-        min(len(_MATH.findall(scan)), 20) / 5,
-        min(len(_REASON.findall(low)), 5) / 2,
+        min(_math(scan, digits), 20) / 5,
+        min(_count(_REASON, low, _REASON_HINTS), 5) / 2,
         min(_count(_MULTI_WORDS, low, _MULTI_HINTS) + len(_MULTI_LIST.findall(low)), 10) / 5,
-        min(len(_CONSTRAINT.findall(low)), 10) / 5,
+        min(_count(_CONSTRAINT, low, _CONSTRAINT_HINTS), 10) / 5,
         1.0 if tools else 0.0,
         1.0 if json_mode else 0.0,
         min(scan.count("?"), 10) / 5,
-        min(len(_NUMBER.findall(scan)), 40) / 10,
+        min(len(_NUMBER.findall(scan)) if digits else 0, 40) / 10,
         digits / n,
         1.0 if has_system else 0.0,
     )

@@ -129,13 +129,19 @@ def lexical(feats: Sequence[Features]) -> np.ndarray:
     by the next bit."""
     out = np.zeros((len(feats), LEX_DIM), dtype=np.float32)
     for i, f in enumerate(feats):
-        h = np.asarray(hash_ngrams(f.task[-LEX_CHARS:]) if f.task else f.hashed, dtype=np.int64)
-        if h.size:
-            sign = 1.0 - 2.0 * ((h // LEX_DIM) % 2)
-            out[i] = np.bincount(h % LEX_DIM, weights=sign, minlength=LEX_DIM)
+        out[i] = _lexical_counts(f)
     norm = np.sqrt(np.einsum("ij,ij->i", out, out))
     norm[norm == 0] = 1.0
     return np.asarray(out / norm[:, None], dtype=np.float32)
+
+
+def _lexical_counts(f: Features) -> np.ndarray:
+    """``lexical``'s row before its normalisation: signed bucket counts."""
+    h = np.asarray(hash_ngrams(f.task[-LEX_CHARS:]) if f.task else f.hashed, dtype=np.int64)
+    if not h.size:
+        return np.zeros(LEX_DIM)
+    sign = 1.0 - 2.0 * ((h // LEX_DIM) % 2)
+    return np.bincount(h % LEX_DIM, weights=sign, minlength=LEX_DIM)
 
 
 TOPICS = "topics.npz"
@@ -174,9 +180,31 @@ class PairModel:
     center: float = 0.0  # score -> probability: squash((score - center) / spread)
     spread: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
+    _row: _RowWeights | None = field(default=None, init=False, repr=False, compare=False)
 
     def raw(self, f: Features, emb: np.ndarray) -> float:
-        return float(scores_of(self, [f], np.asarray(emb, dtype=np.float32)[None, :])[0])
+        """``scores_of`` for one row, with the coefficients split once (``_RowWeights``):
+        the request path pays for no batch bookkeeping."""
+        w = self._row
+        if w is None or w.coef is not self.coef:
+            w = self._row = _RowWeights.of(self)
+        d = f.dense
+        v = [math.log1p(f.last_user_chars), *(d[i] for i in _TASK_IDX)]
+        v.append(1.0 if f.total_chars >= LONG_CONTEXT_CHARS else 0.0)
+        out = w.bias + float(np.asarray(v) @ w.linear)
+        e = np.asarray(emb, dtype=np.float32).reshape(-1)
+        if w.topic is not None:
+            out += float(w.topic[int(np.argmax(self.centroids @ e))])
+        if w.emb is not None:
+            out += float(e.astype(np.float64) @ w.emb)
+        if w.lex is not None:
+            counts = _lexical_counts(f)
+            norm = math.sqrt(float(counts @ counts)) or 1.0
+            # lexical() rounds the unit row to float32 before the product
+            out += float((counts / norm).astype(np.float32).astype(np.float64) @ w.lex)
+        if w.knn:
+            out += w.knn * float(knn_mean(e[None, :], self.exemplars, self.labels, self.k)[0])
+        return out
 
     def predict(self, f: Features, emb: np.ndarray) -> float:
         return squash((self.raw(f, emb) - self.center) / self.spread)
@@ -216,6 +244,39 @@ class PairModel:
                 spread,
                 dict(str(m).split("=", 1) for m in z["meta"]),
             )
+
+
+@dataclass(frozen=True)
+class _RowWeights:
+    """A pair model's coefficients arranged for one row: the standardisation folded into
+    the linear weights of [fallback, signals], None for parts whose weights are all 0."""
+
+    coef: np.ndarray  # the coefficients these were derived from
+    bias: float
+    linear: np.ndarray
+    topic: np.ndarray | None
+    emb: np.ndarray | None
+    lex: np.ndarray | None
+    knn: float
+
+    @staticmethod
+    def of(m: PairModel) -> _RowWeights:
+        c, t = m.coef, m.centroids.shape[0]
+        lin = np.concatenate([c[:1], c[2 + t : 2 + t + len(SIGNAL_NAMES)]]) / m.scale
+        o = 2 + t + len(SIGNAL_NAMES)
+        width = len(c) - o  # the embedding's, then LEX_DIM lexical weights if any
+        width -= LEX_DIM if width >= LEX_DIM else 0
+        w_emb = c[o : o + width] * EMB_GAIN
+        w_lex = c[o + width :]
+        return _RowWeights(
+            c,
+            m.bias - float(m.mean @ lin),
+            lin,
+            c[2 : 2 + t] if t and np.any(c[2 : 2 + t]) else None,
+            w_emb if np.any(w_emb) else None,
+            w_lex if w_lex.size and np.any(w_lex) else None,
+            float(c[1]) if m.k and m.labels.size else 0.0,
+        )
 
 
 # Ridge penalties tried by cross-validation (per row, on standardised columns).

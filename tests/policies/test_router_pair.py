@@ -221,6 +221,37 @@ def test_pair_trainer_beats_length_when_the_gap_depends_on_topic() -> None:
     )
 
 
+@pytest.mark.parametrize("parts", ["all", "no-words", "length-only", "topic-knn"])
+def test_one_row_scoring_equals_the_batch_scores(parts: str) -> None:
+    """``PairModel.raw`` (the request path) folds the coefficients once; it must score a
+    row as ``scores_of`` (training, evaluation) does, for every part a model may use."""
+    rng = np.random.default_rng(3)
+    texts = ["hi", "Prove that 3+4 = 7 step by step.", "x " * 3000, "Résumé ٣ $x^2$", ""]
+    feats = [from_text(t) for t in texts]
+    emb = rng.normal(size=(len(texts), DIM)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cents = rng.normal(size=(7, DIM)).astype(np.float32)
+    t, s = cents.shape[0], len(SIGNAL_NAMES)
+    coef = rng.normal(size=2 + t + s + DIM + (0 if parts == "no-words" else LEX_DIM))
+    if parts == "length-only":
+        coef[1:] = 0.0
+    if parts == "topic-knn":
+        coef[2 + t :] = 0.0
+    model = PairModel(
+        rng.normal(size=1 + s),
+        rng.uniform(0.5, 2.0, size=1 + s),
+        coef,
+        0.3,
+        cents,
+        rng.normal(size=(40, DIM)).astype(np.float32),
+        rng.choice([-1.0, 0.0, 1.0], size=40),
+        5,
+    )
+    want = scores_of(model, feats, emb)
+    got = [model.raw(f, e) for f, e in zip(feats, emb, strict=True)]
+    assert got == pytest.approx(list(want), rel=1e-6, abs=1e-6)
+
+
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
