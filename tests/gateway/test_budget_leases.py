@@ -25,8 +25,8 @@ KEY = BudgetSpec("b-key", "key", "k1", "total", 500_000)
 SMALL = BudgetSpec("b-small", "team", "t2", "day", 100_000)
 
 
-def windows(*specs: BudgetSpec) -> list[Window]:
-    return [Window.of(s, NOW, "UTC") for s in specs]
+def windows(*specs: BudgetSpec, now: datetime = NOW) -> list[Window]:
+    return [Window.of(s, now, "UTC") for s in specs]
 
 
 async def zero(_: Window) -> int:
@@ -242,13 +242,15 @@ async def test_guard_releases_a_leased_request_while_redis_is_down(
     await store.close()
 
 
-def _worker(redis_url: str, prefix: str, n: int, idx: int, q: Any) -> None:
+def _worker(redis_url: str, prefix: str, n: int, idx: int, q: Any, now: datetime) -> None:
+    # `now` comes from the parent: a spawned worker re-imports this module, and one started
+    # after midnight would otherwise count in another day's window than the parent checks.
     async def run() -> tuple[int, int]:
         r = Redis.from_url(redis_url)
         store = RedisBudgetStore(
             r, zero, prefix=prefix, lease=LeasePolicy(share=0.2, slots=4, renew_s=0.05)
         )
-        ws = windows(BudgetSpec("b-shared", "team", "t3", "day", 100_000))
+        ws = windows(BudgetSpec("b-shared", "team", "t3", "day", 100_000), now=now)
         ok = 0
         leased = 0
         rng = random.Random(idx)
@@ -282,7 +284,7 @@ def test_three_processes_with_leases_never_overspend(redis_url: str, redis_prefi
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker, args=(redis_url, redis_prefix, 80, i, q)) for i in range(3)
+        ctx.Process(target=_worker, args=(redis_url, redis_prefix, 80, i, q, NOW)) for i in range(3)
     ]
     for p in procs:
         p.start()

@@ -21,8 +21,8 @@ TEAM = BudgetSpec("b-team", "team", "t1", "day", 1_000)
 KEY = BudgetSpec("b-key", "key", "k1", "total", 600)
 
 
-def windows(*specs: BudgetSpec) -> list[Window]:
-    return [Window.of(s, NOW, "UTC") for s in specs]
+def windows(*specs: BudgetSpec, now: datetime = NOW) -> list[Window]:
+    return [Window.of(s, now, "UTC") for s in specs]
 
 
 class Sink:
@@ -150,11 +150,13 @@ async def test_counters_rebuild_from_the_ledger_when_redis_is_empty(
     await r.aclose()
 
 
-def _worker(redis_url: str, prefix: str, n: int, idx: int, q: Any) -> None:
+def _worker(redis_url: str, prefix: str, n: int, idx: int, q: Any, now: datetime) -> None:
+    # `now` comes from the parent: a spawned worker re-imports this module, and one started
+    # after midnight would otherwise count in another day's window than the parent checks.
     async def run() -> int:
         r = Redis.from_url(redis_url)
         store = RedisBudgetStore(r, zero, prefix=prefix)
-        ws = windows(TEAM)
+        ws = windows(TEAM, now=now)
         ok = 0
 
         async def one(i: int) -> None:
@@ -177,7 +179,7 @@ def test_three_processes_share_one_budget_exactly(redis_url: str, redis_prefix: 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker, args=(redis_url, redis_prefix, 60, i, q)) for i in range(3)
+        ctx.Process(target=_worker, args=(redis_url, redis_prefix, 60, i, q, NOW)) for i in range(3)
     ]
     for p in procs:
         p.start()
