@@ -57,8 +57,16 @@ class RouterService:
         scores = self.router.score(messages, tools=call.has_tools, json_mode=call.json_mode)
         self.calibrator.observe(scores.hard)
         self.scores.observe(scores.hard)
+        cal = self.calibrator
         choice = decide(
-            AutoInput(scores.hard, self.calibrator.thresholds, downgrade, self.strong, self.weak)
+            AutoInput(
+                scores.hard,
+                cal.thresholds,
+                downgrade,
+                self.strong,
+                self.weak,
+                cal.draw(scores.hard),
+            )
         )
         # An explicit request to reason ("step by step", "prove") or a long context always
         # gets thinking.

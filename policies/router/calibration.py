@@ -1,20 +1,52 @@
 """Thresholds that meet a target share of Pro (and of thinking) calls on recent traffic.
 
-A bounded ring buffer of recent scores; the Pro threshold is the (1 - pro_share) quantile
-of it, the thinking threshold the (1 - pro_share - think_share) quantile. Until enough
-scores are seen, the thresholds measured on the training data are used. Deterministic:
-the same scores in the same order give the same thresholds.
+A bounded window of recent scores, kept sorted; the Pro threshold is the score at the
+(1 - pro_share) quantile of it, the thinking threshold the one at (1 - pro_share -
+think_share). Until enough scores are seen, the thresholds measured on the training data
+are used. Deterministic: the same scores in the same order give the same decisions.
+
+Ties. Many requests can score the same (a chat app's "hi", a harness that sends the same
+short turn): with a plain ``score >= threshold`` rule every one of them would go up once
+the threshold lands on their score, and a 20% target could send half the traffic to Pro.
+So each threshold carries a *tie fraction*: scores strictly above go up, scores equal to
+it go up in that fraction, chosen so that the window's share above the line is the target.
+Which of the tied requests go up is a low-discrepancy sequence over the tied requests
+(``Calibrator.draw``), so the realised share tracks the target without randomness.
+
+Drift. A quantile of past scores lags a shift in traffic: after a burst of low scores (a
+bot sending the same short turn) the line sits low, and the next, ordinary requests would go
+to Pro far above the target until the burst leaves the window. So the share the Pro line
+aims at is corrected by the Pro share actually sent over the last ``recent`` decisions
+(``2 * target - sent`` when more than the target was sent): on steady traffic it is the
+target, and an overshoot is paid back within the window. An undershoot (the thresholds of
+the training data before the window fills, a quiet spell) is not spent later: the target
+is a ceiling on Pro spend, not a quota.
 """
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left, bisect_right, insort
+from collections import deque
 from dataclasses import dataclass, field
+
+_GOLDEN = (math.sqrt(5) - 1) / 2
 
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
+    """``pro``/``think``: the lines; ``pro_tie``/``think_tie``: the fraction of scores equal
+    to a line that count as above it (1.0: ``>=``, 0.0: ``>``)."""
+
     pro: float
     think: float
+    pro_tie: float = 1.0
+    think_tie: float = 1.0
+
+
+def at_or_above(score: float, line: float, tie: float, draw: float) -> bool:
+    """Above ``line``, or on it and among the ``tie`` fraction picked by ``draw`` in [0, 1)."""
+    return score > line or (score == line and draw < tie)
 
 
 @dataclass
@@ -24,44 +56,71 @@ class Calibrator:
     prior: Thresholds
     size: int = 2048
     min_samples: int = 200
-    recompute_every: int = 64
-    _ring: list[float] = field(default_factory=list)
-    _pos: int = 0
-    _seen: int = 0
+    recent: int = 200  # decisions over which the Pro share actually sent is measured
+    _window: deque[float] = field(default_factory=deque)
+    _sorted: list[float] = field(default_factory=list)
     _current: Thresholds | None = None
+    _stale: bool = False
+    _ties: int = 0
+    _decisions: deque[bool] = field(default_factory=deque)
+    _pro_in_window: int = 0
     _pro_calls: int = 0
     _calls: int = 0
 
     def observe(self, score: float) -> None:
-        if len(self._ring) < self.size:
-            self._ring.append(score)
-        else:
-            self._ring[self._pos] = score
-            self._pos = (self._pos + 1) % self.size
-        self._seen += 1
-        if self._seen % self.recompute_every == 0 or self._current is None:
-            self._current = self._compute()
+        if not math.isfinite(score):
+            return
+        if len(self._window) == self.size:
+            old = self._window.popleft()
+            del self._sorted[bisect_left(self._sorted, old)]
+        self._window.append(score)
+        insort(self._sorted, score)
+        self._stale = True
 
-    def _compute(self) -> Thresholds | None:
-        if len(self._ring) < self.min_samples:
-            return None
-        ordered = sorted(self._ring)
-
-        def q(share_above: float) -> float:
-            i = min(len(ordered) - 1, max(0, int(round((1 - share_above) * len(ordered)))))
-            return ordered[i]
-
-        return Thresholds(
-            pro=q(self.pro_share), think=q(min(1.0, self.pro_share + self.think_share))
-        )
+    def _line(self, share_above: float) -> tuple[float, float]:
+        """The score whose line puts ``share_above`` of the window above it, and its tie
+        fraction."""
+        ordered, n = self._sorted, len(self._sorted)
+        want = min(1.0, max(0.0, share_above)) * n
+        i = min(n - 1, max(0, n - math.ceil(want)))
+        line = ordered[i]
+        lo, hi = bisect_left(ordered, line), bisect_right(ordered, line)
+        above = n - hi
+        tie = min(1.0, max(0.0, (want - above) / (hi - lo)))
+        return line, tie
 
     @property
     def thresholds(self) -> Thresholds:
+        if self._stale:
+            self._stale = False
+            if len(self._sorted) >= self.min_samples:
+                share = self.pro_share
+                if len(self._decisions) >= self.recent:
+                    sent = self._pro_in_window / len(self._decisions)
+                    share = max(0.0, min(share, 2 * share - sent))
+                pro, pro_tie = self._line(share)
+                think, think_tie = self._line(share + self.think_share)
+                self._current = Thresholds(pro, think, pro_tie, think_tie)
         return self._current or self.prior
 
+    def draw(self, score: float) -> float:
+        """The tie-breaking draw for a request with this score: the next term of a
+        low-discrepancy sequence when the score sits on a line, else 0 (unused)."""
+        t = self.thresholds
+        if score != t.pro and score != t.think:
+            return 0.0
+        self._ties += 1
+        return (self._ties * _GOLDEN) % 1.0
+
     def record(self, pro: bool) -> None:
+        """The tier this request was sent to (after the request's own signals)."""
         self._calls += 1
         self._pro_calls += pro
+        if len(self._decisions) == self.recent:
+            self._pro_in_window -= self._decisions.popleft()
+        self._decisions.append(pro)
+        self._pro_in_window += pro
+        self._stale = True
 
     @property
     def realised_pro_share(self) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -88,13 +89,7 @@ def test_random_scores_average_half_and_bootstrap_brackets() -> None:
 
 
 def test_calibration_meets_the_target_share() -> None:
-    cal = Calibrator(
-        pro_share=0.2,
-        think_share=0.3,
-        prior=Thresholds(0.9, 0.8),
-        min_samples=100,
-        recompute_every=10,
-    )
+    cal = Calibrator(pro_share=0.2, think_share=0.3, prior=Thresholds(0.9, 0.8), min_samples=100)
     assert cal.thresholds == Thresholds(0.9, 0.8)
     scores = [i / 1000 for i in range(1000)]
     for s in scores:
@@ -102,8 +97,68 @@ def test_calibration_meets_the_target_share() -> None:
     t = cal.thresholds
     assert t.pro == pytest.approx(0.8, abs=0.01) and t.think == pytest.approx(0.5, abs=0.01)
     for s in scores:
-        cal.record(s >= t.pro)
+        cal.record(decide(AutoInput(s, t, draw=cal.draw(s))).tier == "pro")
     assert cal.realised_pro_share == pytest.approx(0.2, abs=0.01)
+
+
+def _route(cal: Calibrator, scores: list[float]) -> Counter[tuple[str, bool]]:
+    """Observe and decide each score as the gateway does; count (tier, thinking)."""
+    out: Counter[tuple[str, bool]] = Counter()
+    for s in scores:
+        cal.observe(s)
+        choice = decide(AutoInput(s, cal.thresholds, draw=cal.draw(s)))
+        cal.record(choice.tier == "pro")
+        out[(choice.tier, choice.mode.thinking)] += 1
+    return out
+
+
+# Traffic where many requests score exactly the same: the same short turn ("hi"), a few
+# distinct values, a tied block in the middle. The realised shares must stay on target.
+TIED = {
+    "all the same": [0.05] * 3000,
+    "two values": [0.05, 0.05, 0.05, 0.9] * 750,
+    "tied middle": [i / 1000 for i in range(400)]
+    + [0.5] * 1200
+    + [0.6 + i / 1e4 for i in range(400)],
+    "three values": [0.1] * 1000 + [0.3] * 1000 + [0.7] * 1000,
+}
+
+
+@pytest.mark.parametrize("name", TIED)
+def test_tied_scores_keep_the_pro_and_thinking_shares_on_target(name: str) -> None:
+    rng = np.random.default_rng(7)
+    scores = [float(x) for x in rng.permutation(TIED[name])]
+    cal = Calibrator(pro_share=0.2, think_share=0.3, prior=Thresholds(0.7, 0.4))
+    _route(cal, scores[:600])  # warm the window
+    counts = _route(cal, scores[600:])
+    n = sum(counts.values())
+    assert counts[("pro", True)] / n == pytest.approx(0.2, abs=0.03)
+    assert counts[("flash", True)] / n == pytest.approx(0.3, abs=0.03)
+
+
+def test_a_burst_of_identical_requests_does_not_send_the_rest_of_the_traffic_to_pro() -> None:
+    """200 identical "hi" requests, then mixed traffic: the Pro share stays near the target
+    over the mixed part, and the identical ones went to Pro in the target share only."""
+    cal = Calibrator(pro_share=0.2, think_share=0.3, prior=Thresholds(0.7, 0.4))
+    burst = _route(cal, [0.05] * 200)
+    assert burst[("pro", True)] <= 0.2 * 200 + 1
+    rng = np.random.default_rng(3)
+    mixed = _route(cal, [float(x) for x in rng.random(600)])
+    assert mixed[("pro", True)] / 600 < 0.3
+
+
+def test_calibration_ignores_scores_that_are_not_numbers() -> None:
+    cal = Calibrator(pro_share=0.2, think_share=0.3, prior=Thresholds(0.7, 0.4), min_samples=10)
+    for s in [float("nan"), float("inf")] + [i / 10 for i in range(10)]:
+        cal.observe(s)
+    assert cal.thresholds.pro == 0.8 and cal.thresholds.think == 0.5
+
+
+def test_share_zero_sends_nothing_up_and_share_one_sends_everything() -> None:
+    none = Calibrator(pro_share=0.0, think_share=0.0, prior=Thresholds(0.7, 0.4), min_samples=1)
+    assert _route(none, [0.5] * 50 + [0.9] * 50)[("flash", False)] == 100
+    every = Calibrator(pro_share=1.0, think_share=0.0, prior=Thresholds(0.7, 0.4), min_samples=1)
+    assert _route(every, [0.5] * 50 + [0.9] * 50)[("pro", True)] == 100
 
 
 @pytest.mark.parametrize(
