@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from policies.errors import ConfigError
 from policies.features import from_text
 from policies.router import Router
-from policies.router.data import Row, accuracies, jsonl_rows, shared_rows
+from policies.router.data import DataError, Row, accuracies, jsonl_rows, shared_rows
 from policies.router.embed import default_embedder
 from policies.router.evaluate import (
     PairResult,
@@ -43,6 +46,42 @@ PRO_SHARE, THINK_SHARE = 0.2, 0.3
 PAIR_WEIGHTS = "router_pair.npz"
 
 
+class CliError(Exception):
+    """What went wrong, in one line for the user: ``_reported`` prints it, exit status 2."""
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _reported(command: Command) -> Command:
+    """``command`` with the errors a user can fix (an input file, a weights file, an output
+    path, no rows to work on) printed as one ``tiergate: ...`` line on stderr and exit
+    status 2, as the other sub-commands do; anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (CliError, DataError, ConfigError) as exc:
+            print(f"tiergate: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _write(path: Path, data: bytes | str) -> None:
+    """Write an output file (its directory created); ``CliError`` naming it and the reason."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            path.write_text(data, encoding="utf-8")
+    except OSError as exc:
+        at = f"{exc.filename}: " if exc.filename and Path(exc.filename) != path else ""
+        raise CliError(f"cannot write {path}: {at}{exc.strerror or exc}") from exc
+
+
 def _rows(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     if args.shared_dir:
@@ -50,7 +89,7 @@ def _rows(args: argparse.Namespace) -> list[Row]:
     for f in [*(args.data or ()), *(getattr(args, "labels", None) or ())]:
         rows += jsonl_rows(Path(f))
     if not rows:
-        raise SystemExit("no training rows: give --shared-dir, --data and/or --labels")
+        raise CliError("no training rows: give --shared-dir, --data and/or --labels")
     return rows
 
 
@@ -91,8 +130,7 @@ def _train_pair(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".npz":
         out = out / PAIR_WEIGHTS
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(model.to_bytes())
+    _write(out, model.to_bytes())
     print(
         f"pair {weak} -> {strong}: {len(both)} labelled rows "
         f"(strong alone right {sum(v > 0 for v in y)}, weak alone right {sum(v < 0 for v in y)})\n"
@@ -115,8 +153,7 @@ def _train(args: argparse.Namespace) -> int:
         sources=",".join(sorted({r.source for r in rows})),
     )
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / WEIGHTS).write_bytes(model.to_bytes())
+    _write(out / WEIGHTS, model.to_bytes())
     print(
         f"trained on {len(rows)} rows -> {out / WEIGHTS} ({(out / WEIGHTS).stat().st_size} bytes)"
     )
@@ -144,14 +181,12 @@ def _eval(args: argparse.Namespace) -> int:
     router = Router.load(args.weights) if args.weights else Router.load_default()
     scores = {r.id: router.score_features(r.features or from_text(r.prompt)) for r in rows}
     if args.scores_out:
-        with open(args.scores_out, "w", encoding="utf-8") as fh:
-            for r in rows:
-                fh.write(json.dumps({"id": r.id, "score": scores[r.id]}) + "\n")
+        lines = (json.dumps({"id": r.id, "score": scores[r.id]}) + "\n" for r in rows)
+        _write(Path(args.scores_out), "".join(lines))
     try:
         results = evaluate_pair(rows, scores, args.weak, args.strong, boot=args.bootstrap)
     except ValueError as exc:
-        print(f"tiergate: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc)) from exc
     if args.json:
         print(json.dumps([_result_dict(r) for r in results], indent=2))
     else:
@@ -191,8 +226,7 @@ def _report(args: argparse.Namespace) -> int:
             if split == "cross-category" and weak.startswith("gemini-1.5"):
                 plots[f"{weak} -> {strong}"] = results
             print(f"[{split}] {weak} -> {strong}\n{_table(results)}\n")
-    Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json_out).write_text(json.dumps(out, indent=2))
+    _write(Path(args.json_out), json.dumps(out, indent=2))
     if args.plot:
         _plot(plots, Path(args.plot))
     return 0
@@ -300,7 +334,8 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     t.add_argument(
         "--data",
         action="append",
-        help="JSONL rows {id, prompt|messages|features, correct: {weak: bool, strong: bool}}: "
+        help="JSONL rows {id, prompt|messages|features, correct: {weak: bool, strong: bool}} "
+        "(outcomes true/false or 1/0): "
         "learn that pair, starting from the generic router",
     )
     t.add_argument(
@@ -318,7 +353,7 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     t.add_argument("--steps", type=int, default=300)
     t.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help=_TARGET_HELP)
     t.add_argument("--l2-hashed", type=float, help=_L2_HELP)
-    t.set_defaults(func=_train)
+    t.set_defaults(func=_reported(_train))
     e = rsub.add_parser("eval", help="RouteLLM metrics of the router on labelled rows")
     e.add_argument("--data", required=True)
     e.add_argument("--weak", required=True)
@@ -327,7 +362,7 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     e.add_argument("--json", action="store_true")
     e.add_argument("--scores-out")
     e.add_argument("--bootstrap", type=int, default=200)
-    e.set_defaults(func=_eval)
+    e.set_defaults(func=_reported(_eval))
     r = rsub.add_parser("report", help="held-out evaluation on the public data (docs/routing.md)")
     r.add_argument("--shared-dir", default=str(SHARED))
     r.add_argument("--steps", type=int, default=300)
@@ -336,7 +371,7 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     r.add_argument("--l2-hashed", type=float, help=_L2_HELP)
     r.add_argument("--json-out", default=str(ROOT / "var" / "bench" / "routing.json"))
     r.add_argument("--plot", default=str(ROOT / "docs" / "img" / "routing_pgr.png"))
-    r.set_defaults(func=_report)
+    r.set_defaults(func=_reported(_report))
     labels = rsub.add_parser("labels", help="shadow-mode labels stored by the gateway")
     lsub = labels.add_subparsers(dest="labels_command", required=True)
     x = lsub.add_parser("export", help="write labels as training JSONL for `router train`")
@@ -344,7 +379,7 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     x.add_argument("--database-url", help="default: TIERGATE_DATABASE_URL / settings")
     x.add_argument("--since", help="ISO timestamp with timezone, e.g. 2026-11-01T00:00:00Z")
     x.add_argument("--team", help="only this team's labels")
-    x.set_defaults(func=_labels_export)
+    x.set_defaults(func=_reported(_labels_export))
 
 
 if __name__ == "__main__":

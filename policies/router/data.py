@@ -18,6 +18,8 @@ from __future__ import annotations
 import ast
 import gzip
 import json
+import re
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +41,74 @@ class Row:
     features: Features | None = None
 
 
-def _read(path: Path) -> Iterator[dict[str, Any]]:
+class DataError(ValueError):
+    """A bad input file; the message names the file and, where there is one, the line."""
+
+
+_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "true/false"}
+
+
+def _kind(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words."""
+    return "null" if value is None else _JSON_KINDS.get(type(value), "a number")
+
+
+# A JSON escape of a UTF-16 surrogate; only such escapes can put one in a decoded line.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_surrogates(value: Any) -> Any:
+    """``value`` with lone surrogates (``"\\ud800"`` escapes; a pair is one character
+    already) replaced by U+FFFD, so that the text can be encoded later."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_no_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_no_surrogates(k): _no_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Each line of a UTF-8 (or gzipped UTF-8) file with its number, from 1; a byte order
+    mark at the start is dropped. A file that cannot be read, or a line that is not UTF-8,
+    raises ``DataError`` naming it."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
+    try:
+        with opener(path, "rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                try:
+                    yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(
+                        f"{path}:{n}: not UTF-8 text ({exc.reason} at byte {exc.start + 1})"
+                    ) from exc
+    except (OSError, EOFError, zlib.error) as exc:  # EOFError, zlib.error: a broken .gz
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise DataError(f"cannot read {path}: {reason}") from exc
+
+
+def _numbered(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The JSON object on each non-blank line, with its line number; ``DataError`` for a
+    line that is not JSON or not an object."""
+    for n, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{n}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
+        if not isinstance(value, dict):
+            raise DataError(f"{path}:{n}: expected a JSON object, got {_kind(value)}")
+        if _SURROGATE_ESCAPE.search(line):
+            value = _no_surrogates(value)
+        yield n, value
+
+
+def _read(path: Path) -> Iterator[dict[str, Any]]:
+    for _, r in _numbered(path):
+        yield r
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -189,24 +253,49 @@ def features_of(value: Any) -> Features:
     )
 
 
+def _label(model: str, value: Any) -> bool:
+    """An outcome in ``correct``: true/false, or 1/0 (also 1.0/0.0)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"'correct' of {model!r} must be true/false or 1/0, got {json.dumps(value)}")
+
+
+def _jsonl_row(r: dict[str, Any], default_source: str) -> Row:
+    if "id" not in r:
+        raise ValueError("row has no 'id'")
+    if not isinstance(r["id"], str | int) or isinstance(r["id"], bool):
+        raise ValueError(f"'id' must be a string or an integer, got {json.dumps(r['id'])}")
+    raw = r.get("correct", {})
+    if not isinstance(raw, dict):
+        raise ValueError("'correct' must be an object mapping model names to true/false")
+    correct = {str(k): _label(str(k), v) for k, v in raw.items()}
+    wrong = sum(not v for v in correct.values()) / len(correct) if correct else 0.5
+    if "prompt" in r and not isinstance(r["prompt"], str):
+        raise ValueError(f"'prompt' must be a string, got {_kind(r['prompt'])}")
+    has_text = isinstance(r.get("prompt"), str) or isinstance(r.get("messages"), list)
+    features = None if has_text or "features" not in r else features_of(r["features"])
+    return Row(
+        str(r["id"]),
+        str(r.get("source", default_source)),
+        str(r.get("category", r.get("source", ""))),
+        "" if features is not None else prompt_of(r),
+        wrong,
+        correct,
+        features,
+    )
+
+
 def jsonl_rows(path: Path) -> list[Row]:
+    """Rows of a ``router train --data`` / ``router eval`` file; ``DataError`` names the
+    file and line of the first bad one."""
     rows = []
-    for r in _read(path):
-        correct = {k: _bool(v) for k, v in _mapping(r.get("correct")).items() if v is not None}
-        wrong = sum(not v for v in correct.values()) / len(correct) if correct else 0.5
-        has_text = isinstance(r.get("prompt"), str) or isinstance(r.get("messages"), list)
-        features = None if has_text or "features" not in r else features_of(r["features"])
-        rows.append(
-            Row(
-                str(r["id"]),
-                str(r.get("source", path.stem)),
-                str(r.get("category", r.get("source", ""))),
-                "" if features is not None else prompt_of(r),
-                wrong,
-                correct,
-                features,
-            )
-        )
+    for n, r in _numbered(path):
+        try:
+            rows.append(_jsonl_row(r, path.stem))
+        except ValueError as exc:
+            raise DataError(f"{path}:{n}: {exc}") from exc
     return rows
 
 

@@ -1,0 +1,147 @@
+"""`tiergate router train | eval` on bad input: one `tiergate: ...` line on stderr, exit 2.
+
+Each case runs the CLI entry point (``gateway.cli.main``) on a file written for it and
+checks the exit status and the message: the file and line of a bad row, the reason a file
+cannot be read or written, why there is nothing to score or learn.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from policies.router.data import jsonl_rows
+
+A, B = "weak-model", "strong-model"
+
+
+def _row(i: int, **kw: object) -> str:
+    row: dict[str, object] = {
+        "id": f"r{i}",
+        "prompt": f"question {i}",
+        "correct": {A: True, B: True},
+    }
+    row.update(kw)
+    return json.dumps(row)
+
+
+GOOD = _row(1, correct={A: False, B: True})
+
+
+def _stderr_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if not line.startswith("tiergate: warning:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# (case, file bytes, message after "tiergate: {path}")
+BAD_FILES = [
+    ("invalid JSON", f"{GOOD}\n{{oops\n".encode(), ":2: invalid JSON: Expecting property name"),
+    ("not UTF-8", GOOD.encode() + b"\n" + _row(2).encode("latin-1")[:-2] + b"\xff}\n", ":2: not UTF-8"),
+    ("a list", f"{GOOD}\n\n[1, 2]\n".encode(), ":3: expected a JSON object, got an array"),
+    ("a number", b"42\n", ":1: expected a JSON object, got a number"),
+    ("no id", json.dumps({"prompt": "q"}).encode(), ":1: row has no 'id'"),
+    ("null id", _row(1, id=None).encode(), ":1: 'id' must be a string or an integer"),
+    ("prompt not a string", _row(1, prompt=["q"]).encode(), ":1: 'prompt' must be a string, got an array"),
+    ("no prompt", json.dumps({"id": "x", "correct": {A: True}}).encode(), ":1: row 'x' has neither 'prompt'"),
+    ("correct not an object", _row(1, correct=[True]).encode(), ":1: 'correct' must be an object"),
+    ("label string", _row(1, correct={A: "true", B: True}).encode(), f":1: 'correct' of '{A}' must be true/false or 1/0, got \"true\""),
+    ("label 2", _row(1, correct={A: True, B: 2}).encode(), f":1: 'correct' of '{B}' must be true/false or 1/0, got 2"),
+    ("label 0.5", _row(1, correct={A: 0.5, B: 1}).encode(), f":1: 'correct' of '{A}' must be true/false or 1/0, got 0.5"),
+    ("label null", _row(1, correct={A: None, B: 1}).encode(), f":1: 'correct' of '{A}' must be true/false or 1/0, got null"),
+    ("bad features", json.dumps({"id": "x", "features": {"dense": [1]}}).encode(), ":1: 'features.dense' must list"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+@pytest.mark.parametrize(
+    ("data", "message"), [c[1:] for c in BAD_FILES], ids=[c[0] for c in BAD_FILES]
+)
+def test_a_bad_row_names_the_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, data: bytes, message: str
+) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(data)
+    args = (
+        ["--out", str(tmp_path / "o.npz")] if command == "train" else ["--weak", A, "--strong", B]
+    )
+    assert main(["router", command, "--data", str(path), *args]) == 2
+    assert _stderr_line(capsys).startswith(f"tiergate: {path}{message}")
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("missing.jsonl", "No such file or directory"), (".", "Is a directory")],
+)
+def test_an_unreadable_data_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, message: str
+) -> None:
+    path = tmp_path / name
+    assert main(["router", "eval", "--data", str(path), "--weak", A, "--strong", B]) == 2
+    assert _stderr_line(capsys) == f"tiergate: cannot read {path}: {message}"
+
+
+def test_a_bom_is_skipped_and_lone_surrogates_are_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    lone = _row(2, prompt="half an emoji: \ud83d!")  # json.dumps writes the \ud83d escape
+    pair = _row(3, prompt="a whole one: \U0001f600")
+    path.write_bytes(b"\xef\xbb\xbf" + f"{GOOD}\r\n{lone}\n{pair}\n".encode())
+    rows = jsonl_rows(path)
+    assert [r.id for r in rows] == ["r1", "r2", "r3"]
+    assert rows[1].prompt == "half an emoji: \ufffd!" and rows[2].prompt.endswith("\U0001f600")
+    # and the whole path (features, embedding, scores file) encodes them
+    out = tmp_path / "scores.jsonl"
+    assert main(["router", "eval", "--data", str(path), "--weak", A, "--strong", B, "--scores-out", str(out), "--bootstrap", "2"]) == 0  # fmt: skip
+    assert len(out.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "label"),
+    [(True, True), (False, False), (1, True), (0, False), (1.0, True), (0.0, False)],
+)
+def test_labels_may_be_numbers_0_and_1(tmp_path: Path, value: object, label: bool) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(_row(1, correct={A: value, B: not label}) + "\n")
+    assert jsonl_rows(path)[0].correct == {A: label, B: not label}
+
+
+def test_numeric_labels_train_like_booleans(tmp_path: Path) -> None:
+    rows = [_row(i, correct={A: i % 3 == 0, B: i % 2 == 0}) for i in range(30)]
+    numeric = [_row(i, correct={A: int(i % 3 == 0), B: float(i % 2 == 0)}) for i in range(30)]
+    for name, lines in (("bool", rows), ("num", numeric)):
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+        out = tmp_path / f"{name}.npz"
+        assert main(["router", "train", "--data", str(tmp_path / f"{name}.jsonl"), "--out", str(out)]) == 0  # fmt: skip
+    assert (tmp_path / "bool.npz").read_bytes() == (tmp_path / "num.npz").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("out", "reason"),
+    [
+        ("/proc/tiergate-test.npz", "No such file or directory"),
+        ("/proc/no-such-dir/pair.npz", "/proc/no-such-dir: No such file or directory"),
+        ("{tmp}/rows.jsonl/pair.npz", "{tmp}/rows.jsonl: File exists"),
+    ],
+)
+def test_an_unwritable_out_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], out: str, reason: str
+) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(f"{GOOD}\n{_row(2)}\n")
+    out = out.format(tmp=tmp_path)
+    assert main(["router", "train", "--data", str(path), "--out", out]) == 2
+    assert _stderr_line(capsys) == f"tiergate: cannot write {out}: {reason.format(tmp=tmp_path)}"
+
+
+def test_an_unwritable_scores_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(f"{GOOD}\n")
+    out = tmp_path  # a directory
+    args = ["--weak", A, "--strong", B, "--scores-out", str(out)]
+    assert main(["router", "eval", "--data", str(path), *args]) == 2
+    assert _stderr_line(capsys) == f"tiergate: cannot write {out}: Is a directory"
