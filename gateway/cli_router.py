@@ -18,7 +18,7 @@ import numpy as np
 from policies.errors import ConfigError
 from policies.features import from_text
 from policies.router import Router
-from policies.router.data import DataError, Row, accuracies, jsonl_rows, shared_rows
+from policies.router.data import DataError, Row, accuracies, jsonl_rows, shared_rows, unique_rows
 from policies.router.embed import default_embedder
 from policies.router.evaluate import (
     PairResult,
@@ -28,7 +28,7 @@ from policies.router.evaluate import (
     score_rows,
 )
 from policies.router.model import WEIGHTS
-from policies.router.scorer import fit_pair, pair_label, scores_of
+from policies.router.scorer import MIN_CV_ROWS, fit_pair, pair_label, scores_of
 from policies.router.shadow import Label, training_row
 from policies.router.train import DEFAULT_TARGET, TARGETS, train_rows
 
@@ -69,6 +69,10 @@ def _reported(command: Command) -> Command:
     return run
 
 
+def _warn(message: str) -> None:
+    print(f"tiergate: warning: {message}", file=sys.stderr)
+
+
 def _write(path: Path, data: bytes | str) -> None:
     """Write an output file (its directory created); ``CliError`` naming it and the reason."""
     try:
@@ -82,6 +86,30 @@ def _write(path: Path, data: bytes | str) -> None:
         raise CliError(f"cannot write {path}: {at}{exc.strerror or exc}") from exc
 
 
+def _names(rows: list[Row]) -> list[str]:
+    return sorted({m for r in rows for m in r.correct})
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+
+
+def _labelled(rows: list[Row]) -> str:
+    """Which models the rows label, for a message saying the asked-for pair is not there."""
+    names = _names(rows)
+    return f"the rows label {_listed(names)}" if names else "no row has a 'correct' outcome"
+
+
+def _read_rows(files: list[str]) -> list[Row]:
+    """The rows of JSONL files, the first of each id kept (a warning counts the others)."""
+    rows, dropped = unique_rows([r for f in files for r in jsonl_rows(Path(f))])
+    if dropped:
+        _warn(f"{dropped} row(s) in {', '.join(files)} repeat an earlier id; kept the first")
+    if not rows:
+        raise CliError(f"{', '.join(files)} has no rows")
+    return rows
+
+
 def _rows(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     if args.shared_dir:
@@ -93,15 +121,21 @@ def _rows(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-def pair_names(rows: list[Row], weak: str | None, strong: str | None) -> tuple[str, str]:
+def pair_names(
+    rows: list[Row], weak: str | None, strong: str | None, where: str = "the rows"
+) -> tuple[str, str]:
     """The (weak, strong) pair of labelled rows: as given, or the two names the rows label,
     the one right more often being the strong one."""
     if weak and strong:
         return weak, strong
-    names = sorted({m for r in rows for m in r.correct})
+    names = _names(rows)
+    if not names:
+        raise CliError(f"{where} has no labelled rows (no row has a 'correct' outcome)")
+    if len(names) == 1:
+        raise CliError(f"{where} labels one model only ({names[0]}); a pair needs two")
     if len(names) != 2:
-        raise SystemExit(
-            f"the rows label {len(names)} models ({', '.join(names[:6])}); "
+        raise CliError(
+            f"{where} label {len(names)} models ({_listed(names)}); "
             "name the pair with --weak and --strong"
         )
     acc = accuracies(rows)
@@ -109,16 +143,31 @@ def pair_names(rows: list[Row], weak: str | None, strong: str | None) -> tuple[s
     return lo, hi
 
 
+def _few_labels(n: int, y: list[float]) -> str | None:
+    """Why the pair model will keep the generic prior whatever the rows say, if it will."""
+    if n < MIN_CV_ROWS:
+        return f"only {n} labelled row(s) (cross-validation needs {MIN_CV_ROWS})"
+    if len(set(y)) == 1:
+        same = {1.0: "only the strong side right", -1.0: "only the weak side right"}
+        return f"every labelled row has the same outcome ({same.get(y[0], 'both sides alike')})"
+    return None
+
+
 def _train_pair(args: argparse.Namespace) -> int:
-    rows = [r for f in [*(args.data or ()), *(args.labels or ())] for r in jsonl_rows(Path(f))]
-    weak, strong = pair_names(rows, args.weak, args.strong)
+    files = [*(args.data or ()), *(args.labels or ())]
+    where = ", ".join(files)
+    rows = _read_rows(files)
+    weak, strong = pair_names(rows, args.weak, args.strong, where)
     both = [r for r in rows if weak in r.correct and strong in r.correct]
     if not both:
-        raise SystemExit(f"no row labels both {weak!r} and {strong!r}")
+        raise CliError(f"{where} has no labelled rows for pair {weak}/{strong} ({_labelled(rows)})")
     feats = [r.features or from_text(r.prompt) for r in both]
     embedder = default_embedder()
     emb = np.stack([embedder.embed(f.task) for f in feats])
     y = [pair_label(r.correct[weak], r.correct[strong]) for r in both]
+    few = _few_labels(len(both), y)
+    if few:
+        _warn(f"{few} for pair {weak}/{strong}: the model keeps the generic prior (length)")
     model = fit_pair(feats, emb, y)
     model.meta.update(weak=weak, strong=strong)
     scores = scores_of(model, feats, emb)
@@ -177,8 +226,13 @@ def _result_dict(r: PairResult) -> dict[str, Any]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    rows = jsonl_rows(Path(args.data))
     router = Router.load(args.weights) if args.weights else Router.load_default()
+    rows = _read_rows([args.data])
+    if not any(args.weak in r.correct and args.strong in r.correct for r in rows):
+        raise CliError(
+            f"no rows in {args.data} label both {args.weak!r} and {args.strong!r}, nothing to "
+            f"score ({_labelled(rows)})"
+        )
     scores = {r.id: router.score_features(r.features or from_text(r.prompt)) for r in rows}
     if args.scores_out:
         lines = (json.dumps({"id": r.id, "score": scores[r.id]}) + "\n" for r in rows)
@@ -335,7 +389,7 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "--data",
         action="append",
         help="JSONL rows {id, prompt|messages|features, correct: {weak: bool, strong: bool}} "
-        "(outcomes true/false or 1/0): "
+        "(outcomes true/false or 1/0; a repeated id keeps its first row): "
         "learn that pair, starting from the generic router",
     )
     t.add_argument(

@@ -299,6 +299,17 @@ def jsonl_rows(path: Path) -> list[Row]:
     return rows
 
 
+def unique_rows(rows: Sequence[Row]) -> tuple[list[Row], int]:
+    """The rows with the first of each id kept, and how many later duplicates were dropped."""
+    seen: set[str] = set()
+    out = []
+    for r in rows:
+        if r.id not in seen:
+            seen.add(r.id)
+            out.append(r)
+    return out, len(rows) - len(out)
+
+
 # Gain target. A pair counts when its stronger option's accuracy exceeds the weaker one's by
 # at least GAIN_MIN_GAP; a row's label is 0.5 + the mean over its labelled pairs of
 # (strong right) - (weak right), clipped to [0, 1]: 0.5 = no gain, 1 = the strong option

@@ -282,6 +282,7 @@ class _RowWeights:
 # Ridge penalties tried by cross-validation (per row, on standardised columns).
 LAMBDAS: tuple[float, ...] = (100.0, 30.0, 10.0, 3.0, 1.0)
 CV_FOLDS = 5
+MIN_CV_ROWS = 2 * CV_FOLDS  # fewer labelled rows keep the fallback (no cross-validation)
 USES = ("prior", "topic", "topic+knn", "full")
 # Blend weights tried: the fallback plus this many standard deviations of a candidate's
 # score (inf: the candidate alone, whose own length coefficient is free).
@@ -472,7 +473,7 @@ def _choose(
     base = _gains(d, prior, prior, 0.0)
     cv = {"prior": float(base.mean())}
     use, lam, alpha, best = "prior", 0.0, 0.0, 0.0
-    if len(d.y) < 2 * CV_FOLDS:
+    if len(d.y) < MIN_CV_ROWS:
         return use, lam, alpha, cv
     for u in USES[1:]:
         for lm in lambdas if u == "full" else (0.0,):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gateway.cli import main
-from gateway.cli_router import pair_names
+from gateway.cli_router import CliError, pair_names
 from policies.features import from_text
 from policies.router import Router
 from policies.router.data import jsonl_rows
@@ -104,5 +104,5 @@ def test_pair_names(
 
 def test_three_names_need_the_pair_named(tmp_path: Path) -> None:
     rows = [{"id": "1", "prompt": "q", "correct": {"a": True, "b": False, "c": True}}]
-    with pytest.raises(SystemExit, match="--weak and --strong"):
+    with pytest.raises(CliError, match="--weak and --strong"):
         pair_names(jsonl_rows(_write(tmp_path / "r.jsonl", rows)), None, None)

@@ -120,6 +120,113 @@ def test_numeric_labels_train_like_booleans(tmp_path: Path) -> None:
     assert (tmp_path / "bool.npz").read_bytes() == (tmp_path / "num.npz").read_bytes()
 
 
+# (case, rows, extra arguments, message after "tiergate: ", with {path} for the file)
+NOTHING_TO_SCORE = [
+    ("empty file", [], (A, B), "{path} has no rows"),
+    ("blank lines", ["", "  "], (A, B), "{path} has no rows"),
+    ("pair not in data", [GOOD], ("x", "y"), f"no rows in {{path}} label both 'x' and 'y', nothing to score (the rows label {B}, {A})"),
+    ("one side missing", [_row(1, correct={A: True})], (A, B), f"no rows in {{path}} label both '{A}' and '{B}', nothing to score (the rows label {A})"),
+    ("no labels", [_row(1, correct={})], (A, B), f"no rows in {{path}} label both '{A}' and '{B}', nothing to score (no row has a 'correct' outcome)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rows", "pair", "message"),
+    [c[1:] for c in NOTHING_TO_SCORE],
+    ids=[c[0] for c in NOTHING_TO_SCORE],
+)
+def test_eval_with_nothing_to_score_fails(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    rows: list[str],
+    pair: tuple[str, str],
+    message: str,
+) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(r + "\n" for r in rows))
+    assert (
+        main(["router", "eval", "--data", str(path), "--weak", pair[0], "--strong", pair[1]]) == 2
+    )
+    assert _stderr_line(capsys) == "tiergate: " + message.format(path=path)
+
+
+NOTHING_TO_LEARN = [
+    ("empty file", [], (), "{path} has no rows"),
+    ("no labels", [_row(1, correct={})], (), "{path} has no labelled rows (no row has a 'correct' outcome)"),
+    ("one model", [_row(1, correct={A: True})], (), f"{{path}} labels one model only ({A}); a pair needs two"),
+    ("three models", [_row(1, correct={A: True, B: True, "c": False})], (), f"{{path}} label 3 models (c, {B}, {A}); name the pair with --weak and --strong"),
+    ("pair not in data", [GOOD], ("--weak", "x", "--strong", "y"), f"{{path}} has no labelled rows for pair x/y (the rows label {B}, {A})"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rows", "extra", "message"),
+    [c[1:] for c in NOTHING_TO_LEARN],
+    ids=[c[0] for c in NOTHING_TO_LEARN],
+)
+def test_train_with_nothing_to_learn_says_so(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    rows: list[str],
+    extra: tuple[str, ...],
+    message: str,
+) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(r + "\n" for r in rows))
+    out = tmp_path / "o.npz"
+    assert main(["router", "train", "--data", str(path), "--out", str(out), *extra]) == 2
+    line = _stderr_line(capsys)
+    assert line == "tiergate: " + message.format(path=path)
+    assert ("--weak" in line) == (len(_names_in(rows)) > 2)  # flags only where they help
+    assert not out.exists()
+
+
+def _names_in(rows: list[str]) -> set[str]:
+    return {m for r in rows for m in json.loads(r)["correct"]}
+
+
+# (case, rows, warnings expected on stderr)
+FEW_ROWS = [
+    ("one row", [GOOD], ["only 1 labelled row(s) (cross-validation needs 10)"]),
+    ("two rows", [GOOD, _row(2)], ["only 2 labelled row(s)"]),
+    ("one outcome", [_row(i) for i in range(40)], ["every labelled row has the same outcome (both sides alike)"]),
+    ("duplicates", [_row(i % 3, correct={A: i % 2 == 0, B: True}) for i in range(9)], ["6 row(s) in {path} repeat an earlier id; kept the first", "only 3 labelled row(s)"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rows", "warnings"), [c[1:] for c in FEW_ROWS], ids=[c[0] for c in FEW_ROWS]
+)
+def test_train_on_few_rows_warns_and_keeps_the_prior(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rows: list[str], warnings: list[str]
+) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(r + "\n" for r in rows))
+    out = tmp_path / "o.npz"
+    assert main(["router", "train", "--data", str(path), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    for w in warnings:
+        assert f"tiergate: warning: {w.format(path=path)}" in captured.err
+    assert "chosen: prior" in captured.out and out.exists()
+
+
+def test_duplicate_ids_keep_the_first_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(f"{GOOD}\n{_row(1, correct={A: True, B: False})}\n{_row(2)}\n")
+    out = tmp_path / "s.jsonl"
+    assert main(["router", "eval", "--data", str(path), "--weak", A, "--strong", B, "--scores-out", str(out), "--json", "--bootstrap", "2"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert (
+        f"tiergate: warning: 1 row(s) in {path} repeat an earlier id; kept the first"
+        in captured.err
+    )
+    result = json.loads(captured.out)[0]
+    assert (result["rows"], result["weak_acc"], result["strong_acc"]) == (2, 0.5, 1.0)
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["r1", "r2"]
+
+
 @pytest.mark.parametrize(
     ("out", "reason"),
     [
