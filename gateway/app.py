@@ -65,6 +65,12 @@ def create_app(
     configure_logging(settings.log_level, settings.log_json)
     # Validate the catalog before the server binds: a bad file fails start-up, loudly.
     loaded = catalog or load_catalog(settings.config)
+    # The same for TIERGATE_ROUTER_WEIGHTS (WeightsError is a ConfigError), and before the
+    # lifespan opens any session, so that a failure leaves nothing open.
+    model_router = loaded.routing.classifier == "model"
+    router = (
+        Router.load(settings.router_weights) if model_router and settings.router_weights else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,15 +83,9 @@ def create_app(
             await engine.start()
         accounting = await accounting_factory(settings, loaded, metrics)
         await accounting.start()
-        truth = RouterTruth(metrics) if loaded.routing.classifier == "model" else None
+        truth = RouterTruth(metrics) if model_router else None
         classifier = (
-            RouterService(
-                loaded,
-                metrics,
-                Router.load(settings.router_weights) if settings.router_weights else None,
-            ).classify
-            if loaded.routing.classifier == "model"
-            else rule_classifier
+            RouterService(loaded, metrics, router).classify if model_router else rule_classifier
         )
         pipeline = Pipeline(
             loaded,

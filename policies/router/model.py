@@ -17,11 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from policies.features import DENSE_NAMES, HASH_DIM, Features, extract_features
+from policies.errors import ConfigError
+from policies.features import DENSE_NAMES, HASH_DIM, Features, extract_features, from_text
 from policies.router.embed import StaticEmbedder, default_embedder
+from policies.router.npz import meta_dict, read_arrays, require
 from policies.router.scorer import PairModel, fallback_probability
 
 WEIGHTS = "weights.npz"
+
+
+class WeightsError(ConfigError):
+    """A router weights file that cannot be used; the message is one line naming it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +66,9 @@ class LinearModel:
 
     @staticmethod
     def from_bytes(data: bytes) -> LinearModel:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            meta = dict(str(m).split("=", 1) for m in z["meta"])
-            return LinearModel(z["dense"], z["hashed"].astype(np.float64), meta)
+        z = read_arrays(data)
+        require(z, "dense", "hashed", "meta")
+        return LinearModel(z["dense"], z["hashed"].astype(np.float64), meta_dict(z["meta"]))
 
 
 @lru_cache(maxsize=1)
@@ -99,12 +105,28 @@ class Router:
 
     @staticmethod
     def load(path: str | Path) -> Router:
-        """A pair model written by ``router train --data`` (or linear weights.npz)."""
-        data = Path(path).read_bytes()
+        """A pair model written by ``router train --data`` (or linear weights.npz).
+
+        Raises ``WeightsError`` (one line, naming the file) for a file that cannot be read
+        or is not a model of this version; the model scores a probe request here, so that
+        a file that loads but cannot score fails now rather than on a request."""
         try:
-            return Router(pair=PairModel.from_bytes(data))
-        except (ValueError, KeyError):
-            return Router(model=LinearModel.from_bytes(data))
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise WeightsError(f"cannot read weights file {path}: {exc.strerror or exc}") from exc
+        try:
+            if "coef" in read_arrays(data):
+                router = Router(pair=PairModel.from_bytes(data))
+            else:
+                router = Router(model=LinearModel.from_bytes(data))
+            probe = router.score_features(from_text("Is this router model usable?"))
+        except (ValueError, TypeError, IndexError) as exc:
+            raise WeightsError(
+                f"weights file {path} is not a tiergate router model: {exc}"
+            ) from exc
+        if not math.isfinite(probe):
+            raise WeightsError(f"weights file {path} is not a tiergate router model: it scores NaN")
+        return router
 
     def score_features(self, f: Features) -> float:
         if self.pair is not None and self.embedder is not None:

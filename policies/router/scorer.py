@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from policies.features import DENSE_NAMES, Features, hash_ngrams
+from policies.router.npz import meta_dict, read_arrays, require
 
 # Dense feature columns that describe the task (the newest user turn and the request).
 TASK_NAMES = (
@@ -165,6 +166,26 @@ def topic_onehot(emb: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return out
 
 
+_PAIR_ARRAYS = ("mean", "scale", "coef", "scalars", "centroids", "exemplars", "labels", "meta")
+
+
+def _check_shapes(z: dict[str, np.ndarray]) -> None:
+    """``ValueError`` unless a pair model's arrays fit together (as ``to_bytes`` writes them)."""
+    base = (1 + len(SIGNAL_NAMES),)
+    cents, ex = z["centroids"], z["exemplars"]
+    if z["scalars"].shape != (4,):
+        raise ValueError("'scalars' must hold 4 numbers (bias, k, center, spread)")
+    if z["mean"].shape != base or z["scale"].shape != base:
+        raise ValueError(f"'mean' and 'scale' must hold {base[0]} numbers")
+    if cents.ndim != 2 or ex.ndim != 2 or ex.shape[1] != cents.shape[1]:
+        raise ValueError("'centroids' and 'exemplars' must be matrices of the same width")
+    if z["labels"].shape != ex.shape[:1]:
+        raise ValueError("'labels' must hold one number per exemplar")
+    width = 2 + cents.shape[0] + len(SIGNAL_NAMES) + cents.shape[1]
+    if z["coef"].shape not in ((width,), (width + LEX_DIM,)):
+        raise ValueError(f"'coef' must hold {width} or {width + LEX_DIM} numbers")
+
+
 @dataclass
 class PairModel:
     """Linear over [fallback, knn, topic one-hot, signals, embedding]; see the module doc."""
@@ -227,23 +248,25 @@ class PairModel:
 
     @staticmethod
     def from_bytes(data: bytes) -> PairModel:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            if "coef" not in z:
-                raise ValueError("not a pair model (no 'coef' array)")
-            bias, k, center, spread = (float(x) for x in z["scalars"])
-            return PairModel(
-                z["mean"],
-                z["scale"],
-                z["coef"],
-                bias,
-                z["centroids"].astype(np.float32),
-                z["exemplars"].astype(np.float32),
-                z["labels"].astype(np.float64),
-                int(k),
-                center,
-                spread,
-                dict(str(m).split("=", 1) for m in z["meta"]),
-            )
+        z = read_arrays(data)
+        if "coef" not in z:
+            raise ValueError("not a pair model (no 'coef' array)")
+        require(z, *_PAIR_ARRAYS)
+        _check_shapes(z)
+        bias, k, center, spread = (float(x) for x in z["scalars"])
+        return PairModel(
+            z["mean"],
+            z["scale"],
+            z["coef"],
+            bias,
+            z["centroids"].astype(np.float32),
+            z["exemplars"].astype(np.float32),
+            z["labels"].astype(np.float64),
+            int(k),
+            center,
+            spread,
+            meta_dict(z["meta"]),
+        )
 
 
 @dataclass(frozen=True)
