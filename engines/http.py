@@ -121,26 +121,39 @@ def error_for_status(
     return UpstreamError(msg)
 
 
+def _detail(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 @asynccontextmanager
 async def translate_errors(where: str) -> AsyncIterator[None]:
+    """aiohttp's exceptions as tiergate errors. The client's message says what happened in
+    words; the library's exception (class, text, addresses) goes in ``detail``, for the log.
+    """
     try:
         yield
     except UpstreamError:
         raise
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise UpstreamTimeout(f"{where} did not answer in time ({type(exc).__name__})") from exc
+        raise UpstreamTimeout(f"{where} did not answer in time", detail=_detail(exc)) from exc
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnavailable(f"cannot connect to {where}: {exc.os_error}") from exc
+        raise UpstreamUnavailable(f"cannot connect to {where}", detail=_detail(exc)) from exc
     except aiohttp.ServerDisconnectedError as exc:
-        raise UpstreamConnectionLost(f"{where} closed the connection: {exc}") from exc
+        raise UpstreamConnectionLost(
+            f"{where} closed the connection before answering", detail=_detail(exc)
+        ) from exc
     except aiohttp.ClientOSError as exc:
         if exc.errno in (errno.ECONNRESET, errno.EPIPE):
-            raise UpstreamConnectionLost(f"{where} reset the connection: {exc}") from exc
-        raise UpstreamUnavailable(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+            raise UpstreamConnectionLost(
+                f"{where} reset the connection", detail=_detail(exc)
+            ) from exc
+        raise UpstreamUnavailable(f"{where} failed: connection error", detail=_detail(exc)) from exc
     except aiohttp.ClientPayloadError as exc:
-        raise UpstreamError(f"{where} broke off its response: {exc}") from exc
+        raise UpstreamError(
+            f"{where} broke off its response mid-way: connection closed", detail=_detail(exc)
+        ) from exc
     except (aiohttp.ClientError, ConnectionError) as exc:
-        raise UpstreamUnavailable(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+        raise UpstreamUnavailable(f"{where} failed: connection error", detail=_detail(exc)) from exc
 
 
 async def read_json_object(resp: aiohttp.ClientResponse, where: str) -> dict[str, Any]:

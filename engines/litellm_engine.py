@@ -70,7 +70,10 @@ def _translate(exc: Exception, where: str) -> TiergateError:
         return error_for_status(
             status, orjson.dumps({"error": {"message": message}}), headers, where
         )
-    return UpstreamError(f"{where} failed: {type(exc).__name__}: {message}")
+    return UpstreamError(
+        f"{where} failed: no answer (connection or protocol error)",
+        detail=f"{type(exc).__name__}: {message}",
+    )
 
 
 class LitellmEngine:

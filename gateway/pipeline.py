@@ -466,7 +466,7 @@ class Pipeline:
         except TiergateError as err:
             self.metrics.upstream_errors.labels(option.backend, err.code).inc()
             p.reasons.append(f"stream-error:{err.code}")
-            p.error = err.message
+            p.error = err.logged
             await self._finish_stream(p, stream, err.status)
             err.message = public_message(err.message)
             yield on_error(err)
@@ -516,7 +516,7 @@ class Pipeline:
             str(err.status),
             p.caller.team_id or "none",
         ).inc()
-        self._log(p, p.option or p.plan.primary, Usage(), 0, err.status, error=err.message)
+        self._log(p, p.option or p.plan.primary, Usage(), 0, err.status, error=err.logged)
         err.message = public_message(err.message)
 
     async def _settle(

@@ -23,12 +23,21 @@ class TiergateError(Exception):
         param: str | None = None,
         retry_after: float | None = None,
         headers: dict[str, str] | None = None,
+        detail: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.retry_after = retry_after
         self.headers = dict(headers or {})
+        # For the log line only: what a library said (exception names, internal
+        # addresses), which the client's message leaves out.
+        self.detail = detail
+
+    @property
+    def logged(self) -> str:
+        """The message with its detail, for the log line."""
+        return f"{self.message} ({self.detail})" if self.detail else self.message
 
 
 # ---- client errors (4xx) -------------------------------------------------------------

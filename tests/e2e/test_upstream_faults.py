@@ -249,3 +249,41 @@ def test_a_broken_stream_is_billed_for_the_text_it_delivered_not_its_wire_bytes(
     delivered = math.ceil(len(text) / 4)
     # never below what was delivered; escapes in the JSON text may add a little
     assert delivered <= output <= delivered + 2, (output, len(text), text)
+
+
+# ---- a body that breaks off: a clean 502, the library's words in the log only -------------
+
+CUT_BODIES = {
+    "openai": ("/v1/chat/completions", {"model": "deepseek-chat", "messages": USER}),
+    "anthropic": ("/v1/messages", {"model": "deepseek-chat", "max_tokens": 64, "messages": USER}),
+    "responses": ("/v1/responses", {"model": "deepseek-chat", "input": "Say hello."}),
+}
+
+
+@pytest.mark.parametrize("protocol", list(CUT_BODIES))
+def test_an_answer_broken_off_midway_is_a_clean_502_in_the_protocols_shape(
+    strict_gateway: Gateway, sims: Sims, protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .test_rejections import Lines
+
+    recorder = Lines()
+    monkeypatch.setattr(strict_gateway.app.state.tiergate.pipeline, "log", recorder)
+    path, body = CUT_BODIES[protocol]
+    sims.control(sims.flash[0], fail_rate=1.0, fail_mode="midstream")
+    try:
+        r = httpx.post(strict_gateway.url + path, json=body, timeout=30)
+    finally:
+        sims.control(sims.flash[0], fail_rate=0.0, fail_mode="")
+    assert r.status_code == 502, r.text
+    data = r.json()
+    if protocol == "anthropic":
+        assert data["type"] == "error" and data["error"]["type"] == "api_error"
+        message = data["error"]["message"]
+    else:
+        assert data["error"]["code"] == "upstream_error"
+        message = data["error"]["message"]
+    assert "broke off its response mid-way: connection closed" in message, message
+    for internal in ("aiohttp", "Error", "<", "http://", "127.0.0.1", "payload"):
+        assert internal not in message, message
+    logged = [e for e in recorder.lines if e.get("event") == "request" and e.get("status") == 502]
+    assert logged and "ClientPayloadError" in logged[-1]["error"]  # the log keeps the detail
