@@ -25,6 +25,15 @@ class AutoChoice:
     tier: str
     mode: Mode
     reason: str
+    # The signals that lifted ``mode`` to thinking (``asked-to-reason``, ``long-context``),
+    # the last part of ``reason``: left out of the route reason when the client set the mode.
+    mode_signals: tuple[str, ...] = ()
+
+    def reason_without_mode_signals(self) -> str:
+        suffix = "".join(";" + s for s in self.mode_signals)
+        if suffix and self.reason.endswith(suffix):
+            return self.reason[: -len(suffix)]
+        return self.reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +113,15 @@ def plan_route(
     if picked_by_auto and req.history_without_reasoning and mode.thinking:
         mode = NON_THINKING
         reason += ";history-non-thinking"
+    auto = req.auto
+    if (
+        auto is not None
+        and auto.mode_signals
+        and (req.target.mode is not None or not mode.thinking)
+    ):
+        # The signals lifted auto's mode, but the client's mode (or FIM, or the history)
+        # decided it: the reason does not claim them.
+        reason = reason.replace(f"auto:{auto.reason}", f"auto:{auto.reason_without_mode_signals()}")
     needed = req.prompt_tokens + req.max_output_tokens
     limit = catalog.tiers[tier].context_length
     if req.prompt_tokens > limit:

@@ -56,4 +56,6 @@ def apply_signals(choice: AutoChoice, signals: tuple[str, ...]) -> AutoChoice:
     lifts = [s for s in signals if s in THINKING_SIGNALS]
     if choice.mode.thinking or not lifts:
         return choice
-    return AutoChoice(choice.tier, Mode(True, "high"), choice.reason + ";" + ";".join(lifts))
+    return AutoChoice(
+        choice.tier, Mode(True, "high"), choice.reason + ";" + ";".join(lifts), tuple(lifts)
+    )

@@ -129,3 +129,33 @@ def test_a_body_over_the_limit_is_counted_too(sims: Sims) -> None:
         assert _count(gw, "responses", "body_too_large") == 1
     finally:
         server.stop()
+
+
+# ---- the route reason names only the signals that decided something -----------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "mode", "signal"),
+    [
+        ({}, "think-high", True),
+        ({"thinking": {"type": "disabled"}}, "non-thinking", False),
+        ({"reasoning_effort": "none"}, "non-thinking", False),
+        ({"thinking": {"type": "enabled"}}, "think-high", False),
+    ],
+)
+def test_asked_to_reason_is_in_the_reason_only_when_it_chose_the_mode(
+    gateway: Gateway, fields: dict[str, Any], mode: str, signal: bool
+) -> None:
+    r = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json={
+            "model": "auto",
+            "messages": [{"role": "user", "content": "Explain step by step why the sky is blue."}],
+            "max_tokens": 8,
+            **fields,
+        },
+    )
+    assert r.status_code == 200, r.text
+    route = r.headers["x-tiergate-route"]
+    assert route.startswith(f"flash/{mode}/"), route
+    assert ("asked-to-reason" in route) is signal, route
