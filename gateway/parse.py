@@ -20,6 +20,8 @@ Endpoint = Literal["chat", "completions"]
 
 # A conservative bytes-per-token ratio: over-estimating the prompt keeps reservations safe.
 _BYTES_PER_TOKEN = 3
+# Per message: its role and the chat template's markers around it.
+_MESSAGE_TOKENS = 4
 
 
 @dataclass(slots=True)
@@ -93,6 +95,70 @@ def _require_model(body: dict[str, Any]) -> str:
     return check_model(body.get("model"))
 
 
+# ---- the prompt estimate -------------------------------------------------------------------
+
+
+def _utf8(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _content_bytes(content: Any) -> int:
+    """Bytes of a message's content as the model reads it: each part's text; a part with no
+    text (an image, a file) counts as its JSON, as nobody here knows how it is read."""
+    if isinstance(content, str):
+        return _utf8(content)
+    if not isinstance(content, list):
+        return 0
+    size = 0
+    for part in content:
+        text = part.get("text") if isinstance(part, dict) else None
+        size += _utf8(text) if isinstance(text, str) else len(orjson.dumps(part))
+    return size
+
+
+def _call_bytes(call: Any) -> int:
+    fn = call.get("function", call) if isinstance(call, dict) else None
+    if not isinstance(fn, dict):
+        return 0
+    name, args = fn.get("name"), fn.get("arguments")
+    size = _utf8(name) if isinstance(name, str) else 0
+    if isinstance(args, str):
+        size += _utf8(args)
+    elif args is not None:
+        size += len(orjson.dumps(args))
+    return size
+
+
+def estimate_prompt_tokens(messages: Any, tools: Any = None, *texts: str) -> int:
+    """Prompt tokens of an OpenAI-chat-shaped request, from the text the model sees: message
+    contents (tool results included), reasoning sent back, tool calls' names and arguments,
+    tool definitions, and ``texts`` (a completion's prompt and suffix). Fields that never
+    reach the prompt (``user``, ``metadata``, ``stream_options``...) count for nothing.
+
+    It prices a reservation, a rate-limit window, the context check, and the prompt of a
+    stream that broke before its usage arrived; so it errs high: 3 bytes a token (English
+    runs about 4 characters a token) and a few tokens per message for the template."""
+    size, n = 0, 0
+    for m in messages if isinstance(messages, list) else ():
+        if not isinstance(m, dict):
+            continue
+        n += 1
+        size += _content_bytes(m.get("content"))
+        for key in ("reasoning_content", "name"):
+            if isinstance(m.get(key), str):
+                size += _utf8(m[key])
+        calls = m.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            size += _call_bytes(call)
+        if m.get("function_call") is not None:
+            size += _call_bytes({"function": m["function_call"]})
+    for tool in tools if isinstance(tools, list) else ():
+        size += len(orjson.dumps(tool))  # name, description and parameter schema
+    for text in texts:
+        size += _utf8(text)
+    return size // _BYTES_PER_TOKEN + _MESSAGE_TOKENS * n + 1
+
+
 def _max_tokens(body: dict[str, Any]) -> int | None:
     """The output limit asked for. With both fields, ``max_completion_tokens`` wins, as in
     OpenAI's API and vLLM; the pipeline forwards that one value alone, as ``max_tokens``."""
@@ -155,6 +221,12 @@ def _text_of(content: Any, index: int) -> str:
     )
 
 
+def _legacy_functions(body: dict[str, Any]) -> tuple[str, ...]:
+    """The deprecated ``functions`` field's definitions, which reach the prompt like tools."""
+    functions = body.get("functions")
+    return (orjson.dumps(functions).decode(),) if isinstance(functions, list) else ()
+
+
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -201,7 +273,7 @@ def parse_chat(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
         stream=stream,
         include_usage=include_usage,
         max_tokens=_max_tokens(body),
-        prompt_tokens_est=len(raw) // _BYTES_PER_TOKEN + 1,
+        prompt_tokens_est=estimate_prompt_tokens(messages, tools, *_legacy_functions(body)),
         last_user_text=last_user,
         prompt_chars=chars,
         has_tools=bool(tools),
@@ -229,7 +301,7 @@ def parse_completion(raw: bytes, *, max_bytes: int) -> Call:
         stream=stream,
         include_usage=include_usage,
         max_tokens=_max_tokens(body),
-        prompt_tokens_est=len(raw) // _BYTES_PER_TOKEN + 1,
+        prompt_tokens_est=estimate_prompt_tokens(None, None, prompt, suffix or ""),
         last_user_text=prompt[-4000:],
         prompt_chars=len(prompt) + len(suffix or ""),
         choices=_choices(body),

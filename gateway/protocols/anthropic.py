@@ -18,7 +18,7 @@ from typing import Any, Literal
 import orjson
 
 from gateway.errors import sse_error_event
-from gateway.parse import Call, check_model, load_json_object
+from gateway.parse import Call, check_model, estimate_prompt_tokens, load_json_object
 from gateway.pipeline import Prepared
 from gateway.protocols.relay import translate_relayed
 from gateway.serve import Edge
@@ -42,7 +42,6 @@ _CUT_MESSAGE = (
     "the upstream model ran out of resources mid-answer (insufficient_system_resource); "
     "the answer was cut: retry the request"
 )
-_BYTES_PER_TOKEN = 3
 # Anthropic tool types that run on Anthropic's servers (or need its fixed schemas); no V4
 # backend can run them, so they are left out of the request and the route reason says so.
 _SERVER_TOOL_PREFIXES = (
@@ -367,7 +366,7 @@ def parse_messages(
         stream=stream,
         include_usage=stream,
         max_tokens=max_tokens,
-        prompt_tokens_est=len(raw) // _BYTES_PER_TOKEN + 1,
+        prompt_tokens_est=estimate_prompt_tokens(chat, out.get("tools")),
         last_user_text=last_user[-4000:],
         prompt_chars=chars,
         has_tools=bool(out.get("tools")),

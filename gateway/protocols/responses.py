@@ -21,14 +21,13 @@ from typing import Any
 
 import orjson
 
-from gateway.parse import Call, check_model, load_json_object
+from gateway.parse import Call, check_model, estimate_prompt_tokens, load_json_object
 from gateway.protocols.anthropic import MediaPolicy, media_note
 from gateway.protocols.relay import translate_relayed
 from gateway.serve import Edge
 from policies.errors import InvalidRequest, TiergateError, UpstreamUnavailable
 from policies.usage import Usage, usage_from_openai
 
-_BYTES_PER_TOKEN = 3
 _EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max", "ultra")
 # Built-in tools that OpenAI's servers run. ``web_search`` is only advisory (Codex offers it
 # by default): it is left out, and the route reason says so. The others would make an
@@ -397,7 +396,7 @@ def parse_responses(
         stream=stream,
         include_usage=stream,
         max_tokens=max_tokens,
-        prompt_tokens_est=len(raw) // _BYTES_PER_TOKEN + 1,
+        prompt_tokens_est=estimate_prompt_tokens(out["messages"], out.get("tools")),
         last_user_text=history.last_user[-4000:],
         prompt_chars=sum(len(str(m.get("content") or "")) for m in out["messages"]),
         has_tools=bool(out.get("tools")),

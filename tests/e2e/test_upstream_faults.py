@@ -251,6 +251,222 @@ def test_a_broken_stream_is_billed_for_the_text_it_delivered_not_its_wire_bytes(
     assert delivered <= output <= delivered + 2, (output, len(text), text)
 
 
+# ---- a broken stream's prompt is billed from the prompt, not from the request body --------
+
+HUGE = "u" * 8000  # a client's user id, metadata...: never part of the prompt
+
+
+@pytest.fixture(scope="module")
+def breaking_gateway(
+    breaking: Any, sims: Sims, monkeypatch_module: pytest.MonkeyPatch
+) -> Iterator[Gateway]:
+    data = catalog_doc(sims)
+    data["routing"]["backend_preference"] = ["self_hosted"]
+    data["backends"]["flash-local"]["replicas"] = [breaking.base_url]
+    server, gw = start_gateway(parse_catalog(data))
+    yield gw
+    server.stop()
+
+
+def _cut_stream(gw: Gateway, path: str, body: dict[str, Any]) -> str:
+    """Send a stream that the upstream breaks off; the request id of the ledger entry."""
+    with httpx.stream("POST", gw.url + path, json=body, timeout=30) as r:
+        assert r.status_code == 200, r.read()
+        r.read()
+        return r.headers["x-request-id"]
+
+
+def _billed_prompt(gw: Gateway, request_id: str) -> int:
+    (s,) = [s for s in gw.settled() if s.request_id == request_id]
+    assert s.status == 502 and "usage=estimated" in s.route_reason, (s.status, s.route_reason)
+    assert s.cache_hit_tokens == 0
+    return s.cache_miss_tokens
+
+
+PADDED = {
+    # (path, the plain body, fields that never reach the prompt)
+    "openai": (
+        "/v1/chat/completions",
+        {"model": "deepseek-chat", "messages": [{"role": "user", "content": "Hi"}]},
+        {"user": HUGE, "metadata": {"note": HUGE}, "stream_options": {"include_usage": True}},
+    ),
+    "anthropic": (
+        "/v1/messages",
+        {
+            "model": "deepseek-chat",
+            "max_tokens": 400,
+            "messages": [{"role": "user", "content": "Hi"}],
+        },
+        {"metadata": {"user_id": HUGE}},
+    ),
+    "responses": (
+        "/v1/responses",
+        {"model": "deepseek-chat", "input": "Hi"},
+        {"user": HUGE, "metadata": {"note": HUGE[:512]}, "safety_identifier": HUGE},
+    ),
+}
+
+
+@pytest.mark.parametrize("protocol", list(PADDED))
+def test_a_broken_streams_prompt_estimate_ignores_fields_outside_the_prompt(
+    breaking_gateway: Gateway, protocol: str
+) -> None:
+    path, body, padding = PADDED[protocol]
+    plain = _billed_prompt(
+        breaking_gateway, _cut_stream(breaking_gateway, path, {**body, "stream": True})
+    )
+    padded = _billed_prompt(
+        breaking_gateway, _cut_stream(breaking_gateway, path, {**body, **padding, "stream": True})
+    )
+    assert plain == padded, (plain, padded)
+    assert padded <= 16, padded  # "Hi" and a message's template, not 8,000 bytes / 3
+
+
+def test_a_broken_streams_prompt_estimate_counts_what_the_model_reads(
+    breaking_gateway: Gateway,
+) -> None:
+    """System prompt, tool definitions, tool calls in the history and tool results: all of
+    it is prompt, in every protocol's own shape."""
+    words = "lorem ipsum dolor sit amet " * 60  # 1,620 characters
+    tool = {"name": "search", "description": words, "parameters": {"type": "object"}}
+    chat = {
+        "model": "deepseek-chat",
+        "stream": True,
+        "tools": [{"type": "function", "function": tool}],
+        "messages": [
+            {"role": "system", "content": words},
+            {"role": "user", "content": [{"type": "text", "text": words}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {
+                            "name": "search",
+                            "arguments": orjson.dumps({"q": words}).decode(),
+                        },
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": words},
+        ],
+    }
+    anthropic = {
+        "model": "deepseek-chat",
+        "stream": True,
+        "max_tokens": 400,
+        "system": words,
+        "tools": [{"name": "search", "description": words, "input_schema": {"type": "object"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": words}]},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": "c1", "name": "search", "input": {"q": words}}
+                ],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "c1", "content": words}],
+            },
+        ],
+    }
+    responses = {
+        "model": "deepseek-chat",
+        "stream": True,
+        "instructions": words,
+        "tools": [{"type": "function", **tool}],
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": words}]},
+            {
+                "type": "function_call",
+                "call_id": "c1",
+                "name": "search",
+                "arguments": orjson.dumps({"q": words}).decode(),
+            },
+            {"type": "function_call_output", "call_id": "c1", "output": words},
+        ],
+    }
+    billed = [
+        _billed_prompt(breaking_gateway, _cut_stream(breaking_gateway, path, body))
+        for path, body in (
+            ("/v1/chat/completions", chat),
+            ("/v1/messages", anthropic),
+            ("/v1/responses", responses),
+        )
+    ]
+    five = 5 * len(words)  # system, user turn, tool description, call arguments, tool result
+    for n in billed:
+        assert five // 4 <= n <= five // 3 + 60, (billed, five)
+
+
+def test_a_broken_streams_ledger_row_and_budget_hold_the_prompt_not_the_body(
+    breaking: Any, sims: Sims, pg_url: str, redis_url: str, tmp_path: Any
+) -> None:
+    """A gateway process with keys, Redis budgets and the PostgreSQL ledger: a cut stream
+    whose body carries an 8,000-character ``user`` is billed for its one-word prompt, in the
+    ledger row and in the team's budget window."""
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from .test_money_e2e import Gateways, admin, drop_keys, money_env, new_key, sql, wait_rows
+
+    data = catalog_doc(sims)
+    data["routing"]["backend_preference"] = ["self_hosted"]
+    data["backends"]["flash-local"]["replicas"] = [breaking.base_url]
+    config = tmp_path / "catalog.yaml"
+    config.write_text(yaml.safe_dump(data))
+    prefix = f"tgest:{time.time_ns()}:"
+    gws = Gateways(money_env(pg_url, redis_url, prefix), config)
+    gws.start(1)
+    team = f"estimate-{time.time_ns()}"
+    try:
+        team_id, _, key = new_key(gws, team)
+        budget = {"scope": "team", "scope_id": team, "period": "day", "limit_usd": 10.0}
+        assert admin(gws, "PUT", "/budgets", budget).status_code == 200
+        body = {
+            "model": "deepseek-chat",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "user": HUGE,
+            "metadata": {"note": HUGE},
+            "stream": True,
+        }
+        with httpx.stream(
+            "POST",
+            gws.urls[0] + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        ) as r:
+            assert r.status_code == 200
+            r.read()
+            request_id = r.headers["x-request-id"]
+        assert wait_rows(pg_url, team_id, 1) == 1
+        ((status, prompt, cost, reason),) = sql(
+            pg_url,
+            "select status, cache_miss_tokens, cost_nanos, route_reason from ledger "
+            "where request_id = %s",
+            request_id,
+        )
+        metrics = httpx.get(gws.urls[0] + "/metrics").text
+    finally:
+        gws.stop()
+        drop_keys(redis_url, prefix)
+    assert status == 502 and "usage=estimated" in reason, (status, reason)
+    assert prompt <= 16, prompt  # not 16,000+ bytes of user and metadata / 3
+    spent = [
+        s.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "tiergate_budget_spent_nanodollars"
+        for s in family.samples
+        if s.labels.get("scope_id") == team_id
+    ]
+    assert spent == [cost], (spent, cost)
+
+
 # ---- a body that breaks off: a clean 502, the library's words in the log only -------------
 
 CUT_BODIES = {

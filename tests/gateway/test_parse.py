@@ -107,3 +107,32 @@ def test_good_chat_body() -> None:
 def test_bad_completion_bodies(body: dict, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
         parse_completion(orjson.dumps(body), max_bytes=1000)
+
+
+def test_the_prompt_estimate_counts_the_prompt_only() -> None:
+    plain = chat(OK).prompt_tokens_est
+    padded = chat(
+        {**OK, "user": "u" * 3000, "metadata": {"k": "v" * 3000}, "stream_options": None}
+    ).prompt_tokens_est
+    assert plain == padded and plain <= 8
+    words = "word " * 300  # 1,500 bytes: 500 tokens at 3 bytes a token
+    history = [
+        {"role": "user", "content": "hi"},
+        {
+            "role": "assistant",
+            "content": None,
+            "reasoning_content": words,
+            "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": words}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c", "content": [{"type": "text", "text": words}]},
+    ]
+    tool = {"type": "function", "function": {"name": "f", "description": words}}
+    est = chat({"model": "m", "messages": history, "tools": [tool]}).prompt_tokens_est
+    assert 4 * 500 <= est <= 4 * 500 + 60
+    fim = parse_completion(
+        orjson.dumps({"model": "m", "prompt": words, "suffix": words, "user": "u" * 3000}),
+        max_bytes=10_000,
+    )
+    assert 1000 <= fim.prompt_tokens_est <= 1002
