@@ -8,6 +8,7 @@ context checks.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -159,17 +160,104 @@ def estimate_prompt_tokens(messages: Any, tools: Any = None, *texts: str) -> int
     return size // _BYTES_PER_TOKEN + _MESSAGE_TOKENS * n + 1
 
 
+# ---- standard parameters ---------------------------------------------------------------------
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "null"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_strings(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(s, str) for s in v)
+
+
+# (test, what the value must be); the client's value null means the field is unset.
+Check = tuple[Callable[[Any], bool], str]
+NUMBER: Check = (_is_number, "a number")
+INTEGER: Check = (_is_integer, "an integer")
+BOOLEAN: Check = (lambda v: isinstance(v, bool), "true or false")
+STRINGS: Check = (_is_strings, "a list of strings")
+STOP: Check = (lambda v: isinstance(v, str) or _is_strings(v), "a string or a list of strings")
+
+# The standard sampling parameters of each protocol, checked before anything goes upstream.
+# The output limits (max_tokens and its kin) and ``n`` have their own checks.
+OPENAI_PARAMS: dict[str, Check] = {
+    "temperature": NUMBER,
+    "top_p": NUMBER,
+    "presence_penalty": NUMBER,
+    "frequency_penalty": NUMBER,
+    "seed": INTEGER,
+    "stop": STOP,
+    "stream": BOOLEAN,
+}
+ANTHROPIC_PARAMS: dict[str, Check] = {
+    "temperature": NUMBER,
+    "top_p": NUMBER,
+    "top_k": INTEGER,
+    "stop_sequences": STRINGS,
+    "stream": BOOLEAN,
+}
+RESPONSES_PARAMS: dict[str, Check] = {
+    "temperature": NUMBER,
+    "top_p": NUMBER,
+    "stream": BOOLEAN,
+}
+
+
+def check_params(body: Mapping[str, Any], params: Mapping[str, Check]) -> None:
+    """A 400 naming the first standard parameter of the wrong JSON type. Numbers sent as
+    strings ("0.7") are refused, as OpenAI's and Anthropic's APIs refuse them."""
+    for key, (ok, what) in params.items():
+        value = body.get(key)
+        if value is not None and not ok(value):
+            raise InvalidRequest(f"'{key}' must be {what}, not {_json_type(value)}", param=key)
+
+
+def positive_int(value: Any, key: str) -> int:
+    """``value`` as an output limit, or a 400 that names ``key`` and what it was sent."""
+    if not _is_integer(value) or value < 1:
+        got = str(value) if _is_integer(value) else _json_type(value)
+        raise InvalidRequest(f"'{key}' must be a positive integer, not {got}", param=key)
+    return int(value)
+
+
+def stream_flag(body: Mapping[str, Any]) -> bool:
+    stream = body.get("stream")
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise InvalidRequest(
+            f"'stream' must be true or false, not {_json_type(stream)}", param="stream"
+        )
+    return stream
+
+
 def _max_tokens(body: dict[str, Any]) -> int | None:
     """The output limit asked for. With both fields, ``max_completion_tokens`` wins, as in
     OpenAI's API and vLLM; the pipeline forwards that one value alone, as ``max_tokens``."""
     value = None
     for key in ("max_tokens", "max_completion_tokens"):
         v = body.get(key)
-        if v is None:
-            continue
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise InvalidRequest(f"'{key}' must be a positive integer", param=key)
-        value = v
+        if v is not None:
+            value = positive_int(v, key)
     return value
 
 
@@ -186,9 +274,8 @@ def _choices(body: dict[str, Any]) -> int:
 
 
 def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be true or false", param="stream")
+    check_params(body, OPENAI_PARAMS)
+    stream = stream_flag(body)
     opts = body.get("stream_options")
     if opts is not None and not isinstance(opts, dict):
         raise InvalidRequest("'stream_options' must be an object", param="stream_options")

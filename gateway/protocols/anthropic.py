@@ -18,7 +18,15 @@ from typing import Any, Literal
 import orjson
 
 from gateway.errors import sse_error_event
-from gateway.parse import Call, check_model, estimate_prompt_tokens, load_json_object
+from gateway.parse import (
+    ANTHROPIC_PARAMS,
+    Call,
+    check_model,
+    check_params,
+    estimate_prompt_tokens,
+    load_json_object,
+    stream_flag,
+)
 from gateway.pipeline import Prepared
 from gateway.protocols.relay import translate_relayed
 from gateway.serve import Edge
@@ -295,8 +303,16 @@ def parse_messages(
     body = load_json_object(raw, max_bytes)
     model = check_model(body.get("model"))
     max_tokens = body.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+    if max_tokens is None:
         raise _bad("max_tokens: Field required (a positive integer)", "max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        raise _bad(
+            f"max_tokens: must be an integer, not {orjson.dumps(max_tokens).decode()[:40]}",
+            "max_tokens",
+        )
+    if max_tokens < 1:
+        raise _bad(f"max_tokens: must be at least 1, not {max_tokens}", "max_tokens")
+    check_params(body, ANTHROPIC_PARAMS)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("messages: Field required (a non-empty list)", "messages")
@@ -351,9 +367,7 @@ def parse_messages(
     )
     if isinstance(user, str):
         out["user_id"] = user
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise _bad("'stream' must be true or false", "stream")
+    stream = stream_flag(body)
     if stream:
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}

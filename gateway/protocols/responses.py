@@ -21,7 +21,16 @@ from typing import Any
 
 import orjson
 
-from gateway.parse import Call, check_model, estimate_prompt_tokens, load_json_object
+from gateway.parse import (
+    RESPONSES_PARAMS,
+    Call,
+    check_model,
+    check_params,
+    estimate_prompt_tokens,
+    load_json_object,
+    positive_int,
+    stream_flag,
+)
 from gateway.protocols.anthropic import MediaPolicy, media_note
 from gateway.protocols.relay import translate_relayed
 from gateway.serve import Edge
@@ -326,6 +335,7 @@ def parse_responses(
 ) -> Call:
     body = load_json_object(raw, max_bytes)
     model = check_model(body.get("model"))
+    check_params(body, RESPONSES_PARAMS)
     if body.get("previous_response_id") is not None:
         raise _bad(
             "previous_response_id is not supported: this gateway stores no responses; send "
@@ -372,8 +382,7 @@ def parse_responses(
         raise _bad("'input' has no user, assistant or tool item to answer", "input")
     max_tokens = body.get("max_output_tokens")
     if max_tokens is not None:
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise _bad("'max_output_tokens' must be a positive integer", "max_output_tokens")
+        max_tokens = positive_int(max_tokens, "max_output_tokens")
         out["max_tokens"] = max_tokens
     for key in ("temperature", "top_p"):
         if body.get(key) is not None:
@@ -382,9 +391,7 @@ def parse_responses(
     if isinstance(user, str):
         out["user_id"] = user
     _reasoning(body, out)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise _bad("'stream' must be true or false", "stream")
+    stream = stream_flag(body)
     if stream:
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}

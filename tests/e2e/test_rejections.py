@@ -131,6 +131,151 @@ def test_a_body_over_the_limit_is_counted_too(sims: Sims) -> None:
         server.stop()
 
 
+# ---- standard parameters of the wrong type ---------------------------------------------------
+
+CHAT = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}]}
+MESSAGES = {
+    "model": "deepseek-chat",
+    "max_tokens": 16,
+    "messages": [{"role": "user", "content": "x"}],
+}
+RESPONSES = {"model": "deepseek-chat", "input": "x"}
+WRONG = {
+    "openai": (
+        "/v1/chat/completions",
+        CHAT,
+        [
+            ("temperature", "hot"),
+            ("temperature", "0.7"),
+            ("top_p", "x"),
+            ("max_tokens", "many"),
+            ("max_tokens", "16"),
+            ("max_completion_tokens", 1.5),
+            ("n", "two"),
+            ("presence_penalty", "0"),
+            ("frequency_penalty", [1]),
+            ("seed", "42"),
+            ("seed", 4.2),
+            ("stop", 5),
+            ("stop", ["a", 1]),
+            ("stream", "true"),
+        ],
+    ),
+    "anthropic": (
+        "/v1/messages",
+        MESSAGES,
+        [
+            ("temperature", "hot"),
+            ("top_p", "0.9"),
+            ("top_k", "5"),
+            ("top_k", 2.5),
+            ("max_tokens", "5"),
+            ("stop_sequences", "END"),
+            ("stream", 1),
+        ],
+    ),
+    "responses": (
+        "/v1/responses",
+        RESPONSES,
+        [
+            ("temperature", "hot"),
+            ("top_p", {}),
+            ("max_output_tokens", "64"),
+            ("stream", "yes"),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("protocol", "field", "value"),
+    [(p, f, v) for p, (_, _, cases) in WRONG.items() for f, v in cases],
+)
+def test_a_standard_parameter_of_the_wrong_type_is_a_400_naming_it(
+    gateway: Gateway, protocol: str, field: str, value: Any
+) -> None:
+    path, body, _ = WRONG[protocol]
+    r = httpx.post(
+        gateway.url + path, json={**body, field: value}, headers={"authorization": "Bearer t"}
+    )
+    assert r.status_code == 400, r.text
+    data = r.json()
+    if protocol == "anthropic":
+        assert data["type"] == "error" and data["error"]["type"] == "invalid_request_error"
+    else:
+        assert data["error"]["type"] == "invalid_request_error"
+        assert data["error"]["param"] == field
+    message = data["error"]["message"]
+    assert field in message and "must be" in message, message
+    assert "Field required" not in message
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v1/chat/completions",
+            {
+                **CHAT,
+                "temperature": 1.0,
+                "top_p": 1,
+                "presence_penalty": 0.5,
+                "frequency_penalty": None,
+                "seed": 7,
+                "stop": "\n\n",
+                "max_tokens": 16,
+                "n": None,
+                "stream": None,
+            },
+        ),
+        ("/v1/chat/completions", {**CHAT, "temperature": None, "top_p": None, "stop": ["a"]}),
+        (
+            "/v1/messages",
+            {**MESSAGES, "temperature": 0, "top_p": 0.9, "top_k": 5, "stop_sequences": ["END"]},
+        ),
+        ("/v1/messages", {**MESSAGES, "temperature": None, "top_k": None, "stream": None}),
+        (
+            "/v1/responses",
+            {**RESPONSES, "temperature": 0.2, "top_p": None, "max_output_tokens": 16},
+        ),
+    ],
+)
+def test_standard_parameters_of_the_right_type_pass(
+    gateway: Gateway, path: str, body: dict[str, Any]
+) -> None:
+    r = httpx.post(gateway.url + path, json=body, headers={"authorization": "Bearer t"})
+    assert r.status_code == 200, r.text
+
+
+def test_anthropic_max_tokens_as_a_string_says_it_must_be_an_integer(gateway: Gateway) -> None:
+    r = httpx.post(
+        gateway.url + "/v1/messages",
+        json={**MESSAGES, "max_tokens": "5"},
+        headers={"authorization": "Bearer t"},
+    )
+    assert r.status_code == 400
+    assert r.json() == {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": 'max_tokens: must be an integer, not "5"',
+        },
+    }
+    missing = {k: v for k, v in MESSAGES.items() if k != "max_tokens"}
+    r = httpx.post(gateway.url + "/v1/messages", json=missing)
+    assert r.status_code == 400 and "max_tokens: Field required" in r.json()["error"]["message"]
+
+
+def test_an_unknown_reasoning_effort_is_a_400_naming_the_efforts(gateway: Gateway) -> None:
+    r = httpx.post(
+        gateway.url + "/v1/responses", json={**RESPONSES, "reasoning": {"effort": "extreme"}}
+    )
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "reasoning"
+    assert "'reasoning.effort' must be one of: none, minimal, low, medium, high" in error["message"]
+
+
 # ---- the route reason names only the signals that decided something -----------------------
 
 

@@ -136,3 +136,26 @@ def test_the_prompt_estimate_counts_the_prompt_only() -> None:
         max_bytes=10_000,
     )
     assert 1000 <= fim.prompt_tokens_est <= 1002
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("temperature", "0.7", "'temperature' must be a number, not a string"),
+        ("top_p", True, "'top_p' must be a number, not a boolean"),
+        ("seed", 1.5, "'seed' must be an integer, not a number"),
+        ("stop", [1], "'stop' must be a string or a list of strings, not an array"),
+        ("max_tokens", "many", "'max_tokens' must be a positive integer, not a string"),
+        ("max_tokens", -3, "'max_tokens' must be a positive integer, not -3"),
+    ],
+)
+def test_standard_parameters_are_type_checked(field: str, value: object, fragment: str) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        chat({**OK, field: value})
+    assert fragment in exc.value.message and exc.value.param == field
+
+
+def test_null_standard_parameters_are_unset() -> None:
+    fields = ("temperature", "top_p", "seed", "stop", "stream", "n", "max_tokens")
+    call = chat({**OK, **dict.fromkeys(fields)})
+    assert not call.stream and call.max_tokens is None and call.choices == 1
