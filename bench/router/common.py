@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from policies.features import Features, from_text  # noqa: E402
 from policies.router.data import Row, all_rows  # noqa: E402
-from policies.router.embed import default_embedder  # noqa: E402
+from policies.router.embed import MAX_EMBED_CHARS, default_embedder  # noqa: E402
 from policies.router.metrics import curve  # noqa: E402
 from policies.router.scorer import fallback_score, signals  # noqa: E402, F401
 
@@ -26,7 +26,7 @@ from policies.router.scorer import fallback_score, signals  # noqa: E402, F401
 SHARED = Path(
     os.environ.get("TIERGATE_ROUTING_DATA") or ROOT.parent / "shared" / "data" / "routing"
 )
-CACHE = ROOT / "var" / "bench" / "router_rows.npz"
+CACHE = ROOT / "var" / "bench" / f"router_rows_{MAX_EMBED_CHARS}.npz"
 
 # Weak -> strong pairs scored on each source (a pair counts where both are labelled and
 # the strong side is ahead on that source).

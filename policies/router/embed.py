@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 DIM = 256
-MAX_EMBED_CHARS = 2000
+MAX_EMBED_CHARS = 1000
 _WEIGHTS = Path("weights") / "l2_supercat_256.safetensors"
 _TOKENIZER = Path("tokenizers") / "l2_supercat_tokenizer_config.json"
 _TENSOR = "embedding.weight"
