@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import orjson
 
-from policies.errors import BodyTooLarge, InvalidRequest
+from policies.errors import BodyTooLarge, InvalidRequest, json_type
 
 Protocol = Literal["openai", "anthropic", "responses"]
 Endpoint = Literal["chat", "completions"]
@@ -61,7 +61,7 @@ def load_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise InvalidRequest(f"request body must be a JSON object, not {type(data).__name__}")
+        raise InvalidRequest(f"request body must be a JSON object, not {json_type(data)}")
     return data
 
 
@@ -163,20 +163,6 @@ def estimate_prompt_tokens(messages: Any, tools: Any = None, *texts: str) -> int
 # ---- standard parameters ---------------------------------------------------------------------
 
 
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return "null"
-
-
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
@@ -228,13 +214,13 @@ def check_params(body: Mapping[str, Any], params: Mapping[str, Check]) -> None:
     for key, (ok, what) in params.items():
         value = body.get(key)
         if value is not None and not ok(value):
-            raise InvalidRequest(f"'{key}' must be {what}, not {_json_type(value)}", param=key)
+            raise InvalidRequest(f"'{key}' must be {what}, not {json_type(value)}", param=key)
 
 
 def positive_int(value: Any, key: str) -> int:
     """``value`` as an output limit, or a 400 that names ``key`` and what it was sent."""
     if not _is_integer(value) or value < 1:
-        got = str(value) if _is_integer(value) else _json_type(value)
+        got = str(value) if _is_integer(value) else json_type(value)
         raise InvalidRequest(f"'{key}' must be a positive integer, not {got}", param=key)
     return int(value)
 
@@ -245,7 +231,7 @@ def stream_flag(body: Mapping[str, Any]) -> bool:
         return False
     if not isinstance(stream, bool):
         raise InvalidRequest(
-            f"'stream' must be true or false, not {_json_type(stream)}", param="stream"
+            f"'stream' must be true or false, not {json_type(stream)}", param="stream"
         )
     return stream
 

@@ -8,6 +8,8 @@ libraries' exceptions into these types in one place each.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class TiergateError(Exception):
     """Base of every error that reaches a client."""
@@ -172,3 +174,21 @@ class ServiceUnavailable(TiergateError):
 
 class ConfigError(Exception):
     """A configuration file or setting is invalid. Raised at startup, never per request."""
+
+
+def json_type(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words, for error messages ("an array", not
+    "list")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

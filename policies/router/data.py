@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from policies.errors import json_type
 from policies.features import DENSE_NAMES, HASH_DIM, Features
 
 
@@ -43,14 +44,6 @@ class Row:
 
 class DataError(ValueError):
     """A bad input file; the message names the file and, where there is one, the line."""
-
-
-_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "true/false"}
-
-
-def _kind(value: Any) -> str:
-    """What a decoded JSON value is, in JSON's words."""
-    return "null" if value is None else _JSON_KINDS.get(type(value), "a number")
 
 
 # A JSON escape of a UTF-16 surrogate; only such escapes can put one in a decoded line.
@@ -100,7 +93,7 @@ def _numbered(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{n}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
         if not isinstance(value, dict):
-            raise DataError(f"{path}:{n}: expected a JSON object, got {_kind(value)}")
+            raise DataError(f"{path}:{n}: expected a JSON object, got {json_type(value)}")
         if _SURROGATE_ESCAPE.search(line):
             value = _no_surrogates(value)
         yield n, value
@@ -273,7 +266,7 @@ def _jsonl_row(r: dict[str, Any], default_source: str) -> Row:
     correct = {str(k): _label(str(k), v) for k, v in raw.items()}
     wrong = sum(not v for v in correct.values()) / len(correct) if correct else 0.5
     if "prompt" in r and not isinstance(r["prompt"], str):
-        raise ValueError(f"'prompt' must be a string, got {_kind(r['prompt'])}")
+        raise ValueError(f"'prompt' must be a string, got {json_type(r['prompt'])}")
     has_text = isinstance(r.get("prompt"), str) or isinstance(r.get("messages"), list)
     features = None if has_text or "features" not in r else features_of(r["features"])
     return Row(

@@ -20,7 +20,7 @@ OK = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
     [
         (b"{not json", "not valid JSON", None),
         (b"", "empty", None),
-        (b"[1, 2]", "must be a JSON object, not list", None),
+        (b"[1, 2]", "must be a JSON object, not an array", None),
         ({"messages": OK["messages"]}, "'model' is required", "model"),
         ({"model": 3, "messages": OK["messages"]}, "'model' is required", "model"),
         ({"model": "m"}, "'messages' is required", "messages"),
