@@ -67,6 +67,12 @@ DEV = {
 }
 VARIANTS: dict[str, dict[str, object]] = {
     "base": {},
+    # the choosing procedure cross-validated itself (margin: the inner rule's)
+    "nested": {"nested_se": 0.0},
+    "nested_inner_se1": {"nested_se": 0.0, "margin": 1.0},
+    "nested_m0": {"nested_se": 0.0, "margin": 0.0},
+    "nested_m0_se1": {"nested_se": 1.0, "margin": 0.0},
+    "nested_m1_se1": {"nested_se": 1.0, "margin": 1.0},
     "repeats3": {"repeats": 3},
     "ksqrt": {"k": 0},
     # before the blend: a candidate alone, one standard error of lead

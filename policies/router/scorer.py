@@ -312,6 +312,9 @@ USES = ("prior", "topic", "topic+knn", "full")
 ALPHAS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, math.inf)
 # A candidate must lead the fallback by this many standard errors (fold-paired) to ship.
 MARGIN_SE = 2.0
+# The choice procedure, cross-validated itself, must lead the fallback by this many standard
+# errors (None: no nested check).
+NESTED_SE: float | None = None
 
 
 def pair_label(weak_right: bool, strong_right: bool) -> float:
@@ -412,30 +415,38 @@ class _Inputs:
     k_topic: np.ndarray  # topics @ topics.T
 
 
-def _fold_scores(d: _Inputs, use: str, lam: float) -> list[tuple[np.ndarray, np.ndarray]]:
+Folds = list[tuple[np.ndarray, np.ndarray]]  # held-out rows, their scores
+
+
+def _fold_scores(d: _Inputs, use: str, lam: float) -> Folds:
     """For every fold of every repeat: its held-out rows and their candidate scores under a
     model fitted on the other folds, standardised by that model's scores on its own rows
     (so that a blend weight means the same in every fold and in the final model)."""
+    return [r for fold in d.folds for r in _fold_scores_on(d, fold, use, lam)]
+
+
+def _fold_scores_on(d: _Inputs, fold: np.ndarray, use: str, lam: float) -> Folds:
+    """``_fold_scores`` for one fold assignment; rows of fold -1 take no part."""
     out = []
-    for fold in d.folds:
-        for j in np.unique(fold):
-            tr, te = np.flatnonzero(fold != j), np.flatnonzero(fold == j)
-            if use == "prior":
-                out.append((te, d.zb[te, 0]))
-                continue
-            knn = np.zeros(len(d.y))
-            if use in ("topic+knn", "full"):
-                knn[tr] = _cross_fitted_knn(d.sims, d.y, tr, fold, d.k)
-                knn[te] = _knn_from(d.sims, d.y, te, tr, d.k)
-            if use == "full":
-                alpha, b = _full_fit(d, tr, knn, lam)
-                fit = _full_scores(d, tr, tr, knn, lam, alpha, b)
-                pred = _full_scores(d, te, tr, knn, lam, alpha, b)
-            else:
-                x, pen = _design(d.zb, knn, d.topics, use)
-                w, _ = _ridge(x[tr], d.y[tr], pen)
-                fit, pred = x[tr] @ w, x[te] @ w
-            out.append((te, (pred - fit.mean()) / (fit.std() or 1.0)))
+    for j in np.unique(fold[fold >= 0]):
+        tr = np.flatnonzero((fold >= 0) & (fold != j))
+        te = np.flatnonzero(fold == j)
+        if use == "prior":
+            out.append((te, d.zb[te, 0]))
+            continue
+        knn = np.zeros(len(d.y))
+        if use in ("topic+knn", "full"):
+            knn[tr] = _cross_fitted_knn(d.sims, d.y, tr, fold, d.k)
+            knn[te] = _knn_from(d.sims, d.y, te, tr, d.k)
+        if use == "full":
+            alpha, b = _full_fit(d, tr, knn, lam)
+            fit = _full_scores(d, tr, tr, knn, lam, alpha, b)
+            pred = _full_scores(d, te, tr, knn, lam, alpha, b)
+        else:
+            x, pen = _design(d.zb, knn, d.topics, use)
+            w, _ = _ridge(x[tr], d.y[tr], pen)
+            fit, pred = x[tr] @ w, x[te] @ w
+        out.append((te, (pred - fit.mean()) / (fit.std() or 1.0)))
     return out
 
 
@@ -476,7 +487,7 @@ def _full_scores(
     return np.asarray(_full_fixed(d, rows, knn) @ b + _full_kernel(d, rows, tr, lam) @ alpha)
 
 
-def _gains(d: _Inputs, prior: list[tuple[np.ndarray, np.ndarray]], cand, alpha: float):  # type: ignore[no-untyped-def]
+def _gains(d: _Inputs, prior: Folds, cand: Folds, alpha: float) -> np.ndarray:
     """``excess_gain`` per fold of the fallback plus ``alpha`` times a candidate's score
     (the candidate alone when ``alpha`` is infinite)."""
     return np.asarray(
@@ -487,29 +498,77 @@ def _gains(d: _Inputs, prior: list[tuple[np.ndarray, np.ndarray]], cand, alpha: 
     )
 
 
-def _choose(
-    d: _Inputs, lambdas: Sequence[float], alphas: Sequence[float], margin: float
-) -> tuple[str, float, float, dict[str, float]]:
-    """The candidate and blend weight whose fold-paired lead over the fallback, less
-    ``margin`` standard errors, is largest; the fallback when none leads."""
-    prior = _fold_scores(d, "prior", 0.0)
+Choice = tuple[str, float, float]  # candidate, its L2, blend weight
+PRIOR: Choice = ("prior", 0.0, 0.0)
+
+
+def _leads(
+    d: _Inputs,
+    folds: Sequence[np.ndarray],
+    lambdas: Sequence[float],
+    alphas: Sequence[float],
+) -> tuple[np.ndarray, dict[Choice, np.ndarray]]:
+    """The fallback's ``excess_gain`` per held-out fold, and every candidate and blend's
+    lead over it on the same folds."""
+    prior = [r for f in folds for r in _fold_scores_on(d, f, "prior", 0.0)]
     base = _gains(d, prior, prior, 0.0)
-    cv = {"prior": float(base.mean())}
-    use, lam, alpha, best = "prior", 0.0, 0.0, 0.0
-    if len(d.y) < MIN_CV_ROWS:
-        return use, lam, alpha, cv
+    leads: dict[Choice, np.ndarray] = {}
     for u in USES[1:]:
         for lm in lambdas if u == "full" else (0.0,):
-            cand = _fold_scores(d, u, lm)
+            cand = [r for f in folds for r in _fold_scores_on(d, f, u, lm)]
             for a in alphas:
-                name = _name(u, lm, a)
-                diff = _gains(d, prior, cand, a) - base
-                cv[name] = float(cv["prior"] + diff.mean())
-                # repeats share their rows, so the standard error counts one repeat's folds
-                lead = float(diff.mean() - margin * diff.std(ddof=1) / math.sqrt(CV_FOLDS))
-                if lead > best:
-                    use, lam, alpha, best = u, lm, a, lead
-    return use, lam, alpha, cv
+                leads[(u, lm, a)] = _gains(d, prior, cand, a) - base
+    return base, leads
+
+
+def _best(leads: dict[Choice, np.ndarray], margin: float) -> Choice:
+    """The choice whose mean lead, less ``margin`` standard errors, is largest and above 0
+    (repeats share their rows, so the standard error counts one repeat's folds)."""
+    pick, best = PRIOR, 0.0
+    for c, diff in leads.items():
+        lead = float(diff.mean() - margin * diff.std(ddof=1) / math.sqrt(CV_FOLDS))
+        if lead > best:
+            pick, best = c, lead
+    return pick
+
+
+def _choose(
+    d: _Inputs,
+    lambdas: Sequence[float],
+    alphas: Sequence[float],
+    margin: float,
+    nested_se: float | None = None,
+    seed: int = 0,
+) -> tuple[Choice, dict[str, float]]:
+    """The candidate and blend weight whose fold-paired lead over the fallback, less
+    ``margin`` standard errors, is largest; the fallback when none leads.
+
+    Choosing the best of some thirty choices on the same folds that score them flatters the
+    winner. With ``nested_se`` set, the whole procedure is cross-validated as well: on each
+    outer fold it chooses from the other four (their own 5-fold split) and that choice is
+    scored on the fold it did not see. The choice ships only when the procedure's own lead
+    over the fallback exceeds ``nested_se`` standard errors.
+    """
+    if len(d.y) < MIN_CV_ROWS:
+        prior = _fold_scores(d, "prior", 0.0)
+        return PRIOR, {"prior": float(_gains(d, prior, prior, 0.0).mean())}
+    base, leads = _leads(d, d.folds, lambdas, alphas)
+    cv = {"prior": float(base.mean())}
+    cv.update({_name(*c): float(base.mean() + v.mean()) for c, v in leads.items()})
+    pick = _best(leads, margin)
+    if nested_se is None or pick == PRIOR:
+        return pick, cv
+    outer, rng = d.folds[0], np.random.default_rng(seed + 7919)
+    procedure = np.zeros(CV_FOLDS)
+    for o in range(CV_FOLDS):
+        inner = np.full(len(d.y), -1)
+        seen = np.flatnonzero(outer != o)
+        inner[seen] = rng.permutation(len(seen)) % CV_FOLDS
+        chosen = _best(_leads(d, (inner,), lambdas, alphas)[1], margin)
+        procedure[o] = 0.0 if chosen == PRIOR else leads[chosen][o]
+    cv["nested"] = float(base[:CV_FOLDS].mean() + procedure.mean())
+    se = procedure.std(ddof=1) / math.sqrt(CV_FOLDS)
+    return (pick if procedure.mean() > nested_se * se else PRIOR), cv
 
 
 def _name(use: str, lam: float, alpha: float) -> str:
@@ -529,15 +588,17 @@ def fit_pair(
     k: int | None = None,
     alphas: Sequence[float] = ALPHAS,
     margin: float = MARGIN_SE,
+    nested_se: float | None = NESTED_SE,
 ) -> PairModel:
     """Learn one pair from labelled rows (``y`` from ``pair_label``), prior = the fallback.
 
     Candidates: the fallback alone; plus a per-topic prior; plus a nearest-neighbour term
     (k = n/8, 5 to 200); plus ridge on the signals and the embedding. Each is scored by
-    5-fold cross-validation on the labelled rows (``excess_gain``); a learned candidate
-    replaces the fallback only when its lead over it, paired by fold, exceeds one standard
-    error, so that a few noisy labels keep the fallback. Nearest-neighbour terms are
-    cross-fitted, never leave-one-out.
+    5-fold cross-validation on the labelled rows (``excess_gain``), alone and blended into
+    the fallback; a learned choice replaces the fallback only when its lead over it, paired
+    by fold, exceeds ``margin`` standard errors and the choosing procedure, cross-validated
+    itself, still leads (``nested_se``), so that a few noisy labels keep the fallback.
+    Nearest-neighbour terms are cross-fitted, never leave-one-out.
     """
     yv = np.asarray(y, dtype=np.float64)
     e = np.asarray(emb, dtype=np.float32).reshape(len(yv), -1)
@@ -567,7 +628,9 @@ def fit_pair(
         (rest @ rest.T).astype(np.float64),
         topics @ topics.T,
     )
-    use, lam, alpha, cv = _choose(d, lambdas, alphas, margin) if n else ("prior", 0.0, 0.0, {})
+    (use, lam, alpha), cv = (
+        _choose(d, lambdas, alphas, margin, nested_se, seed) if n else (PRIOR, {})
+    )
     width = 2 + cents.shape[0] + len(SIGNAL_NAMES) + e.shape[1]
     coef = np.zeros(width + (LEX_DIM if use == "full" else 0))
     bias = 0.0
@@ -576,42 +639,20 @@ def fit_pair(
         coef[0] = 1.0
     else:
         knn = np.zeros(n)
-        if use in ("topic+knn", "full"):
+        if use != "topic":
             knn = _cross_fitted_knn(d.sims, yv, np.arange(n), d.folds[0], d.k)
             exemplars, labels, k = e, yv, d.k
-        if use == "full":
-            rows = np.arange(n)
-            dual, b = _full_fit(d, rows, knn, lam)
-            # back to one weight per column, in PairModel's order (then the lexical ones)
-            w = np.concatenate(
-                [
-                    b[1:],
-                    d.topics.T @ dual / TOPIC_PSEUDO_ROWS,
-                    rest.T.astype(np.float64) @ dual / (lam * n),
-                ]
-            )
-            bias = float(b[0])
-            x = np.hstack([zb[:, :1], knn[:, None], topics, rest])
-        else:
-            x, pen = _design(d.zb, knn, d.topics, use)
-            w, bias = _ridge(x, yv, pen)
+        # every candidate as weights over the same columns, in PairModel's order
+        x = np.hstack([zb[:, :1], knn[:, None], topics, rest.astype(np.float64)])
+        w, bias = _final_weights(d, x, knn, use, lam)
         if not math.isinf(alpha):
             # the fallback plus alpha standard deviations of the candidate: still linear
             fit = x @ w
             gain = alpha / (float(fit.std()) or 1.0)
             w, bias = w * gain, -gain * float(fit.mean())
             w[0] += 1.0
-        coef[0] = w[0]
-        j = 1
-        if use in ("topic+knn", "full"):
-            coef[1] = w[1]
-            j = 2
-        coef[2 : 2 + cents.shape[0]] = w[j : j + cents.shape[0]]
-        coef[2 + cents.shape[0] : 2 + cents.shape[0] + len(w) - j - cents.shape[0]] = w[
-            j + cents.shape[0] :
-        ]
-        if use == "full":  # the lexical columns were scaled by LEX_GAIN when fitted
-            coef[width:] *= LEX_GAIN
+        coef[:] = w[: len(coef)]
+        coef[width:] *= LEX_GAIN  # the lexical columns were scaled by LEX_GAIN when fitted
     model = PairModel(mean, scale, coef, bias, cents, exemplars, labels, k)
     raws = scores_of(model, feats, e) if n else np.zeros(1)
     model.center = float(np.median(raws))
@@ -623,6 +664,25 @@ def fit_pair(
         "cv_excess_gain": ";".join(f"{name}:{v:.4f}" for name, v in cv.items()),
     }
     return model
+
+
+def _final_weights(
+    d: _Inputs, x: np.ndarray, knn: np.ndarray, use: str, lam: float
+) -> tuple[np.ndarray, float]:
+    """One candidate fitted on all rows, as weights over ``x``'s columns (length, kNN,
+    topics, then the ridge columns) and a bias."""
+    n, t = len(d.y), d.topics.shape[1]
+    w = np.zeros(x.shape[1])
+    if use == "full":
+        dual, b = _full_fit(d, np.arange(n), knn, lam)
+        w[:2] = b[1:]
+        w[2 : 2 + t] = d.topics.T @ dual / TOPIC_PSEUDO_ROWS
+        w[2 + t :] = d.rest.T.astype(np.float64) @ dual / (lam * n)
+        return w, float(b[0])
+    xs, pen = _design(d.zb, knn, d.topics, use)
+    ws, bias = _ridge(xs, d.y, pen)
+    w[[0, *([1] if use == "topic+knn" else []), *range(2, 2 + t)]] = ws
+    return w, bias
 
 
 def scores_of(model: PairModel, feats: Sequence[Features], emb: np.ndarray) -> np.ndarray:
