@@ -84,15 +84,14 @@ def create_app(
         accounting = await accounting_factory(settings, loaded, metrics)
         await accounting.start()
         truth = RouterTruth(metrics) if model_router else None
-        classifier = (
-            RouterService(loaded, metrics, router).classify if model_router else rule_classifier
-        )
+        service = RouterService(loaded, metrics, router) if model_router else None
         pipeline = Pipeline(
             loaded,
             engines,
             accounting,
             metrics,
-            classifier=classifier,
+            classifier=service.classify if service else rule_classifier,
+            routed=service.routed if service else None,
             log_prompts=settings.log_prompts,
         )
         pipeline.truth = truth

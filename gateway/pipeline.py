@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 
 # (catalog, request, the caller's budget asks for cheaper options) -> what `auto` gets
 Classifier = Callable[[Catalog, Call, bool], AutoChoice]
+# (what `auto` got, whether the budget downgraded it): called once the request passed its
+# reservation, so that only dispatched requests teach the router's calibration
+Routed = Callable[[AutoChoice, bool], None]
 
 # Characters of generated text per token, used only to bill a stream that broke before its
 # usage chunk (``StreamOutcome.output_chars``: the text streamed, not the SSE envelope).
@@ -151,6 +154,7 @@ class Pipeline:
         metrics: Metrics,
         *,
         classifier: Classifier = rule_classifier,
+        routed: Routed | None = None,
         log_prompts: bool = False,
     ) -> None:
         self.catalog = catalog
@@ -159,6 +163,7 @@ class Pipeline:
         self.metrics = metrics
         self.prices = PriceBook(catalog)
         self.classifier = classifier
+        self.routed = routed
         self.log = get_logger("tiergate.request")
         self.log_prompts = log_prompts
         self.shadow: ShadowService | None = None
@@ -214,7 +219,7 @@ class Pipeline:
             self._check_caller(call, caller)
             rate = await self.accounting.check_rate(caller, call.prompt_tokens_est)
             view = await self.accounting.budget_view(caller, started_at)
-            plan = self._plan(call, caller, headers, view.downgrade)
+            plan, auto = self._plan(call, caller, headers, view.downgrade)
             p = Prepared(call, caller, request_id, plan, started, started_at)
             out = self._output_limit(call, plan)
             p.reserved = self._worst_case(p, out)
@@ -231,6 +236,8 @@ class Pipeline:
             )
             err.headers.setdefault("x-request-id", request_id)
             raise
+        if auto is not None and self.routed is not None:
+            self.routed(auto, view.downgrade)
         for note in call.notes:
             p.reasons.append(note)
             self.metrics.adaptations.labels(call.protocol, note.split("=", 1)[0]).inc()
@@ -264,7 +271,7 @@ class Pipeline:
 
     def _plan(
         self, call: Call, caller: Caller, headers: Mapping[str, str], downgrade: bool = False
-    ) -> RoutePlan:
+    ) -> tuple[RoutePlan, AutoChoice | None]:
         target = resolve_target(self.catalog, call.model, call.body)
         override = headers.get("x-tiergate-tier")
         if override and not caller.may_override_tier:
@@ -283,7 +290,7 @@ class Pipeline:
             tier_override=override or None,
             history_without_reasoning=_tool_turn_without_reasoning(call.body),
         )
-        return plan_route(self.catalog, req, self._states())
+        return plan_route(self.catalog, req, self._states()), auto
 
     def _default_max_output(self, tier: str) -> int:
         spec = self.catalog.tiers.get(tier)

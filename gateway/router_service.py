@@ -51,12 +51,13 @@ class RouterService:
         )
 
     def classify(self, catalog: Catalog, call: Call, downgrade: bool = False) -> AutoChoice:
+        """The choice for an ``auto`` request; nothing is learned from it until it is
+        dispatched (``routed``): a request refused for its budget, rate or size must not
+        move the lines that other teams' requests meet."""
         messages = call.body.get("messages")
         if not isinstance(messages, list):
             messages = [{"role": "user", "content": call.last_user_text}]
         scores = self.router.score(messages, tools=call.has_tools, json_mode=call.json_mode)
-        self.calibrator.observe(scores.hard)
-        self.scores.observe(scores.hard)
         cal = self.calibrator
         choice = decide(
             AutoInput(
@@ -70,10 +71,21 @@ class RouterService:
         )
         # An explicit request to reason ("step by step", "prove") or a long context always
         # gets thinking.
-        choice = apply_signals(choice, explicit_signals(scores.features))
-        self.calibrator.record(choice.tier == self.strong)
+        return apply_signals(choice, explicit_signals(scores.features))
+
+    def routed(self, choice: AutoChoice, downgrade: bool) -> None:
+        """An ``auto`` request was dispatched: its score joins the window, and where the
+        lines decided (no budget downgrade), where it went corrects their aim."""
+        if choice.score is None:
+            return
+        self.calibrator.observe(choice.score)
+        self.scores.observe(choice.score)
+        if not downgrade:
+            pro = choice.tier == self.strong
+            # thinking by its score: a mode lifted by the request's own signals is not
+            by_score = choice.mode.thinking and not choice.mode_signals
+            self.calibrator.record(pro, by_score)
         self.share.set(self.calibrator.realised_pro_share)
-        return choice
 
 
 class RouterTruth:

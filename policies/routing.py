@@ -28,6 +28,9 @@ class AutoChoice:
     # The signals that lifted ``mode`` to thinking (``asked-to-reason``, ``long-context``),
     # the last part of ``reason``: left out of the route reason when the client set the mode.
     mode_signals: tuple[str, ...] = ()
+    # The router's hardness score (None for the rule classifier); the calibration takes it
+    # in only once the request is dispatched (``RouterService.routed``).
+    score: float | None = None
 
     def reason_without_mode_signals(self) -> str:
         suffix = "".join(";" + s for s in self.mode_signals)

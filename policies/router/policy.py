@@ -34,15 +34,27 @@ def decide(inp: AutoInput) -> AutoChoice:
     pro = at_or_above(s, t.pro, t.pro_tie, inp.draw)
     if inp.downgrade:
         if pro:
-            return AutoChoice(
-                inp.weak_tier, Mode(True, "high"), f"{tag}>={t.pro:.2f};budget-downgrade"
-            )
-        return AutoChoice(inp.weak_tier, NON_THINKING, f"{tag};budget-downgrade")
+            why = f"{compared(s, t.pro, True)};budget-downgrade"
+            return AutoChoice(inp.weak_tier, Mode(True, "high"), why, score=s)
+        return AutoChoice(inp.weak_tier, NON_THINKING, f"{tag};budget-downgrade", score=s)
     if pro:
-        return AutoChoice(inp.strong_tier, Mode(True, "high"), f"{tag}>={t.pro:.2f}")
+        return AutoChoice(inp.strong_tier, Mode(True, "high"), compared(s, t.pro, True), score=s)
     if at_or_above(s, t.think, t.think_tie, inp.draw):
-        return AutoChoice(inp.weak_tier, Mode(True, "high"), f"{tag}>={t.think:.2f}")
-    return AutoChoice(inp.weak_tier, NON_THINKING, f"{tag}<{t.think:.2f}")
+        return AutoChoice(inp.weak_tier, Mode(True, "high"), compared(s, t.think, True), score=s)
+    return AutoChoice(inp.weak_tier, NON_THINKING, compared(s, t.think, False), score=s)
+
+
+def compared(score: float, line: float, up: bool) -> str:
+    """``hard=0.85>=0.73``: the score against the line that decided, with as many digits as
+    it takes to tell them apart (``hard=0.0412>=0.0408``, not ``0.04>=0.04``); a score
+    exactly on the line went up or stayed by its tie draw (``hard=0.05=0.05(tie,up)``)."""
+    if score == line:
+        return f"hard={score:.2f}={line:.2f}(tie,{'up' if up else 'down'})"
+    for digits in range(2, 7):
+        a, b = f"{score:.{digits}f}", f"{line:.{digits}f}"
+        if a != b:
+            break
+    return f"hard={a}{'>=' if up else '<'}{b}"
 
 
 # Explicit signals that set a floor on the mode, whatever the score (``scorer.explicit_signals``).
@@ -57,5 +69,9 @@ def apply_signals(choice: AutoChoice, signals: tuple[str, ...]) -> AutoChoice:
     if choice.mode.thinking or not lifts:
         return choice
     return AutoChoice(
-        choice.tier, Mode(True, "high"), choice.reason + ";" + ";".join(lifts), tuple(lifts)
+        choice.tier,
+        Mode(True, "high"),
+        choice.reason + ";" + ";".join(lifts),
+        tuple(lifts),
+        choice.score,
     )

@@ -58,3 +58,29 @@ def test_identical_requests_and_the_traffic_after_them_keep_the_pro_share(fresh:
     # A `>=` rule on a line sitting on the tied score sent ~90% of these to Pro.
     assert after.count("pro") / len(after) <= 0.5
     assert after[-50:].count("pro") / 50 <= 0.35
+
+
+def _scored(gw: Gateway) -> float:
+    text = httpx.get(f"{gw.url}/metrics", timeout=10).text
+    line = next(x for x in text.splitlines() if x.startswith("tiergate_router_score_count"))
+    return float(line.split()[-1])
+
+
+def test_refused_requests_do_not_move_the_calibration(fresh: Gateway) -> None:
+    """A request refused after routing (here: an output limit over the tier's) never ran:
+    its score must not enter the window that other teams' requests are measured against,
+    or a client could push everyone's Pro share around with requests it is refused."""
+    with httpx.Client(base_url=fresh.url, timeout=30) as c:
+        for _ in range(30):
+            r = c.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "auto",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 10**7,
+                },
+            )
+            assert r.status_code == 400, r.text
+    assert _scored(fresh) == 0
+    _tiers(fresh, ["hi"] * 5)
+    assert _scored(fresh) == 5
