@@ -10,7 +10,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -175,50 +175,117 @@ def _is_strings(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(s, str) for s in v)
 
 
-# (test, what the value must be); the client's value null means the field is unset.
-Check = tuple[Callable[[Any], bool], str]
-NUMBER: Check = (_is_number, "a number")
-INTEGER: Check = (_is_integer, "an integer")
-BOOLEAN: Check = (lambda v: isinstance(v, bool), "true or false")
-STRINGS: Check = (_is_strings, "a list of strings")
-STOP: Check = (lambda v: isinstance(v, str) or _is_strings(v), "a string or a list of strings")
+def shown(value: Any) -> str:
+    """A number as the client sent it (short), anything else by its JSON type."""
+    if not _is_number(value):
+        return json_type(value)
+    text = repr(value)
+    return text if len(text) <= 20 else f"{value:.3g}"
 
-# The standard sampling parameters of each protocol, checked before anything goes upstream.
-# The output limits (max_tokens and its kin) and ``n`` have their own checks.
+
+class Check(NamedTuple):
+    """What a parameter must be: ``ok`` tests its JSON type (``what`` says it in words); a
+    number must also lie from ``low`` to ``high``. The client's null means unset."""
+
+    ok: Callable[[Any], bool]
+    what: str
+    low: float | None = None
+    high: float | None = None
+
+
+NUMBER = Check(_is_number, "a number")
+INTEGER = Check(_is_integer, "an integer")
+BOOLEAN = Check(lambda v: isinstance(v, bool), "true or false")
+OBJECT = Check(lambda v: isinstance(v, dict), "an object")
+STRINGS = Check(_is_strings, "a list of strings")
+STOP = Check(lambda v: isinstance(v, str) or _is_strings(v), "a string or a list of strings")
+
+
+def between(check: Check, low: float, high: float) -> Check:
+    return check._replace(low=low, high=high)
+
+
+# The standard parameters of each protocol, checked before anything goes upstream: their
+# JSON type, the ranges the APIs document (OpenAI and DeepSeek: temperature 0 to 2,
+# top_p 0 to 1, penalties -2 to 2; Anthropic: temperature and top_p 0 to 1), and the
+# fields that must be objects (read as objects here or upstream). The output limits
+# (max_tokens and its kin) and ``n`` have their own checks.
 OPENAI_PARAMS: dict[str, Check] = {
-    "temperature": NUMBER,
-    "top_p": NUMBER,
-    "presence_penalty": NUMBER,
-    "frequency_penalty": NUMBER,
+    "temperature": between(NUMBER, 0, 2),
+    "top_p": between(NUMBER, 0, 1),
+    "presence_penalty": between(NUMBER, -2, 2),
+    "frequency_penalty": between(NUMBER, -2, 2),
     "seed": INTEGER,
     "stop": STOP,
     "stream": BOOLEAN,
+    "stream_options": OBJECT,
+    "chat_template_kwargs": OBJECT,
+    "response_format": OBJECT,
+    "logit_bias": OBJECT,
+    "metadata": OBJECT,
 }
 ANTHROPIC_PARAMS: dict[str, Check] = {
-    "temperature": NUMBER,
-    "top_p": NUMBER,
-    "top_k": INTEGER,
+    "temperature": between(NUMBER, 0, 1),
+    "top_p": between(NUMBER, 0, 1),
+    "top_k": between(INTEGER, 0, 2**31 - 1),
     "stop_sequences": STRINGS,
     "stream": BOOLEAN,
+    "metadata": OBJECT,
+    "tool_choice": OBJECT,
+    "output_config": OBJECT,
 }
 RESPONSES_PARAMS: dict[str, Check] = {
-    "temperature": NUMBER,
-    "top_p": NUMBER,
+    "temperature": between(NUMBER, 0, 2),
+    "top_p": between(NUMBER, 0, 1),
     "stream": BOOLEAN,
+    "stream_options": OBJECT,
+    "reasoning": OBJECT,
+    "text": OBJECT,
+    "metadata": OBJECT,
 }
 
 
 def check_params(body: Mapping[str, Any], params: Mapping[str, Check]) -> None:
-    """A 400 naming the first standard parameter of the wrong JSON type. Numbers sent as
-    strings ("0.7") are refused, as OpenAI's and Anthropic's APIs refuse them."""
-    for key, (ok, what) in params.items():
+    """A 400 naming the first standard parameter of the wrong JSON type or out of its range.
+    Numbers sent as strings ("0.7") are refused, as OpenAI's and Anthropic's APIs refuse
+    them."""
+    for key, check in params.items():
         value = body.get(key)
-        if value is not None and not ok(value):
-            raise InvalidRequest(f"'{key}' must be {what}, not {json_type(value)}", param=key)
+        if value is None:
+            continue
+        if not check.ok(value):
+            raise InvalidRequest(f"'{key}' must be {check.what}, not {json_type(value)}", param=key)
+        if (
+            check.low is not None
+            and check.high is not None
+            and not (check.low <= value <= check.high)
+        ):
+            raise InvalidRequest(
+                f"'{key}' must be from {check.low:g} to {check.high:g}, not {shown(value)}",
+                param=key,
+            )
+
+
+# An output limit above this is no limit: no model writes 2 billion tokens (each tier's
+# own limit is checked once the route is known, and named there).
+MAX_OUTPUT_LIMIT = 2**31 - 1
+
+
+def over_output_limit(value: Any) -> bool:
+    """An integer over ``MAX_OUTPUT_LIMIT``. One too long for 64 bits arrives from the JSON
+    parser as a float (1e+30): still an integer, to be called too large, not a non-integer."""
+    integral = _is_integer(value) or (isinstance(value, float) and value.is_integer())
+    return integral and value > MAX_OUTPUT_LIMIT
 
 
 def positive_int(value: Any, key: str) -> int:
     """``value`` as an output limit, or a 400 that names ``key`` and what it was sent."""
+    if over_output_limit(value):
+        raise InvalidRequest(
+            f"'{key}' is {shown(value)}, too large: ask for at most {MAX_OUTPUT_LIMIT} tokens "
+            "(each model's own output limit is lower)",
+            param=key,
+        )
     if not _is_integer(value) or value < 1:
         got = str(value) if _is_integer(value) else json_type(value)
         raise InvalidRequest(f"'{key}' must be a positive integer, not {got}", param=key)
@@ -263,9 +330,13 @@ def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
     check_params(body, OPENAI_PARAMS)
     stream = stream_flag(body)
     opts = body.get("stream_options")
-    if opts is not None and not isinstance(opts, dict):
-        raise InvalidRequest("'stream_options' must be an object", param="stream_options")
     return stream, bool(stream and opts and opts.get("include_usage"))
+
+
+# Content part types of OpenAI's chat API, and those vLLM adds.
+_PART_TYPES = frozenset(
+    {"text", "image_url", "input_audio", "file", "refusal", "video_url", "audio_url"}
+)
 
 
 def _text_of(content: Any, index: int) -> str:
@@ -277,6 +348,12 @@ def _text_of(content: Any, index: int) -> str:
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                 raise InvalidRequest(
                     f"messages[{index}].content[{j}] must be an object with a 'type'",
+                    param=f"messages[{index}].content",
+                )
+            if part["type"] not in _PART_TYPES:
+                raise InvalidRequest(
+                    f"messages[{index}].content[{j}].type {part['type']!r} is not a content "
+                    f"part type; use one of: {', '.join(sorted(_PART_TYPES))}",
                     param=f"messages[{index}].content",
                 )
             if part["type"] == "text":
@@ -292,6 +369,115 @@ def _text_of(content: Any, index: int) -> str:
         f"messages[{index}].content must be a string or a list of content parts",
         param=f"messages[{index}].content",
     )
+
+
+def _tool_calls(calls: Any, index: int) -> None:
+    """An assistant message's ``tool_calls``: a list of {id, type, function: {name,
+    arguments}} with the arguments as a JSON string, as OpenAI's API and vLLM require."""
+    where = f"messages[{index}].tool_calls"
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise InvalidRequest(f"{where} must be a list, not {json_type(calls)}", param=where)
+    for k, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise InvalidRequest(
+                f'{where}[{k}] must be an object like {{"id": ..., "type": "function", '
+                '"function": {"name": ..., "arguments": "<JSON string>"}}',
+                param=where,
+            )
+        args = fn.get("arguments")
+        if args is not None and not isinstance(args, str):
+            raise InvalidRequest(
+                f"{where}[{k}].function.arguments must be a JSON string, not {json_type(args)}",
+                param=where,
+            )
+
+
+def _check_message(msg: dict[str, Any], index: int) -> None:
+    role = msg["role"]
+    if msg.get("content") is None and role not in ("assistant", "function"):
+        raise InvalidRequest(
+            f"messages[{index}].content is required for a {role} message: a string or a list "
+            "of content parts",
+            param=f"messages[{index}].content",
+        )
+    if role == "assistant":
+        _tool_calls(msg.get("tool_calls"), index)
+
+
+def _check_tools(tools: Any) -> None:
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise InvalidRequest(f"'tools' must be a list, not {json_type(tools)}", param="tools")
+    for k, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type") != "function"
+            or not isinstance(fn, dict)
+            or not isinstance(fn.get("name"), str)
+        ):
+            raise InvalidRequest(
+                f'tools[{k}] must be a function tool: {{"type": "function", "function": '
+                '{"name": ..., "description": ..., "parameters": {...}}}',
+                param="tools",
+            )
+        params = fn.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise InvalidRequest(
+                f"tools[{k}].function.parameters must be a JSON schema object, not "
+                f"{json_type(params)}",
+                param="tools",
+            )
+
+
+def _check_tool_choice(choice: Any) -> None:
+    if choice is None or choice in ("none", "auto", "required"):
+        return
+    fn = choice.get("function") if isinstance(choice, dict) else None
+    if not (
+        isinstance(choice, dict)
+        and choice.get("type") == "function"
+        and isinstance(fn, dict)
+        and isinstance(fn.get("name"), str)
+    ):
+        raise InvalidRequest(
+            "'tool_choice' must be none, auto, required or "
+            '{"type": "function", "function": {"name": ...}}',
+            param="tool_choice",
+        )
+
+
+_FORMATS = ("text", "json_object", "json_schema")
+
+
+def _check_response_format(fmt: Any) -> None:
+    if fmt is None:
+        return
+    kind = fmt.get("type")
+    if kind not in _FORMATS:
+        raise InvalidRequest(
+            "'response_format.type' must be one of: " + ", ".join(_FORMATS),
+            param="response_format",
+        )
+    if kind == "json_schema" and not isinstance(fmt.get("json_schema"), dict):
+        raise InvalidRequest(
+            "'response_format.json_schema' must be an object with the schema, for type json_schema",
+            param="response_format",
+        )
+
+
+def _check_logit_bias(bias: Any) -> None:
+    for token, value in (bias or {}).items():
+        if not _is_number(value) or not -100 <= value <= 100:
+            raise InvalidRequest(
+                f"'logit_bias' values must be numbers from -100 to 100; {token!r} has "
+                f"{shown(value)}",
+                param="logit_bias",
+            )
 
 
 def _legacy_functions(body: dict[str, Any]) -> tuple[str, ...]:
@@ -329,15 +515,18 @@ def parse_chat(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
                 f"messages[{i}].role must be one of {', '.join(sorted(_ROLES))}",
                 param=f"messages[{i}].role",
             )
+        _check_message(msg, i)
         text = _text_of(msg.get("content"), i)
         chars += len(text)
         if role == "user":
             last_user = text
-    tools = body.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise InvalidRequest("'tools' must be a list", param="tools")
-    fmt = body.get("response_format")
     stream, include_usage = _stream_flags(body)
+    tools = body.get("tools")
+    _check_tools(tools)
+    _check_tool_choice(body.get("tool_choice"))
+    fmt = body.get("response_format")
+    _check_response_format(fmt)
+    _check_logit_bias(body.get("logit_bias"))
     return Call(
         protocol="openai",
         endpoint="chat",

@@ -20,17 +20,26 @@ import orjson
 from gateway.errors import sse_error_event
 from gateway.parse import (
     ANTHROPIC_PARAMS,
+    MAX_OUTPUT_LIMIT,
     Call,
     check_model,
     check_params,
     estimate_prompt_tokens,
     load_json_object,
+    over_output_limit,
+    shown,
     stream_flag,
 )
 from gateway.pipeline import Prepared
 from gateway.protocols.relay import translate_relayed
 from gateway.serve import Edge
-from policies.errors import InvalidRequest, TiergateError, UpstreamError, UpstreamUnavailable
+from policies.errors import (
+    InvalidRequest,
+    TiergateError,
+    UpstreamError,
+    UpstreamUnavailable,
+    json_type,
+)
 from policies.usage import Usage, usage_from_openai
 
 # What happens to image and document blocks (V4 reads text only): "note" puts a visible
@@ -78,6 +87,17 @@ def _bad(message: str, param: str | None = None) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
+def _string(block: dict[str, Any], key: str, where: str) -> str:
+    """A text or thinking block's string, or a 400 that says which field is wrong."""
+    value = block.get(key)
+    if not isinstance(value, str):
+        raise _bad(
+            f"{where}: '{key}' of a {key} block must be a string, not {json_type(value)}",
+            "messages",
+        )
+    return value
+
+
 def _text_blocks(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
@@ -102,10 +122,10 @@ def _assistant(blocks: list[Any], i: int, tool_ids: set[str]) -> dict[str, Any]:
     for j, b in enumerate(blocks):
         kind = b.get("type") if isinstance(b, dict) else None
         where = f"messages[{i}].content[{j}]"
-        if kind == "text" and isinstance(b.get("text"), str):
-            text.append(b["text"])
-        elif kind == "thinking" and isinstance(b.get("thinking"), str):
-            reasoning.append(b["thinking"])
+        if kind == "text":
+            text.append(_string(b, "text", where))
+        elif kind == "thinking":
+            reasoning.append(_string(b, "thinking", where))
         elif kind == "redacted_thinking":
             continue
         elif kind == "tool_use":
@@ -163,8 +183,8 @@ def _tool_result_text(content: Any, where: str, media: _Media) -> str:
     parts = []
     for k, b in enumerate(content):
         kind = b.get("type") if isinstance(b, dict) else None
-        if kind == "text" and isinstance(b.get("text"), str):
-            parts.append(b["text"])
+        if kind == "text":
+            parts.append(_string(b, "text", f"{where}[{k}]"))
         elif kind in ("image", "document"):
             parts.append(media.note(b, f"{where}[{k}]"))
         else:
@@ -180,8 +200,8 @@ def _user(blocks: list[Any], i: int, tool_ids: set[str], media: _Media) -> list[
     for j, b in enumerate(blocks):
         kind = b.get("type") if isinstance(b, dict) else None
         where = f"messages[{i}].content[{j}]"
-        if kind == "text" and isinstance(b.get("text"), str):
-            text.append(b["text"])
+        if kind == "text":
+            text.append(_string(b, "text", where))
         elif kind == "tool_result":
             tid = b.get("tool_use_id")
             if tid not in tool_ids:
@@ -251,6 +271,23 @@ def _tool_choice(tc: Any) -> Any:
 
 
 _EFFORTS = ("low", "medium", "high", "max")
+_MIN_BUDGET = 1024  # Anthropic's least thinking budget
+
+
+def _check_budget(budget: Any) -> None:
+    """``thinking.budget_tokens`` of an enabled thinking: an integer of at least 1024, as
+    Anthropic's API requires. It is not held under ``max_tokens``: with interleaved
+    thinking (Claude Code's beta) Anthropic allows a budget over it."""
+    if budget is None:
+        raise _bad("thinking.budget_tokens: Field required (an integer, at least 1024)", "thinking")
+    if not isinstance(budget, int) or isinstance(budget, bool):
+        raise _bad(
+            f"thinking.budget_tokens: must be an integer, not {json_type(budget)}", "thinking"
+        )
+    if budget < _MIN_BUDGET:
+        raise _bad(
+            f"thinking.budget_tokens: must be at least {_MIN_BUDGET}, not {budget}", "thinking"
+        )
 
 
 def _thinking(body: dict[str, Any], out: dict[str, Any]) -> None:
@@ -284,6 +321,8 @@ def _thinking(body: dict[str, Any], out: dict[str, Any]) -> None:
         return
     out["thinking"] = {"type": "enabled" if kind == "enabled" else "disabled"}
     budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+    if kind == "enabled":
+        _check_budget(budget)
     if kind == "enabled" and (effort == "max" or (isinstance(budget, int) and budget >= 32_000)):
         out["reasoning_effort"] = "max"
 
@@ -305,6 +344,12 @@ def parse_messages(
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
         raise _bad("max_tokens: Field required (a positive integer)", "max_tokens")
+    if over_output_limit(max_tokens):
+        raise _bad(
+            f"max_tokens: {shown(max_tokens)} is too large: ask for at most "
+            f"{MAX_OUTPUT_LIMIT} tokens (each model's own output limit is lower)",
+            "max_tokens",
+        )
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
         raise _bad(
             f"max_tokens: must be an integer, not {orjson.dumps(max_tokens).decode()[:40]}",
@@ -357,15 +402,15 @@ def parse_messages(
         tools = _tools(body["tools"], notes)
         if tools:
             out["tools"] = tools
-    if body.get("tool_choice") is not None and out.get("tools"):
-        out["tool_choice"] = _tool_choice(body["tool_choice"])
+    # Checked even with no tools to choose from: a malformed field is the client's bug.
+    choice = _tool_choice(body["tool_choice"]) if body.get("tool_choice") is not None else None
+    if choice is not None and out.get("tools"):
+        out["tool_choice"] = choice
     _thinking(body, out)
-    user = (
-        (body.get("metadata") or {}).get("user_id")
-        if isinstance(body.get("metadata"), dict)
-        else None
-    )
-    if isinstance(user, str):
+    user = (body.get("metadata") or {}).get("user_id")
+    if user is not None and not isinstance(user, str):
+        raise _bad(f"metadata.user_id: must be a string, not {json_type(user)}", "metadata")
+    if user is not None:
         out["user_id"] = user
     stream = stream_flag(body)
     if stream:

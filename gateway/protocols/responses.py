@@ -34,7 +34,7 @@ from gateway.parse import (
 from gateway.protocols.anthropic import MediaPolicy, media_note
 from gateway.protocols.relay import translate_relayed
 from gateway.serve import Edge
-from policies.errors import InvalidRequest, TiergateError, UpstreamUnavailable
+from policies.errors import InvalidRequest, TiergateError, UpstreamUnavailable, json_type
 from policies.usage import Usage, usage_from_openai
 
 _EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max", "ultra")
@@ -149,7 +149,14 @@ class _History:
                 "whole conversation)",
                 "input",
             )
-        text = _output_text(item.get("output"), where, self.notes, self.media)
+        output = item.get("output")
+        if not isinstance(output, str | list):
+            raise _bad(
+                f"{where}.output must be a string or a list of content parts, not "
+                f"{json_type(output)}",
+                "input",
+            )
+        text = _output_text(output, where, self.notes, self.media)
         self.messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
 
     def add(self, item: Any, i: int) -> None:
@@ -181,11 +188,19 @@ class _History:
             self.reasoning.append(text)
         elif kind == "function_call":
             args = item.get("arguments", "")
-            args = args if isinstance(args, str) else ""
+            if not isinstance(args, str):
+                # OpenAI's API requires the arguments as JSON text, as the model wrote them.
+                raise _bad(
+                    f"{where}.arguments must be a JSON string (the arguments as JSON text), "
+                    f"not {json_type(args)}",
+                    "input",
+                )
             self._call(item.get("call_id"), item.get("name"), args, where)
         elif kind == "custom_tool_call":
             raw = item.get("input", "")
-            args = orjson.dumps({"input": raw if isinstance(raw, str) else ""}).decode()
+            if not isinstance(raw, str):
+                raise _bad(f"{where}.input must be a string, not {json_type(raw)}", "input")
+            args = orjson.dumps({"input": raw}).decode()
             self._call(item.get("call_id"), item.get("name"), args, where)
         elif kind in ("function_call_output", "custom_tool_call_output"):
             self._output(item, where)
@@ -365,12 +380,14 @@ def parse_responses(
     ctx.encrypted_reasoning = isinstance(include, list) and "reasoning.encrypted_content" in include
     notes = [f"{what}-as-text={n}" for what, n in history.notes.items()]
     out: dict[str, Any] = {"model": model}
+    # Checked even with no tools to choose from: a malformed field is the client's bug.
+    choice = _tool_choice(body["tool_choice"]) if body.get("tool_choice") is not None else None
     if body.get("tools"):
         tools = _tools(body["tools"], ctx, notes)
         if tools:
             out["tools"] = tools
-            if body.get("tool_choice") is not None:
-                out["tool_choice"] = _tool_choice(body["tool_choice"])
+            if choice is not None:
+                out["tool_choice"] = choice
             if body.get("parallel_tool_calls") is not None:
                 out["parallel_tool_calls"] = bool(body["parallel_tool_calls"])
     json_mode = _text_format(body, out, history.system)

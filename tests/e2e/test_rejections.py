@@ -304,3 +304,286 @@ def test_asked_to_reason_is_in_the_reason_only_when_it_chose_the_mode(
     route = r.headers["x-tiergate-route"]
     assert route.startswith(f"flash/{mode}/"), route
     assert ("asked-to-reason" in route) is signal, route
+
+
+# ---- object-valued fields of the wrong type ----------------------------------------------------
+
+NOT_OBJECTS = ["x", 5, -1, 1.5, [1], True]
+OBJECT_FIELDS = {
+    "openai": (
+        "/v1/chat/completions",
+        CHAT,
+        [
+            "chat_template_kwargs",
+            "stream_options",
+            "response_format",
+            "logit_bias",
+            "metadata",
+            "thinking",
+        ],
+    ),
+    "anthropic": ("/v1/messages", MESSAGES, ["thinking", "metadata", "output_config"]),
+    "responses": ("/v1/responses", RESPONSES, ["reasoning", "text", "metadata"]),
+}
+
+
+def _refused(r: httpx.Response, protocol: str, field: str) -> str:
+    assert r.status_code == 400, r.text
+    data = r.json()
+    if protocol == "anthropic":
+        assert data["type"] == "error" and data["error"]["type"] == "invalid_request_error"
+    else:
+        assert data["error"]["type"] == "invalid_request_error"
+        assert data["error"]["param"] == field, data
+    message: str = data["error"]["message"]
+    assert field in message, message
+    return message
+
+
+@pytest.mark.parametrize("value", NOT_OBJECTS, ids=repr)
+@pytest.mark.parametrize(
+    ("protocol", "field"),
+    [(p, f) for p, (_, _, fields) in OBJECT_FIELDS.items() for f in fields],
+)
+def test_an_object_field_that_is_not_an_object_is_a_400_naming_it(
+    gateway: Gateway, protocol: str, field: str, value: Any
+) -> None:
+    path, body, _ = OBJECT_FIELDS[protocol]
+    r = httpx.post(gateway.url + path, json={**body, field: value})
+    assert "must be" in _refused(r, protocol, field)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["deepseek-chat", "auto", "deepseek-reasoner"])
+def test_chat_template_kwargs_not_an_object_is_a_400_not_a_crash(
+    gateway: Gateway, stream: bool, model: str
+) -> None:
+    for value in NOT_OBJECTS:
+        body = {**CHAT, "model": model, "stream": stream, "chat_template_kwargs": value}
+        r = httpx.post(gateway.url + "/v1/chat/completions", json=body)
+        assert "'chat_template_kwargs' must be an object" in _refused(
+            r, "openai", "chat_template_kwargs"
+        )
+    body = {**CHAT, "chat_template_kwargs": None, "max_tokens": 8}
+    assert httpx.post(gateway.url + "/v1/chat/completions", json=body).status_code == 200
+
+
+# ---- malformed chat fields never reach the paid upstream --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "fragment"),
+    [
+        ({"tools": ["x"]}, "tools", "tools[0] must be a function tool"),
+        ({"tools": [{"type": "function", "function": 5}]}, "tools", "tools[0]"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]},
+            "tools",
+            "parameters must be a JSON schema object",
+        ),
+        ({"tool_choice": 5}, "tool_choice", "'tool_choice' must be none, auto, required"),
+        ({"tool_choice": "sometimes"}, "tool_choice", "'tool_choice' must be"),
+        ({"response_format": "json"}, "response_format", "must be an object"),
+        ({"response_format": {"type": "yaml"}}, "response_format", "response_format.type"),
+        ({"logit_bias": "x"}, "logit_bias", "must be an object"),
+        ({"logit_bias": {"50256": "x"}}, "logit_bias", "from -100 to 100"),
+        ({"temperature": 1e308}, "temperature", "from 0 to 2, not 1e+308"),
+        ({"temperature": -0.5}, "temperature", "from 0 to 2"),
+        ({"top_p": 1.5}, "top_p", "from 0 to 1"),
+        ({"presence_penalty": 3}, "presence_penalty", "from -2 to 2"),
+        ({"frequency_penalty": -2.5}, "frequency_penalty", "from -2 to 2"),
+        (
+            {"messages": [{"role": "user", "content": None}]},
+            "messages[0].content",
+            "content is required for a user message",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "bogus"}]}]},
+            "messages[0].content",
+            "'bogus' is not a content part type",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": "y", "tool_calls": "bad"},
+                    {"role": "user", "content": "z"},
+                ]
+            },
+            "messages[1].tool_calls",
+            "messages[1].tool_calls must be a list",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": "c",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": {}},
+                            }
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "c", "content": "ok"},
+                ]
+            },
+            "messages[1].tool_calls",
+            "arguments must be a JSON string, not an object",
+        ),
+    ],
+)
+def test_malformed_chat_fields_are_a_400_naming_them(
+    gateway: Gateway, fields: dict[str, Any], param: str, fragment: str
+) -> None:
+    calls = gateway.app.state.tiergate.metrics
+    del calls  # the request must fail before dispatch: a 400 from parsing, not from upstream
+    r = httpx.post(gateway.url + "/v1/chat/completions", json={**CHAT, **fields})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and fragment in error["message"], error
+    assert error["code"] == "invalid_request", error
+
+
+def test_well_formed_chat_fields_pass(gateway: Gateway) -> None:
+    body = {
+        **CHAT,
+        "max_tokens": 8,
+        "temperature": 2,
+        "top_p": 0,
+        "presence_penalty": -2,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        "tool_choice": {"type": "function", "function": {"name": "f"}},
+        "response_format": {"type": "text"},
+        "logit_bias": {"1": -100},
+        "chat_template_kwargs": {},
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "x"}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c", "content": "ok"},
+        ],
+    }
+    r = httpx.post(gateway.url + "/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+
+
+# ---- Responses: tool call items -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("item", "fragment"),
+    [
+        (
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": {"a": 1}},
+            "input[1].arguments must be a JSON string",
+        ),
+        (
+            {"type": "custom_tool_call", "call_id": "c", "name": "f", "input": 5},
+            "input[1].input must be a string",
+        ),
+    ],
+)
+def test_a_responses_tool_call_with_arguments_not_a_string_is_a_400(
+    gateway: Gateway, item: dict[str, Any], fragment: str
+) -> None:
+    body = {
+        **RESPONSES,
+        "input": [
+            {"role": "user", "content": "x"},
+            item,
+            {"type": "function_call_output", "call_id": "c", "output": "ok"},
+        ],
+    }
+    r = httpx.post(gateway.url + "/v1/responses", json=body)
+    assert r.status_code == 400, r.text
+    assert fragment in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("output", [{"a": 1}, 5, None, True])
+def test_a_function_call_output_not_text_is_a_400(gateway: Gateway, output: Any) -> None:
+    body = {
+        **RESPONSES,
+        "input": [
+            {"role": "user", "content": "x"},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c", "output": output},
+        ],
+    }
+    r = httpx.post(gateway.url + "/v1/responses", json=body)
+    assert r.status_code == 400, r.text
+    assert (
+        "input[2].output must be a string or a list of content parts"
+        in (r.json()["error"]["message"])
+    )
+
+
+def test_responses_tool_choice_is_checked_without_tools(gateway: Gateway) -> None:
+    r = httpx.post(gateway.url + "/v1/responses", json={**RESPONSES, "tool_choice": 5})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
+
+
+# ---- Anthropic: thinking budget, metadata, tool_choice, text blocks, max_tokens -------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        (
+            {"thinking": {"type": "enabled", "budget_tokens": "x"}},
+            "thinking.budget_tokens: must be an integer, not a string",
+        ),
+        (
+            {"thinking": {"type": "enabled", "budget_tokens": 100}},
+            "thinking.budget_tokens: must be at least 1024, not 100",
+        ),
+        ({"thinking": {"type": "enabled"}}, "thinking.budget_tokens: Field required"),
+        ({"metadata": {"user_id": 5}}, "metadata.user_id: must be a string, not a number"),
+        ({"metadata": "x"}, "'metadata' must be an object"),
+        ({"tool_choice": "x"}, "'tool_choice' must be an object"),
+        ({"tool_choice": {"type": "sometimes"}}, "'tool_choice.type' must be"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+            "'text' of a text block must be a string, not a number",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": [{"type": "text", "text": None}]},
+                    {"role": "user", "content": "y"},
+                ]
+            },
+            "messages[1].content[0]: 'text' of a text block must be a string, not null",
+        ),
+        ({"max_tokens": 10**30}, "max_tokens: 1e+30 is too large: ask for at most 2147483647"),
+        ({"temperature": 1.5}, "'temperature' must be from 0 to 1, not 1.5"),
+    ],
+)
+def test_anthropic_malformed_fields_are_a_400_naming_them(
+    gateway: Gateway, fields: dict[str, Any], fragment: str
+) -> None:
+    r = httpx.post(gateway.url + "/v1/messages", json={**MESSAGES, **fields})
+    assert r.status_code == 400, r.text
+    data = r.json()
+    assert data["type"] == "error" and data["error"]["type"] == "invalid_request_error"
+    assert fragment in data["error"]["message"], data
+
+
+def test_openai_max_tokens_too_large_for_64_bits_says_too_large(gateway: Gateway) -> None:
+    for path, body, key in (
+        ("/v1/chat/completions", CHAT, "max_tokens"),
+        ("/v1/responses", RESPONSES, "max_output_tokens"),
+    ):
+        r = httpx.post(gateway.url + path, json={**body, key: 10**30})
+        assert r.status_code == 400, r.text
+        message = r.json()["error"]["message"]
+        assert f"'{key}' is 1e+30, too large: ask for at most 2147483647" in message, message

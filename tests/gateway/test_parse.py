@@ -159,3 +159,49 @@ def test_null_standard_parameters_are_unset() -> None:
     fields = ("temperature", "top_p", "seed", "stop", "stream", "n", "max_tokens")
     call = chat({**OK, **dict.fromkeys(fields)})
     assert not call.stream and call.max_tokens is None and call.choices == 1
+
+
+@pytest.mark.parametrize("value", ["x", 5, -1, 1.5, [1], True])
+@pytest.mark.parametrize(
+    "field", ["chat_template_kwargs", "stream_options", "response_format", "logit_bias", "metadata"]
+)
+def test_object_parameters_must_be_objects(field: str, value: object) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        chat({**OK, field: value})
+    assert f"'{field}' must be an object, not" in exc.value.message
+    assert exc.value.param == field
+    with pytest.raises(InvalidRequest):
+        parse_completion(orjson.dumps({"model": "m", "prompt": "p", field: value}), max_bytes=999)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("temperature", 1e308, "'temperature' must be from 0 to 2, not 1e+308"),
+        ("temperature", 2.5, "'temperature' must be from 0 to 2, not 2.5"),
+        ("top_p", -0.1, "'top_p' must be from 0 to 1, not -0.1"),
+        ("presence_penalty", 2.01, "'presence_penalty' must be from -2 to 2"),
+        ("frequency_penalty", -3, "'frequency_penalty' must be from -2 to 2, not -3"),
+        ("max_tokens", 10**30, "'max_tokens' is 1e+30, too large: ask for at most 2147483647"),
+        ("max_completion_tokens", 2**31, "'max_completion_tokens' is 2147483648, too large"),
+    ],
+)
+def test_standard_parameters_are_range_checked(field: str, value: object, fragment: str) -> None:
+    raw = orjson.dumps({**OK, field: 0}).replace(b'":0', b'":' + str(value).encode())
+    with pytest.raises(InvalidRequest) as exc:
+        chat(raw)
+    assert fragment in exc.value.message and exc.value.param == field
+
+
+def test_the_range_edges_pass() -> None:
+    call = chat(
+        {
+            **OK,
+            "temperature": 0,
+            "top_p": 1,
+            "presence_penalty": -2,
+            "frequency_penalty": 2,
+            "max_tokens": 2**31 - 1,
+        }
+    )
+    assert call.max_tokens == 2**31 - 1
