@@ -28,12 +28,20 @@ _ANTHROPIC_TYPES = {
 }
 
 
+def anthropic_type(status: int) -> str:
+    """Anthropic's error type for a status: its documented one, else a client error
+    (``invalid_request_error``) for any other 4xx (408, 431...) and ``api_error`` for 5xx."""
+    if status in _ANTHROPIC_TYPES:
+        return _ANTHROPIC_TYPES[status]
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
+
+
 def error_body(err: TiergateError, protocol: Protocol) -> dict[str, object]:
     if protocol == "anthropic":
         return {
             "type": "error",
             "error": {
-                "type": _ANTHROPIC_TYPES.get(err.status, "api_error"),
+                "type": anthropic_type(err.status),
                 "message": err.message,
             },
         }
