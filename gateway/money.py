@@ -70,6 +70,12 @@ def _period(value: str) -> Period:
 REVOKED_CHANNEL = "keys:revoked"
 
 
+def rate_limits(rpm: int | None, tpm: int | None) -> str:
+    """The per-minute limits that are set, in words ("5 requests and 1000 tokens")."""
+    parts = [f"{rpm} requests" if rpm else "", f"{tpm} tokens" if tpm else ""]
+    return " and ".join(p for p in parts if p)
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     caller: Caller
@@ -421,8 +427,8 @@ class MoneyAccounting:
         retry = await self.limiter.allow(key_id, entry.rpm, entry.tpm, tokens, at)
         if retry:
             raise RateLimited(
-                f"rate limit for key {caller.key_prefix}: {entry.rpm or '-'} requests and "
-                f"{entry.tpm or '-'} tokens per minute; retry in {math.ceil(retry)} s",
+                f"rate limit for key {caller.key_prefix}: {rate_limits(entry.rpm, entry.tpm)} "
+                f"per minute; retry in {math.ceil(retry)} s",
                 retry_after=retry,
             )
         return RateCharge(key_id, at[0], tokens) if entry.tpm else None
@@ -464,18 +470,24 @@ class MoneyAccounting:
         spec = exc.window.spec
         remaining = max(exc.remaining_nanos, 0)
         reset = exc.window.reset_at
-        wait = max(1.0, (reset - datetime.now(UTC)).total_seconds())
+        headers = {
+            "x-tiergate-budget-remaining-usd": f"{remaining / NANOS_PER_USD:.9f}",
+            "x-tiergate-budget-id": spec.id,
+        }
+        if spec.period == "total":
+            # A total budget never resets: no reset time, no Retry-After.
+            when, wait = "this budget does not reset", None
+        else:
+            when = f"it resets at {reset.isoformat()}"
+            wait = max(1.0, (reset - datetime.now(UTC)).total_seconds())
+            headers["x-tiergate-budget-reset"] = reset.isoformat()
         return BudgetExceededError(
             f"{spec.scope} budget '{spec.id}' ({spec.period}, limit "
             f"${spec.limit_nanos / NANOS_PER_USD:.6f}) has ${remaining / NANOS_PER_USD:.6f} "
             f"left, less than this request's worst case ${amount_nanos / NANOS_PER_USD:.6f}; "
-            f"it resets at {reset.isoformat()}. Lower max_tokens or raise the budget.",
-            retry_after=wait if spec.period != "total" else None,
-            headers={
-                "x-tiergate-budget-remaining-usd": f"{remaining / NANOS_PER_USD:.9f}",
-                "x-tiergate-budget-reset": reset.isoformat(),
-                "x-tiergate-budget-id": spec.id,
-            },
+            f"{when}. Lower max_tokens or raise the budget.",
+            retry_after=wait,
+            headers=headers,
         )
 
     async def settle(self, caller: Caller, s: Settlement, hold: Hold) -> None:
