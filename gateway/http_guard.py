@@ -12,7 +12,9 @@ a subclass that:
 * answers 408 and closes when a request body has not arrived whole ``body_timeout_s``
   after its head (a body shorter than its ``Content-Length``, or one trickled in).
 
-Both answers carry the caller's protocol error shape (OpenAI, or Anthropic for
+A request the HTTP parser refuses (a control character in a header, a negative
+``Content-Length``) is answered 400 and closed. All these answers carry the caller's
+protocol error shape (OpenAI, or Anthropic for
 ``/v1/messages`` paths). ``BodyLimit`` limits request bodies in the application (413).
 """
 
@@ -40,7 +42,15 @@ class HeadTimeout(InvalidRequest):
     code = "request_timeout"
 
 
-_REASONS = {431: b"Request Header Fields Too Large", 408: b"Request Timeout"}
+class MalformedHttp(InvalidRequest):
+    code = "malformed_http"
+
+
+_REASONS = {
+    400: b"Bad Request",
+    431: b"Request Header Fields Too Large",
+    408: b"Request Timeout",
+}
 
 
 def guarded_protocol(
@@ -149,12 +159,20 @@ def guarded_protocol(
                 self._raw_head += len(data)
             try:
                 self.parser.feed_data(data)
-            except httptools.HttpParserError:
+            except httptools.HttpParserError as exc:
                 if self._head_too_large:
                     self._reject_large()
                     return
-                self.logger.warning("Invalid HTTP request received.")
-                self.send_400_response("Invalid HTTP request received.")
+                # uvicorn would answer text/plain; the client gets its protocol's JSON error.
+                self.logger.warning("Invalid HTTP request received: %s", exc)
+                self._reject(
+                    MalformedHttp(
+                        f"the request is not valid HTTP/1.1 ({exc}); check the request line "
+                        "and headers: no control characters in them, and a Content-Length "
+                        "of digits only"
+                    )
+                )
+                return
             except httptools.HttpParserUpgrade:
                 if self._should_upgrade():
                     self.handle_websocket_upgrade()

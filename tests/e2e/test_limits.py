@@ -7,6 +7,7 @@ Body size (413), messages per request (400), request-head size (431), request-he
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -146,6 +147,7 @@ def test_oversized_head_is_431_in_each_protocol(served: str) -> None:
     r = httpx.post(served + "/v1/messages", json=anthropic_body(), headers=pad, timeout=30)
     assert r.status_code == 431
     assert anthropic_error(r)["message"]
+    assert anthropic_error(r)["type"] == "invalid_request_error"  # a client error, not api_error
     many = {f"x-h{i}": "v" * 40 for i in range(MAX_HEAD // 40)}
     assert httpx.get(served + "/healthz", headers=many, timeout=30).status_code == 431
     assert httpx.get(served + "/healthz", timeout=5).status_code == 200
@@ -245,3 +247,29 @@ def test_one_endless_header_line_is_431(served: str) -> None:
             pass  # the gateway may close before all of it is sent
         reply = _read_all(sock, HEAD_TIMEOUT + 5)
     assert reply.startswith(b"HTTP/1.1 431"), reply
+
+
+@pytest.mark.parametrize(
+    ("path", "header"),
+    [
+        ("/v1/chat/completions", b"x-bad: a\x01b"),
+        ("/v1/chat/completions", b"content-length: -5"),
+        ("/v1/messages", b"x-bad: a\x7fb"),
+    ],
+)
+def test_a_request_the_http_parser_refuses_is_a_json_400(
+    served: str, path: str, header: bytes
+) -> None:
+    port = int(served.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n\r\n")
+        reply = _read_all(sock, 5)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), reply
+    assert b"content-type: application/json" in head.lower(), reply
+    data = json.loads(body)
+    if path == "/v1/messages":
+        assert data["type"] == "error" and data["error"]["type"] == "invalid_request_error"
+    else:
+        assert data["error"]["code"] == "malformed_http"
+    assert "not valid HTTP/1.1" in data["error"]["message"], data
