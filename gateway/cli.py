@@ -107,8 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ValidationError as exc:
+        if exc.title != "Settings":
+            raise
+        # A TIERGATE_* variable (or --port) the settings refuse: one line each, exit 2.
+        for e in exc.errors(include_url=False):
+            name = "TIERGATE_" + "_".join(str(p) for p in e["loc"]).upper()
+            print(f"tiergate: {name}: {e['msg']} (got {e['input']!r})", file=sys.stderr)
+        return 2
     return result
 
 

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Example catalogs shipped inside the package (the default catalog is the simulated demo).
 EXAMPLES = Path(__file__).resolve().parent / "examples"
+
+# Settings where an empty value means something of its own: no database, no spool file
+# (settlements kept in memory), no Redis key prefix. Any other one set to "" (an env var
+# like ``TIERGATE_ROUTER_WEIGHTS=``) means unset, its default applies.
+EMPTY_MEANS_SOMETHING = frozenset({"database_url", "spool_dir", "redis_prefix"})
 
 
 class Settings(BaseSettings):
@@ -80,6 +85,20 @@ class Settings(BaseSettings):
     # How long an idle upstream connection is reused: keep it under the upstreams'
     # keep-alive (vLLM closes idle connections after 5 s), see docs/upstreams.md.
     upstream_keepalive_s: float = Field(default=4.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_unset(cls, values: Any) -> Any:
+        """An empty value (env var set to "") is the default, except where "" means something
+        (``EMPTY_MEANS_SOMETHING``): ``TIERGATE_ROUTER_WEIGHTS=`` is the shipped router, not
+        the weights file "."."""
+        if not isinstance(values, dict):
+            return values
+        return {
+            k: v
+            for k, v in values.items()
+            if not (isinstance(v, str) and v == "" and k not in EMPTY_MEANS_SOMETHING)
+        }
 
 
 @lru_cache(maxsize=1)
