@@ -33,6 +33,12 @@ class Unprocessable(InvalidRequest):
     code = "invalid_value"
 
 
+def parse_time(value: str) -> datetime:
+    """A ``since``/``until`` bound as given to the admin API and CLI: an ISO 8601 date or
+    time (``2026-11-01``, ``2026-11-01T00:00:00Z``); ``ValueError`` otherwise."""
+    return datetime.fromisoformat(value)
+
+
 class NotFound(TiergateError):
     status = 404
     code = "not_found"
@@ -274,6 +280,40 @@ async def set_limits(
     return {"key_id": key_id, "requests_per_minute": rpm, "tokens_per_minute": tpm}
 
 
+_SUMS = (
+    "requests",
+    "cache_hit_tokens",
+    "cache_miss_tokens",
+    "output_tokens",
+    "cost_nanos",
+    "hosted_equiv_nanos",
+)
+
+
+def _group_columns(group_by: list[str]) -> list[Any]:
+    cols: list[Any] = []
+    for g in dict.fromkeys(group_by):  # each grouping once, in the order asked
+        if g == "day":
+            cols.append(func.date(LedgerRow.ts).label("day"))
+        elif g in GROUPS:
+            cols.extend(GROUPS[g])
+        else:
+            raise Unprocessable(
+                f"cannot group by '{g}'; use any of: {', '.join([*GROUPS, 'day'])}",
+                param="group_by",
+            )
+    return cols
+
+
+def spend_columns(group_by: list[str]) -> list[str]:
+    """The columns of :func:`spend_report`'s rows, in order (for a header over no rows)."""
+    return [str(c.key) for c in _group_columns(group_by)] + [
+        *_SUMS,
+        "cost_usd",
+        "hosted_equiv_usd",
+    ]
+
+
 async def spend_report(
     s: AsyncSession,
     group_by: list[str],
@@ -281,22 +321,8 @@ async def spend_report(
     until: datetime | None = None,
     team: str | None = None,
 ) -> list[dict[str, Any]]:
-    cols: list[Any] = []
-    names: list[str] = []
-    for g in dict.fromkeys(group_by):  # each grouping once, in the order asked
-        if g == "day":
-            day = func.date(LedgerRow.ts)
-            cols.append(day.label("day"))
-            names.append("day")
-        elif g in GROUPS:
-            for c in GROUPS[g]:
-                cols.append(c)
-                names.append(c.key)
-        else:
-            raise Unprocessable(
-                f"cannot group by '{g}'; use any of: {', '.join([*GROUPS, 'day'])}",
-                param="group_by",
-            )
+    cols = _group_columns(group_by)
+    names = [str(c.key) for c in cols]
     q = select(
         *cols,
         func.count().label("requests"),
@@ -316,29 +342,8 @@ async def spend_report(
         q = q.group_by(*cols).order_by(*cols)
     out = []
     for row in (await s.execute(q)).all():
-        d = dict(
-            zip(
-                [
-                    *names,
-                    "requests",
-                    "cache_hit_tokens",
-                    "cache_miss_tokens",
-                    "output_tokens",
-                    "cost_nanos",
-                    "hosted_equiv_nanos",
-                ],
-                row,
-                strict=True,
-            )
-        )
-        for k in (
-            "requests",
-            "cache_hit_tokens",
-            "cache_miss_tokens",
-            "output_tokens",
-            "cost_nanos",
-            "hosted_equiv_nanos",
-        ):
+        d = dict(zip([*names, *_SUMS], row, strict=True))
+        for k in _SUMS:
             d[k] = int(d[k] or 0)
         if "day" in d and d["day"] is not None:
             d["day"] = str(d["day"])

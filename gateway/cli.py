@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 from pathlib import Path
 
+from gateway.cli_common import CliError
 from policies.catalog import load_catalog
 from policies.errors import ConfigError
 
@@ -40,7 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(settings)
         _check_database(settings)
-    except ConfigError as exc:
+    except (ConfigError, CliError) as exc:
         print(f"tiergate: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(
@@ -62,11 +63,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_database(settings: object) -> None:
-    from gateway.db.migrate import require_compatible
+    """A database URL that is not one, an unreachable database or one without the schema
+    this code serves on: refused before serving (``CliError``/``ConfigError``)."""
+    from gateway.cli_common import check_database
 
     url = getattr(settings, "database_url", "")
     if url not in ("", "none"):
-        require_compatible(url)
+        check_database(url)
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -8,12 +8,12 @@ import csv
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 from gateway import admin_ops
+from gateway.cli_common import TIME_FORMAT, check_database, iso_time, reported
+from gateway.cli_common import database_url as _checked_url
 from gateway.settings import Settings
-from policies.errors import ConfigError, TiergateError
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -21,36 +21,55 @@ def _url(args: argparse.Namespace) -> str:
     return url
 
 
-def _run_db(fn: Callable[[Any], Awaitable[Any]], args: argparse.Namespace) -> int:
+def _run_db(
+    fn: Callable[[Any], Awaitable[Any]],
+    args: argparse.Namespace,
+    columns: list[str] | None = None,
+) -> int:
+    """Run ``fn`` on a session of the command's database and print what it returns: the one
+    place the admin commands open the database, so a missing, unreachable or un-migrated one
+    is one ``tiergate: ...`` line and exit status 2 (``reported``), never a traceback.
+    ``columns``: the header printed over an empty list."""
+    return reported(lambda a: _run_checked(fn, a, columns))(args)
+
+
+def _run_checked(
+    fn: Callable[[Any], Awaitable[Any]], args: argparse.Namespace, columns: list[str] | None
+) -> int:
     from gateway.db.engine import make_engine, make_sessions
 
+    url = _checked_url(args)
+
     async def go() -> Any:
-        engine = make_engine(_url(args))
+        engine = make_engine(url)
         try:
             async with make_sessions(engine)() as session:
                 return await fn(session)
         finally:
             await engine.dispose()
 
-    try:
-        result = asyncio.run(go())
-    except TiergateError as exc:
-        print(f"tiergate: {exc.message}", file=sys.stderr)
-        return 2
-    _print(result, getattr(args, "csv", False))
+    result = asyncio.run(go())
+    _print(result, getattr(args, "csv", False), columns)
     return 0
 
 
-def _print(result: Any, as_csv: bool) -> None:
+def _print(result: Any, as_csv: bool, columns: list[str] | None = None) -> None:
+    if isinstance(result, list) and not result and columns:
+        result_cols = columns
+    elif isinstance(result, list) and result and isinstance(result[0], dict):
+        result_cols = list(result[0])
+    else:
+        result_cols = []
     if as_csv and isinstance(result, list):
-        if result:
-            w = csv.DictWriter(sys.stdout, fieldnames=list(result[0]))
+        if result_cols:
+            w = csv.DictWriter(sys.stdout, fieldnames=result_cols)
             w.writeheader()
             w.writerows(result)
         return
-    if isinstance(result, list) and result and isinstance(result[0], dict):
-        cols = list(result[0])
-        widths = {c: max(len(c), *(len(str(r.get(c))) for r in result)) for c in cols}
+    if result_cols:
+        cols = result_cols
+        # over no rows (given their columns) the header alone, as over some, never a bare []
+        widths = {c: max([len(c), *(len(str(r.get(c))) for r in result)]) for c in cols}
         print("  ".join(c.ljust(widths[c]) for c in cols))
         for r in result:
             print("  ".join(str(r.get(c)).ljust(widths[c]) for c in cols))
@@ -68,14 +87,11 @@ def _db(args: argparse.Namespace) -> int:
         # The gateway runs without a database then (no keys, no ledger): nothing to migrate.
         print("no database configured (TIERGATE_DATABASE_URL is empty): nothing to migrate")
         return 0
-    try:
-        if args.action == "upgrade":
-            migrate.upgrade(url, args.revision or "head")
-        elif args.action == "downgrade":
-            migrate.downgrade(url, args.revision or "base")
-    except ConfigError as exc:
-        print(f"tiergate: {exc}", file=sys.stderr)
-        return 2
+    check_database(url, migrated=False)
+    if args.action == "upgrade":
+        migrate.upgrade(url, args.revision or "head")
+    elif args.action == "downgrade":
+        migrate.downgrade(url, args.revision or "base")
     current = migrate.current_revision(url) or "none"
     where = make_url(url).render_as_string(hide_password=True)
     print(f"{where}: revision {current} (head {migrate.head_revision()})")
@@ -99,8 +115,18 @@ def _revoke(args: argparse.Namespace) -> int:
     return _run_db(go, args)
 
 
-def _time(v: str | None) -> datetime | None:
-    return datetime.fromisoformat(v) if v else None
+def _spend_report(args: argparse.Namespace) -> int:
+    groups = [g for g in args.group_by.split(",") if g]
+
+    def columns() -> list[str] | None:
+        try:
+            return admin_ops.spend_columns(groups)
+        except admin_ops.Unprocessable:
+            return None  # reported by spend_report itself, after the database checks
+
+    return _run_db(
+        lambda s: admin_ops.spend_report(s, groups, args.since, args.until), args, columns()
+    )
 
 
 def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -114,10 +140,14 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         )
         return p
 
+    def window(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--since", type=iso_time, help=f"from this time on: {TIME_FORMAT}")
+        p.add_argument("--until", type=iso_time, help=f"before this time: {TIME_FORMAT}")
+
     db = common(parser("db", "database migrations (run before serving; the app never migrates)"))
     db.add_argument("action", choices=("upgrade", "downgrade", "current"))
     db.add_argument("revision", nargs="?")
-    db.set_defaults(func=_db)
+    db.set_defaults(func=reported(_db))
 
     teams = parser("teams", "create and list teams").add_subparsers(dest="action", required=True)
     p = common(teams.add_parser("create"))
@@ -195,20 +225,9 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument(
         "--group-by", default="team", help="comma list of: team,key,model,option,backend,day"
     )
-    p.add_argument("--since")
-    p.add_argument("--until")
+    window(p)
     p.add_argument("--csv", action="store_true")
-    p.set_defaults(
-        func=lambda a: _run_db(
-            lambda s: admin_ops.spend_report(
-                s, [g for g in a.group_by.split(",") if g], _time(a.since), _time(a.until)
-            ),
-            a,
-        )
-    )
+    p.set_defaults(func=_spend_report)
     p = common(spend.add_parser("savings"))
-    p.add_argument("--since")
-    p.add_argument("--until")
-    p.set_defaults(
-        func=lambda a: _run_db(lambda s: admin_ops.savings(s, _time(a.since), _time(a.until)), a)
-    )
+    window(p)
+    p.set_defaults(func=lambda a: _run_db(lambda s: admin_ops.savings(s, a.since, a.until), a))

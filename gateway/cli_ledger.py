@@ -16,6 +16,7 @@ import sys
 
 import structlog
 
+from gateway.cli_common import check_database, reported
 from gateway.ledger import StreamDrainer
 
 log = structlog.get_logger("tiergate.ledger")
@@ -70,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 2
     prefix = args.prefix if args.prefix is not None else settings.redis_prefix
+    check_database(database_url)
     return asyncio.run(
         drain(database_url, redis_url, prefix, args.once, settings.ledger_claim_idle_ms)
     )
@@ -83,4 +85,4 @@ def add_ledger_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--redis-url", help="default: TIERGATE_REDIS_URL")
     p.add_argument("--prefix", help="Redis key prefix (default: TIERGATE_REDIS_PREFIX)")
     p.add_argument("--once", action="store_true", help="write what is there now, then exit")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=reported(_run))

@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import sys
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from policies.errors import ConfigError
+from gateway.cli_common import (
+    CliError,
+    database_url,
+    iso_time,
+    non_negative_int,
+    positive_int,
+)
+from gateway.cli_common import reported as _reported
 from policies.features import from_text
 from policies.router import Router
-from policies.router.data import DataError, Row, accuracies, jsonl_rows, shared_rows, unique_rows
+from policies.router.data import Row, accuracies, jsonl_rows, shared_rows, unique_rows
 from policies.router.embed import default_embedder
 from policies.router.evaluate import (
     PairResult,
@@ -44,29 +49,6 @@ PAIRS = (
 )
 PRO_SHARE, THINK_SHARE = 0.2, 0.3
 PAIR_WEIGHTS = "router_pair.npz"
-
-
-class CliError(Exception):
-    """What went wrong, in one line for the user: ``_reported`` prints it, exit status 2."""
-
-
-Command = Callable[[argparse.Namespace], int]
-
-
-def _reported(command: Command) -> Command:
-    """``command`` with the errors a user can fix (an input file, a weights file, an output
-    path, no rows to work on) printed as one ``tiergate: ...`` line on stderr and exit
-    status 2, as the other sub-commands do; anything else is a bug and keeps its traceback."""
-
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (CliError, DataError, ConfigError) as exc:
-            print(f"tiergate: {exc}", file=sys.stderr)
-            return 2
-
-    return run
 
 
 def _warn(message: str) -> None:
@@ -359,17 +341,16 @@ async def export_labels(
 
 
 def _labels_export(args: argparse.Namespace) -> int:
-    url = args.database_url
-    if not url:
-        from gateway.settings import get_settings
-
-        url = get_settings().database_url
-    since = datetime.fromisoformat(args.since) if args.since else None
-    written, skipped = asyncio.run(export_labels(url, Path(args.out), since=since, team=args.team))
+    url = database_url(args)
+    written, skipped = asyncio.run(
+        export_labels(url, Path(args.out), since=args.since, team=args.team)
+    )
     print(f"wrote {written} label rows to {args.out} ({skipped} without a valid verdict skipped)")
     return 0
 
 
+_STEPS_HELP = "training steps, 1 or more (default: 300)"
+_BOOT_HELP = "bootstrap resamples for the 95%% CI of APGR (default: 200; 0: no CI, shown as -)"
 _L2_HELP = (
     "L2 penalty on the hashed n-gram weights (default: the same 1e-4 as the dense ones); "
     "see bench/router/validate_sources.py"
@@ -431,7 +412,9 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     x = lsub.add_parser("export", help="write labels as training JSONL for `router train`")
     x.add_argument("--out", required=True)
     x.add_argument("--database-url", help="default: TIERGATE_DATABASE_URL / settings")
-    x.add_argument("--since", help="ISO timestamp with timezone, e.g. 2026-11-01T00:00:00Z")
+    x.add_argument(
+        "--since", type=iso_time, help="ISO timestamp with timezone, e.g. 2026-11-01T00:00:00Z"
+    )
     x.add_argument("--team", help="only this team's labels")
     x.set_defaults(func=_reported(_labels_export))
 

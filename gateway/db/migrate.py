@@ -101,7 +101,7 @@ def require_compatible(url: str, *, scripts: Path = MIGRATIONS) -> str:
     upgrade_first = "run `tiergate db upgrade` first (the gateway never migrates on start)"
     if current is None:
         raise ConfigError(
-            f"database {where} has no schema (this code needs {head}): {upgrade_first}"
+            f"database {where} has no tiergate schema (this code needs {head}): {upgrade_first}"
         )
     if _known(script, current):
         raise ConfigError(

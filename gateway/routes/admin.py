@@ -55,7 +55,7 @@ def _time(value: str | None, name: str) -> datetime | None:
     if value is None:
         return None
     try:
-        return datetime.fromisoformat(value)
+        return admin_ops.parse_time(value)
     except ValueError:
         raise InvalidRequest(
             f"'{name}' must be an ISO 8601 time, e.g. 2026-11-01T00:00:00Z", param=name

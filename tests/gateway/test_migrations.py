@@ -148,7 +148,7 @@ def test_schema_floor_of_the_shipped_migrations(revision: str | None, floor: str
 
 
 def test_refuses_a_database_without_schema_or_behind(scratch_pg: str) -> None:
-    with pytest.raises(ConfigError, match="has no schema .*tiergate db upgrade"):
+    with pytest.raises(ConfigError, match="has no tiergate schema .*tiergate db upgrade"):
         require_compatible(scratch_pg)
     upgrade(scratch_pg, "0002")
     with pytest.raises(
