@@ -233,10 +233,12 @@ def _eval(args: argparse.Namespace) -> int:
 def _table(results: list[PairResult]) -> str:
     lines = [f"{'router':12} {'rows':>6} {'APGR':>6} {'95% CI':>15} {'CPT50':>6} {'CPT80':>6}"]
     for r in results:
-        lo, hi = r.ci.get("apgr", (float("nan"), float("nan")))
+        ci = "-"  # no bootstrap (--bootstrap 0), or no resample where the strong side wins
+        if "apgr" in r.ci:
+            lo, hi = r.ci["apgr"]
+            ci = f"[{lo:.3f}, {hi:.3f}]"
         lines.append(
-            f"{r.router:12} {r.rows:>6} {r.apgr:6.3f} {f'[{lo:.3f}, {hi:.3f}]':>15} "
-            f"{r.cpt50:6.3f} {r.cpt80:6.3f}"
+            f"{r.router:12} {r.rows:>6} {r.apgr:6.3f} {ci:>15} {r.cpt50:6.3f} {r.cpt80:6.3f}"
         )
     return "\n".join(lines)
 
@@ -385,7 +387,7 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         default=str(ROOT / "policies" / "router"),
         help=f"a directory (weights.npz, or {PAIR_WEIGHTS} with --data) or a .npz file",
     )
-    t.add_argument("--steps", type=int, default=300)
+    t.add_argument("--steps", type=positive_int, default=300, help=_STEPS_HELP)
     t.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help=_TARGET_HELP)
     t.add_argument("--l2-hashed", type=float, help=_L2_HELP)
     t.set_defaults(func=_reported(_train))
@@ -396,13 +398,13 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     e.add_argument("--weights", help="a pair model or weights.npz (default: the generic router)")
     e.add_argument("--json", action="store_true")
     e.add_argument("--scores-out")
-    e.add_argument("--bootstrap", type=int, default=200)
+    e.add_argument("--bootstrap", type=non_negative_int, default=200, help=_BOOT_HELP)
     e.set_defaults(func=_reported(_eval))
     r = rsub.add_parser("report", help="held-out evaluation on the public data (docs/routing.md)")
     r.add_argument("--shared-dir", default=str(SHARED))
-    r.add_argument("--steps", type=int, default=300)
+    r.add_argument("--steps", type=positive_int, default=300, help=_STEPS_HELP)
     r.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help=_TARGET_HELP)
-    r.add_argument("--bootstrap", type=int, default=200)
+    r.add_argument("--bootstrap", type=non_negative_int, default=200, help=_BOOT_HELP)
     r.add_argument("--l2-hashed", type=float, help=_L2_HELP)
     r.add_argument("--json-out", default=str(ROOT / "var" / "bench" / "routing.json"))
     r.add_argument("--plot", default=str(ROOT / "docs" / "img" / "routing_pgr.png"))

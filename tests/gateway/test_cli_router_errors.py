@@ -252,3 +252,52 @@ def test_an_unwritable_scores_out(tmp_path: Path, capsys: pytest.CaptureFixture[
     args = ["--weak", A, "--strong", B, "--scores-out", str(out)]
     assert main(["router", "eval", "--data", str(path), *args]) == 2
     assert _stderr_line(capsys) == f"tiergate: cannot write {out}: Is a directory"
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value", "message"),
+    [
+        ("train", "--steps", "0", "must be positive, got 0"),
+        ("train", "--steps", "-1", "must be positive, got -1"),
+        ("train", "--steps", "many", "'many' is not a whole number"),
+        ("report", "--steps", "0", "must be positive, got 0"),
+        ("eval", "--bootstrap", "-5", "must be 0 or more, got -5"),
+        ("report", "--bootstrap", "-1", "must be 0 or more, got -1"),
+    ],
+)
+def test_a_count_out_of_range_is_an_argparse_error(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    option: str,
+    value: str,
+    message: str,
+) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(f"{GOOD}\n")
+    args = {
+        "train": ["--data", str(path), "--out", str(tmp_path / "o.npz")],
+        "eval": ["--data", str(path), "--weak", A, "--strong", B],
+        "report": ["--shared-dir", str(tmp_path)],
+    }[command]
+    with pytest.raises(SystemExit) as exc:
+        main(["router", command, *args, option, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {option}: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_eval_without_bootstrap_prints_no_ci(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(f"{GOOD}\n{_row(2, correct={A: False, B: True})}\n{_row(3)}\n")
+    args = ["router", "eval", "--data", str(path), "--weak", A, "--strong", B, "--bootstrap"]
+    assert main([*args, "0"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out
+    rows = out.splitlines()[1:]
+    assert len(rows) == 3 and all(line.split()[3] == "-" for line in rows), out
+    assert main([*args, "0", "--json"]) == 0
+    assert all(r["ci95"] == {} for r in json.loads(capsys.readouterr().out))
