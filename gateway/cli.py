@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 from pathlib import Path
 
-from gateway.cli_common import CliError
+from gateway.cli_common import CliError, port_number
 from policies.catalog import load_catalog
 from policies.errors import ConfigError
 
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", help="catalog YAML (default: $TIERGATE_CONFIG)")
     serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--port", type=port_number)
     serve.set_defaults(func=_serve)
     check = sub.add_parser("check-config", help="validate a catalog file and exit")
     check.add_argument("config")

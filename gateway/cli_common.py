@@ -133,3 +133,22 @@ def non_negative_int(value: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
     return n
+
+
+def non_negative_float(value: str) -> float:
+    """An argparse type: a finite number, 0 or more."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not x >= 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {value}")
+    return x
+
+
+def port_number(value: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    n = positive_int(value)
+    if n > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {n}")
+    return n

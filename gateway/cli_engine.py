@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engines.profiles import GPUS, MODELS, ProfileError, build
+from gateway.cli_common import non_negative_int, port_number
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -58,10 +59,12 @@ def add_engine_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     p.add_argument("--gpu", choices=sorted(GPUS), required=True)
     p.add_argument("--max-model-len", type=int, help="context length (default: 1M or the recipe's)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--mtp", type=int, default=0, help="MTP speculative tokens (0: off)")
+    p.add_argument(
+        "--mtp", type=non_negative_int, default=0, help="MTP speculative tokens (0: off)"
+    )
     p.add_argument("--model-path", help="weights path or hub id (default: the official one)")
     p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--format", choices=("shell", "json"), default="shell")
     p.add_argument("--write", help="write to this file instead of printing")
     p.set_defaults(func=_profile)

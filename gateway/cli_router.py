@@ -17,6 +17,7 @@ from gateway.cli_common import (
     CliError,
     database_url,
     iso_time,
+    non_negative_float,
     non_negative_int,
     positive_int,
 )
@@ -389,7 +390,7 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     t.add_argument("--steps", type=positive_int, default=300, help=_STEPS_HELP)
     t.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help=_TARGET_HELP)
-    t.add_argument("--l2-hashed", type=float, help=_L2_HELP)
+    t.add_argument("--l2-hashed", type=non_negative_float, help=_L2_HELP)
     t.set_defaults(func=_reported(_train))
     e = rsub.add_parser("eval", help="RouteLLM metrics of the router on labelled rows")
     e.add_argument("--data", required=True)
@@ -405,7 +406,7 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     r.add_argument("--steps", type=positive_int, default=300, help=_STEPS_HELP)
     r.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help=_TARGET_HELP)
     r.add_argument("--bootstrap", type=non_negative_int, default=200, help=_BOOT_HELP)
-    r.add_argument("--l2-hashed", type=float, help=_L2_HELP)
+    r.add_argument("--l2-hashed", type=non_negative_float, help=_L2_HELP)
     r.add_argument("--json-out", default=str(ROOT / "var" / "bench" / "routing.json"))
     r.add_argument("--plot", default=str(ROOT / "docs" / "img" / "routing_pgr.png"))
     r.set_defaults(func=_reported(_report))

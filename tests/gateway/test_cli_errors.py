@@ -207,7 +207,33 @@ def test_a_bad_setting_is_one_line(
     monkeypatch.setenv("TIERGATE_LOG_LEVEL", "loud")
     assert main(["teams", "list"]) == 2
     assert _stderr_line(capsys).startswith("tiergate: TIERGATE_LOG_LEVEL: Input should be")
-    assert main(["serve", "--port", "70000"]) == 2
+    monkeypatch.delenv("TIERGATE_LOG_LEVEL")
+    monkeypatch.setenv("TIERGATE_PORT", "70000")
+    assert main(["serve"]) == 2
+    assert _stderr_line(capsys) == (
+        "tiergate: TIERGATE_PORT: Input should be less than or equal to 65535 (got '70000')"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "message"),
+    [
+        (["serve", "--port", "70000"], "--port", "must be a port number from 1 to 65535, got 70000"),
+        (["serve", "--port", "0"], "--port", "must be positive, got 0"),
+        (["engine", "profile", "flash", "--gpu", "h200", "--gpus", "8", "--port", "-1"], "--port", "must be positive, got -1"),
+        (["engine", "profile", "flash", "--gpu", "h200", "--gpus", "8", "--mtp", "-1"], "--mtp", "must be 0 or more, got -1"),
+        (["router", "train", "--data", "x", "--l2-hashed", "-1"], "--l2-hashed", "must be a finite number, 0 or more, got -1"),
+        (["router", "report", "--l2-hashed", "nan"], "--l2-hashed", "must be a finite number, 0 or more, got nan"),
+    ],
+)  # fmt: skip
+def test_a_number_out_of_range_is_an_argparse_error(
+    capsys: pytest.CaptureFixture[str], args: list[str], option: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {option}: {message}" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(
