@@ -113,26 +113,24 @@ def iso_time(value: str) -> datetime:
         raise argparse.ArgumentTypeError(f"{value!r} is not {TIME_FORMAT}") from None
 
 
-def positive_int(value: str) -> int:
-    """An argparse type: a whole number above 0."""
+def _whole(value: str, low: int, what: str) -> int:
     try:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {n}")
+    if n < low:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {n}")
     return n
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number above 0."""
+    return _whole(value, 1, "positive")
 
 
 def non_negative_int(value: str) -> int:
     """An argparse type: a whole number, 0 or more."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
-    return n
+    return _whole(value, 0, "0 or more")
 
 
 def non_negative_float(value: str) -> float:
