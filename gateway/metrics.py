@@ -95,6 +95,14 @@ class Metrics:
             ("backend",),
             registry=r,
         )
+        self.over_reservation = Counter(
+            "tiergate_settled_over_reservation",
+            "Requests under a budget whose billed cost came out above what was reserved for"
+            " them (the upstream counted more than the prompt's bound): the budget may be"
+            " overspent by the difference. Expected to stay at zero.",
+            ("backend",),
+            registry=r,
+        )
         self.fallbacks = Counter(
             "tiergate_fallbacks",
             "Requests served by a later option of the plan after an earlier one failed.",

@@ -498,6 +498,16 @@ class MoneyAccounting:
             self._live.pop(hold.request_id, None)
         if hold.rate is not None:
             await self._count_tokens(hold.rate, s)
+        if windows and s.cost_nanos > hold.amount_nanos:
+            self.metrics.over_reservation.labels(s.backend).inc()
+            log.warning(
+                "settled over reservation",
+                request_id=s.request_id,
+                reserved_nanos=hold.amount_nanos,
+                cost_nanos=s.cost_nanos,
+                prompt_tokens=s.cache_hit_tokens + s.cache_miss_tokens,
+                output_tokens=s.output_tokens,
+            )
         for w, spent in zip(windows, after or (), strict=False):
             spec = w.spec
             labels = (spec.scope, spec.scope_id, spec.period)

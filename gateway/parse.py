@@ -23,6 +23,9 @@ Endpoint = Literal["chat", "completions"]
 _BYTES_PER_TOKEN = 3
 # Per message: its role and the chat template's markers around it.
 _MESSAGE_TOKENS = 4
+# Once per request, in the prompt's bound: the template's own markers (begin of sentence,
+# the thinking mode, the generation prompt, a system preamble).
+_TEMPLATE_TOKENS = 32
 
 
 @dataclass(slots=True)
@@ -47,6 +50,16 @@ class Call:
     notes: list[str] = field(default_factory=list)
     # What the protocol's renderer needs from its own request (opaque to the pipeline).
     context: Any = None
+
+    @property
+    def prompt_tokens_max(self) -> int:
+        """The most prompt tokens the upstream can bill: a byte-level tokenizer makes at most
+        one token per byte, and ``prompt_tokens_est`` counts a token per 3 bytes plus the
+        template's tokens per message, so 3x it bounds the bytes and each message's markers,
+        and a fixed allowance covers the markers said once per request. A
+        hard budget reserves this, so a prompt that tokenizes badly (base64, rare scripts)
+        cannot spend past it; the estimate stays the guess for rate windows and context."""
+        return self.prompt_tokens_est * _BYTES_PER_TOKEN + _TEMPLATE_TOKENS
 
 
 def load_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:

@@ -326,9 +326,10 @@ class Pipeline:
         for option in p.plan.options():
             if self.prices.has(option.backend, option.tier):
                 rate = self.prices.rate(option.backend, option.tier, p.started_at)
-                # n choices share the prompt; each may produce the whole output limit.
+                # n choices share the prompt; each may produce the whole output limit. The
+                # prompt is its bound, not its estimate: what is reserved is what can be spent.
                 outputs = out * p.call.choices
-                worst = max(worst, rate.worst_case_nanos(p.call.prompt_tokens_est, outputs))
+                worst = max(worst, rate.worst_case_nanos(p.call.prompt_tokens_max, outputs))
         return worst
 
     # ---- dispatch ----------------------------------------------------------------------

@@ -53,6 +53,10 @@ class SimConfig:
     # a fixed answer text for chat requests instead of generated words ("" = generate)
     reply: str = ""
     enable_prompt_tokens_details: bool = True
+    # a tokenizer on text it compresses badly (base64, rare scripts): when above 0, the
+    # prompt counts at least this many tokens per UTF-8 byte of its rendered text (1.0: a
+    # byte-level tokenizer's worst case, one token per byte)
+    prompt_tokens_per_byte: float = 0.0
     keepalive_comments: bool = False
     # vLLM's V4 encoder: unknown roles answer 501, an empty developer message 500
     strict_encoder: bool = True

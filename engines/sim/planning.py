@@ -10,6 +10,7 @@ thinking mode, and offers FIM and chat prefix completion on its ``/beta`` paths 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -135,6 +136,9 @@ def _new(
     cfg: SimConfig, cache: PrefixCache, kind: Kind, model: str, text: str, thinking: bool
 ) -> Generation:
     prompt_tokens = count_tokens(text)
+    if cfg.prompt_tokens_per_byte > 0:
+        worst = math.ceil(len(text.encode("utf-8", "surrogatepass")) * cfg.prompt_tokens_per_byte)
+        prompt_tokens = max(prompt_tokens, worst)
     hit_blocks = cache.match_and_insert(block_hashes(text, cfg.block_size))
     cached = min(hit_blocks * cfg.block_size, prompt_tokens)
     return Generation(

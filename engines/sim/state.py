@@ -29,7 +29,16 @@ _COUNT_KEYS = ("default_output_tokens", "reasoning_tokens", "tool_arg_chars", "c
 # How hard the simulator is, switchable at runtime (see SimConfig)
 _BOOL_KEYS = ("strict_encoder", "keepalive_comments", "tool_call_fragments", "named_tool_stop")
 _CONTROL_KEYS = frozenset(
-    ("healthy", "fail_rate", "fail_status", "fail_mode", "models", "reset_cache", "reply")
+    (
+        "healthy",
+        "fail_rate",
+        "fail_status",
+        "fail_mode",
+        "models",
+        "reset_cache",
+        "reply",
+        "prompt_tokens_per_byte",
+    )
     + _LATENCY_KEYS
     + _COUNT_KEYS
     + _BOOL_KEYS
@@ -167,6 +176,8 @@ class SimState:
                     if not isinstance(data[key], bool):
                         raise TypeError(f"{key} must be true or false")
                     changes[key] = data[key]
+            if "prompt_tokens_per_byte" in data:
+                changes["prompt_tokens_per_byte"] = max(0.0, float(data["prompt_tokens_per_byte"]))
             if "fail_rate" in data:
                 changes["fail_rate"] = float(data["fail_rate"])
             if "fail_status" in data:

@@ -8,6 +8,7 @@ catalog's ``reservation_output_cap`` is 64 tokens.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import time
 from collections.abc import Iterator
@@ -163,3 +164,73 @@ def test_tokens_per_minute_count_the_output_too(gw: Gateways, long_answers: None
     assert refused[0].headers["Retry-After"]
     # The window refuses once spent: past the limit by at most the last request admitted.
     assert served <= tpm + 600 + 100
+
+
+@pytest.fixture
+def byte_tokens(sims: Sims) -> Iterator[None]:
+    """Every upstream counts one prompt token per byte, a byte-level tokenizer's worst case."""
+    urls = [*sims.flash, *sims.pro, sims.hosted]
+    for url in urls:
+        sims.control(url, prompt_tokens_per_byte=1.0)
+    yield
+    for url in urls:
+        sims.control(url, prompt_tokens_per_byte=0.0)
+
+
+def test_prompts_that_tokenize_badly_cannot_spend_past_a_hard_budget(
+    gw: Gateways, pg_url: str, byte_tokens: None
+) -> None:
+    """Base64 runs near one token per byte, three times the gateway's estimate: the
+    reservation prices the prompt's bound, so concurrent requests stop at the limit."""
+    team_id, _, key = new_key(gw, "base64-team")
+    prompt = base64.b64encode(os.urandom(3000)).decode()
+    b = body(max_tokens=CAP, messages=[{"role": "user", "content": prompt}])
+    first = post(gw.urls[0], key, b)
+    assert first.status_code == 200, first.text
+    assert first.json()["usage"]["prompt_tokens"] >= len(prompt)  # the attack's premise
+    wait_rows(pg_url, team_id, 1)
+    one = sql(pg_url, "select cost_nanos from ledger where team_id = %s", team_id)[0][0]
+    limit_nanos = int(one * 6.5)  # the probe and five more, by what they really cost
+    r = admin(
+        gw,
+        "PUT",
+        "/budgets",
+        {
+            "scope": "team",
+            "scope_id": "base64-team",
+            "period": "day",
+            "limit_usd": limit_nanos / 1e9,
+        },
+    )
+    assert r.status_code == 200, r.text
+    time.sleep(5.5)  # key caches expire: every process sees the budget
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        gw.urls[i % 2] + "/v1/chat/completions",
+                        json=b,
+                        headers={"Authorization": f"Bearer {key}"},
+                    )
+                    for i in range(20)
+                )
+            )
+
+    responses = asyncio.run(fire())
+    ok = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code == 429]
+    assert len(ok) + len(refused) == 20 and ok and refused
+    assert refused[0].json()["error"]["code"] == "budget_exceeded"
+    assert wait_rows(pg_url, team_id, len(ok) + 1) == len(ok) + 1
+    spent = sql(pg_url, "select sum(cost_nanos) from ledger where team_id = %s", team_id)[0][0]
+    print(f"\n[caps] base64 prompts: {len(ok)} served, spent {spent} of {limit_nanos} nanos")
+    assert spent <= limit_nanos
+    metrics = httpx.get(gw.urls[0] + "/metrics", timeout=10).text
+    over = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("tiergate_settled_over_reservation_total{")
+    ]
+    assert all(line.endswith(" 0.0") for line in over), over

@@ -205,3 +205,17 @@ def test_the_range_edges_pass() -> None:
         }
     )
     assert call.max_tokens == 2**31 - 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["QUJD" * 750, "日本語のテキスト" * 100, "🙂" * 500, "x"],
+    ids=["base64", "cjk", "emoji", "one-char"],
+)
+def test_the_prompt_bound_covers_one_token_per_byte_and_the_template(text: str) -> None:
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": text}]
+    call = chat({"model": "m", "messages": messages})
+    size = len(text.encode()) + 1
+    # A byte-level tokenizer: at most a token per byte, plus markers per message and once.
+    assert call.prompt_tokens_max >= size + 4 * len(messages) + 16
+    assert call.prompt_tokens_est < call.prompt_tokens_max <= 3 * size + 64
