@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies.catalog import DEFAULT_EFFORT_MAP, Catalog, EffortName, RoutingDefaults
-from policies.errors import InvalidRequest, UnknownModel
+from policies.errors import InvalidRequest, UnknownModel, json_type
 
 Effort = EffortName
 
@@ -60,6 +60,9 @@ class Target:
     passthrough: bool = False
 
 
+_TEMPLATE_FLAGS = ("thinking", "enable_thinking")
+
+
 def requested_mode(
     body: Mapping[str, Any], effort_map: Mapping[str, str] = DEFAULT_EFFORT_MAP
 ) -> Mode | None:
@@ -78,8 +81,17 @@ def requested_mode(
             )
         thinking = raw.get("type") == "enabled"
     kwargs = body.get("chat_template_kwargs")
-    if isinstance(kwargs, Mapping) and isinstance(kwargs.get("thinking"), bool):
-        thinking = kwargs["thinking"] if thinking is None else thinking
+    # vLLM's V4 template thinks on ``thinking or enable_thinking`` (the latter is the name
+    # Qwen-style clients send): either one given, as a boolean, asks for a mode.
+    flags = [kwargs.get(k) for k in _TEMPLATE_FLAGS] if isinstance(kwargs, Mapping) else []
+    for name, flag in zip(_TEMPLATE_FLAGS, flags, strict=False):
+        if flag is not None and not isinstance(flag, bool):
+            raise InvalidRequest(
+                f"'chat_template_kwargs.{name}' must be true or false, not {json_type(flag)}",
+                param=f"chat_template_kwargs.{name}",
+            )
+    if isinstance(kwargs, Mapping) and any(isinstance(f, bool) for f in flags):
+        thinking = any(f is True for f in flags) if thinking is None else thinking
         kw_effort = kwargs.get("reasoning_effort")
         if isinstance(kw_effort, str) and effort_map.get(kw_effort, "off") != "off":
             effort = _effort(effort_map[kw_effort])

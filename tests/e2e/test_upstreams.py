@@ -1075,6 +1075,23 @@ def test_a_clients_enable_thinking_does_not_make_a_non_thinking_request_think(
     assert not (message.model_extra or {}).get("reasoning_content")
 
 
+@pytest.mark.parametrize("flag", ["thinking", "enable_thinking"])
+def test_a_clients_template_flag_false_keeps_a_thinking_default_model_from_thinking(
+    gw: Gateway, flag: str
+) -> None:
+    raw = gw.client().chat.completions.with_raw_response.create(
+        model="deepseek-v4-flash",
+        messages=MSG,
+        max_tokens=64,
+        extra_body={"chat_template_kwargs": {flag: False}},
+    )
+    assert raw.headers["x-tiergate-route"].startswith("flash/non-thinking/"), raw.headers
+    completion = raw.parse()
+    assert not (completion.choices[0].message.model_extra or {}).get("reasoning_content")
+    details = completion.usage and completion.usage.completion_tokens_details
+    assert not (details and details.reasoning_tokens)
+
+
 def test_a_slow_replicas_polls_do_not_hold_up_the_others(
     sims: Sims, monkeypatch_module: pytest.MonkeyPatch
 ) -> None:

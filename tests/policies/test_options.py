@@ -29,10 +29,29 @@ CATALOG = load_catalog(EXAMPLES / "demo.yaml")
             Mode(True, "max"),
         ),
         ({"chat_template_kwargs": {"thinking": False}}, NON_THINKING),
+        # vLLM's V4 template thinks on `thinking or enable_thinking`
+        ({"chat_template_kwargs": {"enable_thinking": False}}, NON_THINKING),
+        ({"chat_template_kwargs": {"enable_thinking": True}}, Mode(True, "high")),
+        (
+            {"chat_template_kwargs": {"thinking": False, "enable_thinking": True}},
+            Mode(True, "high"),
+        ),
+        ({"chat_template_kwargs": {"thinking": False, "enable_thinking": False}}, NON_THINKING),
+        ({"chat_template_kwargs": {"enable_thinking": None}}, None),
+        (
+            {"thinking": {"type": "enabled"}, "chat_template_kwargs": {"enable_thinking": False}},
+            Mode(True, "high"),
+        ),
     ],
 )
 def test_requested_mode_dialects(body: dict, mode: Mode | None) -> None:
     assert requested_mode(body) == mode
+
+
+@pytest.mark.parametrize("name", ["thinking", "enable_thinking"])
+def test_a_template_flag_that_is_not_a_boolean_is_refused(name: str) -> None:
+    with pytest.raises(InvalidRequest, match=f"chat_template_kwargs.{name}' must be true or false"):
+        requested_mode({"chat_template_kwargs": {name: "no"}})
 
 
 def test_the_effort_map_is_the_catalogs() -> None:
