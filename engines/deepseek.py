@@ -25,7 +25,7 @@ from engines.http import error_for_status, read_json_object, translate_errors
 from engines.sse_stream import SSEStream
 from engines.translate import hosted_body, normalize_response
 from policies.catalog import HostedBackend
-from policies.errors import AuthenticationFailed, UpstreamError
+from policies.errors import UpstreamError, UpstreamNotConfigured
 
 _MAX_BACKOFF_S = 8.0
 
@@ -68,9 +68,9 @@ class DeepSeekEngine:
 
     async def _open(self, req: EngineRequest, stream: bool) -> aiohttp.ClientResponse:
         if not self._api_key:
-            raise AuthenticationFailed(
-                f"backend '{self.name}' has no API key: set the {self.spec.api_key_env} "
-                "environment variable (or secret) for the gateway"
+            raise UpstreamNotConfigured(
+                f"backend '{self.name}' has no API key: the gateway's operator must set the "
+                f"{self.spec.api_key_env} environment variable (or secret)"
             )
         model = self.spec.models[req.option.tier].name
         data = orjson.dumps(hosted_body(req.body, req.option.mode, model, req.endpoint, stream))

@@ -110,6 +110,11 @@ def error_for_status(
         return UpstreamInsufficientBalance(
             f"{msg}. The hosted account balance is exhausted; top it up (not retried)."
         )
+    if status in (401, 403):
+        return UpstreamError(
+            f"{msg}. The backend refused the gateway's own credentials; the gateway's "
+            "operator must check its API key for this backend"
+        )
     if status == 429:
         return UpstreamRateLimited(msg, retry_after=retry_after or 1.0)
     if status in (400, 404, 413, 422):

@@ -160,6 +160,16 @@ class UpstreamUnavailable(UpstreamError):
     type = "overloaded_error"
 
 
+class UpstreamNotConfigured(UpstreamError):
+    """The gateway has no credentials for this backend: its operator's fault, never the
+    client's (a 401 would send the client looking at its own key). Another option of the
+    plan may serve."""
+
+    status = 503
+    code = "upstream_not_configured"
+    type = "api_error"
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"

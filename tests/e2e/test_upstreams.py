@@ -1075,6 +1075,35 @@ def test_a_clients_enable_thinking_does_not_make_a_non_thinking_request_think(
     assert not (message.model_extra or {}).get("reasoning_content")
 
 
+def test_a_gateway_without_the_hosted_key_answers_5xx_not_the_clients_401(
+    sims: Sims, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's missing credential is not the client's bad key: a 401
+    invalid_api_key would send every team to check its own key."""
+    monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
+    catalog = catalog_for([sims.flash[0]], sims, routing={"backend_preference": ["hosted"]})
+    server, gateway = start_gateway(catalog)
+    try:
+        r = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": "deepseek-v4-pro", "messages": MSG, "max_tokens": 8},
+            timeout=30,
+        )
+        assert r.status_code == 503, r.text
+        error = r.json()["error"]
+        assert error["code"] == "upstream_not_configured" and error["type"] == "api_error"
+        assert "DEEPSEEK_API_KEY" in error["message"]
+        a = httpx.post(
+            gateway.url + "/v1/messages",
+            json={"model": "deepseek-v4-pro", "messages": MSG, "max_tokens": 8},
+            timeout=30,
+        )
+        assert a.status_code == 503 and a.json()["error"]["type"] == "overloaded_error", a.text
+        assert "DEEPSEEK_API_KEY" in a.json()["error"]["message"]
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("flag", ["thinking", "enable_thinking"])
 def test_a_clients_template_flag_false_keeps_a_thinking_default_model_from_thinking(
     gw: Gateway, flag: str

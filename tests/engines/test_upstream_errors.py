@@ -44,6 +44,8 @@ OLD_VLLM_501 = orjson.dumps({"object": "error", "message": "Unknown role", "code
         (500, b"Internal Server Error", True, UpstreamError),
         (500, VLLM_500, False, UpstreamError),  # the hosted API's 500 is its own
         (503, b"", True, UpstreamUnavailable),
+        (401, b"{}", False, UpstreamError),  # the gateway's own key refused: a 502
+        (403, b"{}", False, UpstreamError),
     ],
 )
 def test_statuses(status: int, body: bytes, request_faults: bool, kind: type) -> None:
@@ -51,6 +53,9 @@ def test_statuses(status: int, body: bytes, request_faults: bool, kind: type) ->
     assert type(err) is kind
     assert err.retryable == (kind is not UpstreamBadRequest)
     assert f"answered {status}" in err.message
+    assert err.status >= 500 or issubclass(kind, UpstreamBadRequest | UpstreamRequestFailed)
+    if status in (401, 403):
+        assert "operator must check its API key" in err.message
 
 
 @pytest.mark.parametrize(
