@@ -477,6 +477,13 @@ class MoneyAccounting:
         if spec.period == "total":
             # A total budget never resets: no reset time, no Retry-After.
             when, wait = "this budget does not reset", None
+        elif amount_nanos > spec.limit_nanos:
+            # Bigger than the whole limit: no reset makes room, so no Retry-After.
+            when, wait = (
+                "it is more than the whole limit, so waiting for the reset will not help",
+                None,
+            )
+            headers["x-tiergate-budget-reset"] = reset.isoformat()
         else:
             when = f"it resets at {reset.isoformat()}"
             wait = max(1.0, (reset - datetime.now(UTC)).total_seconds())

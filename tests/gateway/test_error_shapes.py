@@ -64,10 +64,10 @@ def test_the_rate_limit_message_names_only_the_limits_that_are_set(
     assert rate_limits(rpm, tpm) == words
 
 
-def _refusal(period: str) -> tuple[str, dict[str, str], float | None]:
+def _refusal(period: str, amount: int = 500_000) -> tuple[str, dict[str, str], float | None]:
     spec = BudgetSpec("b1", "key", "k1", period, 1_000_000)  # type: ignore[arg-type]
     window = Window.of(spec, datetime(2026, 12, 5, 12, tzinfo=UTC), "UTC")
-    err = MoneyAccounting._refusal(BudgetExceeded(window, 10, 500_000), 500_000)
+    err = MoneyAccounting._refusal(BudgetExceeded(window, 10, amount), amount)
     assert err.status == 429 and err.code == "budget_exceeded"
     return err.message, err.headers, err.retry_after
 
@@ -85,3 +85,10 @@ def test_a_periodic_budget_says_when_it_resets() -> None:
     assert "it resets at 2026-12-06T00:00:00+00:00" in message
     assert headers["x-tiergate-budget-reset"] == "2026-12-06T00:00:00+00:00"
     assert retry is not None and retry >= 1
+
+
+def test_a_request_bigger_than_the_whole_limit_is_not_told_to_retry() -> None:
+    message, headers, retry = _refusal("day", amount=1_000_001)
+    assert "more than the whole limit" in message and "Lower max_tokens" in message
+    assert retry is None and "Retry-After" not in headers
+    assert headers["x-tiergate-budget-reset"] == "2026-12-06T00:00:00+00:00"
