@@ -159,7 +159,25 @@ def plan_route(
     if skipped:
         reason += ";spill:" + ",".join(passed)
     options = tuple(Option(tier, mode, name) for name in usable)
+    if req.history_without_reasoning and mode.thinking:
+        options, reason = _without_lost_reasoning(catalog, options, reason)
     return RoutePlan(options[0], options[1:], reason, tuple(skipped))
+
+
+def _without_lost_reasoning(
+    catalog: Catalog, options: tuple[Option, ...], reason: str
+) -> tuple[tuple[Option, ...], str]:
+    """A thinking mode the client chose, on a history whose tool-call turns lost their
+    reasoning (LangChain and most SDK helpers drop ``reasoning_content``): vLLM renders an
+    empty thought and thinks on, the hosted API refuses the request (400). So self-hosted
+    options come first; with none, the hosted API answers in non-thinking mode, which it
+    does serve, and the reason says so. (A hosted fallback behind a replica is switched
+    when it is tried: ``Pipeline._fallback_option``.)"""
+    local = [o for o in options if not isinstance(catalog.backends[o.backend], HostedBackend)]
+    if local:
+        return (*local, *(o for o in options if o not in local)), reason
+    hosted = tuple(Option(o.tier, NON_THINKING, o.backend) for o in options)
+    return hosted, reason + ";history-non-thinking"
 
 
 _HARD_MARKERS = (

@@ -12,7 +12,9 @@ import httpx
 import openai
 import pytest
 
-from .conftest import Gateway, Sims
+from policies.catalog import parse_catalog
+
+from .conftest import Gateway, Sims, demo_catalog, start_gateway
 
 USER = [{"role": "user", "content": "Say hello."}]
 
@@ -501,6 +503,63 @@ def test_failover_to_hosted_keeps_a_thinking_tool_history_valid(
     assert "non-thinking-on-hosted:tool-turn-without-reasoning" in route(raw)
     s = gateway.settled()[-1]
     assert s.backend == "hosted" and s.mode == "non-thinking"
+
+
+def _langchain_tool_round_trip(url: str) -> Any:
+    """LangChain's ChatOpenAI drops ``reasoning_content`` when it sends the history back."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        model="deepseek-reasoner",
+        base_url=url + "/v1",
+        api_key="test",
+        max_retries=0,  # type: ignore[arg-type]
+    )
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    tools = llm.bind_tools([weather])
+    ask = HumanMessage('use the get_weather tool with {"city": "Paris"}')
+    call = tools.invoke([ask])
+    assert call.tool_calls and call.tool_calls[0]["args"] == {"city": "Paris"}
+    result = ToolMessage("sunny", tool_call_id=call.tool_calls[0]["id"])
+    answer = tools.invoke([ask, call, result])
+    assert answer.text and not answer.tool_calls
+    return answer
+
+
+def test_a_pinned_reasoner_tool_round_trip_from_langchain_with_hosted_first(
+    hosted_first: Gateway,
+) -> None:
+    # The hosted API would refuse the second call (thinking, reasoning dropped): a replica,
+    # which thinks on over an empty thought, answers it instead.
+    answer = _langchain_tool_round_trip(hosted_first.url)
+    assert answer.response_metadata["model_name"] == "deepseek-reasoner"
+    s = hosted_first.settled()[-1]
+    assert (s.backend, s.mode) == ("flash-local", "think-high"), s.route_reason
+
+
+def test_a_pinned_reasoner_tool_round_trip_from_langchain_on_the_hosted_api_alone(
+    sims: Sims,
+) -> None:
+    data = demo_catalog(sims).model_dump(mode="json", by_alias=True, exclude_unset=True)
+    data["backends"]["flash-local"]["replicas"] = ["http://127.0.0.1:9"]  # nothing listens
+    data["backends"]["flash-local"]["poll_interval_s"] = 0.2
+    server, gw = start_gateway(parse_catalog(data))
+    try:
+        time.sleep(1.0)  # the replica's first polls fail: it is down
+        _langchain_tool_round_trip(gw.url)
+        s = gw.settled()[-1]
+        assert (s.backend, s.mode) == ("hosted", "non-thinking")
+        assert s.route_reason.endswith(";history-non-thinking"), s.route_reason
+    finally:
+        server.stop()
 
 
 def test_auto_continues_a_non_thinking_tool_conversation_without_thinking_on_hosted(

@@ -1,6 +1,7 @@
 import pytest
+import yaml
 
-from policies.catalog import load_catalog
+from policies.catalog import Catalog, load_catalog, parse_catalog
 from policies.errors import InvalidRequest, ServiceUnavailable
 from policies.options import NON_THINKING, Mode, resolve_target
 from policies.routing import BackendState, RouteRequest, plan_route, simple_auto
@@ -103,6 +104,31 @@ def test_auto_keeps_a_non_thinking_conversation_non_thinking(model, history, mod
     assert all(o.mode == mode for o in plan.fallbacks)
     assert plan.reason.endswith(suffix)
     assert ("history-non-thinking" in plan.reason) == bool(suffix)
+
+
+def _hosted_first() -> Catalog:
+    data = yaml.safe_load((EXAMPLES / "demo.yaml").read_text())
+    data["routing"]["backend_preference"] = ["hosted", "self_hosted"]
+    return parse_catalog(data)
+
+
+def test_a_pinned_thinking_mode_on_a_history_without_reasoning_avoids_the_hosted_400() -> None:
+    # The hosted API refuses thinking on such a history; a replica thinks on (empty thought).
+    history = {"history_without_reasoning": True}
+    hosted_first = _hosted_first()
+    target = resolve_target(hosted_first, "deepseek-reasoner", {})
+    plan = plan_route(hosted_first, RouteRequest(target, 100, 100, **history), {})
+    assert plan.primary.label == "flash/think-high/flash-local"
+    assert [o.label for o in plan.fallbacks] == ["flash/think-high/hosted"]
+    assert plan.reason == "alias:deepseek-reasoner"
+    # Only the hosted API can serve: it answers without thinking, and the reason says so.
+    down = {"flash-local": BackendState(available=False)}
+    plan = plan_route(CATALOG, req("deepseek-reasoner", **history), down)
+    assert plan.primary.label == "flash/non-thinking/hosted" and not plan.fallbacks
+    assert plan.reason.endswith(";history-non-thinking")
+    # With its reasoning sent back, the same request goes where the catalog prefers.
+    plan = plan_route(hosted_first, RouteRequest(target, 100, 100), {})
+    assert plan.primary.label == "flash/think-high/hosted"
 
 
 def test_auto_leaves_a_mode_the_client_set() -> None:
