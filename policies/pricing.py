@@ -8,36 +8,66 @@ operator can correct a price by adding a point with a later effective date.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
+from fractions import Fraction
 
 from policies.catalog import WEEKDAYS, Catalog, HostedBackend, PricePoint, VllmBackend
 from policies.usage import Usage
 
 NANOS_PER_USD = 1_000_000_000
-_NANOS_PER_TOKEN_AT_1USD_PER_M = Decimal(NANOS_PER_USD) / Decimal(1_000_000)  # = 1000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NANOS_PER_TOKEN_AT_1USD_PER_M = NANOS_PER_USD // 1_000_000  # = 1000
+
+
+def usd(nanos: int) -> Decimal:
+    """``nanos`` nano-dollars as an exact ``Decimal`` of US dollars, nine decimal places."""
+    return Decimal(nanos).scaleb(-9)
+
+
+def usd_text(nanos: int) -> str:
+    """``nanos`` nano-dollars as US dollars in fixed notation with all nine decimal places
+    (``10_000`` -> ``"0.000010000"``, ``-1`` -> ``"-0.000000001"``): exact, never an
+    exponent. The one format money is printed in."""
+    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
+    return f"{'-' if nanos < 0 else ''}{whole}.{frac:09d}"
 
 
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """Effective USD-per-1M-token prices at one moment (peak multiplier applied)."""
+    """Effective USD-per-1M-token prices at one moment (peak multiplier applied), exact:
+    a catalog price is a decimal, a self-hosted one derived from GPU cost need not end
+    (10 USD over 32.4M tokens), so both are kept as fractions."""
 
-    cache_hit: Decimal
-    cache_miss: Decimal
-    output: Decimal
+    cache_hit: Fraction
+    cache_miss: Fraction
+    output: Fraction
     version: str
     peak: bool
+    # The three prices in nano-dollars per token over one common denominator, for
+    # integer arithmetic per request.
+    _nanos: tuple[int, int, int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        per_token = [
+            p * _NANOS_PER_TOKEN_AT_1USD_PER_M
+            for p in (self.cache_hit, self.cache_miss, self.output)
+        ]
+        den = math.lcm(*(p.denominator for p in per_token))
+        hit, miss, out = (p.numerator * (den // p.denominator) for p in per_token)
+        object.__setattr__(self, "_nanos", (hit, miss, out, den))
 
     def cost_nanos(self, usage: Usage) -> int:
-        usd_millionths = (
-            self.cache_hit * usage.cache_hit_tokens
-            + self.cache_miss * usage.cache_miss_tokens
-            + self.output * usage.output_tokens
+        """The exact cost, rounded half-even to a whole nano-dollar once, here."""
+        hit, miss, out, den = self._nanos
+        num = (
+            hit * usage.cache_hit_tokens
+            + miss * usage.cache_miss_tokens
+            + out * usage.output_tokens
         )
-        exact = usd_millionths * _NANOS_PER_TOKEN_AT_1USD_PER_M
-        return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+        q, r = divmod(num, den)
+        return q + 1 if 2 * r > den or (2 * r == den and q % 2) else q
 
     def worst_case_nanos(self, prompt_tokens: int, max_output_tokens: int) -> int:
         """Upper bound used for reservations: every prompt token a miss, full output."""
@@ -66,12 +96,12 @@ def point_at(schedule: tuple[PricePoint, ...], when: datetime) -> PricePoint:
 def rate_at(name: str, schedule: tuple[PricePoint, ...], when: datetime) -> Rate:
     point = point_at(schedule, when)
     peak = in_peak(point, when)
-    mult = point.peak_multiplier if peak else Decimal(1)
+    mult = Fraction(point.peak_multiplier) if peak else Fraction(1)
     label = point.version or point.effective.date().isoformat()
     return Rate(
-        cache_hit=point.cache_hit * mult,
-        cache_miss=point.cache_miss * mult,
-        output=point.output * mult,
+        cache_hit=Fraction(point.cache_hit) * mult,
+        cache_miss=Fraction(point.cache_miss) * mult,
+        output=Fraction(point.output) * mult,
         version=f"{name}@{label}{'+peak' if peak else ''}",
         peak=peak,
     )
@@ -85,21 +115,20 @@ def _minute_aligned(point: PricePoint) -> bool:
     return all(t.second == 0 and t.microsecond == 0 for t in times)
 
 
-def _self_hosted_schedule(backend: VllmBackend) -> tuple[PricePoint, ...]:
+def self_hosted_rate(name: str, backend: VllmBackend) -> Rate:
+    """A self-hosted pool's price from its GPU cost: dollars per hour over measured tokens
+    per hour, per 1M tokens, exact (a fraction; no rounding before the request's cost)."""
     cost = backend.cost
     assert cost is not None
-    per_hour = cost.usd_per_gpu_hour * cost.gpus_per_replica
-    miss = per_hour / (cost.prefill_tokens_per_second * 3600) * 1_000_000
-    out = per_hour / (cost.output_tokens_per_second * 3600) * 1_000_000
-    q = Decimal("0.000001")
-    return (
-        PricePoint(
-            effective=_EPOCH,
-            version="gpu",
-            cache_hit=(miss * cost.cache_hit_fraction).quantize(q),
-            cache_miss=miss.quantize(q),
-            output=out.quantize(q),
-        ),
+    per_hour = Fraction(cost.usd_per_gpu_hour) * cost.gpus_per_replica
+    miss = per_hour / (Fraction(cost.prefill_tokens_per_second) * 3600) * 1_000_000
+    out = per_hour / (Fraction(cost.output_tokens_per_second) * 3600) * 1_000_000
+    return Rate(
+        cache_hit=miss * Fraction(cost.cache_hit_fraction),
+        cache_miss=miss,
+        output=out,
+        version=f"{name}@gpu",
+        peak=False,
     )
 
 
@@ -109,6 +138,8 @@ class PriceBook:
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
         self._schedules: dict[tuple[str, str], tuple[str, tuple[PricePoint, ...]]] = {}
+        # Self-hosted pools priced from GPU cost: one rate at all times.
+        self._fixed: dict[tuple[str, str], Rate] = {}
         for bname, backend in catalog.backends.items():
             if isinstance(backend, HostedBackend):
                 for tier, hm in backend.models.items():
@@ -119,7 +150,7 @@ class PriceBook:
                     catalog.prices[backend.prices],
                 )
             else:
-                self._schedules[(bname, backend.tier)] = (bname, _self_hosted_schedule(backend))
+                self._fixed[(bname, backend.tier)] = self_hosted_rate(bname, backend)
         for pname, pt in catalog.passthrough.items():
             if pt.prices is not None:
                 self._schedules[(pname, pname)] = (pt.prices, catalog.prices[pt.prices])
@@ -132,9 +163,12 @@ class PriceBook:
         self._memo: dict[tuple[str, str, int], Rate] = {}
 
     def has(self, backend: str, tier: str) -> bool:
-        return (backend, tier) in self._schedules
+        return (backend, tier) in self._schedules or (backend, tier) in self._fixed
 
     def rate(self, backend: str, tier: str, when: datetime) -> Rate:
+        fixed = self._fixed.get((backend, tier))
+        if fixed is not None:
+            return fixed
         name, schedule = self._schedules[(backend, tier)]
         if not self._by_minute:
             return rate_at(name, schedule, when)

@@ -1,10 +1,11 @@
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
 from policies.catalog import PricePoint, load_catalog
-from policies.pricing import PriceBook, rate_at
+from policies.pricing import PriceBook, Rate, rate_at
 from policies.usage import Usage
 
 from .test_catalog import EXAMPLES
@@ -84,12 +85,76 @@ def test_costs_to_the_nanodollar(backend, tier, when, usage, nanos, version) -> 
 
 
 def test_self_hosted_gpu_cost_per_token() -> None:
-    # 4 GPUs x $2.50/h = $10/h; 9000 output tok/s -> 10 / (9000*3600) * 1e6 = 0.308642 $/1M
+    # 4 GPUs x $2.50/h = $10/h; 9000 output tok/s -> 10 / (9000*3600) * 1e6 = 25/81 $/1M,
+    # kept exact: 0.308641975..., not rounded to 0.308642
     rate = BOOK.rate("flash-local", "flash", t("2026-11-01T00:00"))
-    assert rate.output == Decimal("0.308642")
-    assert rate.cache_miss == Decimal("0.046296")
-    assert rate.cache_hit == Decimal("0.004630")
+    assert rate.output == Fraction(25, 81)
+    assert rate.cache_miss == Fraction(10 * 10**6, 60000 * 3600) == Fraction(5, 108)
+    assert rate.cache_hit == Fraction(5, 108) / 10
     assert rate.version == "flash-local@gpu"
+    assert not rate.peak
+
+
+# The demo pool in nano-dollars per token: hit 125/27, miss 1250/27, output 25000/81.
+# "rounded 1e-6" is what pricing from prices rounded to 6 decimals per 1M tokens charged.
+@pytest.mark.parametrize(
+    ("usage", "nanos", "rounded_1e6"),
+    [
+        (Usage(0, 0, 1), 309, 309),  # 308.64
+        (Usage(0, 0, 81), 25_000, 25_000),  # whole
+        (Usage(216, 0, 0), 1_000, 1_000),
+        (Usage(0, 108, 0), 5_000, 5_000),
+        (Usage(7, 11, 13), 4_554, 4_554),  # 4554.012
+        (Usage(0, 65, 30), 12_269, 12_268),  # 12268.52: a nano off before
+        (Usage(0, 78, 24), 11_019, 11_018),  # 11018.52
+        (Usage(0, 91, 18), 9_769, 9_768),  # 9768.52
+        (Usage(0, 0, 10**6), 308_641_975, 308_642_000),  # 308641975.31
+        (Usage(0, 10**6, 0), 46_296_296, 46_296_000),  # 46296296.30
+        (Usage(10**6, 0, 0), 4_629_630, 4_630_000),  # 4629629.63
+    ],
+)
+def test_self_hosted_costs_are_exact(usage: Usage, nanos: int, rounded_1e6: int) -> None:
+    rate = BOOK.rate("flash-local", "flash", t("2026-11-01T00:00"))
+    exact = (
+        Fraction(125, 27) * usage.cache_hit_tokens
+        + Fraction(1250, 27) * usage.cache_miss_tokens
+        + Fraction(25000, 81) * usage.output_tokens
+    )
+    assert rate.cost_nanos(usage) == nanos == round(exact)
+    old = rate_at("x", (_six_decimals(rate),), t("2026-11-01T00:00")).cost_nanos(usage)
+    assert old == rounded_1e6
+
+
+def _six_decimals(rate: Rate) -> PricePoint:
+    def q(f: Fraction) -> Decimal:
+        return (Decimal(f.numerator) / Decimal(f.denominator)).quantize(Decimal("0.000001"))
+
+    return PricePoint(
+        effective=t("1970-01-01T00:00"),
+        cache_hit=q(rate.cache_hit),
+        cache_miss=q(rate.cache_miss),
+        output=q(rate.output),
+    )
+
+
+@pytest.mark.parametrize(
+    ("tokens", "nanos"),
+    # half a nano-dollar per output token: ties round to the even nano-dollar
+    [(0, 0), (1, 0), (2, 1), (3, 2), (5, 2), (7, 4), (9, 4), (10**9 + 1, 500_000_000)],
+)
+def test_a_cost_is_rounded_half_even_once(tokens: int, nanos: int) -> None:
+    zero = Fraction(0)
+    rate = Rate(zero, zero, Fraction(1, 2000), "half", peak=False)
+    assert rate.cost_nanos(Usage(0, 0, tokens)) == nanos
+
+
+def test_self_hosted_costs_match_the_fraction_over_a_grid() -> None:
+    rate = BOOK.rate("flash-local", "flash", t("2026-11-01T00:00"))
+    for hit in range(0, 300, 37):
+        for miss in range(0, 3000, 311):
+            for out in range(0, 1000, 97):
+                exact = (rate.cache_hit * hit + rate.cache_miss * miss + rate.output * out) * 1000
+                assert rate.cost_nanos(Usage(hit, miss, out)) == round(exact), (hit, miss, out)
 
 
 def test_old_rows_keep_their_price_after_a_correction() -> None:
