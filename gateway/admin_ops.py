@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import orjson
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,7 +16,7 @@ from gateway.db.models import ApiKey, Budget, LedgerRow, RateLimit, Team
 from gateway.keys import generate_key, new_id
 from policies.budget import PERIODS
 from policies.errors import InvalidRequest, TiergateError
-from policies.pricing import NANOS_PER_USD
+from policies.pricing import NANOS_PER_USD, usd
 
 GROUPS = {
     "team": (LedgerRow.team_id,),
@@ -37,6 +38,25 @@ def parse_time(value: str) -> datetime:
     """A ``since``/``until`` bound as given to the admin API and CLI: an ISO 8601 date or
     time (``2026-11-01``, ``2026-11-01T00:00:00Z``); ``ValueError`` otherwise."""
     return datetime.fromisoformat(value)
+
+
+def cell(value: Any) -> Any:
+    """``value`` as a table or CSV cell shows it: money (a ``Decimal`` of US dollars, as
+    :func:`policies.pricing.usd` gives) in fixed notation with its nine decimals, never
+    ``1E-9``; anything else as it is."""
+    return f"{value:f}" if isinstance(value, Decimal) else value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        # a JSON number written as it is: 0.000010000, not 1e-05 (a float) or a string
+        return orjson.Fragment(f"{value:f}")
+    return str(value)
+
+
+def dumps(data: Any, *, indent: bool = False) -> bytes:
+    """``data`` as JSON, money (``Decimal``) as exact numbers in fixed notation."""
+    return orjson.dumps(data, default=_json_default, option=orjson.OPT_INDENT_2 if indent else 0)
 
 
 class NotFound(TiergateError):
@@ -255,7 +275,7 @@ def _budget(b: Budget) -> dict[str, Any]:
         "scope": b.scope,
         "scope_id": b.scope_id,
         "period": b.period,
-        "limit_usd": b.limit_nanos / NANOS_PER_USD,
+        "limit_usd": usd(b.limit_nanos),
         "soft_thresholds": b.soft_thresholds,
         "downgrade_at": b.downgrade_at,
     }
@@ -347,8 +367,8 @@ async def spend_report(
             d[k] = int(d[k] or 0)
         if "day" in d and d["day"] is not None:
             d["day"] = str(d["day"])
-        d["cost_usd"] = d["cost_nanos"] / NANOS_PER_USD
-        d["hosted_equiv_usd"] = d["hosted_equiv_nanos"] / NANOS_PER_USD
+        d["cost_usd"] = usd(d["cost_nanos"])
+        d["hosted_equiv_usd"] = usd(d["hosted_equiv_nanos"])
         out.append(d)
     return out
 
@@ -361,8 +381,8 @@ async def savings(
     saved = total["hosted_equiv_nanos"] - total["cost_nanos"]
     return {
         "requests": total["requests"],
-        "cost_usd": total["cost_nanos"] / NANOS_PER_USD,
-        "hosted_equiv_usd": total["hosted_equiv_nanos"] / NANOS_PER_USD,
-        "saved_usd": saved / NANOS_PER_USD,
+        "cost_usd": usd(total["cost_nanos"]),
+        "hosted_equiv_usd": usd(total["hosted_equiv_nanos"]),
+        "saved_usd": usd(saved),
         "saved_nanos": saved,
     }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import json
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -54,6 +53,9 @@ def _run_checked(
 
 
 def _print(result: Any, as_csv: bool, columns: list[str] | None = None) -> None:
+    """A list of rows as a table (CSV with ``as_csv``), anything else as JSON; money, a
+    ``Decimal`` of dollars, in fixed notation with nine decimals in either."""
+    cell = admin_ops.cell
     if isinstance(result, list) and not result and columns:
         result_cols = columns
     elif isinstance(result, list) and result and isinstance(result[0], dict):
@@ -64,17 +66,18 @@ def _print(result: Any, as_csv: bool, columns: list[str] | None = None) -> None:
         if result_cols:
             w = csv.DictWriter(sys.stdout, fieldnames=result_cols)
             w.writeheader()
-            w.writerows(result)
+            w.writerows({k: cell(v) for k, v in r.items()} for r in result)
         return
     if result_cols:
         cols = result_cols
         # over no rows (given their columns) the header alone, as over some, never a bare []
-        widths = {c: max([len(c), *(len(str(r.get(c))) for r in result)]) for c in cols}
-        print("  ".join(c.ljust(widths[c]) for c in cols))
-        for r in result:
-            print("  ".join(str(r.get(c)).ljust(widths[c]) for c in cols))
+        rows = [[str(cell(r.get(c))) for c in cols] for r in result]
+        widths = [max([len(c), *(len(row[i]) for row in rows)]) for i, c in enumerate(cols)]
+        print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+        for row in rows:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
         return
-    print(json.dumps(result, indent=2, default=str))
+    print(admin_ops.dumps(result, indent=True).decode())
 
 
 def _db(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ from gateway.db.migrate import upgrade
 from gateway.db.models import LedgerRow
 from gateway.settings import EXAMPLES, Settings
 from policies.catalog import Catalog, VllmBackend, parse_catalog
-from policies.pricing import NANOS_PER_USD, PriceBook
+from policies.pricing import PriceBook, usd_text
 from policies.usage import Usage
 
 DEMO_CONFIG = EXAMPLES / "demo.yaml"
@@ -203,7 +203,7 @@ def _table(settled: list[Settlement], book: PriceBook) -> str:
         r[5] += pro.cost_nanos(usage) if pro else 0
     header = (
         f"{'option':34} {'reqs':>5} {'hit':>8} {'miss':>8} {'output':>8} "
-        f"{'cost $':>12} {'hosted Pro $':>13}"
+        f"{'cost $':>14} {'hosted Pro $':>15}"
     )
     lines = [header, "-" * len(header)]
     total = [0] * 6
@@ -224,8 +224,8 @@ def _table(settled: list[Settlement], book: PriceBook) -> str:
 
 
 def _row(label: str, r: list[int]) -> str:
-    usd = [v / NANOS_PER_USD for v in r[4:]]
-    return f"{label:34} {r[0]:>5} {r[1]:>8} {r[2]:>8} {r[3]:>8} {usd[0]:>12.6f} {usd[1]:>13.6f}"
+    cost, pro = usd_text(r[4]), usd_text(r[5])
+    return f"{label:34} {r[0]:>5} {r[1]:>8} {r[2]:>8} {r[3]:>8} {cost:>14} {pro:>15}"
 
 
 def run_demo(config: Path = DEMO_CONFIG, *, latency_scale: float = 0.05, port: int = 0) -> int:

@@ -55,7 +55,7 @@ from policies.errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from policies.pricing import NANOS_PER_USD
+from policies.pricing import usd_text
 
 log = structlog.get_logger("tiergate.money")
 
@@ -471,7 +471,7 @@ class MoneyAccounting:
         remaining = max(exc.remaining_nanos, 0)
         reset = exc.window.reset_at
         headers = {
-            "x-tiergate-budget-remaining-usd": f"{remaining / NANOS_PER_USD:.9f}",
+            "x-tiergate-budget-remaining-usd": usd_text(remaining),
             "x-tiergate-budget-id": spec.id,
         }
         if spec.period == "total":
@@ -490,8 +490,8 @@ class MoneyAccounting:
             headers["x-tiergate-budget-reset"] = reset.isoformat()
         return BudgetExceededError(
             f"{spec.scope} budget '{spec.id}' ({spec.period}, limit "
-            f"${spec.limit_nanos / NANOS_PER_USD:.6f}) has ${remaining / NANOS_PER_USD:.6f} "
-            f"left, less than this request's worst case ${amount_nanos / NANOS_PER_USD:.6f}; "
+            f"${usd_text(spec.limit_nanos)}) has ${usd_text(remaining)} "
+            f"left, less than this request's worst case ${usd_text(amount_nanos)}; "
             f"{when}. Lower max_tokens or raise the budget.",
             retry_after=wait,
             headers=headers,

@@ -22,16 +22,17 @@ _NANOS_PER_TOKEN_AT_1USD_PER_M = NANOS_PER_USD // 1_000_000  # = 1000
 
 
 def usd(nanos: int) -> Decimal:
-    """``nanos`` nano-dollars as an exact ``Decimal`` of US dollars, nine decimal places."""
+    """``nanos`` nano-dollars as an exact amount of US dollars with nine decimal places
+    (``10_000`` -> ``Decimal("0.000010000")``): how reports carry money. Print it with
+    :func:`usd_text`'s format, ``f"{amount:f}"``, never ``str()``, which may use an exponent."""
     return Decimal(nanos).scaleb(-9)
 
 
 def usd_text(nanos: int) -> str:
-    """``nanos`` nano-dollars as US dollars in fixed notation with all nine decimal places
+    """``nanos`` nano-dollars as US dollars in fixed notation, all nine decimal places
     (``10_000`` -> ``"0.000010000"``, ``-1`` -> ``"-0.000000001"``): exact, never an
     exponent. The one format money is printed in."""
-    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
-    return f"{'-' if nanos < 0 else ''}{whole}.{frac:09d}"
+    return f"{usd(nanos):f}"
 
 
 @dataclass(frozen=True, slots=True)

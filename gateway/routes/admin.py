@@ -7,7 +7,6 @@ import io
 from datetime import datetime
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -44,7 +43,7 @@ def _money(request: Request) -> MoneyAccounting:
 
 
 def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+    return Response(admin_ops.dumps(data), status_code=status, media_type="application/json")
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -177,7 +176,7 @@ async def spend(
         if rows:
             w = csv.DictWriter(buf, fieldnames=list(rows[0]))
             w.writeheader()
-            w.writerows(rows)
+            w.writerows({k: admin_ops.cell(v) for k, v in row.items()} for row in rows)
         return Response(buf.getvalue(), media_type="text/csv")
     return _json({"data": rows})
 
