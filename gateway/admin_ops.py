@@ -138,6 +138,21 @@ async def create_team(s: AsyncSession, name: str) -> dict[str, Any]:
     return {"id": team.id, "name": team.name}
 
 
+#: The columns of :func:`list_teams`', :func:`list_keys`' and :func:`list_budgets`' rows, in
+#: order (for a header over no rows).
+TEAM_COLUMNS = ["id", "name"]
+KEY_COLUMNS = ["id", "team_id", "name", "prefix", "allowed_models", "may_override_tier", "revoked"]
+BUDGET_COLUMNS = [
+    "id",
+    "scope",
+    "scope_id",
+    "period",
+    "limit_usd",
+    "soft_thresholds",
+    "downgrade_at",
+]
+
+
 async def list_teams(s: AsyncSession) -> list[dict[str, Any]]:
     return [
         {"id": t.id, "name": t.name}

@@ -24,16 +24,21 @@ def _run_db(
     fn: Callable[[Any], Awaitable[Any]],
     args: argparse.Namespace,
     columns: list[str] | None = None,
+    empty: str = "",
 ) -> int:
     """Run ``fn`` on a session of the command's database and print what it returns: the one
     place the admin commands open the database, so a missing, unreachable or un-migrated one
     is one ``tiergate: ...`` line and exit status 2 (``reported``), never a traceback.
-    ``columns``: the header printed over an empty list."""
-    return reported(lambda a: _run_checked(fn, a, columns))(args)
+    ``columns``: the header printed over an empty list; ``empty``: a line for the person
+    reading, on stderr, when the list is empty (stdout keeps the bare header)."""
+    return reported(lambda a: _run_checked(fn, a, columns, empty))(args)
 
 
 def _run_checked(
-    fn: Callable[[Any], Awaitable[Any]], args: argparse.Namespace, columns: list[str] | None
+    fn: Callable[[Any], Awaitable[Any]],
+    args: argparse.Namespace,
+    columns: list[str] | None,
+    empty: str,
 ) -> int:
     from gateway.db.engine import make_engine, make_sessions
 
@@ -49,6 +54,8 @@ def _run_checked(
 
     result = asyncio.run(go())
     _print(result, getattr(args, "csv", False), columns)
+    if empty and result == []:
+        print(empty, file=sys.stderr)
     return 0
 
 
@@ -157,7 +164,14 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("name")
     p.set_defaults(func=lambda a: _run_db(lambda s: admin_ops.create_team(s, a.name), a))
     p = common(teams.add_parser("list"))
-    p.set_defaults(func=lambda a: _run_db(admin_ops.list_teams, a))
+    p.set_defaults(
+        func=lambda a: _run_db(
+            admin_ops.list_teams,
+            a,
+            admin_ops.TEAM_COLUMNS,
+            "no teams yet: create one with `tiergate teams create NAME`",
+        )
+    )
 
     keys = parser("keys", "create, list and revoke API keys").add_subparsers(
         dest="action", required=True
@@ -183,7 +197,15 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.set_defaults(func=lambda a: _run_db(lambda s: create(s, a), a))
     p = common(keys.add_parser("list"))
     p.add_argument("--team")
-    p.set_defaults(func=lambda a: _run_db(lambda s: admin_ops.list_keys(s, a.team), a))
+    p.set_defaults(
+        func=lambda a: _run_db(
+            lambda s: admin_ops.list_keys(s, a.team),
+            a,
+            admin_ops.KEY_COLUMNS,
+            f"no API keys{f' for team {a.team}' if a.team else ''} yet: "
+            f"create one with `tiergate keys create --team {a.team or 'TEAM'}`",
+        )
+    )
     p = common(keys.add_parser("revoke"))
     p.add_argument("key", help="key id or display prefix")
     p.add_argument(
@@ -210,7 +232,15 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         )
     )
     p = common(budgets.add_parser("list"))
-    p.set_defaults(func=lambda a: _run_db(admin_ops.list_budgets, a))
+    p.set_defaults(
+        func=lambda a: _run_db(
+            admin_ops.list_budgets,
+            a,
+            admin_ops.BUDGET_COLUMNS,
+            "no budgets yet: set one with `tiergate budgets set --scope team --id TEAM "
+            "--period month --limit-usd 100`",
+        )
+    )
 
     limits = parser("limits", "rate limits per key").add_subparsers(dest="action", required=True)
     p = common(limits.add_parser("set"))

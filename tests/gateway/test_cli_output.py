@@ -1,5 +1,6 @@
 """What the admin commands print: money as fixed-decimal dollars, exact to the nano-dollar,
-never in exponent notation (tables, CSV and JSON)."""
+never in exponent notation (tables, CSV and JSON); and an empty list as its table's header
+on stdout, with a line on stderr saying how to make the first one."""
 
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def test_budget_limits_print_in_fixed_notation(
 
     out, _ = run(capsys, "budgets", "list", "--database-url", db)
     header, row = out.splitlines()
-    assert header.split()[4] == "limit_usd"
+    assert header.split() == admin_ops.BUDGET_COLUMNS
     cells = row.split()
     assert cells[1:5] == ["team", cells[2], "day", printed]
     assert "e-" not in out.lower() and "e+" not in out.lower()
@@ -182,3 +183,52 @@ def test_spend_report_csv_table_and_savings_print_exact_dollars(
     assert got["hosted_equiv_usd"] == usd(total_hosted)
     for text in (out, *(line for line in out.splitlines())):
         assert "e-" not in text and "e+" not in text
+
+
+# command -> the header printed over no rows, and the hint on stderr
+EMPTY = [
+    (["teams", "list"], admin_ops.TEAM_COLUMNS, "`tiergate teams create NAME`"),
+    (["keys", "list"], admin_ops.KEY_COLUMNS, "`tiergate keys create --team TEAM`"),
+    (["budgets", "list"], admin_ops.BUDGET_COLUMNS, "`tiergate budgets set --scope team"),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "columns", "hint"), EMPTY, ids=[" ".join(c) for c, *_ in EMPTY]
+)
+def test_an_empty_list_prints_its_header_and_a_hint(
+    db: str, capsys: pytest.CaptureFixture[str], command: list[str], columns: list[str], hint: str
+) -> None:
+    out, err = run(capsys, *command, "--database-url", db)
+    assert out.splitlines() == ["  ".join(columns)]
+    assert "[]" not in out
+    assert len(err.splitlines()) == 1 and hint in err, err
+
+
+def test_an_empty_key_list_for_one_team_names_it(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "teams", "create", "acme", "--database-url", db)
+    out, err = run(capsys, "keys", "list", "--team", "acme", "--database-url", db)
+    assert out.splitlines() == ["  ".join(admin_ops.KEY_COLUMNS)]
+    assert "no API keys for team acme yet" in err
+    assert "`tiergate keys create --team acme`" in err
+
+
+def test_lists_with_rows_have_the_same_columns_and_no_hint(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "teams", "create", "acme", "--database-url", db)
+    key = json.loads(run(capsys, "keys", "create", "--team", "acme", "--database-url", db)[0])
+    run(
+        capsys,
+        *("budgets", "set", "--scope", "key", "--id", key["id"], "--period", "total"),
+        *("--limit-usd", "5", "--database-url", db),
+    )
+    for command, columns, _ in EMPTY:
+        out, err = run(capsys, *command, "--database-url", db)
+        lines = out.splitlines()
+        assert lines[0].split() == columns and len(lines) == 2, out
+        assert err == ""
+    out, _ = run(capsys, "teams", "list", "--database-url", db)
+    assert out.splitlines()[1].split()[1] == "acme"
