@@ -20,8 +20,11 @@ ordinary requests would go to Pro far above the target until the burst leaves th
 sent: every decision moves the share a line aims at by ``gain`` times (target - sent), an
 integral controller, which drives the realised share to the target whatever the window
 holds (after 2,100 identical requests, the next 150 mixed ones: 33% Pro, the next 450:
-20%; before, with a proportional correction, 46% and 33%). The correction is bounded (the
-aim stays within 0 and twice the target) and counts only decisions that the lines made:
+20%; before, with a proportional correction, 46% and 33%). The aim stays within [0, 1]:
+after a burst of identical *high* scores the whole window sits above the next requests, and
+only an aim near 1 reaches below it (bounded at twice the target, the next 1,500 mixed
+requests got no Pro at all; now about the first 180, then 21%). The correction counts only
+decisions that the lines made:
 not those before the window has ``min_samples`` scores (the training data's thresholds),
 and not a team downgraded by its budget (the gateway does not record those). It is not
 one-sided: a correction kept <= 0 (never aiming above the target) sent 18% on steady
@@ -67,8 +70,8 @@ class Calibrator:
     _current: Thresholds | None = None
     _stale: bool = False
     _ties: int = 0
-    _pro_aim: float = 0.0  # correction of the Pro line's share (<= 0)
-    _think_aim: float = 0.0  # correction of the thinking line's share (<= 0)
+    _pro_aim: float = 0.0  # correction of the Pro line's share
+    _think_aim: float = 0.0  # correction of the thinking line's share
     _pro_calls: int = 0
     _calls: int = 0
 
@@ -122,7 +125,7 @@ class Calibrator:
         self._calls += 1
         self._pro_calls += pro
         if len(self._sorted) >= self.min_samples:
-            up = self.pro_share + self.think_share
+            up = min(1.0, self.pro_share + self.think_share)
             self._pro_aim = _clamp(
                 self._pro_aim + self.gain * (self.pro_share - pro), self.pro_share
             )
@@ -135,5 +138,5 @@ class Calibrator:
 
 
 def _clamp(correction: float, share: float) -> float:
-    """A correction of at most ``share`` either way (the aim stays in [0, 2 * share])."""
-    return min(share, max(-share, correction))
+    """A correction that keeps the aim ``share + correction`` within [0, 1]."""
+    return min(1.0 - share, max(-share, correction))

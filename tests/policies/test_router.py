@@ -157,6 +157,21 @@ def test_a_burst_of_identical_requests_does_not_send_the_rest_of_the_traffic_to_
     assert tail[("flash", True)] / 450 == pytest.approx(0.3, abs=2 * then)
 
 
+def test_a_burst_of_identical_high_scores_does_not_starve_the_traffic_after_it() -> None:
+    """The mirror case: 2,100 identical long prompts that score above everything after
+    them. The window is all burst, so only an aim near 1 reaches below it; the aim may go
+    there, and the mixed traffic is back on target after a few hundred requests (with the
+    aim held under twice the target it got no Pro for 1,500)."""
+    cal = Calibrator(pro_share=0.2, think_share=0.3, prior=Thresholds(0.7, 0.4))
+    rng = np.random.default_rng(3)
+    _route(cal, [float(x) for x in 0.1 + 0.8 * rng.random(600)])
+    burst = _route(cal, [0.95] * 2100)
+    assert burst[("pro", True)] / 2100 == pytest.approx(0.2, abs=0.01)
+    _route(cal, [float(x) for x in 0.1 + 0.8 * rng.random(300)])
+    tail = _route(cal, [float(x) for x in 0.1 + 0.8 * rng.random(900)])
+    assert tail[("pro", True)] / 900 == pytest.approx(0.2, abs=0.03)
+
+
 def test_steady_traffic_meets_the_target_in_every_stretch() -> None:
     cal = Calibrator(pro_share=0.2, think_share=0.3, prior=Thresholds(0.7, 0.4))
     rng = np.random.default_rng(5)
