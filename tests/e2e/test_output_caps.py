@@ -76,48 +76,60 @@ def post(url: str, key: str, b: dict[str, Any]) -> httpx.Response:
     )
 
 
+def budget_after_probe(
+    gw: Gateways, pg_url: str, team: tuple[str, str], probe: httpx.Response, times: float
+) -> int:
+    """A day budget for ``team`` (id, name) of ``times`` what its one ledgered probe cost,
+    seen by every process; returns the limit in nanos."""
+    assert probe.status_code == 200, probe.text
+    wait_rows(pg_url, team[0], 1)
+    one = sql(pg_url, "select cost_nanos from ledger where team_id = %s", team[0])[0][0]
+    limit_nanos = int(one * times)
+    budget = {"scope": "team", "scope_id": team[1], "period": "day", "limit_usd": limit_nanos / 1e9}
+    r = admin(gw, "PUT", "/budgets", budget)
+    assert r.status_code == 200, r.text
+    time.sleep(5.5)  # key caches expire: every process sees the budget
+    return limit_nanos
+
+
+def fire(gw: Gateways, key: str, b: dict[str, Any], n: int) -> list[httpx.Response]:
+    """``n`` concurrent chat requests, alternating between the two processes."""
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        gw.urls[i % 2] + "/v1/chat/completions",
+                        json=b,
+                        headers={"Authorization": f"Bearer {key}"},
+                    )
+                    for i in range(n)
+                )
+            )
+
+    return asyncio.run(run())
+
+
+def spent_nanos(pg_url: str, team: str, rows: int) -> int:
+    assert wait_rows(pg_url, team, rows) == rows
+    return sql(pg_url, "select sum(cost_nanos) from ledger where team_id = %s", team)[0][0]
+
+
 def test_no_max_tokens_spends_no_more_than_was_reserved_under_concurrency(
     gw: Gateways, pg_url: str, long_answers: None
 ) -> None:
     team_id, _, key = new_key(gw, "no-limit-team")
     first = post(gw.urls[0], key, body(max_tokens=CAP))
     assert first.status_code == 200 and first.json()["usage"]["completion_tokens"] == CAP
-    wait_rows(pg_url, team_id, 1)
-    one = sql(pg_url, "select cost_nanos from ledger where team_id = %s", team_id)[0][0]
-    limit_nanos = one * 11  # the probe and about ten more
-    r = admin(
-        gw,
-        "PUT",
-        "/budgets",
-        {
-            "scope": "team",
-            "scope_id": "no-limit-team",
-            "period": "day",
-            "limit_usd": limit_nanos / 1e9,
-        },
-    )
-    assert r.status_code == 200, r.text
-    time.sleep(5.5)  # key caches expire: every process sees the budget
-
-    async def fire() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=60) as client:
-            return await asyncio.gather(
-                *(
-                    client.post(
-                        gw.urls[i % 2] + "/v1/chat/completions",
-                        json=body(),  # no max_tokens
-                        headers={"Authorization": f"Bearer {key}"},
-                    )
-                    for i in range(60)
-                )
-            )
-
-    responses = asyncio.run(fire())
+    limit_nanos = budget_after_probe(
+        gw, pg_url, (team_id, "no-limit-team"), first, 11
+    )  # the probe and ~10 more
+    responses = fire(gw, key, body(), 60)  # no max_tokens
     ok = [r for r in responses if r.status_code == 200]
     assert len(ok) + sum(r.status_code == 429 for r in responses) == 60
     assert ok and all(r.json()["usage"]["completion_tokens"] <= CAP for r in ok)
-    assert wait_rows(pg_url, team_id, len(ok) + 1) == len(ok) + 1
-    spent = sql(pg_url, "select sum(cost_nanos) from ledger where team_id = %s", team_id)[0][0]
+    spent = spent_nanos(pg_url, team_id, len(ok) + 1)
     print(f"\n[caps] 60 without max_tokens: {len(ok)} served, spent {spent} of {limit_nanos} nanos")
     assert spent <= limit_nanos
 
@@ -186,45 +198,15 @@ def test_prompts_that_tokenize_badly_cannot_spend_past_a_hard_budget(
     prompt = base64.b64encode(os.urandom(3000)).decode()
     b = body(max_tokens=CAP, messages=[{"role": "user", "content": prompt}])
     first = post(gw.urls[0], key, b)
-    assert first.status_code == 200, first.text
-    assert first.json()["usage"]["prompt_tokens"] >= len(prompt)  # the attack's premise
-    wait_rows(pg_url, team_id, 1)
-    one = sql(pg_url, "select cost_nanos from ledger where team_id = %s", team_id)[0][0]
-    limit_nanos = int(one * 6.5)  # the probe and five more, by what they really cost
-    r = admin(
-        gw,
-        "PUT",
-        "/budgets",
-        {
-            "scope": "team",
-            "scope_id": "base64-team",
-            "period": "day",
-            "limit_usd": limit_nanos / 1e9,
-        },
-    )
-    assert r.status_code == 200, r.text
-    time.sleep(5.5)  # key caches expire: every process sees the budget
-
-    async def fire() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=60) as client:
-            return await asyncio.gather(
-                *(
-                    client.post(
-                        gw.urls[i % 2] + "/v1/chat/completions",
-                        json=b,
-                        headers={"Authorization": f"Bearer {key}"},
-                    )
-                    for i in range(20)
-                )
-            )
-
-    responses = asyncio.run(fire())
+    assert first.status_code == 200 and first.json()["usage"]["prompt_tokens"] >= len(prompt)
+    # the probe and five more, by what they really cost
+    limit_nanos = budget_after_probe(gw, pg_url, (team_id, "base64-team"), first, 6.5)
+    responses = fire(gw, key, b, 20)
     ok = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code == 429]
     assert len(ok) + len(refused) == 20 and ok and refused
     assert refused[0].json()["error"]["code"] == "budget_exceeded"
-    assert wait_rows(pg_url, team_id, len(ok) + 1) == len(ok) + 1
-    spent = sql(pg_url, "select sum(cost_nanos) from ledger where team_id = %s", team_id)[0][0]
+    spent = spent_nanos(pg_url, team_id, len(ok) + 1)
     print(f"\n[caps] base64 prompts: {len(ok)} served, spent {spent} of {limit_nanos} nanos")
     assert spent <= limit_nanos
     metrics = httpx.get(gw.urls[0] + "/metrics", timeout=10).text
