@@ -125,14 +125,6 @@ def test_a_bad_time_is_an_argparse_error(
     assert f"error: argument {option}: '{value}' is not an ISO 8601 time, e.g. 2026-11-01" in err
 
 
-@pytest.fixture
-def migrated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    url = f"sqlite:///{tmp_path}/tg.db"
-    assert main(["db", "upgrade", "--database-url", url]) == 0
-    capsys.readouterr()
-    return url
-
-
 def test_a_time_window_is_accepted(migrated: str, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--since", "2026-11-01", "--until", "2026-12-01T00:00:00+00:00"]
     assert main(["spend", "savings", "--database-url", migrated, *args]) == 0

@@ -9,7 +9,6 @@ import io
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
@@ -27,11 +26,8 @@ def _no_logging_setup(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    url = f"sqlite:///{tmp_path}/tg.db"
-    assert main(["db", "upgrade", "--database-url", url]) == 0
-    capsys.readouterr()
-    return url
+def db(migrated: str) -> str:
+    return migrated
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, str]:
