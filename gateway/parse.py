@@ -45,6 +45,9 @@ class Call:
     has_tools: bool = False
     json_mode: bool = False
     choices: int = 1  # ``n``: each choice may produce the whole output limit
+    # The field the client's output limit came in (``max_tokens``, ``max_completion_tokens``
+    # or ``max_output_tokens``): an error about the limit names it.
+    limit_field: str = "max_tokens"
     # What the protocol translation changed or left out (an image replaced by a note, a
     # server tool dropped): added to the route reason, the log line and a metric.
     notes: list[str] = field(default_factory=list)
@@ -327,6 +330,13 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
     return value
 
 
+def _limit_field(body: dict[str, Any]) -> str:
+    """The field the output limit came in (what ``_max_tokens`` read): errors name it."""
+    if body.get("max_completion_tokens") is not None:
+        return "max_completion_tokens"
+    return "max_tokens"
+
+
 _MAX_CHOICES = 128  # vLLM's own bound on n
 
 
@@ -554,6 +564,7 @@ def parse_chat(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
         has_tools=bool(tools),
         json_mode=isinstance(fmt, dict) and fmt.get("type") == "json_object",
         choices=_choices(body),
+        limit_field=_limit_field(body),
     )
 
 
@@ -580,4 +591,5 @@ def parse_completion(raw: bytes, *, max_bytes: int) -> Call:
         last_user_text=prompt[-4000:],
         prompt_chars=len(prompt) + len(suffix or ""),
         choices=_choices(body),
+        limit_field=_limit_field(body),
     )

@@ -261,9 +261,10 @@ class Pipeline:
         ceiling = caller.max_tokens_ceiling
         if ceiling is not None:
             if call.max_tokens is not None and call.max_tokens > ceiling:
+                field = call.limit_field
                 raise InvalidRequest(
-                    f"max_tokens {call.max_tokens} is over this key's ceiling of {ceiling}",
-                    param="max_tokens",
+                    f"{field} {call.max_tokens} is over this key's ceiling of {ceiling}",
+                    param=field,
                 )
             if call.max_tokens is None:
                 call.body["max_tokens"] = ceiling
@@ -305,9 +306,7 @@ class Pipeline:
         spec = self.catalog.tiers.get(tier)
         asked = call.max_tokens
         if asked is not None and spec is not None and asked > spec.max_output_tokens:
-            field = "max_tokens"
-            if "max_completion_tokens" in call.body:
-                field = "max_completion_tokens"
+            field = call.limit_field
             raise InvalidRequest(
                 f"{field} {asked} is over the {spec.max_output_tokens} output tokens "
                 f"{tier} can produce; ask for at most {spec.max_output_tokens}",

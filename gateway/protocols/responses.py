@@ -420,6 +420,7 @@ def parse_responses(
         stream=stream,
         include_usage=stream,
         max_tokens=max_tokens,
+        limit_field="max_output_tokens",
         prompt_tokens_est=estimate_prompt_tokens(out["messages"], out.get("tools")),
         last_user_text=history.last_user[-4000:],
         prompt_chars=sum(len(str(m.get("content") or "")) for m in out["messages"]),

@@ -112,3 +112,21 @@ def test_user_id_reaches_the_hosted_api(hosted_first: Gateway, sims: Sims) -> No
     )
     assert resp.choices[0].message.content
     assert httpx.get(sims.hosted + "/sim/stats").json()["last_user_id"] == "end-user-7"
+
+
+@pytest.mark.parametrize(
+    ("limits", "field"),
+    [
+        ({"max_tokens": 10**6}, "max_tokens"),
+        ({"max_completion_tokens": 10**6}, "max_completion_tokens"),
+    ],
+)
+def test_an_output_limit_over_the_tiers_names_the_field_sent(
+    gateway: Gateway, limits: dict, field: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        gateway.client().chat.completions.create(
+            model="deepseek-chat", messages=[{"role": "user", "content": "hi"}], **limits
+        )
+    assert info.value.body["param"] == field  # type: ignore[index]
+    assert info.value.body["message"].startswith(f"{field} 1000000 is over")  # type: ignore[index]

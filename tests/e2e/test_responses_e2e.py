@@ -246,3 +246,12 @@ def test_langchain_with_the_responses_api(request: pytest.FixtureRequest, fixtur
     result = ToolMessage("sunny", tool_call_id=call.tool_calls[0]["id"])
     answer = tools.invoke([ask, call, result])
     assert answer.text and not answer.tool_calls
+
+
+def test_an_output_limit_over_the_tiers_names_max_output_tokens(gateway: Gateway) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        gateway.client().responses.create(
+            model="deepseek-chat", input="hi", max_output_tokens=10**6
+        )
+    assert info.value.body["param"] == "max_output_tokens"  # type: ignore[index]
+    assert info.value.body["message"].startswith("max_output_tokens 1000000 is over")  # type: ignore[index]

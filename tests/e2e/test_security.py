@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from gateway import keys
@@ -266,5 +267,22 @@ def test_max_tokens_ceiling_per_key(served: Served) -> None:
     )
     assert r.status_code == 400 and r.json()["type"] == "error"
     assert chat(served.url, capped, max_tokens=16).status_code == 200
+    # The error names the field the client sent, whichever protocol's it is.
+    sdk = openai.OpenAI(base_url=served.url + "/v1", api_key=capped, max_retries=0)
+    user = [{"role": "user", "content": "hi"}]
+    asks = {
+        "max_completion_tokens": lambda: sdk.chat.completions.create(
+            model="deepseek-chat", messages=user, max_completion_tokens=17
+        ),
+        "max_output_tokens": lambda: sdk.responses.create(
+            model="deepseek-chat", input="hi", max_output_tokens=17
+        ),
+    }
+    for field, ask in asks.items():
+        with pytest.raises(openai.BadRequestError) as info:
+            ask()
+        err = info.value.body
+        assert err["param"] == field  # type: ignore[index]
+        assert err["message"] == f"{field} 17 is over this key's ceiling of 16"  # type: ignore[index]
     unset = chat(served.url, capped, max_tokens=None)
     assert unset.status_code == 200 and unset.json()["usage"]["completion_tokens"] <= 16
