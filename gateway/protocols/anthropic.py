@@ -175,6 +175,27 @@ class _Media:
         return media_note(kind)
 
 
+def _search_result(block: dict[str, Any], where: str) -> str:
+    """A ``search_result`` block (a search hit the client found: its source, title and text
+    blocks) as the text the model reads."""
+    source, title, content = block.get("source"), block.get("title"), block.get("content")
+    if not isinstance(source, str) or not isinstance(title, str) or not isinstance(content, list):
+        raise _bad(
+            f"{where}: a search_result block needs a string 'source', a string 'title' and "
+            "'content', a list of text blocks",
+            "messages",
+        )
+    texts = []
+    for k, b in enumerate(content):
+        if not isinstance(b, dict) or b.get("type") != "text" or not isinstance(b.get("text"), str):
+            raise _bad(
+                f'{where}.content[{k}] must be a text block {{"type": "text", "text": ...}}',
+                "messages",
+            )
+        texts.append(b["text"])
+    return "\n".join([f"Search result: {title}", f"Source: {source}", *texts])
+
+
 def _tool_result_text(content: Any, where: str, media: _Media) -> str:
     if content is None or isinstance(content, str):
         return content or ""
@@ -187,6 +208,8 @@ def _tool_result_text(content: Any, where: str, media: _Media) -> str:
             parts.append(_string(b, "text", f"{where}[{k}]"))
         elif kind in ("image", "document"):
             parts.append(media.note(b, f"{where}[{k}]"))
+        elif kind == "search_result":
+            parts.append(_search_result(b, f"{where}[{k}]"))
         else:
             raise _bad(
                 f"{where}[{k}]: unsupported block type {kind!r} in a tool_result", "messages"
@@ -216,6 +239,8 @@ def _user(blocks: list[Any], i: int, tool_ids: set[str], media: _Media) -> list[
             out.append({"role": "tool", "tool_call_id": tid, "content": result})
         elif kind == "image" or kind == "document":
             text.append(media.note(b, where))
+        elif kind == "search_result":
+            text.append(_search_result(b, where))
         else:
             raise _bad(
                 f"{where}: unsupported or malformed block type {kind!r} in a user turn", "messages"

@@ -208,3 +208,75 @@ def test_recorded_claude_code_request_replays_as_a_well_formed_stream(gateway: G
     assert opened == closed == sorted(opened) and opened
     delta = next(d for d in datas if d["type"] == "message_delta")
     assert delta["usage"]["output_tokens"] > 0 and "cache_read_input_tokens" in delta["usage"]
+
+
+def _search_result(text: str) -> dict:
+    return {
+        "type": "search_result",
+        "source": "https://example.com/weather",
+        "title": "Weather tools",
+        "content": [{"type": "text", "text": text}],
+        "citations": {"enabled": True},
+    }
+
+
+@pytest.mark.parametrize("fixture", ["gateway", "hosted_first"])
+def test_search_results_reach_the_model_as_text(
+    request: pytest.FixtureRequest, fixture: str
+) -> None:
+    gw: Gateway = request.getfixturevalue(fixture)
+    c = client(gw)
+    # The simulator calls a tool the last user turn asks for: the search result's text did.
+    ask = 'use the get_weather tool with {"city": "Paris"}'
+    first = c.messages.create(
+        model="claude-sonnet-4-5",
+        max_tokens=256,
+        tools=TOOLS,  # type: ignore[arg-type]
+        messages=[{"role": "user", "content": [_search_result(ask)]}],  # type: ignore[list-item]
+    )
+    assert first.stop_reason == "tool_use"
+    use = next(b for b in first.content if b.type == "tool_use")
+    assert use.name == "get_weather" and use.input == {"city": "Paris"}
+    # A tool may answer with search results too.
+    second = c.messages.create(
+        model="claude-sonnet-4-5",
+        max_tokens=256,
+        tools=TOOLS,  # type: ignore[arg-type]
+        messages=[
+            {"role": "user", "content": [_search_result(ask)]},  # type: ignore[list-item]
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": use.id,
+                        "content": [_search_result("18C, sunny")],  # type: ignore[list-item]
+                    }
+                ],
+            },
+        ],
+    )
+    assert second.stop_reason == "end_turn" and any(b.type == "text" for b in second.content)
+
+
+@pytest.mark.parametrize(
+    ("block", "fragment"),
+    [
+        ({**_search_result("x"), "source": 5}, "needs a string 'source'"),
+        ({**_search_result("x"), "content": [{"type": "image"}]}, "must be a text block"),
+    ],
+)
+def test_a_malformed_search_result_is_an_anthropic_400(
+    gateway: Gateway, block: dict, fragment: str
+) -> None:
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": [block]}],
+    }
+    r = httpx.post(gateway.url + "/v1/messages", json=body, headers={"x-api-key": "test"})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and fragment in err["message"]
+    assert "messages[0].content[0]" in err["message"]

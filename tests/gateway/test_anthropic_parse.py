@@ -172,3 +172,90 @@ def test_a_cut_answer_is_an_error_not_an_end_turn() -> None:
     with pytest.raises(UpstreamUnavailable) as info:
         to_message(_answer("insufficient_system_resource"), "claude-x", [])
     assert "insufficient_system_resource" in info.value.message
+
+
+def _search_result(**fields: Any) -> dict[str, Any]:
+    return {
+        "type": "search_result",
+        "source": "https://example.com/a",
+        "title": "A page",
+        "content": [{"type": "text", "text": "first"}, {"type": "text", "text": "second"}],
+        "citations": {"enabled": True},
+        **fields,
+    }
+
+
+SEARCH_TEXT = "Search result: A page\nSource: https://example.com/a\nfirst\nsecond"
+
+
+@pytest.mark.parametrize(
+    ("messages", "index", "expected"),
+    [
+        (
+            [{"role": "user", "content": [_search_result(), {"type": "text", "text": "why?"}]}],
+            -1,
+            {"role": "user", "content": SEARCH_TEXT + "\nwhy?"},
+        ),
+        (
+            [
+                {"role": "user", "content": "search"},
+                TOOL_TURN,
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "t1",
+                            "content": [_search_result(), _search_result(title="B")],
+                        }
+                    ],
+                },
+            ],
+            -1,
+            {
+                "role": "tool",
+                "tool_call_id": "t1",
+                "content": SEARCH_TEXT + "\n" + SEARCH_TEXT.replace("A page", "B"),
+            },
+        ),
+        (
+            [{"role": "user", "content": [_search_result(content=[])]}],
+            -1,
+            {"role": "user", "content": "Search result: A page\nSource: https://example.com/a"},
+        ),
+    ],
+)
+def test_search_results_are_text_for_the_model(
+    messages: list[Any], index: int, expected: dict[str, Any]
+) -> None:
+    call = parse(media="reject", messages=messages)
+    assert call.body["messages"][index] == expected
+    assert not call.notes
+
+
+@pytest.mark.parametrize(
+    ("block", "fragment"),
+    [
+        (_search_result(source=None), "needs a string 'source'"),
+        (_search_result(title=3), "a string 'title'"),
+        (_search_result(content="text"), "'content', a list of text blocks"),
+        (_search_result(content=[{"type": "image"}]), ".content[0] must be a text block"),
+        (_search_result(content=[{"type": "text", "text": 1}]), ".content[0] must be a text block"),
+    ],
+)
+def test_bad_search_results_are_400s_that_say_why(block: dict[str, Any], fragment: str) -> None:
+    for messages in (
+        [{"role": "user", "content": [block]}],
+        [
+            {"role": "user", "content": "x"},
+            TOOL_TURN,
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [block]}],
+            },
+        ],
+    ):
+        with pytest.raises(InvalidRequest) as info:
+            parse(messages=messages)
+        assert fragment in info.value.message and info.value.param == "messages"
+        assert "search_result" in info.value.message or "content[0]" in info.value.message
