@@ -85,6 +85,44 @@ def vllm_body(
     return out
 
 
+def json_schema_instruction(schema: Any) -> str:
+    """What asks for a JSON schema's answer in JSON mode, which has no schema: the schema
+    itself, in the system prompt."""
+    if not isinstance(schema, dict):
+        return "Answer with one JSON object only."
+    return "Answer with one JSON object only, matching this JSON schema:\n" + (
+        orjson.dumps(schema).decode()
+    )
+
+
+def _with_system(messages: Any, text: str) -> Any:
+    """``messages`` (a new list) with ``text`` at the end of the system prompt."""
+    if not isinstance(messages, list):
+        return messages
+    first = messages[0] if messages else None
+    if isinstance(first, dict) and first.get("role") in ("system", "developer"):
+        content = first.get("content")
+        if isinstance(content, str):
+            joined = f"{content}\n\n{text}" if content else text
+            return [{**first, "content": joined}, *messages[1:]]
+        if isinstance(content, list):
+            part = {"type": "text", "text": text}
+            return [{**first, "content": [*content, part]}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
+
+
+def _schema_as_json_mode(out: dict[str, Any]) -> None:
+    """The hosted API has JSON mode (``json_object``), not ``json_schema``: the schema goes
+    in the prompt, as for the Responses API's ``text.format`` (gateway/protocols/responses.py)."""
+    fmt = out.get("response_format")
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return
+    spec = fmt.get("json_schema")
+    out["response_format"] = {"type": "json_object"}
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    out["messages"] = _with_system(out.get("messages"), json_schema_instruction(schema))
+
+
 def hosted_body(
     body: dict[str, Any], mode: Mode, model: str, endpoint: Endpoint, stream: bool
 ) -> dict[str, Any]:
@@ -93,6 +131,7 @@ def hosted_body(
         out["thinking"] = {"type": "enabled" if mode.thinking else "disabled"}
         if mode.thinking:
             out["reasoning_effort"] = mode.effort or "high"
+        _schema_as_json_mode(out)
     return out
 
 

@@ -252,7 +252,11 @@ def plan_chat(
     if cfg.reply:
         gen.content = split_tokens(cfg.reply)
     fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "json_schema" and cfg.mode == "hosted":
+        # the hosted API has JSON mode only
+        raise SimError(400, "This response_format type is unavailable now", param="response_format")
+    if kind in ("json_object", "json_schema"):  # vLLM decodes to the schema
         doc = {"answer": gen.text.strip(), "model": model, "replica": cfg.replica_id}
         gen.content = split_tokens(orjson.dumps(doc).decode())
     if tool:

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from engines.translate import json_schema_instruction
 from gateway.parse import (
     RESPONSES_PARAMS,
     Call,
@@ -315,10 +316,7 @@ def _text_format(body: dict[str, Any], out: dict[str, Any], system: list[str]) -
     if kind == "json_schema" and isinstance(fmt.get("schema"), dict):
         # V4 has JSON mode, not schema-constrained decoding: the schema goes in the prompt.
         out["response_format"] = {"type": "json_object"}
-        system.append(
-            "Answer with one JSON object only, matching this JSON schema:\n"
-            + orjson.dumps(fmt["schema"]).decode()
-        )
+        system.append(json_schema_instruction(fmt["schema"]))
         return True
     raise _bad(
         "'text.format.type' must be text, json_object or json_schema (with 'schema')", "text"

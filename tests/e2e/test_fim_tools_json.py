@@ -114,6 +114,41 @@ def test_user_id_reaches_the_hosted_api(hosted_first: Gateway, sims: Sims) -> No
     assert httpx.get(sims.hosted + "/sim/stats").json()["last_user_id"] == "end-user-7"
 
 
+@pytest.mark.parametrize("fixture", ["gateway", "hosted_first"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_json_schema_answers_on_every_backend(
+    request: pytest.FixtureRequest, fixture: str, stream: bool
+) -> None:
+    gw: Gateway = request.getfixturevalue(fixture)
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    args = {
+        "model": "deepseek-chat",
+        "messages": [{"role": "user", "content": "Answer the question."}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    }
+    if stream:
+        chunks = gw.client().chat.completions.create(**args, stream=True)  # type: ignore[call-overload]
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    else:
+        raw = gw.client().chat.completions.with_raw_response.create(**args)
+        text = raw.parse().choices[0].message.content
+        assert ("/hosted;" in raw.headers["x-tiergate-route"]) is (fixture == "hosted_first")
+    assert isinstance(json.loads(text), dict)
+
+
+def test_the_hosted_api_refuses_json_schema_as_the_real_one_does(sims: Sims) -> None:
+    r = httpx.post(
+        sims.hosted + "/chat/completions",
+        json={
+            "model": "deepseek-v4-flash",
+            "messages": [{"role": "user", "content": "json"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "a"}},
+        },
+        headers={"Authorization": "Bearer sim-key"},
+    )
+    assert r.status_code == 400 and "response_format" in r.text
+
+
 @pytest.mark.parametrize(
     ("limits", "field"),
     [
