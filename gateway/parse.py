@@ -396,13 +396,33 @@ def _text_of(content: Any, index: int) -> str:
 
 def _tool_calls(calls: Any, index: int) -> None:
     """An assistant message's ``tool_calls``: a list of {id, type, function: {name,
-    arguments}} with the arguments as a JSON string, as OpenAI's API and vLLM require."""
+    arguments}} with the arguments as a JSON string, as OpenAI's API and vLLM require. A
+    custom tool's call ({id, type: custom, custom: {name, input}}) becomes a function call
+    whose one argument is the input, as its tool is offered upstream."""
     where = f"messages[{index}].tool_calls"
     if calls is None:
         return
     if not isinstance(calls, list):
         raise InvalidRequest(f"{where} must be a list, not {json_type(calls)}", param=where)
     for k, call in enumerate(calls):
+        if isinstance(call, dict) and call.get("type") == "custom":
+            custom = call.get("custom")
+            if (
+                not isinstance(custom, dict)
+                or not isinstance(custom.get("name"), str)
+                or not isinstance(custom.get("input"), str)
+            ):
+                raise InvalidRequest(
+                    f'{where}[{k}] must be an object like {{"id": ..., "type": "custom", '
+                    '"custom": {"name": ..., "input": "<string>"}}',
+                    param=where,
+                )
+            calls[k] = {
+                "id": call.get("id"),
+                "type": "function",
+                "function": {"name": custom["name"], "arguments": custom_tool_arguments(custom)},
+            }
+            continue
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise InvalidRequest(
@@ -430,12 +450,79 @@ def _check_message(msg: dict[str, Any], index: int) -> None:
         _tool_calls(msg.get("tool_calls"), index)
 
 
-def _check_tools(tools: Any) -> None:
+# ---- tools ------------------------------------------------------------------------------------
+
+# The one argument of the function a custom (free-text input) tool is offered upstream as.
+_CUSTOM_INPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"input": {"type": "string", "description": "the raw input"}},
+    "required": ["input"],
+}
+
+
+def custom_tool_function(name: str, description: Any, fmt: Any) -> dict[str, Any]:
+    """A custom tool (its input free text, or text in a grammar) as the function tool the
+    backends know: one string argument, ``input``, with the grammar in the description.
+    Chat nests the grammar (``{"type": "grammar", "grammar": {"syntax", "definition"}}``),
+    Responses does not (``{"type": "grammar", "syntax", "definition"}``)."""
+    desc = description if isinstance(description, str) else ""
+    if isinstance(fmt, dict) and fmt.get("type") == "grammar":
+        nested = fmt.get("grammar")
+        grammar: dict[str, Any] = nested if isinstance(nested, dict) else fmt
+        desc += f"\n\nThe input must follow this {grammar.get('syntax', '')} grammar:\n"
+        desc += str(grammar.get("definition", ""))
+    return {
+        "type": "function",
+        "function": {"name": name, "description": desc, "parameters": _CUSTOM_INPUT_SCHEMA},
+    }
+
+
+def custom_tool_arguments(custom: Mapping[str, Any]) -> str:
+    """A custom tool call's input as the arguments of the function it is offered as."""
+    return orjson.dumps({"input": custom.get("input", "")}).decode()
+
+
+def custom_tool_input(arguments: str) -> str:
+    """The input of a custom tool call from the arguments the model wrote for its function
+    (``{"input": ...}``); arguments of another shape are the input as they stand."""
+    try:
+        raw = orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        return arguments
+    value = raw.get("input") if isinstance(raw, dict) else None
+    return value if isinstance(value, str) else arguments
+
+
+def _chat_tools(tools: Any, notes: list[str]) -> tuple[list[Any] | None, frozenset[str]]:
+    """The ``tools`` to send upstream, and the names of the custom tools among them (their
+    calls go back to the client as custom tool calls)."""
     if tools is None:
-        return
+        return None, frozenset()
     if not isinstance(tools, list):
         raise InvalidRequest(f"'tools' must be a list, not {json_type(tools)}", param="tools")
+    out: list[Any] = []
+    custom_names: set[str] = set()
     for k, tool in enumerate(tools):
+        if isinstance(tool, dict) and tool.get("type") == "custom":
+            custom = tool.get("custom")
+            if not isinstance(custom, dict) or not isinstance(custom.get("name"), str):
+                raise InvalidRequest(
+                    f'tools[{k}] must be a custom tool: {{"type": "custom", "custom": '
+                    '{"name": ..., "description": ..., "format": {...}}}',
+                    param="tools",
+                )
+            fmt = custom.get("format")
+            if fmt is not None and (
+                not isinstance(fmt, dict) or fmt.get("type") not in ("text", "grammar")
+            ):
+                raise InvalidRequest(
+                    f'tools[{k}].custom.format must be {{"type": "text"}} or '
+                    '{"type": "grammar", "grammar": {"syntax": ..., "definition": ...}}',
+                    param="tools",
+                )
+            custom_names.add(custom["name"])
+            out.append(custom_tool_function(custom["name"], custom.get("description"), fmt))
+            continue
         fn = tool.get("function") if isinstance(tool, dict) else None
         if (
             not isinstance(tool, dict)
@@ -445,7 +532,8 @@ def _check_tools(tools: Any) -> None:
         ):
             raise InvalidRequest(
                 f'tools[{k}] must be a function tool: {{"type": "function", "function": '
-                '{"name": ..., "description": ..., "parameters": {...}}}',
+                '{"name": ..., "description": ..., "parameters": {...}}} or a custom tool: '
+                '{"type": "custom", "custom": {"name": ...}}',
                 param="tools",
             )
         params = fn.get("parameters")
@@ -455,23 +543,41 @@ def _check_tools(tools: Any) -> None:
                 f"{json_type(params)}",
                 param="tools",
             )
+        out.append(tool)
+    if custom_names:
+        notes.append(f"custom-tool-as-function={len(custom_names)}")
+    return out, frozenset(custom_names)
 
 
-def _check_tool_choice(choice: Any) -> None:
+_CHOICE_HELP = (
+    "'tool_choice' must be none, auto, required, "
+    '{"type": "function", "function": {"name": ...}} or '
+    '{"type": "custom", "custom": {"name": ...}}'
+)
+
+
+def _named(entry: Any) -> str | None:
+    """The tool a chat tool reference names: {"type": "function", "function": {"name"}} or
+    {"type": "custom", "custom": {"name"}}; None for anything else."""
+    if not isinstance(entry, dict) or entry.get("type") not in ("function", "custom"):
+        return None
+    inner = entry.get(entry["type"])
+    name = inner.get("name") if isinstance(inner, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _chat_tool_choice(body: dict[str, Any]) -> None:
+    """Checks ``tool_choice`` and puts it in the shape the backends know: a custom tool's
+    choice names its function."""
+    choice = body.get("tool_choice")
     if choice is None or choice in ("none", "auto", "required"):
         return
-    fn = choice.get("function") if isinstance(choice, dict) else None
-    if not (
-        isinstance(choice, dict)
-        and choice.get("type") == "function"
-        and isinstance(fn, dict)
-        and isinstance(fn.get("name"), str)
-    ):
-        raise InvalidRequest(
-            "'tool_choice' must be none, auto, required or "
-            '{"type": "function", "function": {"name": ...}}',
-            param="tool_choice",
-        )
+    if not isinstance(choice, dict):
+        raise InvalidRequest(_CHOICE_HELP, param="tool_choice")
+    name = _named(choice)
+    if name is None:
+        raise InvalidRequest(_CHOICE_HELP, param="tool_choice")
+    body["tool_choice"] = {"type": "function", "function": {"name": name}}
 
 
 _FORMATS = ("text", "json_object", "json_schema")
@@ -544,9 +650,12 @@ def parse_chat(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
         if role == "user":
             last_user = text
     stream, include_usage = _stream_flags(body)
+    notes: list[str] = []
+    tools, custom_tools = _chat_tools(body.get("tools"), notes)
+    if tools is not None:
+        body["tools"] = tools
+    _chat_tool_choice(body)
     tools = body.get("tools")
-    _check_tools(tools)
-    _check_tool_choice(body.get("tool_choice"))
     fmt = body.get("response_format")
     _check_response_format(fmt)
     _check_logit_bias(body.get("logit_bias"))
@@ -565,6 +674,8 @@ def parse_chat(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
         json_mode=isinstance(fmt, dict) and fmt.get("type") == "json_object",
         choices=_choices(body),
         limit_field=_limit_field(body),
+        notes=notes,
+        context=custom_tools or None,
     )
 
 

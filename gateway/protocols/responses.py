@@ -27,6 +27,8 @@ from gateway.parse import (
     Call,
     check_model,
     check_params,
+    custom_tool_function,
+    custom_tool_input,
     estimate_prompt_tokens,
     load_json_object,
     positive_int,
@@ -247,22 +249,7 @@ def _tools(tools: Any, ctx: Context, notes: list[str]) -> list[dict[str, Any]]:
             out.append({"type": "function", "function": fn})
         elif kind == "custom":
             ctx.custom_tools.add(t["name"])
-            desc = t.get("description") or ""
-            fmt = t.get("format")
-            if isinstance(fmt, dict) and fmt.get("type") == "grammar":
-                desc += f"\n\nThe input must follow this {fmt.get('syntax', '')} grammar:\n"
-                desc += str(fmt.get("definition", ""))
-            schema = {
-                "type": "object",
-                "properties": {"input": {"type": "string", "description": "the raw input"}},
-                "required": ["input"],
-            }
-            out.append(
-                {
-                    "type": "function",
-                    "function": {"name": t["name"], "description": desc, "parameters": schema},
-                }
-            )
+            out.append(custom_tool_function(t["name"], t.get("description"), t.get("format")))
         else:
             raise _bad(f"tools[{k}]: tool type {kind!r} is not supported", "tools")
     return out
@@ -516,18 +503,13 @@ class Renderer:
         self, call_id: str, name: str, arguments: str, item_id: str | None = None
     ) -> dict[str, Any]:
         if name in self.ctx.custom_tools:
-            try:
-                raw = orjson.loads(arguments or "{}")
-            except orjson.JSONDecodeError:
-                raw = {"input": arguments}
-            value = raw.get("input") if isinstance(raw, dict) else None
             return {
                 "type": "custom_tool_call",
                 "id": item_id or _id("ctc"),
                 "status": "completed",
                 "call_id": call_id,
                 "name": name,
-                "input": value if isinstance(value, str) else arguments,
+                "input": custom_tool_input(arguments),
             }
         item = {
             "type": "function_call",

@@ -114,6 +114,84 @@ def test_user_id_reaches_the_hosted_api(hosted_first: Gateway, sims: Sims) -> No
     assert httpx.get(sims.hosted + "/sim/stats").json()["last_user_id"] == "end-user-7"
 
 
+@pytest.mark.parametrize(
+    ("tool_choice", "fragment"),
+    [
+        ({"type": "custom", "custom": {"name": 5}}, "'tool_choice' must be"),
+    ],
+)
+def test_malformed_tool_choices_are_400s_naming_the_field(
+    gateway: Gateway, tool_choice: dict, fragment: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        gateway.client().chat.completions.create(
+            model="deepseek-chat",
+            messages=[{"role": "user", "content": "hi"}],
+            tools=TOOLS,  # type: ignore[arg-type]
+            tool_choice=tool_choice,  # type: ignore[arg-type]
+        )
+    assert fragment in info.value.body["message"]  # type: ignore[index]
+    assert info.value.body["param"] == "tool_choice"  # type: ignore[index]
+
+
+PATCH_TOOL = {
+    "type": "custom",
+    "custom": {
+        "name": "apply_patch",
+        "description": "Apply a patch",
+        "format": {"type": "grammar", "grammar": {"syntax": "lark", "definition": "start: /.+/"}},
+    },
+}
+ASK_PATCH = 'use the apply_patch tool with {"input": "*** Begin Patch"}'
+
+
+@pytest.mark.parametrize("fixture", ["gateway", "hosted_first"])
+def test_custom_tools_come_back_as_custom_tool_calls(
+    request: pytest.FixtureRequest, fixture: str
+) -> None:
+    gw: Gateway = request.getfixturevalue(fixture)
+    c = gw.client()
+    messages: list = [{"role": "user", "content": ASK_PATCH}]
+    first = c.chat.completions.create(
+        model="deepseek-chat",
+        messages=messages,
+        tools=[PATCH_TOOL, *TOOLS],  # type: ignore[list-item]
+    )
+    choice = first.choices[0]
+    (call,) = choice.message.tool_calls or []
+    assert choice.finish_reason == "tool_calls" and call.type == "custom"
+    assert call.custom.name == "apply_patch" and call.custom.input == "*** Begin Patch"
+    # The custom call goes back in the history, with its result.
+    after = c.chat.completions.create(
+        model="deepseek-chat",
+        messages=[
+            *messages,
+            choice.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "Done"},
+        ],
+        tools=[PATCH_TOOL],  # type: ignore[list-item]
+    )
+    assert after.choices[0].finish_reason == "stop" and after.choices[0].message.content
+    # Streamed: the call comes whole, as a custom call, and the stream is billed as usual.
+    chunks = list(
+        c.chat.completions.create(
+            model="deepseek-chat",
+            messages=messages,
+            tools=[PATCH_TOOL],  # type: ignore[list-item]
+            stream=True,
+        )
+    )
+    sent = [tc for ch in chunks for choice in ch.choices for tc in choice.delta.tool_calls or ()]
+    assert [tc.model_dump(exclude_none=True, exclude={"id"}) for tc in sent] == [
+        {
+            "index": 0,
+            "type": "custom",
+            "custom": {"name": "apply_patch", "input": "*** Begin Patch"},
+        }
+    ]
+    assert chunks[-1].usage is None and gw.settled()[-1].output_tokens > 0
+
+
 @pytest.mark.parametrize("fixture", ["gateway", "hosted_first"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_json_schema_answers_on_every_backend(

@@ -219,3 +219,115 @@ def test_the_prompt_bound_covers_one_token_per_byte_and_the_template(text: str) 
     # A byte-level tokenizer: at most a token per byte, plus markers per message and once.
     assert call.prompt_tokens_max >= size + 4 * len(messages) + 16
     assert call.prompt_tokens_est < call.prompt_tokens_max <= 3 * size + 64
+
+
+# ---- tool choices and tools the backends do not know ------------------------------------------
+
+
+def _fn(name: str) -> dict:
+    return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+
+
+TOOLS = [_fn("a"), _fn("b"), _fn("c")]
+
+
+@pytest.mark.parametrize(
+    ("choice", "tools", "names", "sent", "note"),
+    [
+        (
+            {"type": "custom", "custom": {"name": "p"}},
+            [{"type": "custom", "custom": {"name": "p"}}],
+            ["p"],
+            {"type": "function", "function": {"name": "p"}},
+            "custom-tool-as-function=1",
+        ),
+        ({"type": "function", "function": {"name": "a"}}, TOOLS, ["a", "b", "c"], None, None),
+        ("required", TOOLS, ["a", "b", "c"], None, None),
+    ],
+)
+def test_tool_choices_reach_the_backend_in_its_terms(
+    choice: object, tools: list, names: list[str], sent: object, note: str | None
+) -> None:
+    call = chat({**OK, "tools": tools, "tool_choice": choice})
+    assert [t["function"]["name"] for t in call.body["tools"]] == names
+    assert all(t["type"] == "function" for t in call.body["tools"])
+    assert call.body["tool_choice"] == (choice if sent is None else sent)
+    assert (note in call.notes) if note else not call.notes
+
+
+@pytest.mark.parametrize(
+    ("tools", "choice", "message"),
+    [
+        (TOOLS, {"type": "custom", "custom": {}}, "'tool_choice' must be none, auto, required"),
+        (TOOLS, "any", "'tool_choice' must be none, auto, required"),
+        ([{"type": "custom"}], None, "tools[0] must be a custom tool"),
+        ([{"type": "custom", "custom": {"name": 3}}], None, "tools[0] must be a custom tool"),
+        (
+            [{"type": "custom", "custom": {"name": "p", "format": {"type": "regex"}}}],
+            None,
+            "tools[0].custom.format must be",
+        ),
+        ([{"type": "hosted", "name": "x"}], None, "tools[0] must be a function tool"),
+    ],
+)
+def test_bad_tools_and_tool_choices_are_400s_naming_the_field(
+    tools: object, choice: object, message: str
+) -> None:
+    body = {**OK, "tools": tools, "tool_choice": choice}
+    with pytest.raises(InvalidRequest) as exc:
+        chat(body)
+    assert message in exc.value.message
+    assert exc.value.param == ("tools" if choice is None else "tool_choice")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "description"),
+    [
+        (None, "Apply a patch"),
+        ({"type": "text"}, "Apply a patch"),
+        (
+            {"type": "grammar", "grammar": {"syntax": "lark", "definition": "start: /.+/"}},
+            "Apply a patch\n\nThe input must follow this lark grammar:\nstart: /.+/",
+        ),
+    ],
+)
+def test_a_custom_tool_is_offered_as_a_function_of_its_input(fmt: object, description: str) -> None:
+    custom = {"name": "patch", "description": "Apply a patch"}
+    if fmt is not None:
+        custom["format"] = fmt
+    call = chat({**OK, "tools": [{"type": "custom", "custom": custom}]})
+    (tool,) = call.body["tools"]
+    assert tool["function"]["name"] == "patch"
+    assert tool["function"]["description"] == description
+    assert tool["function"]["parameters"]["required"] == ["input"]
+    assert call.context == frozenset({"patch"})
+    assert call.notes == ["custom-tool-as-function=1"]
+
+
+def test_a_custom_tool_call_in_the_history_becomes_a_function_call() -> None:
+    messages = [
+        {"role": "user", "content": "patch it"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "custom", "custom": {"name": "patch", "input": "*** Begin"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "done"},
+    ]
+    call = chat({"model": "m", "messages": messages})
+    assert call.body["messages"][1]["tool_calls"] == [
+        {
+            "id": "c1",
+            "type": "function",
+            "function": {"name": "patch", "arguments": '{"input":"*** Begin"}'},
+        }
+    ]
+    bad = [
+        messages[0],
+        {**messages[1], "tool_calls": [{"type": "custom", "custom": {"name": "p"}}]},
+    ]
+    with pytest.raises(InvalidRequest) as exc:
+        chat({"model": "m", "messages": bad})
+    assert exc.value.param == "messages[1].tool_calls" and '"type": "custom"' in exc.value.message
