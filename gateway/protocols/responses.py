@@ -53,6 +53,7 @@ _REFUSED_TOOLS = (
     "mcp",
     "local_shell",
 )
+_SERVER_TOOLS = frozenset({*_DROPPED_TOOLS, *_REFUSED_TOOLS, "computer_use"})
 _CUT_MESSAGE = (
     "the upstream model ran out of resources mid-answer (insufficient_system_resource); "
     "the answer was cut: retry the request"
@@ -255,19 +256,32 @@ def _tools(tools: Any, ctx: Context, notes: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _tool_choice(tc: Any) -> Any:
+def _server_tool(kind: Any) -> bool:
+    """A built-in tool type that OpenAI's servers run (``web_search`` and its dated kin)."""
+    return isinstance(kind, str) and (
+        kind in _SERVER_TOOLS or kind.startswith(("web_search", "computer_use"))
+    )
+
+
+_CHOICE_HELP = (
+    "'tool_choice' must be auto, none, required, "
+    '{"type": "function", "name": ...}, {"type": "custom", "name": ...} or a built-in tool '
+    '(such as {"type": "web_search"})'
+)
+
+
+def _tool_choice(tc: Any, notes: list[str]) -> Any:
+    """The chat ``tool_choice`` for the Responses one. A built-in tool's choice becomes
+    auto, as its tool is left out or refused."""
     if tc in ("auto", "none", "required"):
         return tc
-    if (
-        isinstance(tc, dict)
-        and tc.get("type") in ("function", "custom")
-        and isinstance(tc.get("name"), str)
-    ):
+    kind = tc.get("type") if isinstance(tc, dict) else None
+    if kind in ("function", "custom") and isinstance(tc.get("name"), str):
         return {"type": "function", "function": {"name": tc["name"]}}
-    raise _bad(
-        '\'tool_choice\' must be auto, none, required or {"type": "function", "name": ...}',
-        "tool_choice",
-    )
+    if _server_tool(kind):
+        notes.append(f"tool-choice-downgraded={kind}")
+        return "auto"
+    raise _bad(_CHOICE_HELP, "tool_choice")
 
 
 def _reasoning(body: dict[str, Any], out: dict[str, Any]) -> None:
@@ -366,7 +380,8 @@ def parse_responses(
     notes = [f"{what}-as-text={n}" for what, n in history.notes.items()]
     out: dict[str, Any] = {"model": model}
     # Checked even with no tools to choose from: a malformed field is the client's bug.
-    choice = _tool_choice(body["tool_choice"]) if body.get("tool_choice") is not None else None
+    tc = body.get("tool_choice")
+    choice = _tool_choice(tc, notes) if tc is not None else None
     if body.get("tools"):
         tools = _tools(body["tools"], ctx, notes)
         if tools:

@@ -248,6 +248,35 @@ def test_langchain_with_the_responses_api(request: pytest.FixtureRequest, fixtur
     assert answer.text and not answer.tool_calls
 
 
+@pytest.mark.parametrize("choice", ["web_search", "web_search_preview", "file_search"])
+def test_a_server_tool_choice_is_downgraded_to_auto(gateway: Gateway, choice: str) -> None:
+    raw = gateway.client().responses.with_raw_response.create(
+        model="deepseek-chat",
+        input="hello",
+        tools=[{"type": "web_search"}, *WEATHER],  # type: ignore[list-item]
+        tool_choice={"type": choice},  # type: ignore[arg-type, misc]
+    )
+    assert raw.parse().status == "completed"
+    assert f"tool-choice-downgraded={choice}" in raw.headers["x-tiergate-route"]
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "fragment"),
+    [
+        ({"type": "telepathy"}, "'tool_choice' must be"),
+    ],
+)
+def test_malformed_tool_choices_are_400s_naming_the_field(
+    gateway: Gateway, tool_choice: Any, fragment: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        gateway.client().responses.create(
+            model="deepseek-chat", input="hi", tools=WEATHER, tool_choice=tool_choice
+        )
+    assert fragment in info.value.body["message"]  # type: ignore[index]
+    assert info.value.body["param"] == "tool_choice"  # type: ignore[index]
+
+
 def test_an_output_limit_over_the_tiers_names_max_output_tokens(gateway: Gateway) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         gateway.client().responses.create(

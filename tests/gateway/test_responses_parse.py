@@ -233,3 +233,70 @@ def test_stream_events_are_numbered_and_items_closed_in_order() -> None:
     final = events[-1]["response"]
     assert [o["type"] for o in final["output"]] == ["reasoning", "message"]
     assert final["output"][1]["content"][0]["text"] == "ab"
+
+
+R_TOOLS = [
+    {"type": "function", "name": "a", "parameters": {"type": "object"}},
+    {"type": "function", "name": "b", "parameters": {"type": "object"}},
+    {"type": "custom", "name": "patch"},
+    {"type": "web_search"},
+]
+
+
+@pytest.mark.parametrize(
+    ("choice", "names", "sent", "notes"),
+    [
+        (
+            {"type": "web_search"},
+            ["a", "b", "patch"],
+            "auto",
+            ["tool-choice-downgraded=web_search", "server-tool-dropped=web_search"],
+        ),
+        (
+            {"type": "web_search_preview"},
+            ["a", "b", "patch"],
+            "auto",
+            ["tool-choice-downgraded=web_search_preview", "server-tool-dropped=web_search"],
+        ),
+        (
+            {"type": "file_search"},
+            ["a", "b", "patch"],
+            "auto",
+            ["tool-choice-downgraded=file_search", "server-tool-dropped=web_search"],
+        ),
+        (
+            {"type": "custom", "name": "patch"},
+            ["a", "b", "patch"],
+            {"type": "function", "function": {"name": "patch"}},
+            ["server-tool-dropped=web_search"],
+        ),
+    ],
+)
+def test_tool_choices_reach_the_backend_in_its_terms(
+    choice: Any, names: list[str], sent: Any, notes: list[str]
+) -> None:
+    call = parse(tools=R_TOOLS, tool_choice=choice)
+    assert [t["function"]["name"] for t in call.body["tools"]] == names
+    assert call.body["tool_choice"] == sent
+    assert call.notes == notes
+    assert call.context.echo["tool_choice"] == choice  # the client's own, echoed back
+
+
+def test_a_server_tool_choice_without_tools_is_no_error() -> None:
+    call = parse(tool_choice={"type": "web_search_preview"})
+    assert "tools" not in call.body and "tool_choice" not in call.body
+    assert call.notes == ["tool-choice-downgraded=web_search_preview"]
+
+
+@pytest.mark.parametrize(
+    ("choice", "fragment"),
+    [
+        ({"type": "function"}, "'tool_choice' must be auto, none, required"),
+        ({"type": "telepathy"}, "'tool_choice' must be auto, none, required"),
+        ([], "'tool_choice' must be auto, none, required"),
+    ],
+)
+def test_bad_tool_choices_are_400s_naming_the_field(choice: Any, fragment: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse(tools=R_TOOLS, tool_choice=choice)
+    assert fragment in info.value.message and info.value.param == "tool_choice"
