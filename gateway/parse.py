@@ -549,10 +549,59 @@ def _chat_tools(tools: Any, notes: list[str]) -> tuple[list[Any] | None, frozens
     return out, frozenset(custom_names)
 
 
+def _tool_names(tools: Any) -> list[str]:
+    """The names of the function tools (OpenAI chat shape) in ``tools``."""
+    names = []
+    for tool in tools if isinstance(tools, list) else ():
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            names.append(fn["name"])
+    return names
+
+
+def allowed_tools(
+    body: dict[str, Any], mode: Any, names: list[str], notes: list[str], where: str
+) -> None:
+    """``tool_choice: allowed_tools`` for backends that do not know it: ``tools`` keeps
+    only the allowed tools (in the client's order) and ``tool_choice`` becomes the mode
+    (auto or required). ``body`` is OpenAI chat; each name must be one of its tools; the
+    error names ``where`` in ``tool_choice``."""
+    if mode not in ("auto", "required"):
+        raise InvalidRequest(
+            f"'{where}.mode' must be auto or required, not {shown_value(mode)}",
+            param="tool_choice",
+        )
+    offered = _tool_names(body.get("tools"))
+    for name in names:
+        if name not in offered:
+            raise InvalidRequest(
+                f"'{where}' allows the tool {name!r}, which is not in 'tools'",
+                param="tool_choice",
+            )
+    if not names:
+        # Only tools no backend runs (a Responses server tool, left out) are allowed.
+        if body.get("tools"):
+            notes.append("allowed-tools-as-subset=0")
+            body["tool_choice"] = "none"
+        return
+    allowed = set(names)
+    kept = [t for t in body["tools"] if t["function"]["name"] in allowed]
+    notes.append(f"allowed-tools-as-subset={len(kept)}/{len(body['tools'])}")
+    body["tools"] = kept
+    body["tool_choice"] = mode
+
+
+def shown_value(value: Any) -> str:
+    """A string as written (short), anything else by its JSON type."""
+    return repr(value[:40]) if isinstance(value, str) else json_type(value)
+
+
 _CHOICE_HELP = (
     "'tool_choice' must be none, auto, required, "
-    '{"type": "function", "function": {"name": ...}} or '
-    '{"type": "custom", "custom": {"name": ...}}'
+    '{"type": "function", "function": {"name": ...}}, '
+    '{"type": "custom", "custom": {"name": ...}} or '
+    '{"type": "allowed_tools", "allowed_tools": {"mode": "auto" or "required", '
+    '"tools": [{"type": "function", "function": {"name": ...}}, ...]}}'
 )
 
 
@@ -566,14 +615,36 @@ def _named(entry: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _chat_tool_choice(body: dict[str, Any]) -> None:
+def _chat_tool_choice(body: dict[str, Any], notes: list[str]) -> None:
     """Checks ``tool_choice`` and puts it in the shape the backends know: a custom tool's
-    choice names its function."""
+    choice names its function; ``allowed_tools`` narrows ``tools`` (see ``allowed_tools``)."""
     choice = body.get("tool_choice")
     if choice is None or choice in ("none", "auto", "required"):
         return
     if not isinstance(choice, dict):
         raise InvalidRequest(_CHOICE_HELP, param="tool_choice")
+    if choice.get("type") == "allowed_tools":
+        spec = choice.get("allowed_tools")
+        entries = spec.get("tools") if isinstance(spec, dict) else None
+        if not isinstance(spec, dict) or not isinstance(entries, list) or not entries:
+            raise InvalidRequest(
+                "'tool_choice.allowed_tools' must be an object with 'mode' (auto or required) "
+                "and 'tools', a non-empty list of tools by name",
+                param="tool_choice",
+            )
+        names = []
+        for k, entry in enumerate(entries):
+            name = _named(entry)
+            if name is None:
+                raise InvalidRequest(
+                    f"'tool_choice.allowed_tools.tools[{k}]' must be "
+                    '{"type": "function", "function": {"name": ...}} or '
+                    '{"type": "custom", "custom": {"name": ...}}',
+                    param="tool_choice",
+                )
+            names.append(name)
+        allowed_tools(body, spec.get("mode"), names, notes, "tool_choice.allowed_tools")
+        return
     name = _named(choice)
     if name is None:
         raise InvalidRequest(_CHOICE_HELP, param="tool_choice")
@@ -654,7 +725,7 @@ def parse_chat(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
     tools, custom_tools = _chat_tools(body.get("tools"), notes)
     if tools is not None:
         body["tools"] = tools
-    _chat_tool_choice(body)
+    _chat_tool_choice(body, notes)
     tools = body.get("tools")
     fmt = body.get("response_format")
     _check_response_format(fmt)

@@ -25,6 +25,7 @@ from engines.translate import json_schema_instruction
 from gateway.parse import (
     RESPONSES_PARAMS,
     Call,
+    allowed_tools,
     check_model,
     check_params,
     custom_tool_function,
@@ -263,21 +264,56 @@ def _server_tool(kind: Any) -> bool:
     )
 
 
+@dataclass(slots=True)
+class _Allowed:
+    """``tool_choice: allowed_tools``, checked: applied once ``tools`` is translated."""
+
+    mode: Any
+    names: list[str]
+
+
 _CHOICE_HELP = (
     "'tool_choice' must be auto, none, required, "
-    '{"type": "function", "name": ...}, {"type": "custom", "name": ...} or a built-in tool '
-    '(such as {"type": "web_search"})'
+    '{"type": "function", "name": ...}, {"type": "custom", "name": ...}, a built-in tool '
+    '(such as {"type": "web_search"}) or {"type": "allowed_tools", "mode": "auto" or '
+    '"required", "tools": [{"type": "function", "name": ...}, ...]}'
 )
 
 
+def _allowed(tc: dict[str, Any]) -> _Allowed:
+    entries = tc.get("tools")
+    if not isinstance(entries, list) or not entries:
+        raise _bad(
+            "'tool_choice.tools' must be a non-empty list of the allowed tools, for type "
+            "allowed_tools",
+            "tool_choice",
+        )
+    names = []
+    for k, entry in enumerate(entries):
+        kind = entry.get("type") if isinstance(entry, dict) else None
+        if _server_tool(kind):
+            continue  # left out of 'tools' too, with a note there
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if kind not in ("function", "custom") or not isinstance(name, str):
+            raise _bad(
+                f'\'tool_choice.tools[{k}]\' must be {{"type": "function", "name": ...}}, '
+                '{"type": "custom", "name": ...} or a built-in tool',
+                "tool_choice",
+            )
+        names.append(name)
+    return _Allowed(tc.get("mode"), names)
+
+
 def _tool_choice(tc: Any, notes: list[str]) -> Any:
-    """The chat ``tool_choice`` for the Responses one. A built-in tool's choice becomes
-    auto, as its tool is left out or refused."""
+    """The chat ``tool_choice`` for the Responses one (an ``_Allowed`` for allowed_tools).
+    A built-in tool's choice becomes auto, as its tool is left out or refused."""
     if tc in ("auto", "none", "required"):
         return tc
     kind = tc.get("type") if isinstance(tc, dict) else None
     if kind in ("function", "custom") and isinstance(tc.get("name"), str):
         return {"type": "function", "function": {"name": tc["name"]}}
+    if kind == "allowed_tools":
+        return _allowed(tc)
     if _server_tool(kind):
         notes.append(f"tool-choice-downgraded={kind}")
         return "auto"
@@ -386,10 +422,14 @@ def parse_responses(
         tools = _tools(body["tools"], ctx, notes)
         if tools:
             out["tools"] = tools
-            if choice is not None:
+            if isinstance(choice, _Allowed):
+                allowed_tools(out, choice.mode, choice.names, notes, "tool_choice")
+            elif choice is not None:
                 out["tool_choice"] = choice
             if body.get("parallel_tool_calls") is not None:
                 out["parallel_tool_calls"] = bool(body["parallel_tool_calls"])
+    if isinstance(choice, _Allowed) and "tools" not in out:
+        allowed_tools(out, choice.mode, choice.names, notes, "tool_choice")
     json_mode = _text_format(body, out, history.system)
     system = [s for s in history.system if s]
     out["messages"] = ([{"role": "system", "content": "\n\n".join(system)}] if system else []) + (

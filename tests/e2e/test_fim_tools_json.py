@@ -114,9 +114,57 @@ def test_user_id_reaches_the_hosted_api(hosted_first: Gateway, sims: Sims) -> No
     assert httpx.get(sims.hosted + "/sim/stats").json()["last_user_id"] == "end-user-7"
 
 
+def _fn(name: str) -> dict:
+    return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize("fixture", ["gateway", "hosted_first"])
+def test_allowed_tools_narrow_the_tools_offered(
+    request: pytest.FixtureRequest, fixture: str
+) -> None:
+    gw: Gateway = request.getfixturevalue(fixture)
+    raw = gw.client().chat.completions.with_raw_response.create(
+        model="deepseek-chat",
+        messages=[{"role": "user", "content": "look it up"}],
+        tools=[_fn("lookup"), _fn("search"), _fn("fetch")],  # type: ignore[list-item]
+        tool_choice={
+            "type": "allowed_tools",
+            "allowed_tools": {
+                "mode": "required",
+                "tools": [{"type": "function", "function": {"name": "search"}}],
+            },
+        },
+    )
+    # The simulator calls the first tool offered when one is required: only 'search' was.
+    (call,) = raw.parse().choices[0].message.tool_calls or []
+    assert call.type == "function" and call.function.name == "search"
+    assert "allowed-tools-as-subset=1/3" in raw.headers["x-tiergate-route"]
+
+
 @pytest.mark.parametrize(
     ("tool_choice", "fragment"),
     [
+        ({"type": "allowed_tools", "allowed_tools": {"mode": "any", "tools": []}}, "non-empty"),
+        (
+            {
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "any",
+                    "tools": [{"type": "function", "function": {"name": "lookup"}}],
+                },
+            },
+            "'tool_choice.allowed_tools.mode' must be auto or required",
+        ),
+        (
+            {
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "auto",
+                    "tools": [{"type": "function", "function": {"name": "nope"}}],
+                },
+            },
+            "'nope', which is not in 'tools'",
+        ),
         ({"type": "custom", "custom": {"name": 5}}, "'tool_choice' must be"),
     ],
 )

@@ -248,6 +248,33 @@ def test_langchain_with_the_responses_api(request: pytest.FixtureRequest, fixtur
     assert answer.text and not answer.tool_calls
 
 
+SEARCH = {**WEATHER[0], "name": "search"}
+
+
+@pytest.mark.parametrize("fixture", ["gateway", "hosted_first"])
+def test_allowed_tools_narrow_the_tools_offered(
+    request: pytest.FixtureRequest, fixture: str
+) -> None:
+    gw: Gateway = request.getfixturevalue(fixture)
+    raw = gw.client().responses.with_raw_response.create(
+        model="deepseek-chat",
+        input="look it up",
+        tools=[*WEATHER, SEARCH, {"type": "web_search"}],  # type: ignore[list-item]
+        tool_choice={
+            "type": "allowed_tools",
+            "mode": "required",
+            "tools": [{"type": "function", "name": "search"}],
+        },
+    )
+    resp = raw.parse()
+    # The simulator calls the first tool offered when one is required: only 'search' was.
+    (call,) = [o for o in resp.output if o.type == "function_call"]
+    assert call.name == "search"
+    route = raw.headers["x-tiergate-route"]
+    assert "allowed-tools-as-subset=1/2" in route and "server-tool-dropped=web_search" in route
+    assert resp.tool_choice.type == "allowed_tools"  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("choice", ["web_search", "web_search_preview", "file_search"])
 def test_a_server_tool_choice_is_downgraded_to_auto(gateway: Gateway, choice: str) -> None:
     raw = gateway.client().responses.with_raw_response.create(
@@ -263,6 +290,19 @@ def test_a_server_tool_choice_is_downgraded_to_auto(gateway: Gateway, choice: st
 @pytest.mark.parametrize(
     ("tool_choice", "fragment"),
     [
+        ({"type": "allowed_tools", "mode": "auto", "tools": []}, "non-empty list"),
+        (
+            {"type": "allowed_tools", "mode": "any", "tools": [{"type": "function", "name": "x"}]},
+            "'tool_choice.mode' must be auto or required",
+        ),
+        (
+            {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function"}]},
+            "'tool_choice.tools[0]' must be",
+        ),
+        (
+            {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "x"}]},
+            "'x', which is not in 'tools'",
+        ),
         ({"type": "telepathy"}, "'tool_choice' must be"),
     ],
 )

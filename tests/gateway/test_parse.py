@@ -235,6 +235,48 @@ TOOLS = [_fn("a"), _fn("b"), _fn("c")]
     ("choice", "tools", "names", "sent", "note"),
     [
         (
+            {
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "required",
+                    "tools": [{"type": "function", "function": {"name": "b"}}],
+                },
+            },
+            TOOLS,
+            ["b"],
+            "required",
+            "allowed-tools-as-subset=1/3",
+        ),
+        (
+            {
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "auto",
+                    "tools": [
+                        {"type": "function", "function": {"name": "c"}},
+                        {"type": "function", "function": {"name": "a"}},
+                    ],
+                },
+            },
+            TOOLS,
+            ["a", "c"],  # in the order of 'tools'
+            "auto",
+            "allowed-tools-as-subset=2/3",
+        ),
+        (
+            {
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "required",
+                    "tools": [{"type": "custom", "custom": {"name": "p"}}],
+                },
+            },
+            [*TOOLS, {"type": "custom", "custom": {"name": "p"}}],
+            ["p"],
+            "required",
+            "allowed-tools-as-subset=1/4",
+        ),
+        (
             {"type": "custom", "custom": {"name": "p"}},
             [{"type": "custom", "custom": {"name": "p"}}],
             ["p"],
@@ -258,7 +300,68 @@ def test_tool_choices_reach_the_backend_in_its_terms(
 @pytest.mark.parametrize(
     ("tools", "choice", "message"),
     [
+        (TOOLS, {"type": "allowed_tools"}, "'tool_choice.allowed_tools' must be an object"),
+        (
+            TOOLS,
+            {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}},
+            "non-empty",
+        ),
+        (
+            TOOLS,
+            {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": "a"}},
+            "non-empty",
+        ),
+        (
+            TOOLS,
+            {
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "any",
+                    "tools": [{"type": "function", "function": {"name": "a"}}],
+                },
+            },
+            "'tool_choice.allowed_tools.mode' must be auto or required, not 'any'",
+        ),
+        (
+            TOOLS,
+            {
+                "type": "allowed_tools",
+                "allowed_tools": {"tools": [{"type": "function", "function": {"name": "a"}}]},
+            },
+            "'tool_choice.allowed_tools.mode' must be auto or required, not null",
+        ),
+        (
+            TOOLS,
+            {
+                "type": "allowed_tools",
+                "allowed_tools": {"mode": "auto", "tools": [{"type": "function", "name": "a"}]},
+            },
+            "'tool_choice.allowed_tools.tools[0]' must be",
+        ),
+        (
+            TOOLS,
+            {
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "auto",
+                    "tools": [{"type": "function", "function": {"name": "zz"}}],
+                },
+            },
+            "allows the tool 'zz', which is not in 'tools'",
+        ),
+        (
+            None,
+            {
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "auto",
+                    "tools": [{"type": "function", "function": {"name": "a"}}],
+                },
+            },
+            "which is not in 'tools'",
+        ),
         (TOOLS, {"type": "custom", "custom": {}}, "'tool_choice' must be none, auto, required"),
+        (TOOLS, {"type": "web_search"}, "'tool_choice' must be none, auto, required"),
         (TOOLS, "any", "'tool_choice' must be none, auto, required"),
         ([{"type": "custom"}], None, "tools[0] must be a custom tool"),
         ([{"type": "custom", "custom": {"name": 3}}], None, "tools[0] must be a custom tool"),

@@ -247,6 +247,42 @@ R_TOOLS = [
     ("choice", "names", "sent", "notes"),
     [
         (
+            {
+                "type": "allowed_tools",
+                "mode": "required",
+                "tools": [{"type": "function", "name": "b"}],
+            },
+            ["b"],
+            "required",
+            ["server-tool-dropped=web_search", "allowed-tools-as-subset=1/3"],
+        ),
+        (
+            {
+                "type": "allowed_tools",
+                "mode": "auto",
+                "tools": [{"type": "custom", "name": "patch"}, {"type": "function", "name": "a"}],
+            },
+            ["a", "patch"],
+            "auto",
+            ["server-tool-dropped=web_search", "allowed-tools-as-subset=2/3"],
+        ),
+        (
+            {
+                "type": "allowed_tools",
+                "mode": "auto",
+                "tools": [{"type": "function", "name": "a"}, {"type": "web_search"}],
+            },
+            ["a"],
+            "auto",
+            ["server-tool-dropped=web_search", "allowed-tools-as-subset=1/3"],
+        ),
+        (
+            {"type": "allowed_tools", "mode": "required", "tools": [{"type": "web_search"}]},
+            ["a", "b", "patch"],
+            "none",  # only a tool nobody here runs is allowed
+            ["server-tool-dropped=web_search", "allowed-tools-as-subset=0"],
+        ),
+        (
             {"type": "web_search"},
             ["a", "b", "patch"],
             "auto",
@@ -291,6 +327,28 @@ def test_a_server_tool_choice_without_tools_is_no_error() -> None:
 @pytest.mark.parametrize(
     ("choice", "fragment"),
     [
+        ({"type": "allowed_tools", "mode": "auto"}, "'tool_choice.tools' must be a non-empty list"),
+        ({"type": "allowed_tools", "mode": "auto", "tools": []}, "non-empty list"),
+        (
+            {"type": "allowed_tools", "mode": "any", "tools": [{"type": "function", "name": "a"}]},
+            "'tool_choice.mode' must be auto or required, not 'any'",
+        ),
+        (
+            {"type": "allowed_tools", "tools": [{"type": "function", "name": "a"}]},
+            "'tool_choice.mode' must be auto or required, not null",
+        ),
+        (
+            {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function"}]},
+            "'tool_choice.tools[0]' must be",
+        ),
+        (
+            {"type": "allowed_tools", "mode": "auto", "tools": ["a"]},
+            "'tool_choice.tools[0]' must be",
+        ),
+        (
+            {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "z"}]},
+            "allows the tool 'z', which is not in 'tools'",
+        ),
         ({"type": "function"}, "'tool_choice' must be auto, none, required"),
         ({"type": "telepathy"}, "'tool_choice' must be auto, none, required"),
         ([], "'tool_choice' must be auto, none, required"),
@@ -300,3 +358,9 @@ def test_bad_tool_choices_are_400s_naming_the_field(choice: Any, fragment: str) 
     with pytest.raises(InvalidRequest) as info:
         parse(tools=R_TOOLS, tool_choice=choice)
     assert fragment in info.value.message and info.value.param == "tool_choice"
+
+
+def test_allowed_tools_naming_a_tool_with_no_tools_is_a_400() -> None:
+    choice = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "a"}]}
+    with pytest.raises(InvalidRequest, match="which is not in 'tools'"):
+        parse(tool_choice=choice)
