@@ -23,6 +23,13 @@ Endpoint = Literal["chat", "completions"]
 _BYTES_PER_TOKEN = 3
 # Per message: its role and the chat template's markers around it.
 _MESSAGE_TOKENS = 4
+# Per tool call in the history: the template's call markers, the word "function" and the
+# fences or tags around the arguments.
+_CALL_TOKENS = 16
+# With tools: the template's instructions on how to call them, once, and each tool's
+# heading around its JSON schema.
+_TOOLS_TOKENS = 200
+_TOOL_TOKENS = 8
 # Once per request, in the prompt's bound: the template's own markers (begin of sentence,
 # the thinking mode, the generation prompt, a system preamble).
 _TEMPLATE_TOKENS = 32
@@ -58,8 +65,9 @@ class Call:
     def prompt_tokens_max(self) -> int:
         """The most prompt tokens the upstream can bill: a byte-level tokenizer makes at most
         one token per byte, and ``prompt_tokens_est`` counts a token per 3 bytes plus the
-        template's tokens per message, so 3x it bounds the bytes and each message's markers,
-        and a fixed allowance covers the markers said once per request. A
+        template's tokens (per message, per tool call, for the tool instructions), so 3x it
+        bounds the bytes and those markers, and a fixed allowance covers the markers said
+        once per request. A
         hard budget reserves this, so a prompt that tokenizes badly (base64, rare scripts)
         cannot spend past it; the estimate stays the guess for rate windows and context."""
         return self.prompt_tokens_est * _BYTES_PER_TOKEN + _TEMPLATE_TOKENS
@@ -154,12 +162,13 @@ def estimate_prompt_tokens(messages: Any, tools: Any = None, *texts: str) -> int
 
     It prices a reservation, a rate-limit window, the context check, and the prompt of a
     stream that broke before its usage arrived; so it errs high: 3 bytes a token (English
-    runs about 4 characters a token) and a few tokens per message for the template."""
-    size, n = 0, 0
+    runs about 4 characters a token), and the template's own tokens: a few per message, more
+    per tool call, and the tool-use instructions when tools are offered."""
+    size, marks = 0, 1
     for m in messages if isinstance(messages, list) else ():
         if not isinstance(m, dict):
             continue
-        n += 1
+        marks += _MESSAGE_TOKENS
         size += _content_bytes(m.get("content"))
         for key in ("reasoning_content", "name"):
             if isinstance(m.get(key), str):
@@ -167,13 +176,18 @@ def estimate_prompt_tokens(messages: Any, tools: Any = None, *texts: str) -> int
         calls = m.get("tool_calls")
         for call in calls if isinstance(calls, list) else ():
             size += _call_bytes(call)
+            marks += _CALL_TOKENS
         if m.get("function_call") is not None:
             size += _call_bytes({"function": m["function_call"]})
-    for tool in tools if isinstance(tools, list) else ():
-        size += len(orjson.dumps(tool))  # name, description and parameter schema
+            marks += _CALL_TOKENS
+    if isinstance(tools, list) and tools:
+        marks += _TOOLS_TOKENS
+        for tool in tools:
+            size += len(orjson.dumps(tool))  # name, description and parameter schema
+            marks += _TOOL_TOKENS
     for text in texts:
         size += _utf8(text)
-    return size // _BYTES_PER_TOKEN + _MESSAGE_TOKENS * n + 1
+    return size // _BYTES_PER_TOKEN + marks
 
 
 # ---- standard parameters ---------------------------------------------------------------------

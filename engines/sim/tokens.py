@@ -12,6 +12,7 @@ open: the model continues it instead of starting a new turn.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,7 +47,8 @@ def render_chat(
     if thinking and effort == "max":
         parts.append("<sys>Reason with maximum effort.</sys>")
     if tools:
-        parts.append(f"<tools n={len(tools)}>{tools!r}</tools>")
+        # as a chat template's ``tojson`` writes them (with its spaces), after its instructions
+        parts.append(f"<tools n={len(tools)}>{_TOOL_RULES}{json.dumps(tools)}</tools>")
     for m in messages:
         role = m.get("role", "user")
         parts.append(f"<{role}>")
@@ -54,11 +56,30 @@ def render_chat(
         if thinking and role == "assistant" and isinstance(reasoning, str) and reasoning:
             parts.append(f"<think>{reasoning}</think>")
         parts.append(content_text(m.get("content")))
-        if m.get("tool_calls"):
-            parts.append(repr(m["tool_calls"]))
+        calls = m.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            parts.append(_render_call(call))
     if not continue_last:
         parts.append(_GENERATION_PROMPT)
     return "".join(parts)
+
+
+# What a V4-like template says about tools before their schemas.
+_TOOL_RULES = (
+    "You can call the tools below. To call one, write its name and a JSON object of its "
+    "arguments between the call markers; you may call several in a row, and you will see "
+    "each result in a tool message before you answer. "
+)
+
+
+def _render_call(call: Any) -> str:
+    """A tool call as the template writes it: markers, the name and the arguments (no id)."""
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict):
+        return f"<call>{call!r}</call>"
+    args = fn.get("arguments")
+    text = args if isinstance(args, str) else json.dumps(args)
+    return f"<call>function<sep>{fn.get('name')}\n```json\n{text}\n```</call>"
 
 
 def render_fim(prompt: str, suffix: str | None) -> str:

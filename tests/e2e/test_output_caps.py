@@ -189,30 +189,70 @@ def byte_tokens(sims: Sims) -> Iterator[None]:
         sims.control(url, prompt_tokens_per_byte=0.0)
 
 
+def _tool_history(turns: int) -> list[dict[str, Any]]:
+    """A user turn, then ``turns`` tiny tool calls and empty results: nearly all template."""
+    out: list[dict[str, Any]] = [{"role": "user", "content": "go"}]
+    for i in range(turns):
+        call = {"id": f"c{i}", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        out += [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": f"c{i}", "content": ""},
+        ]
+    return out
+
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "description": "Find a record by its id in the archive. " * 5,
+        "parameters": {"type": "object", "properties": {"id": {"type": "string"}}},
+    },
+}
+# Prompts whose tokens the 3-bytes-a-token estimate undercounts, against an upstream
+# counting a token per byte of the rendered template: base64, a tool-call history that is
+# mostly template markup, many tool definitions.
+BAD_PROMPTS: dict[str, dict[str, Any]] = {
+    "base64": {
+        "messages": [{"role": "user", "content": base64.b64encode(os.urandom(3000)).decode()}]
+    },
+    "tool history": {"model": "deepseek-v4-pro", "messages": _tool_history(200)},
+    "tool definitions": {
+        "model": "deepseek-v4-pro",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [
+            {**TOOL, "function": {**TOOL["function"], "name": f"lookup_{i}"}} for i in range(60)
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize("shape", BAD_PROMPTS)
 def test_prompts_that_tokenize_badly_cannot_spend_past_a_hard_budget(
-    gw: Gateways, pg_url: str, byte_tokens: None
+    gw: Gateways, pg_url: str, byte_tokens: None, shape: str
 ) -> None:
-    """Base64 runs near one token per byte, three times the gateway's estimate: the
-    reservation prices the prompt's bound, so concurrent requests stop at the limit."""
-    team_id, _, key = new_key(gw, "base64-team")
-    prompt = base64.b64encode(os.urandom(3000)).decode()
-    b = body(max_tokens=CAP, messages=[{"role": "user", "content": prompt}])
+    """Such prompts run up to three times the gateway's estimate: the reservation prices
+    the prompt's bound, so concurrent requests stop at the limit, and no settlement comes
+    out above its reservation."""
+    team = f"bad-prompt-{shape.replace(' ', '-')}"
+    team_id, _, key = new_key(gw, team)
+    b = body(max_tokens=CAP, **BAD_PROMPTS[shape])
     first = post(gw.urls[0], key, b)
-    assert first.status_code == 200 and first.json()["usage"]["prompt_tokens"] >= len(prompt)
     # the probe and five more, by what they really cost
-    limit_nanos = budget_after_probe(gw, pg_url, (team_id, "base64-team"), first, 6.5)
+    limit_nanos = budget_after_probe(gw, pg_url, (team_id, team), first, 6.5)
     responses = fire(gw, key, b, 20)
     ok = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code == 429]
     assert len(ok) + len(refused) == 20 and ok and refused
     assert refused[0].json()["error"]["code"] == "budget_exceeded"
     spent = spent_nanos(pg_url, team_id, len(ok) + 1)
-    print(f"\n[caps] base64 prompts: {len(ok)} served, spent {spent} of {limit_nanos} nanos")
+    print(f"\n[caps] {shape}: {len(ok)} served, spent {spent} of {limit_nanos} nanos")
     assert spent <= limit_nanos
-    metrics = httpx.get(gw.urls[0] + "/metrics", timeout=10).text
-    over = [
-        line
-        for line in metrics.splitlines()
-        if line.startswith("tiergate_settled_over_reservation_total{")
-    ]
-    assert all(line.endswith(" 0.0") for line in over), over
+    for url in gw.urls:
+        metrics = httpx.get(url + "/metrics", timeout=10).text
+        over = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("tiergate_settled_over_reservation_total{")
+        ]
+        assert all(line.endswith(" 0.0") for line in over), over
