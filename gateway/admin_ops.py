@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -44,7 +44,13 @@ def cell(value: Any) -> Any:
     """``value`` as a table or CSV cell shows it: money (a ``Decimal`` of US dollars, as
     :func:`policies.pricing.usd` gives) in fixed notation with its nine decimals, never
     ``1E-9``; anything else as it is."""
-    return f"{value:f}" if isinstance(value, Decimal) else value
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    if isinstance(value, float):  # a fraction (an alert threshold): 0.00001, not 1e-05
+        return f"{Decimal(repr(value)):f}"
+    if isinstance(value, list):
+        return "[" + ", ".join(str(cell(v)) for v in value) + "]"
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -115,7 +121,8 @@ def usd_to_nanos(value: Any, field: str) -> int:
         raise Unprocessable(f"'{field}' must be a positive number of US dollars", param=field)
     if d > MAX_LIMIT_USD:
         raise Unprocessable(f"'{field}' must be at most {MAX_LIMIT_USD} US dollars", param=field)
-    nanos = int(d * NANOS_PER_USD)
+    # Whole nano-dollars, the ledger's unit: 1.5 nanos rounds half-even, as costs do.
+    nanos = int((d * NANOS_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
     if nanos < 1:
         # Money is counted in nano-dollars: a smaller amount would be stored as $0.
         raise Unprocessable(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
@@ -123,6 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = "TIERGATE_" + "_".join(str(p) for p in e["loc"]).upper()
             print(f"tiergate: {name}: {e['msg']} (got {e['input']!r})", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`tiergate spend report --csv | head`): not an error, and no
+        # traceback when Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return result
 
 

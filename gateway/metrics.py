@@ -112,7 +112,7 @@ class Metrics:
         self.spillovers = Counter(
             "tiergate_spillovers",
             "Requests planned past a backend of their tier, by that backend and why"
-            " (down, saturated, context).",
+            " (down, saturated, context, n: more choices than the backend samples).",
             ("backend", "reason"),
             registry=r,
         )

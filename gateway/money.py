@@ -474,16 +474,12 @@ class MoneyAccounting:
             "x-tiergate-budget-remaining-usd": usd_text(remaining),
             "x-tiergate-budget-id": spec.id,
         }
-        if spec.period == "total":
-            # A total budget never resets: no reset time, no Retry-After.
-            when, wait = "this budget does not reset", None
-        elif amount_nanos > spec.limit_nanos:
-            # Bigger than the whole limit: no reset makes room, so no Retry-After.
-            when, wait = (
-                "it is more than the whole limit, so waiting for the reset will not help",
-                None,
-            )
-            headers["x-tiergate-budget-reset"] = reset.isoformat()
+        wait: float | None = None
+        if amount_nanos > spec.limit_nanos:
+            # Bigger than the whole limit: no reset makes room, so no reset time to wait for.
+            when = "it is more than the budget's whole limit, so waiting will not help"
+        elif spec.period == "total":
+            when = "this budget does not reset"  # no reset time, no Retry-After
         else:
             when = f"it resets at {reset.isoformat()}"
             wait = max(1.0, (reset - datetime.now(UTC)).total_seconds())

@@ -290,6 +290,7 @@ class Pipeline:
             auto=auto,
             tier_override=override or None,
             history_without_reasoning=_tool_turn_without_reasoning(call.body),
+            choices=call.choices,
         )
         return plan_route(self.catalog, req, self._states()), auto
 

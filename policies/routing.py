@@ -51,6 +51,8 @@ class RouteRequest:
     # without thinking so far. The hosted API refuses to continue it in thinking mode, so a
     # mode the gateway picks (``auto``) stays non-thinking on every backend the plan may use.
     history_without_reasoning: bool = False
+    # ``n``: the hosted API answers one choice only (400 for more); vLLM samples n.
+    choices: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,11 @@ def plan_route(
     local_first = bool(preferred) and not isinstance(catalog.backends[preferred[0]], HostedBackend)
     if local_first and not catalog.routing.spill_to_hosted:
         usable = [n for n in usable if not isinstance(catalog.backends[n], HostedBackend)]
+    if req.choices > 1:
+        many = [n for n in usable if not isinstance(catalog.backends[n], HostedBackend)]
+        if many:  # else the hosted API's own 400 says what it supports
+            skipped += [(n, "n") for n in usable if n not in many]
+            usable = many
     passed = [f"{name}:{why}" for name, why in skipped]
     if not usable:
         why = ", ".join(passed) or "no backend configured"

@@ -585,3 +585,13 @@ def test_auto_continues_a_non_thinking_tool_conversation_without_thinking_on_hos
     )
     fresh.parse()
     assert route(fresh).startswith("flash/think-high/hosted;")
+
+
+def test_several_choices_with_the_hosted_api_first_go_to_a_replica(hosted_first: Gateway) -> None:
+    # The hosted API answers n=1 only (400 otherwise); a replica samples all three.
+    raw = hosted_first.client().chat.completions.with_raw_response.create(
+        model="deepseek-chat", messages=[{"role": "user", "content": "hi"}], n=3, max_tokens=8
+    )
+    assert len(raw.parse().choices) == 3
+    assert route(raw).startswith("flash/non-thinking/flash-local;")
+    assert route(raw).endswith(";spill:hosted:n")

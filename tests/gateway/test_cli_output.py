@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -228,3 +230,32 @@ def test_lists_with_rows_have_the_same_columns_and_no_hint(
         assert err == ""
     out, _ = run(capsys, "teams", "list", "--database-url", db)
     assert out.splitlines()[1].split()[1] == "acme"
+
+
+@pytest.mark.parametrize(
+    ("given", "nanos"),
+    [("0.0000000015", 2), ("0.0000000025", 2), ("0.0000000014", 1), ("1.23456789049", 1234567890)],
+)
+def test_a_limit_rounds_half_even_to_whole_nanos(given: str, nanos: int) -> None:
+    assert admin_ops.usd_to_nanos(given, "limit_usd") == nanos
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(1e-05, "0.00001"), ([1e-05, 0.5], "[0.00001, 0.5]"), (1e-07, "0.0000001"), ("x", "x")],
+)
+def test_fractions_in_a_table_never_print_an_exponent(value: object, shown: str) -> None:
+    assert str(admin_ops.cell(value)) == shown
+
+
+def test_a_closed_pipe_ends_the_report_quietly(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tiergate spend report --csv | head -1`: the reader is gone before the report is."""
+    _ledger(db, [(f"team-{i}", 1, 1) for i in range(50)])
+    read, write = os.pipe()
+    os.close(read)
+    out = os.fdopen(write, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", out)
+    try:
+        assert main(["spend", "report", "--csv", "--database-url", db]) == 0
+    finally:
+        out.close()

@@ -87,8 +87,9 @@ def test_a_periodic_budget_says_when_it_resets() -> None:
     assert retry is not None and retry >= 1
 
 
-def test_a_request_bigger_than_the_whole_limit_is_not_told_to_retry() -> None:
-    message, headers, retry = _refusal("day", amount=1_000_001)
-    assert "more than the whole limit" in message and "Lower max_tokens" in message
-    assert retry is None and "Retry-After" not in headers
-    assert headers["x-tiergate-budget-reset"] == "2026-12-06T00:00:00+00:00"
+@pytest.mark.parametrize("period", ["day", "total"])
+def test_a_request_bigger_than_the_whole_limit_is_not_told_to_wait(period: str) -> None:
+    message, headers, retry = _refusal(period, amount=1_000_001)
+    assert "more than the budget's whole limit, so waiting will not help" in message
+    assert "Lower max_tokens" in message and "resets" not in message
+    assert retry is None and "x-tiergate-budget-reset" not in headers

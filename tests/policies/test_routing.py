@@ -131,6 +131,21 @@ def test_a_pinned_thinking_mode_on_a_history_without_reasoning_avoids_the_hosted
     assert plan.primary.label == "flash/think-high/hosted"
 
 
+def test_several_choices_go_where_they_can_be_sampled() -> None:
+    # The hosted API answers n=1 only: with a replica up, n>1 goes there first, whatever
+    # the preference; with none, the hosted API's own 400 says what it supports.
+    hosted_first = _hosted_first()
+    target = resolve_target(hosted_first, "deepseek-chat", {})
+    plan = plan_route(hosted_first, RouteRequest(target, 100, 100, choices=3), {})
+    assert plan.primary.backend == "flash-local" and not plan.fallbacks
+    assert plan.reason.endswith(";spill:hosted:n") and plan.skipped == (("hosted", "n"),)
+    down = {"flash-local": BackendState(available=False)}
+    plan = plan_route(hosted_first, RouteRequest(target, 100, 100, choices=3), down)
+    assert plan.primary.backend == "hosted"
+    plan = plan_route(hosted_first, RouteRequest(target, 100, 100, choices=1), {})
+    assert plan.primary.backend == "hosted"
+
+
 def test_auto_leaves_a_mode_the_client_set() -> None:
     body = {"thinking": {"type": "enabled"}}
     plan = plan_route(CATALOG, req("auto", body, history_without_reasoning=True, text="hi"), {})
