@@ -86,7 +86,31 @@ def load_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"request body must be a JSON object, not {json_type(data)}")
+    _check_depth(data)
     return data
+
+
+# How deep a body's arrays and objects may nest. JSON schemas and tool arguments stay far
+# below it; the JSON library reads 1,024 levels but writes only about 250, so a deeper body
+# would fail only once it is being sent upstream, after its money was reserved.
+MAX_JSON_DEPTH = 128
+
+
+def _check_depth(data: Any) -> None:
+    level: list[Any] = [data]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidRequest(
+                f"request body nests arrays and objects more than {MAX_JSON_DEPTH} levels "
+                "deep; flatten it"
+            )
+        nxt: list[Any] = []
+        for node in level:
+            values = node.values() if isinstance(node, dict) else node
+            nxt.extend(v for v in values if isinstance(v, dict | list))
+        level = nxt
 
 
 # A model name travels into the ledger (a 200-character column), the route header and the

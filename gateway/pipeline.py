@@ -401,6 +401,8 @@ class Pipeline:
         except TiergateError as err:
             await self._fail(p, err)
             raise
+        except Exception as exc:
+            raise await self._unexpected(p, exc) from exc
         p.replica = resp.replica
         self.settling += 1
         return resp
@@ -431,6 +433,8 @@ class Pipeline:
         except TiergateError as err:
             await self._fail(p, err)
             raise
+        except Exception as exc:
+            raise await self._unexpected(p, exc) from exc
         p.replica = stream.replica
         return stream
 
@@ -511,6 +515,17 @@ class Pipeline:
                 self.shadow.submit(p, answer())
         except Exception as exc:
             self.log.warning("shadow submit failed", request_id=p.request_id, error=repr(exc))
+
+    async def _unexpected(self, p: Prepared, exc: Exception) -> TiergateError:
+        """A bug while dispatching: the hold is released like any failure's (a leaked one
+        would lock the budget until it expires), the traceback logged, the client told."""
+        self.log.exception("unhandled_error", request_id=p.request_id, error=repr(exc))
+        err = TiergateError(
+            f"internal error ({type(exc).__name__}); the gateway logged the details",
+            detail=repr(exc),
+        )
+        await self._fail(p, err)
+        return err
 
     async def _fail(self, p: Prepared, err: TiergateError) -> None:
         err.headers.setdefault("x-request-id", p.request_id)

@@ -6,6 +6,7 @@ stall the ledger (nobody drains) and see exactly which rows a drain writes.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -129,3 +130,26 @@ def test_readyz_turns_503_while_the_ledger_is_stalled(gw: Gateways) -> None:
     drain_once(gw)
     r = httpx.get(gw.urls[0] + "/readyz")
     assert r.status_code == 200 and r.json()["ledger"]["lag_events"] == 0, r.text
+
+
+def test_a_deeply_nested_body_is_refused_before_anything_is_reserved(gw: Gateways) -> None:
+    """300 levels: the JSON reader takes it, the writer would fail once the request is
+    already reserved for, and its hold would lock the budget for 15 minutes."""
+    _, _, key = new_key(gw, "deep-team")
+    deep = "[" * 300 + "1" + "]" * 300
+    for path, body in (
+        ("/v1/chat/completions", openai_body("deepseek-chat")),
+        ("/v1/messages", anthropic_body("deepseek-chat")),
+        ("/v1/responses", {"model": "deepseek-chat", "input": "hi"}),
+    ):
+        raw = httpx.post(
+            gw.urls[0] + path,
+            content=json.dumps(body)[:-1] + f', "extra": {deep}}}',
+            headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
+            timeout=30,
+        )
+        assert raw.status_code == 400, (path, raw.text)
+        message = raw.json()["error"]["message"]
+        assert "more than 128 levels deep" in message
+        if path == "/v1/messages":
+            assert raw.json()["type"] == "error"

@@ -54,3 +54,49 @@ def test_anthropic_client_gets_an_api_error_body(broken: str) -> None:
 
 def test_the_gateway_keeps_serving_after_the_error(broken: str) -> None:
     assert httpx.get(broken + "/healthz").status_code == 200
+
+
+class CountingAccounting(OpenAccounting):
+    """Counts holds taken and given back (settled or released)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: set[str] = set()
+
+    async def reserve(self, caller: Caller, request_id: str, *a: Any, **kw: Any) -> Any:
+        hold = await super().reserve(caller, request_id, *a, **kw)
+        self.held.add(request_id)
+        return hold
+
+    async def settle(self, caller: Caller, s: Any, hold: Any) -> None:
+        self.held.discard(hold.request_id)
+        await super().settle(caller, s, hold)
+
+    async def release(self, caller: Caller, hold: Any) -> None:
+        self.held.discard(hold.request_id)
+        await super().release(caller, hold)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_bug_while_dispatching_gives_the_hold_back(
+    sims: Sims, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """A leaked hold would lock the team's budget until it expires (15 minutes)."""
+
+    def explode(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("body builder exploded")
+
+    monkeypatch.setattr("engines.vllm.vllm_body", explode)
+    accounting = CountingAccounting()
+    server, gw = start_gateway(demo_catalog(sims), accounting, log_level="error")
+    try:
+        r = httpx.post(
+            gw.url + "/v1/chat/completions",
+            json={"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]}
+            | ({"stream": True} if stream else {}),
+            timeout=30,
+        )
+        assert r.status_code == 500 and "RuntimeError" in r.json()["error"]["message"], r.text
+        assert not accounting.held
+    finally:
+        server.stop()

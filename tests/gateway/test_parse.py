@@ -436,3 +436,21 @@ def test_a_custom_tool_call_in_the_history_becomes_a_function_call() -> None:
     with pytest.raises(InvalidRequest) as exc:
         chat({"model": "m", "messages": bad})
     assert exc.value.param == "messages[1].tool_calls" and '"type": "custom"' in exc.value.message
+
+
+def _nested(levels: int) -> bytes:
+    """A chat body whose ``extra`` field nests ``levels`` objects and arrays (the body
+    itself is one more level)."""
+    inner = b'{"k":' * (levels // 2) + b"[" * (levels - levels // 2)
+    value = inner + b'"x"' + b"]" * (levels - levels // 2) + b"}" * (levels // 2)
+    return orjson.dumps(OK)[:-1] + b',"extra":' + value + b"}"
+
+
+@pytest.mark.parametrize("depth", [129, 300, 1000])
+def test_a_body_nested_too_deep_is_a_400(depth: int) -> None:
+    with pytest.raises(InvalidRequest, match="more than 128 levels deep"):
+        chat(_nested(depth - 1))
+
+
+def test_a_body_nested_to_the_limit_is_accepted() -> None:
+    assert chat(_nested(127)).model == OK["model"]
