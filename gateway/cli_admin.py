@@ -108,19 +108,47 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _tell_gateways(args: argparse.Namespace, message: str) -> None:
+    """Publish ``message`` (a revoked key's hash, or ``ALL_KEYS``) to running gateways over
+    Redis, when there is one; they act at once instead of when their 5 s cache runs out."""
+    redis_url = args.redis_url or Settings().redis_url
+    if not redis_url:
+        return
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    from gateway.money import REVOKED_CHANNEL
+
+    r = Redis.from_url(redis_url)
+    try:
+        await r.publish(Settings().redis_prefix + REVOKED_CHANNEL, message)
+    except (RedisError, OSError) as exc:
+        print(
+            f"tiergate: warning: saved, but running gateways were not told ({exc}); "
+            "they see the change within 5 s",
+            file=sys.stderr,
+        )
+    finally:
+        await r.aclose()
+
+
 def _revoke(args: argparse.Namespace) -> int:
     async def go(s: Any) -> dict[str, Any]:
         digest = await admin_ops.revoke_key(s, args.key)
-        redis_url = args.redis_url or Settings().redis_url
-        if redis_url:
-            from redis.asyncio import Redis
-
-            from gateway.money import REVOKED_CHANNEL
-
-            r = Redis.from_url(redis_url)
-            await r.publish(Settings().redis_prefix + REVOKED_CHANNEL, digest)
-            await r.aclose()
+        await _tell_gateways(args, digest)
         return {"key": args.key, "revoked": True}
+
+    return _run_db(go, args)
+
+
+def _then_reload(change: Callable[[Any], Awaitable[Any]], args: argparse.Namespace) -> int:
+    """A budget or limit change, then every running gateway reloads its keys."""
+    from gateway.money import ALL_KEYS
+
+    async def go(s: Any) -> Any:
+        row = await change(s)
+        await _tell_gateways(args, ALL_KEYS)
+        return row
 
     return _run_db(go, args)
 
@@ -149,6 +177,11 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
             "--database-url", help="default: $TIERGATE_DATABASE_URL or the embedded SQLite file"
         )
         return p
+
+    def tell(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--redis-url", help="also tell running gateways at once (default: $TIERGATE_REDIS_URL)"
+        )
 
     def window(p: argparse.ArgumentParser) -> None:
         p.add_argument("--since", type=iso_time, help=f"from this time on: {TIME_FORMAT}")
@@ -208,9 +241,7 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     p = common(keys.add_parser("revoke"))
     p.add_argument("key", help="key id or display prefix")
-    p.add_argument(
-        "--redis-url", help="also tell running gateways at once (default: $TIERGATE_REDIS_URL)"
-    )
+    tell(p)
     p.set_defaults(func=_revoke)
 
     budgets = parser("budgets", "set and list budgets").add_subparsers(dest="action", required=True)
@@ -223,8 +254,9 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "--alert-at", type=float, action="append", help="soft threshold fraction; repeat"
     )
     p.add_argument("--downgrade-at", type=float)
+    tell(p)
     p.set_defaults(
-        func=lambda a: _run_db(
+        func=lambda a: _then_reload(
             lambda s: admin_ops.set_budget(
                 s, a.scope, a.scope_id, a.period, a.limit_usd, a.alert_at, a.downgrade_at
             ),
@@ -247,8 +279,9 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("key_id")
     p.add_argument("--rpm", type=int)
     p.add_argument("--tpm", type=int)
+    tell(p)
     p.set_defaults(
-        func=lambda a: _run_db(lambda s: admin_ops.set_limits(s, a.key_id, a.rpm, a.tpm), a)
+        func=lambda a: _then_reload(lambda s: admin_ops.set_limits(s, a.key_id, a.rpm, a.tpm), a)
     )
 
     spend = parser("spend", "spend reports and the savings figure").add_subparsers(

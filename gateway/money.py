@@ -68,6 +68,9 @@ def _period(value: str) -> Period:
 
 
 REVOKED_CHANNEL = "keys:revoked"
+# Published on REVOKED_CHANNEL instead of a key's hash: budgets or limits changed, so every
+# process reloads every key (with its budgets) on its next request.
+ALL_KEYS = "*"
 
 
 def rate_limits(rpm: int | None, tpm: int | None) -> str:
@@ -284,8 +287,13 @@ class MoneyAccounting:
                     self._expire_all()
                     lost = False
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self.forget(message["data"].decode())
+                    if message.get("type") != "message":
+                        continue
+                    data = message["data"].decode()
+                    if data == ALL_KEYS:
+                        self._expire_all()
+                    else:
+                        self.forget(data)
             except REDIS_DOWN as exc:
                 if not lost:
                     log.warning("key revocation channel lost; resubscribing", error=str(exc))
@@ -316,6 +324,13 @@ class MoneyAccounting:
         self.forget(key_hash)
         if self.redis is not None:
             await self.redis.publish(self.prefix + REVOKED_CHANNEL, key_hash)
+
+    async def publish_budget_change(self) -> None:
+        """A budget or limit changed: this process and every other reload their keys now,
+        not when their 5 s cache runs out (a lowered limit would be served past till then)."""
+        self.invalidate_all()
+        if self.redis is not None:
+            await self.redis.publish(self.prefix + REVOKED_CHANNEL, ALL_KEYS)
 
     # ---- auth --------------------------------------------------------------------------
 

@@ -134,7 +134,7 @@ async def set_budget(request: Request) -> Response:
             b.get("soft_thresholds"),
             b.get("downgrade_at"),
         )
-    money.invalidate_all()
+    await money.publish_budget_change()
     return _json(row)
 
 
@@ -152,7 +152,7 @@ async def set_limits(request: Request, key_id: str) -> Response:
         row = await admin_ops.set_limits(
             s, key_id, b.get("requests_per_minute"), b.get("tokens_per_minute")
         )
-    money.invalidate_all()
+    await money.publish_budget_change()
     return _json(row)
 
 

@@ -264,6 +264,38 @@ def test_keys_work_everywhere_and_revocation_is_immediate_everywhere(gateways: G
             time.sleep(0.02)
 
 
+def _refused_everywhere_soon(gateways: Gateways, key: str, status: int) -> None:
+    for url in gateways.urls:
+        deadline = time.monotonic() + 1.0
+        while chat(url, key).status_code != status:
+            assert time.monotonic() < deadline, f"{url} does not answer {status} yet"
+            time.sleep(0.02)
+
+
+def test_a_budget_change_reaches_every_process_at_once(gateways: Gateways) -> None:
+    """Not after the 5 s key cache: a lowered limit would be served past until then."""
+    _, _, key = new_key(gateways, "lowered")
+    budget = {"scope": "team", "scope_id": "lowered", "period": "day", "limit_usd": 1}
+    assert admin(gateways, "PUT", "/budgets", budget).status_code == 200
+    for url in gateways.urls:  # every process has the key and its $1 budget cached
+        assert chat(url, key).status_code == 200
+    budget["limit_usd"] = 0.000001
+    assert admin(gateways, "PUT", "/budgets", budget).status_code == 200
+    _refused_everywhere_soon(gateways, key, 429)
+    # The CLI tells running gateways too (through $TIERGATE_REDIS_URL).
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "budgets", "set", "--scope", "team"]
+        + ["--id", "lowered", "--period", "day", "--limit-usd", "1"],
+        cwd=ROOT,
+        env=gateways.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    _refused_everywhere_soon(gateways, key, 200)
+
+
 def test_rate_limits_are_shared_across_processes(gateways: Gateways) -> None:
     _, key_id, key = new_key(gateways, "limited")
     assert (
