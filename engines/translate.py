@@ -82,6 +82,13 @@ def vllm_body(
         else:
             kwargs.pop("reasoning_effort", None)
         out["chat_template_kwargs"] = kwargs
+        messages = out.get("messages")
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if isinstance(last, dict) and last.get("role") == "assistant" and last.get("prefix"):
+            # The hosted API's chat prefix completion, in vLLM's words: continue the last
+            # message instead of opening a new assistant turn after it.
+            out["continue_final_message"] = True
+            out["add_generation_prompt"] = False
     return out
 
 

@@ -204,9 +204,17 @@ def _continues_last(
     cfg: SimConfig, body: dict[str, Any], messages: list[dict[str, Any]], beta: bool
 ) -> bool:
     last = messages[-1]
-    wanted = last.get("prefix") is True or (
-        cfg.mode == "vllm" and body.get("continue_final_message") is True
-    )
+    if cfg.mode == "vllm":
+        # vLLM knows no `prefix` on a message: it continues the last one when asked to,
+        # and refuses that together with a generation prompt.
+        wanted = body.get("continue_final_message") is True
+        if wanted and body.get("add_generation_prompt", True) is not False:
+            raise SimError(
+                400,
+                "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
+            )
+    else:
+        wanted = last.get("prefix") is True
     if not wanted:
         return False
     if last.get("role") != "assistant":

@@ -76,6 +76,30 @@ def test_json_mode_and_prefix_completion(hosted_first: Gateway) -> None:
     assert prefix.choices[0].message.content
 
 
+@pytest.mark.parametrize("fixture", ["gateway", "hosted_first"])
+def test_prefix_completion_continues_the_message_on_either_backend(
+    request: pytest.FixtureRequest, fixture: str
+) -> None:
+    """The hosted API continues a `prefix` message at /beta; vLLM knows no `prefix` and is
+    asked with continue_final_message instead (a new turn would not continue it)."""
+    gw: Gateway = request.getfixturevalue(fixture)
+    opened = [
+        {"role": "user", "content": "Write python"},
+        {"role": "assistant", "content": "```python\n", "prefix": True},
+    ]
+    c = gw.client()
+    cont = c.chat.completions.with_raw_response.create(model="deepseek-chat", messages=opened)
+    turn = c.chat.completions.create(
+        model="deepseek-chat", messages=[opened[0], {**opened[1], "prefix": False}]
+    )
+    backend = "flash-local" if fixture == "gateway" else "hosted"
+    assert cont.headers["x-tiergate-route"].startswith(f"flash/non-thinking/{backend}")
+    usage, plain = cont.parse().usage, turn.usage
+    assert usage is not None and plain is not None
+    # the continued message has no new assistant turn opened after it
+    assert usage.prompt_tokens < plain.prompt_tokens
+
+
 def test_thinking_tool_turn_round_trips_reasoning_content(hosted_first: Gateway) -> None:
     c = hosted_first.client()
     first = c.chat.completions.create(

@@ -123,30 +123,12 @@ def test_output_length_headers(server: SimServer) -> None:
     assert ask(server, {"x-sim-output-tokens": "lots"}).status_code == 400
 
 
-@pytest.mark.parametrize(
-    "extra",
-    [
-        {
-            "messages": [
-                {"role": "user", "content": "Write python"},
-                {"role": "assistant", "content": "```python\n", "prefix": True},
-            ]
-        },
-        {
-            "messages": [
-                {"role": "user", "content": "Write python"},
-                {"role": "assistant", "content": "```python\n"},
-            ],
-            "continue_final_message": True,
-            "add_generation_prompt": False,
-        },
-    ],
-)
-def test_vllm_prefix_completion_continues_the_message(
-    vllm: SimServer, extra: dict[str, Any]
-) -> None:
+OPEN = [{"role": "user", "content": "Write python"}, {"role": "assistant", "content": "```py"}]
+
+
+def test_vllm_prefix_completion_continues_the_message(vllm: SimServer) -> None:
     plain = ask(vllm, messages=[{"role": "user", "content": "Write python"}]).json()
-    cont = ask(vllm, **extra).json()
+    cont = ask(vllm, messages=OPEN, continue_final_message=True, add_generation_prompt=False).json()
     content = cont["choices"][0]["message"]["content"]
     assert content and not content.startswith("```python")
     # the open assistant message is part of the prompt
@@ -154,8 +136,20 @@ def test_vllm_prefix_completion_continues_the_message(
 
 
 def test_prefix_needs_an_assistant_message_last(vllm: SimServer) -> None:
-    bad = [{"role": "user", "content": "hi", "prefix": True}]
-    assert ask(vllm, messages=bad).status_code == 400
+    bad = [{"role": "user", "content": "hi"}]
+    r = ask(vllm, messages=bad, continue_final_message=True, add_generation_prompt=False)
+    assert r.status_code == 400
+
+
+def test_vllm_will_not_continue_a_message_and_open_a_turn(vllm: SimServer) -> None:
+    """vLLM knows no `prefix` on a message; asked to continue one, it refuses a generation
+    prompt with it (the default)."""
+    r = ask(vllm, messages=OPEN, continue_final_message=True)
+    assert r.status_code == 400 and "add_generation_prompt" in r.text
+    with_prefix = [OPEN[0], {**OPEN[1], "prefix": True}]
+    turn = ask(vllm, messages=with_prefix).json()
+    plain = ask(vllm, messages=OPEN).json()
+    assert turn["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"]
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[1, 2]"])
