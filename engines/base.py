@@ -50,6 +50,7 @@ class StreamOutcome:
     # completion text) as sent, JSON escapes included: the estimate a stream that broke
     # before its usage chunk is billed on (``engines.translate.generated_chars``).
     output_chars: int = 0
+    reasoning_chars: int = 0  # of which reasoning (``reasoning_content`` / ``reasoning``)
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -33,7 +33,7 @@ import orjson
 from engines.base import EngineRequest, EngineResponse, StreamOutcome
 from engines.http import error_for_status
 from engines.sse_stream import no_first_token
-from engines.translate import generated_chars, hosted_body
+from engines.translate import count_generated, hosted_body
 from policies.catalog import HostedBackend, PassthroughModel
 from policies.errors import TiergateError, UpstreamError, UpstreamTimeout
 from policies.usage import Usage, usage_from_openai
@@ -221,7 +221,7 @@ class LitellmStream:
             tail = {**data, "choices": [], "usage": usage.to_deepseek()}
             return [b"data: " + orjson.dumps(tail) + b"\n\n"]
         payload = orjson.dumps(data)
-        self.outcome.output_chars += generated_chars(payload)
+        count_generated(self.outcome, payload)
         return [b"data: " + payload + b"\n\n"]
 
     async def __aiter__(self) -> AsyncIterator[bytes]:

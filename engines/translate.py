@@ -40,9 +40,10 @@ _REASONING_TEXT = re.compile(rb'"reasoning(?:_content)?"\s*:\s*"(?!")')
 # ``text`` (FIM). Group 1 is the string as sent, JSON escapes included: never shorter than
 # the text it decodes to. Matched at a key only, as ``_NEEDS_PARSE`` is.
 _GENERATED_TEXT = re.compile(
-    rb'"(?:content|reasoning_content|reasoning|text|name|arguments)"\s*:\s*'
+    rb'"(content|reasoning_content|reasoning|text|name|arguments)"\s*:\s*'
     rb'"([^"\\]*(?:\\.[^"\\]*)*)"'
 )
+_REASONING_KEYS = (b"reasoning_content", b"reasoning")
 
 # Fields of ours or of another dialect that must not travel upstream.
 _GATEWAY_FIELDS = ("thinking", "reasoning_effort", "chat_template_kwargs")
@@ -220,7 +221,17 @@ def generated_chars(payload: bytes) -> int:
     """The length of the text a stream chunk (its JSON, as sent) carries to the client: what
     a stream that breaks before its usage chunk is billed on, never the chunk's envelope
     (ids, model name, indices, roles), which is most of a one-token chunk's bytes."""
-    return sum(len(m.group(1)) for m in _GENERATED_TEXT.finditer(payload))
+    return sum(len(m.group(2)) for m in _GENERATED_TEXT.finditer(payload))
+
+
+def count_generated(outcome: StreamOutcome, payload: bytes) -> None:
+    """Add a chunk's generated text to ``outcome``: all of it, and the reasoning apart (a
+    stream cut before its usage bills its reasoning tokens from it)."""
+    for m in _GENERATED_TEXT.finditer(payload):
+        n = len(m.group(2))
+        outcome.output_chars += n
+        if m.group(1) in _REASONING_KEYS:
+            outcome.reasoning_chars += n
 
 
 class SSENormalizer:
@@ -253,7 +264,7 @@ class SSENormalizer:
         if _REASONING_TEXT.search(payload) is not None:
             self.reasoning_chunks += 1
         if _NEEDS_PARSE.search(payload) is None:
-            self.outcome.output_chars += generated_chars(payload)
+            count_generated(self.outcome, payload)
             return b"data: " + payload + b"\n\n"
         return self._rewrite(payload)
 
@@ -292,5 +303,5 @@ class SSENormalizer:
                 chunk.pop("usage", None)
             else:
                 chunk["usage"] = usage.to_deepseek()
-        self.outcome.output_chars += generated_chars(payload)
+        count_generated(self.outcome, payload)
         return b"data: " + orjson.dumps(chunk) + b"\n\n"

@@ -500,7 +500,8 @@ class Pipeline:
         if usage is None:
             p.reasons.append("usage=estimated")
             out = -(-stream.outcome.output_chars // _STREAM_CHARS_PER_TOKEN)  # rounded up
-            usage = Usage(0, p.call.prompt_tokens_est, out, 0)
+            thought = -(-stream.outcome.reasoning_chars // _STREAM_CHARS_PER_TOKEN)
+            usage = Usage(0, p.call.prompt_tokens_est, out, min(thought, out))
             status = 502 if status == 200 else status
         if stream.outcome.finish_reason == "insufficient_system_resource":
             p.reasons.append("upstream-insufficient-resource")

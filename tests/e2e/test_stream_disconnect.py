@@ -42,12 +42,13 @@ def running(sim: SimServer) -> int:
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+@pytest.mark.parametrize("model", ["deepseek-chat", "deepseek-reasoner"])
 def test_leaving_mid_stream_stops_the_upstream_and_bills_what_was_sent(
-    gw: Gateway, slow: SimServer, path: str
+    gw: Gateway, slow: SimServer, path: str, model: str
 ) -> None:
     before = len(gw.settled())
     body = {
-        "model": "deepseek-chat",  # Flash non-thinking: the slow replica
+        "model": model,  # Flash: the slow replica; the reasoner streams its reasoning first
         "messages": [{"role": "user", "content": "tell me a long story"}],
         "max_tokens": 400,
         "stream": True,
@@ -74,6 +75,8 @@ def test_leaving_mid_stream_stops_the_upstream_and_bills_what_was_sent(
     s = settled[0]
     assert s.status == 499 and "usage=estimated" in s.route_reason
     assert 0 < s.output_tokens < 400 and s.cost_nanos > 0
+    # the reasoning streamed so far is counted as reasoning, within the output
+    assert (0 < s.reasoning_tokens <= s.output_tokens) == (model == "deepseek-reasoner")
 
 
 def test_with_the_money_path_the_row_is_in_the_ledger_and_nothing_stays_reserved(

@@ -4,6 +4,7 @@ import pytest
 from engines.base import StreamOutcome
 from engines.translate import (
     SSENormalizer,
+    count_generated,
     generated_chars,
     hosted_body,
     normalize_response,
@@ -130,6 +131,17 @@ def test_reasoning_delta_renamed_and_finish_reason_seen() -> None:
 def test_malformed_chunk_is_dropped_and_noted() -> None:
     events, out = feed([b'data: {"usage": {broken'], include_usage=True)
     assert events == [] and out.error
+
+
+def test_reasoning_is_counted_apart_within_the_generated_text() -> None:
+    out = StreamOutcome()
+    for chunk in (
+        b'{"choices":[{"delta":{"reasoning_content":"hmm"}}]}',
+        b'{"choices":[{"delta":{"reasoning": "ab"}}]}',
+        b'{"choices":[{"delta":{"content":"hello"}}]}',
+    ):
+        count_generated(out, chunk)
+    assert (out.output_chars, out.reasoning_chars) == (10, 5)
 
 
 def test_a_chunks_generated_text_is_counted_without_its_envelope() -> None:
