@@ -22,11 +22,17 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
         if use_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    # A JSON line carries an exception's traceback as text (``log.exception``); the console
+    # renderer prints it itself.
+    tracebacks: list[structlog.types.Processor] = (
+        [structlog.processors.format_exc_info] if use_json else []
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *tracebacks,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
