@@ -7,6 +7,7 @@ context checks.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -449,6 +450,7 @@ def _tool_calls(calls: Any, index: int) -> None:
                 not isinstance(custom, dict)
                 or not isinstance(custom.get("name"), str)
                 or not isinstance(custom.get("input"), str)
+                or not isinstance(call.get("id"), str)
             ):
                 raise InvalidRequest(
                     f'{where}[{k}] must be an object like {{"id": ..., "type": "custom", '
@@ -498,6 +500,153 @@ _CUSTOM_INPUT_SCHEMA: dict[str, Any] = {
 }
 
 
+# Tool names: the hosted API takes letters, digits, underscores and dashes, up to 64;
+# self-hosted clients also use dots and colons, so only what no name should hold is
+# refused: nothing, over 64 characters, whitespace, control and format (bidi) characters.
+_TOOL_NAME_MAX = 64
+_BAD_NAME_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+def check_tool_name(name: str, where: str) -> None:
+    """A 400 naming the tool at ``where`` (``tools[3]``) when its name cannot be a tool's."""
+    if not name:
+        raise InvalidRequest(f"{where}.name must not be empty", param="tools")
+    if len(name) > _TOOL_NAME_MAX:
+        raise InvalidRequest(
+            f"{where}.name has {len(name)} characters; a tool name has at most {_TOOL_NAME_MAX}",
+            param="tools",
+        )
+    for ch in name:
+        if unicodedata.category(ch) in _BAD_NAME_CATEGORIES:
+            raise InvalidRequest(
+                f"{where}.name contains {ascii(ch)}: a tool name may not contain whitespace, "
+                "control or formatting characters (use letters, digits, '_', '-', '.' or ':')",
+                param="tools",
+            )
+
+
+ToolKind = Literal["function", "custom", "server"]
+
+
+@dataclass(slots=True)
+class ToolNames:
+    """The tools a request offers, by name, and each one's kind: names are checked and
+    must be unique, and a named ``tool_choice`` must name one of them, of its kind."""
+
+    kinds: dict[str, ToolKind] = field(default_factory=dict)
+
+    def add(self, name: str, kind: ToolKind, where: str) -> None:
+        check_tool_name(name, where)
+        if name in self.kinds:
+            raise InvalidRequest(
+                f"{where}.name {name!r} is the name of an earlier tool: tool names in "
+                "'tools' must be unique",
+                param="tools",
+            )
+        self.kinds[name] = kind
+
+    def custom(self) -> frozenset[str]:
+        return frozenset(n for n, k in self.kinds.items() if k == "custom")
+
+    def choose(self, name: str, kind: ToolKind | None, where: str) -> ToolKind:
+        """The kind of the tool ``where`` (a named tool choice, of ``kind`` if given) names;
+        a 400 naming ``tool_choice`` when it is not in ``tools`` or is of another kind."""
+        offered = self.kinds.get(name)
+        if offered is None:
+            raise InvalidRequest(
+                f"'{where}' names the tool {name!r}, which is not in 'tools'",
+                param="tool_choice",
+            )
+        self.same_kind(name, kind, where)
+        return offered
+
+    def same_kind(self, name: str, kind: ToolKind | None, where: str) -> None:
+        """A 400 when ``name`` is offered as a tool of another kind than ``kind``."""
+        offered = self.kinds.get(name)
+        if kind is not None and offered is not None and offered != kind:
+            raise InvalidRequest(
+                f"'{where}' names {name!r} as a {kind} tool, but it is a {offered} tool in 'tools'",
+                param="tool_choice",
+            )
+
+
+_GRAMMAR_SYNTAXES = ("lark", "regex")
+
+
+def check_custom_tool(description: Any, fmt: Any, where: str, *, nested: bool) -> None:
+    """A custom tool's ``description`` (a string) and ``format``: ``{"type": "text"}`` or a
+    grammar, ``{"type": "grammar", "syntax": "lark" or "regex", "definition": "..."}``
+    (chat nests the two fields in ``"grammar": {...}``). A 400 names the field."""
+    if description is not None and not isinstance(description, str):
+        raise InvalidRequest(
+            f"{where}.description must be a string, not {json_type(description)}", param="tools"
+        )
+    if fmt is None:
+        return
+    grammar_shape = (
+        '{"type": "grammar", "grammar": {"syntax": "lark" or "regex", "definition": ...}}'
+        if nested
+        else '{"type": "grammar", "syntax": "lark" or "regex", "definition": ...}'
+    )
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "grammar"):
+        raise InvalidRequest(
+            f'{where}.format must be {{"type": "text"}} or {grammar_shape}', param="tools"
+        )
+    if fmt["type"] == "text":
+        return
+    grammar = fmt.get("grammar") if nested else fmt
+    at = f"{where}.format.grammar" if nested else f"{where}.format"
+    if not isinstance(grammar, dict):
+        raise InvalidRequest(f"{at} must be an object: {grammar_shape}", param="tools")
+    syntax = grammar.get("syntax")
+    if syntax not in _GRAMMAR_SYNTAXES:
+        raise InvalidRequest(
+            f"{at}.syntax must be lark or regex, not {shown_value(syntax)}", param="tools"
+        )
+    definition = grammar.get("definition")
+    if not isinstance(definition, str) or not definition:
+        got = "an empty string" if definition == "" else json_type(definition)
+        raise InvalidRequest(
+            f"{at}.definition must be the grammar as a non-empty string, not {got}",
+            param="tools",
+        )
+
+
+# OpenAI's rule for a json_schema response format's name.
+_SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def check_json_schema(spec: Mapping[str, Any], where: str, param: str) -> None:
+    """A ``json_schema`` response format, as OpenAI's API checks it: ``name`` (required;
+    letters, digits, '_' and '-', at most 64), ``schema`` an object, ``strict`` true or
+    false, ``description`` a string. A 400 names the field."""
+    name = spec.get("name")
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        got = "missing" if name is None else shown_value(name)
+        raise InvalidRequest(
+            f"'{where}.name' is required: the format's name, of letters, digits, '_' and '-' "
+            f"(at most 64), not {got}",
+            param=param,
+        )
+    schema = spec.get("schema")
+    if schema is not None and not isinstance(schema, dict):
+        raise InvalidRequest(
+            f"'{where}.schema' must be a JSON schema object, not {json_type(schema)}",
+            param=param,
+        )
+    strict = spec.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise InvalidRequest(
+            f"'{where}.strict' must be true or false, not {json_type(strict)}", param=param
+        )
+    description = spec.get("description")
+    if description is not None and not isinstance(description, str):
+        raise InvalidRequest(
+            f"'{where}.description' must be a string, not {json_type(description)}",
+            param=param,
+        )
+
+
 def custom_tool_function(name: str, description: Any, fmt: Any) -> dict[str, Any]:
     """A custom tool (its input free text, or text in a grammar) as the function tool the
     backends know: one string argument, ``input``, with the grammar in the description.
@@ -531,15 +680,15 @@ def custom_tool_input(arguments: str) -> str:
     return value if isinstance(value, str) else arguments
 
 
-def _chat_tools(tools: Any, notes: list[str]) -> tuple[list[Any] | None, frozenset[str]]:
-    """The ``tools`` to send upstream, and the names of the custom tools among them (their
-    calls go back to the client as custom tool calls)."""
+def _chat_tools(tools: Any, notes: list[str]) -> tuple[list[Any] | None, ToolNames]:
+    """The ``tools`` to send upstream, and the tools offered by name (the custom tools
+    among them have their calls go back to the client as custom tool calls)."""
+    names = ToolNames()
     if tools is None:
-        return None, frozenset()
+        return None, names
     if not isinstance(tools, list):
         raise InvalidRequest(f"'tools' must be a list, not {json_type(tools)}", param="tools")
     out: list[Any] = []
-    custom_names: set[str] = set()
     for k, tool in enumerate(tools):
         if isinstance(tool, dict) and tool.get("type") == "custom":
             custom = tool.get("custom")
@@ -550,15 +699,8 @@ def _chat_tools(tools: Any, notes: list[str]) -> tuple[list[Any] | None, frozens
                     param="tools",
                 )
             fmt = custom.get("format")
-            if fmt is not None and (
-                not isinstance(fmt, dict) or fmt.get("type") not in ("text", "grammar")
-            ):
-                raise InvalidRequest(
-                    f'tools[{k}].custom.format must be {{"type": "text"}} or '
-                    '{"type": "grammar", "grammar": {"syntax": ..., "definition": ...}}',
-                    param="tools",
-                )
-            custom_names.add(custom["name"])
+            check_custom_tool(custom.get("description"), fmt, f"tools[{k}].custom", nested=True)
+            names.add(custom["name"], "custom", f"tools[{k}].custom")
             out.append(custom_tool_function(custom["name"], custom.get("description"), fmt))
             continue
         fn = tool.get("function") if isinstance(tool, dict) else None
@@ -581,10 +723,11 @@ def _chat_tools(tools: Any, notes: list[str]) -> tuple[list[Any] | None, frozens
                 f"{json_type(params)}",
                 param="tools",
             )
+        names.add(fn["name"], "function", f"tools[{k}].function")
         out.append(tool)
-    if custom_names:
-        notes.append(f"custom-tool-as-function={len(custom_names)}")
-    return out, frozenset(custom_names)
+    if names.custom():
+        notes.append(f"custom-tool-as-function={len(names.custom())}")
+    return out, names
 
 
 def _tool_names(tools: Any) -> list[str]:
@@ -643,19 +786,21 @@ _CHOICE_HELP = (
 )
 
 
-def _named(entry: Any) -> str | None:
-    """The tool a chat tool reference names: {"type": "function", "function": {"name"}} or
-    {"type": "custom", "custom": {"name"}}; None for anything else."""
+def _named(entry: Any) -> tuple[ToolKind, str] | None:
+    """The kind and name of the tool a chat tool reference names: {"type": "function",
+    "function": {"name"}} or {"type": "custom", "custom": {"name"}}; None for anything else."""
     if not isinstance(entry, dict) or entry.get("type") not in ("function", "custom"):
         return None
-    inner = entry.get(entry["type"])
+    kind: ToolKind = entry["type"]
+    inner = entry.get(kind)
     name = inner.get("name") if isinstance(inner, dict) else None
-    return name if isinstance(name, str) else None
+    return (kind, name) if isinstance(name, str) else None
 
 
-def _chat_tool_choice(body: dict[str, Any], notes: list[str]) -> None:
+def _chat_tool_choice(body: dict[str, Any], offered: ToolNames, notes: list[str]) -> None:
     """Checks ``tool_choice`` and puts it in the shape the backends know: a custom tool's
-    choice names its function; ``allowed_tools`` narrows ``tools`` (see ``allowed_tools``)."""
+    choice names its function; ``allowed_tools`` narrows ``tools`` (see ``allowed_tools``).
+    A tool it names must be in ``tools``, of the kind it says."""
     choice = body.get("tool_choice")
     if choice is None or choice in ("none", "auto", "required"):
         return
@@ -672,20 +817,23 @@ def _chat_tool_choice(body: dict[str, Any], notes: list[str]) -> None:
             )
         names = []
         for k, entry in enumerate(entries):
-            name = _named(entry)
-            if name is None:
+            named = _named(entry)
+            if named is None:
                 raise InvalidRequest(
                     f"'tool_choice.allowed_tools.tools[{k}]' must be "
                     '{"type": "function", "function": {"name": ...}} or '
                     '{"type": "custom", "custom": {"name": ...}}',
                     param="tool_choice",
                 )
-            names.append(name)
+            offered.same_kind(named[1], named[0], f"tool_choice.allowed_tools.tools[{k}]")
+            names.append(named[1])
         allowed_tools(body, spec.get("mode"), names, notes, "tool_choice.allowed_tools")
         return
-    name = _named(choice)
-    if name is None:
+    named = _named(choice)
+    if named is None:
         raise InvalidRequest(_CHOICE_HELP, param="tool_choice")
+    kind, name = named
+    offered.choose(name, kind, f"tool_choice.{kind}.name")
     body["tool_choice"] = {"type": "function", "function": {"name": name}}
 
 
@@ -701,11 +849,15 @@ def _check_response_format(fmt: Any) -> None:
             "'response_format.type' must be one of: " + ", ".join(_FORMATS),
             param="response_format",
         )
-    if kind == "json_schema" and not isinstance(fmt.get("json_schema"), dict):
-        raise InvalidRequest(
-            "'response_format.json_schema' must be an object with the schema, for type json_schema",
-            param="response_format",
-        )
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict):
+            raise InvalidRequest(
+                "'response_format.json_schema' must be an object with the format's 'name' and "
+                "'schema', for type json_schema",
+                param="response_format",
+            )
+        check_json_schema(spec, "response_format.json_schema", "response_format")
 
 
 def _check_logit_bias(bias: Any) -> None:
@@ -760,10 +912,11 @@ def parse_chat(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
             last_user = text
     stream, include_usage = _stream_flags(body)
     notes: list[str] = []
-    tools, custom_tools = _chat_tools(body.get("tools"), notes)
+    tools, offered = _chat_tools(body.get("tools"), notes)
     if tools is not None:
         body["tools"] = tools
-    _chat_tool_choice(body, notes)
+    _chat_tool_choice(body, offered, notes)
+    custom_tools = offered.custom()
     tools = body.get("tools")
     fmt = body.get("response_format")
     _check_response_format(fmt)

@@ -22,6 +22,7 @@ from gateway.parse import (
     ANTHROPIC_PARAMS,
     MAX_OUTPUT_LIMIT,
     Call,
+    ToolNames,
     check_model,
     check_params,
     estimate_prompt_tokens,
@@ -179,10 +180,28 @@ def _search_result(block: dict[str, Any], where: str) -> str:
     """A ``search_result`` block (a search hit the client found: its source, title and text
     blocks) as the text the model reads."""
     source, title, content = block.get("source"), block.get("title"), block.get("content")
-    if not isinstance(source, str) or not isinstance(title, str) or not isinstance(content, list):
+    if (
+        not isinstance(source, str)
+        or not isinstance(title, str)
+        or not isinstance(content, list)
+        or not content
+    ):
         raise _bad(
             f"{where}: a search_result block needs a string 'source', a string 'title' and "
-            "'content', a list of text blocks",
+            "'content', a non-empty list of text blocks",
+            "messages",
+        )
+    citations = block.get("citations")
+    if citations is not None and not isinstance(citations, dict):
+        raise _bad(
+            f'{where}.citations must be an object like {{"enabled": true}}, not '
+            f"{json_type(citations)}",
+            "messages",
+        )
+    enabled = (citations or {}).get("enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise _bad(
+            f"{where}.citations.enabled must be true or false, not {json_type(enabled)}",
             "messages",
         )
     texts = []
@@ -250,7 +269,7 @@ def _user(blocks: list[Any], i: int, tool_ids: set[str], media: _Media) -> list[
     return out
 
 
-def _tools(tools: Any, notes: list[str]) -> list[dict[str, Any]]:
+def _tools(tools: Any, notes: list[str], offered: ToolNames) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
         raise _bad("'tools' must be a list", "tools")
     out = []
@@ -259,6 +278,7 @@ def _tools(tools: Any, notes: list[str]) -> list[dict[str, Any]]:
             raise _bad(f"tools[{k}] needs a string 'name'", "tools")
         kind = t.get("type")
         if isinstance(kind, str) and kind.startswith(_SERVER_TOOL_PREFIXES):
+            offered.add(t["name"], "server", f"tools[{k}]")
             notes.append(f"server-tool-dropped={kind}")
             continue
         if kind not in (None, "custom"):
@@ -267,6 +287,7 @@ def _tools(tools: Any, notes: list[str]) -> list[dict[str, Any]]:
                 "'name' and 'input_schema'",
                 "tools",
             )
+        offered.add(t["name"], "function", f"tools[{k}]")
         out.append(
             {
                 "type": "function",
@@ -280,7 +301,9 @@ def _tools(tools: Any, notes: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _tool_choice(tc: Any) -> Any:
+def _tool_choice(tc: Any, offered: ToolNames, notes: list[str]) -> Any:
+    """The chat ``tool_choice``; a named tool must be in ``tools`` (one of the server tools,
+    left out, makes the choice auto)."""
     if not isinstance(tc, dict):
         raise _bad('\'tool_choice\' must be an object like {"type": "auto"}', "tool_choice")
     kind = tc.get("type")
@@ -291,6 +314,9 @@ def _tool_choice(tc: Any) -> Any:
     if kind == "none":
         return "none"
     if kind == "tool" and isinstance(tc.get("name"), str):
+        if offered.choose(tc["name"], None, "tool_choice.name") == "server":
+            notes.append(f"tool-choice-downgraded={tc['name']}")
+            return "auto"
         return {"type": "function", "function": {"name": tc["name"]}}
     raise _bad("'tool_choice.type' must be auto, any, tool (with name) or none", "tool_choice")
 
@@ -423,12 +449,14 @@ def parse_messages(
         if body.get(src) is not None:
             out[dst] = body[src]
     notes = [f"{kind}-as-text={n}" for kind, n in handler.replaced.items()]
+    offered = ToolNames()
     if body.get("tools"):
-        tools = _tools(body["tools"], notes)
+        tools = _tools(body["tools"], notes, offered)
         if tools:
             out["tools"] = tools
     # Checked even with no tools to choose from: a malformed field is the client's bug.
-    choice = _tool_choice(body["tool_choice"]) if body.get("tool_choice") is not None else None
+    tc = body.get("tool_choice")
+    choice = _tool_choice(tc, offered, notes) if tc is not None else None
     if choice is not None and out.get("tools"):
         out["tool_choice"] = choice
     _thinking(body, out)

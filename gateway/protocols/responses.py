@@ -25,7 +25,11 @@ from engines.translate import json_schema_instruction
 from gateway.parse import (
     RESPONSES_PARAMS,
     Call,
+    ToolKind,
+    ToolNames,
     allowed_tools,
+    check_custom_tool,
+    check_json_schema,
     check_model,
     check_params,
     custom_tool_function,
@@ -219,14 +223,17 @@ class _History:
             raise _bad(f"{where}: input item type {kind!r} is not supported here", "input")
 
 
-def _tools(tools: Any, ctx: Context, notes: list[str]) -> list[dict[str, Any]]:
+def _tools(
+    tools: Any, ctx: Context, notes: list[str], offered: ToolNames, where: str = "tools"
+) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
-        raise _bad("'tools' must be a list", "tools")
+        raise _bad(f"'{where}' must be a list", "tools")
     out: list[dict[str, Any]] = []
     for k, t in enumerate(tools):
+        at = f"{where}[{k}]"
         kind = t.get("type") if isinstance(t, dict) else None
         if kind == "namespace" and isinstance(t.get("tools"), list):
-            for inner in _tools(t["tools"], ctx, notes):
+            for inner in _tools(t["tools"], ctx, notes, offered, f"{at}.tools"):
                 ctx.namespaces[inner["function"]["name"]] = str(t.get("name", ""))
                 out.append(inner)
             continue
@@ -235,25 +242,32 @@ def _tools(tools: Any, ctx: Context, notes: list[str]) -> list[dict[str, Any]]:
             continue
         if kind in _REFUSED_TOOLS:
             raise _bad(
-                f"tools[{k}]: the built-in tool {kind!r} runs on OpenAI's servers and no "
+                f"{at}: the built-in tool {kind!r} runs on OpenAI's servers and no "
                 "backend of this gateway can run it; offer a function tool instead",
                 "tools",
             )
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
-            raise _bad(
-                f"tools[{k}] needs a 'type' of function or custom and a string 'name'", "tools"
-            )
+            raise _bad(f"{at} needs a 'type' of function or custom and a string 'name'", "tools")
         if kind == "function":
+            offered.add(t["name"], "function", at)
+            params = t.get("parameters")
+            if params is not None and not isinstance(params, dict):
+                raise _bad(
+                    f"{at}.parameters must be a JSON schema object, not {json_type(params)}",
+                    "tools",
+                )
             fn = {"name": t["name"], "description": t.get("description") or ""}
-            fn["parameters"] = t.get("parameters") or {"type": "object", "properties": {}}
+            fn["parameters"] = params or {"type": "object", "properties": {}}
             if t.get("strict") is not None:
                 fn["strict"] = t["strict"]
             out.append({"type": "function", "function": fn})
         elif kind == "custom":
+            check_custom_tool(t.get("description"), t.get("format"), at, nested=False)
+            offered.add(t["name"], "custom", at)
             ctx.custom_tools.add(t["name"])
             out.append(custom_tool_function(t["name"], t.get("description"), t.get("format")))
         else:
-            raise _bad(f"tools[{k}]: tool type {kind!r} is not supported", "tools")
+            raise _bad(f"{at}: tool type {kind!r} is not supported", "tools")
     return out
 
 
@@ -270,6 +284,15 @@ class _Allowed:
 
     mode: Any
     names: list[str]
+    kinds: list[ToolKind]
+
+
+@dataclass(slots=True)
+class _Named:
+    """A ``tool_choice`` naming one tool: checked against ``tools`` once they are read."""
+
+    kind: ToolKind
+    name: str
 
 
 _CHOICE_HELP = (
@@ -289,6 +312,7 @@ def _allowed(tc: dict[str, Any]) -> _Allowed:
             "tool_choice",
         )
     names = []
+    kinds: list[ToolKind] = []
     for k, entry in enumerate(entries):
         kind = entry.get("type") if isinstance(entry, dict) else None
         if _server_tool(kind):
@@ -301,7 +325,8 @@ def _allowed(tc: dict[str, Any]) -> _Allowed:
                 "tool_choice",
             )
         names.append(name)
-    return _Allowed(tc.get("mode"), names)
+        kinds.append(kind)
+    return _Allowed(tc.get("mode"), names, kinds)
 
 
 def _tool_choice(tc: Any, notes: list[str]) -> Any:
@@ -311,7 +336,7 @@ def _tool_choice(tc: Any, notes: list[str]) -> Any:
         return tc
     kind = tc.get("type") if isinstance(tc, dict) else None
     if kind in ("function", "custom") and isinstance(tc.get("name"), str):
-        return {"type": "function", "function": {"name": tc["name"]}}
+        return _Named(kind, tc["name"])
     if kind == "allowed_tools":
         return _allowed(tc)
     if _server_tool(kind):
@@ -351,6 +376,7 @@ def _text_format(body: dict[str, Any], out: dict[str, Any], system: list[str]) -
         out["response_format"] = {"type": "json_object"}
         return True
     if kind == "json_schema" and isinstance(fmt.get("schema"), dict):
+        check_json_schema(fmt, "text.format", "text")
         # V4 has JSON mode, not schema-constrained decoding: the schema goes in the prompt.
         out["response_format"] = {"type": "json_object"}
         system.append(json_schema_instruction(fmt["schema"]))
@@ -418,16 +444,22 @@ def parse_responses(
     # Checked even with no tools to choose from: a malformed field is the client's bug.
     tc = body.get("tool_choice")
     choice = _tool_choice(tc, notes) if tc is not None else None
-    if body.get("tools"):
-        tools = _tools(body["tools"], ctx, notes)
-        if tools:
-            out["tools"] = tools
-            if isinstance(choice, _Allowed):
-                allowed_tools(out, choice.mode, choice.names, notes, "tool_choice")
-            elif choice is not None:
-                out["tool_choice"] = choice
-            if body.get("parallel_tool_calls") is not None:
-                out["parallel_tool_calls"] = bool(body["parallel_tool_calls"])
+    offered = ToolNames()
+    tools = _tools(body["tools"], ctx, notes, offered) if body.get("tools") else []
+    if isinstance(choice, _Named):
+        offered.choose(choice.name, choice.kind, "tool_choice.name")
+        choice = {"type": "function", "function": {"name": choice.name}}
+    elif isinstance(choice, _Allowed):
+        for k, (kind, name) in enumerate(zip(choice.kinds, choice.names, strict=True)):
+            offered.same_kind(name, kind, f"tool_choice.tools[{k}]")
+    if tools:
+        out["tools"] = tools
+        if isinstance(choice, _Allowed):
+            allowed_tools(out, choice.mode, choice.names, notes, "tool_choice")
+        elif choice is not None:
+            out["tool_choice"] = choice
+        if body.get("parallel_tool_calls") is not None:
+            out["parallel_tool_calls"] = bool(body["parallel_tool_calls"])
     if isinstance(choice, _Allowed) and "tools" not in out:
         allowed_tools(out, choice.mode, choice.names, notes, "tool_choice")
     json_mode = _text_format(body, out, history.system)

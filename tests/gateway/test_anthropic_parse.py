@@ -219,9 +219,9 @@ SEARCH_TEXT = "Search result: A page\nSource: https://example.com/a\nfirst\nseco
             },
         ),
         (
-            [{"role": "user", "content": [_search_result(content=[])]}],
+            [{"role": "user", "content": [_search_result(citations=None)]}],
             -1,
-            {"role": "user", "content": "Search result: A page\nSource: https://example.com/a"},
+            {"role": "user", "content": SEARCH_TEXT},
         ),
     ],
 )
@@ -238,7 +238,11 @@ def test_search_results_are_text_for_the_model(
     [
         (_search_result(source=None), "needs a string 'source'"),
         (_search_result(title=3), "a string 'title'"),
-        (_search_result(content="text"), "'content', a list of text blocks"),
+        (_search_result(content="text"), "'content', a non-empty list of text blocks"),
+        (_search_result(content=[]), "'content', a non-empty list of text blocks"),
+        (_search_result(citations=True), ".citations must be an object"),
+        (_search_result(citations=[]), ".citations must be an object"),
+        (_search_result(citations={"enabled": "yes"}), ".citations.enabled must be true or"),
         (_search_result(content=[{"type": "image"}]), ".content[0] must be a text block"),
         (_search_result(content=[{"type": "text", "text": 1}]), ".content[0] must be a text block"),
     ],

@@ -1,0 +1,396 @@
+"""What a request's tools, tool choice and response format must be, in each protocol:
+checked before anything goes upstream, each refusal a 400 naming the field. Table-driven."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.parse import Call, parse_chat
+from gateway.protocols.anthropic import parse_messages
+from gateway.protocols.responses import parse_responses
+from policies.errors import InvalidRequest
+
+Protocol = str
+
+
+def chat(**body: Any) -> Call:
+    body = {"model": "deepseek-chat", **body}
+    body.setdefault("messages", [{"role": "user", "content": "hi"}])
+    return parse_chat(orjson.dumps(body), max_bytes=1 << 20, max_messages=100)
+
+
+def responses(**body: Any) -> Call:
+    body = {"model": "deepseek-chat", **body}
+    body.setdefault("input", "hi")
+    return parse_responses(orjson.dumps(body), max_bytes=1 << 20, max_messages=100)
+
+
+def anthropic(**body: Any) -> Call:
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 100, **body}
+    body.setdefault("messages", [{"role": "user", "content": "hi"}])
+    return parse_messages(orjson.dumps(body), max_bytes=1 << 20, max_messages=100)
+
+
+PARSE = {"chat": chat, "responses": responses, "anthropic": anthropic}
+
+
+def function(protocol: Protocol, name: str) -> dict[str, Any]:
+    """A function tool named ``name`` in ``protocol``'s shape."""
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}}
+    if protocol == "chat":
+        return {"type": "function", "function": {"name": name, "parameters": schema}}
+    if protocol == "responses":
+        return {"type": "function", "name": name, "parameters": schema}
+    return {"name": name, "input_schema": schema}
+
+
+def custom(protocol: Protocol, name: str, **fields: Any) -> dict[str, Any]:
+    if protocol == "chat":
+        return {"type": "custom", "custom": {"name": name, **fields}}
+    return {"type": "custom", "name": name, **fields}
+
+
+def refused(protocol: Protocol, **body: Any) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
+        PARSE[protocol](**body)
+    return info.value
+
+
+# ---- tool names ---------------------------------------------------------------------------
+
+BAD_NAMES = [
+    ("", "tools[1]", "must not be empty"),
+    ("a" * 65, "tools[1]", "has 65 characters; a tool name has at most 64"),
+    ("a" * 10000, "tools[1]", "has 10000 characters"),
+    ("my tool", "tools[1]", "contains ' '"),
+    ("tab\tname", "tools[1]", "contains '\\t'"),
+    ("nl\n", "tools[1]", "contains '\\n'"),
+    ("r\u00fcn\u202e", "tools[1]", "contains '\\u202e'"),
+    ("zero\u200bwidth", "tools[1]", "contains '\\u200b'"),
+    ("nb\u00a0sp", "tools[1]", "contains '\\xa0'"),
+    ("line\u2028sep", "tools[1]", "contains '\\u2028'"),
+    ("nul\x00", "tools[1]", "contains '\\x00'"),
+]
+GOOD_NAMES = ["a" * 64, "mcp.server:tool", "get-weather_2", "wetter_\u00fc\u4e2d", "x"]
+
+
+@pytest.mark.parametrize("protocol", ["chat", "responses", "anthropic"])
+@pytest.mark.parametrize(("name", "where", "fragment"), BAD_NAMES)
+def test_a_tool_name_no_backend_takes_is_a_400_naming_its_tool(
+    protocol: Protocol, name: str, where: str, fragment: str
+) -> None:
+    err = refused(protocol, tools=[function(protocol, "ok"), function(protocol, name)])
+    assert err.param == "tools"
+    assert where in err.message and fragment in err.message, err.message
+
+
+@pytest.mark.parametrize("protocol", ["chat", "responses"])
+def test_a_custom_tool_name_is_checked_too(protocol: Protocol) -> None:
+    err = refused(protocol, tools=[custom(protocol, "r\u00fcn\u202e")])
+    assert err.param == "tools" and "tools[0]" in err.message and "'\\u202e'" in err.message
+
+
+def test_a_name_in_a_responses_namespace_names_its_place() -> None:
+    ns = {"type": "namespace", "name": "n", "tools": [function("responses", "bad name")]}
+    err = refused("responses", tools=[ns])
+    assert "tools[0].tools[0].name contains ' '" in err.message and err.param == "tools"
+
+
+@pytest.mark.parametrize("protocol", ["chat", "responses", "anthropic"])
+@pytest.mark.parametrize("name", GOOD_NAMES)
+def test_names_of_any_script_with_dots_and_colons_are_fine(protocol: Protocol, name: str) -> None:
+    call = PARSE[protocol](tools=[function(protocol, name)])
+    assert [t["function"]["name"] for t in call.body["tools"]] == [name]
+
+
+# ---- duplicate names ---------------------------------------------------------------------
+
+
+def _duplicates(protocol: Protocol) -> list[list[dict[str, Any]]]:
+    cases = [[function(protocol, "a"), function(protocol, "b"), function(protocol, "a")]]
+    if protocol != "anthropic":
+        cases.append([function(protocol, "a"), custom(protocol, "a")])
+        cases.append([custom(protocol, "a"), custom(protocol, "a")])
+    if protocol == "responses":
+        ns = {"type": "namespace", "name": "n", "tools": [function(protocol, "a")]}
+        cases.append([function(protocol, "a"), ns])
+    if protocol == "anthropic":
+        server = {"type": "web_search_20250305", "name": "web_search"}
+        cases.append([server, function(protocol, "web_search")])
+    return cases
+
+
+@pytest.mark.parametrize(
+    ("protocol", "tools"),
+    [(p, tools) for p in ("chat", "responses", "anthropic") for tools in _duplicates(p)],
+)
+def test_two_tools_of_one_name_are_a_400(protocol: Protocol, tools: list[Any]) -> None:
+    err = refused(protocol, tools=tools)
+    assert err.param == "tools"
+    assert "is the name of an earlier tool" in err.message, err.message
+    assert "must be unique" in err.message
+
+
+# ---- named tool choices ------------------------------------------------------------------
+
+CHOICES: list[tuple[Protocol, Any, str]] = [
+    (
+        "chat",
+        {"type": "function", "function": {"name": "zzz"}},
+        "'tool_choice.function.name' names the tool 'zzz', which is not in 'tools'",
+    ),
+    (
+        "chat",
+        {"type": "custom", "custom": {"name": "zzz"}},
+        "'tool_choice.custom.name' names the tool 'zzz', which is not in 'tools'",
+    ),
+    (
+        "chat",
+        {"type": "custom", "custom": {"name": "f"}},
+        "names 'f' as a custom tool, but it is a function tool",
+    ),
+    (
+        "chat",
+        {"type": "function", "function": {"name": "c"}},
+        "names 'f' as a function tool, but it is a custom tool".replace("'f'", "'c'"),
+    ),
+    (
+        "chat",
+        {
+            "type": "allowed_tools",
+            "allowed_tools": {
+                "mode": "auto",
+                "tools": [{"type": "custom", "custom": {"name": "f"}}],
+            },
+        },
+        "'tool_choice.allowed_tools.tools[0]' names 'f' as a custom tool",
+    ),
+    (
+        "responses",
+        {"type": "function", "name": "zzz"},
+        "'tool_choice.name' names the tool 'zzz', which is not in 'tools'",
+    ),
+    ("responses", {"type": "custom", "name": "zzz"}, "which is not in 'tools'"),
+    ("responses", {"type": "custom", "name": "f"}, "names 'f' as a custom tool, but it is a"),
+    ("responses", {"type": "function", "name": "c"}, "names 'c' as a function tool, but it is"),
+    (
+        "responses",
+        {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "c"}]},
+        "'tool_choice.tools[0]' names 'c' as a function tool",
+    ),
+    (
+        "anthropic",
+        {"type": "tool", "name": "zzz"},
+        "'tool_choice.name' names the tool 'zzz', which is not in 'tools'",
+    ),
+]
+
+
+def _offered(protocol: Protocol) -> list[dict[str, Any]]:
+    if protocol == "anthropic":
+        return [function(protocol, "f")]
+    return [function(protocol, "f"), custom(protocol, "c")]
+
+
+@pytest.mark.parametrize(("protocol", "choice", "fragment"), CHOICES)
+def test_a_choice_of_a_tool_not_offered_is_a_400(
+    protocol: Protocol, choice: Any, fragment: str
+) -> None:
+    err = refused(protocol, tools=_offered(protocol), tool_choice=choice)
+    assert err.param == "tool_choice"
+    assert fragment in err.message, err.message
+
+
+@pytest.mark.parametrize(
+    ("protocol", "choice"),
+    [
+        ("chat", {"type": "function", "function": {"name": "f"}}),
+        ("responses", {"type": "function", "name": "f"}),
+        ("anthropic", {"type": "tool", "name": "f"}),
+    ],
+)
+def test_a_choice_with_no_tools_at_all_is_a_400(protocol: Protocol, choice: Any) -> None:
+    err = refused(protocol, tool_choice=choice)
+    assert err.param == "tool_choice" and "which is not in 'tools'" in err.message
+
+
+@pytest.mark.parametrize(
+    ("protocol", "choice", "sent"),
+    [
+        ("chat", {"type": "function", "function": {"name": "f"}}, "f"),
+        ("chat", {"type": "custom", "custom": {"name": "c"}}, "c"),
+        ("responses", {"type": "function", "name": "f"}, "f"),
+        ("responses", {"type": "custom", "name": "c"}, "c"),
+        ("anthropic", {"type": "tool", "name": "f"}, "f"),
+    ],
+)
+def test_a_choice_of_an_offered_tool_goes_upstream(
+    protocol: Protocol, choice: Any, sent: str
+) -> None:
+    call = PARSE[protocol](tools=_offered(protocol), tool_choice=choice)
+    assert call.body["tool_choice"] == {"type": "function", "function": {"name": sent}}
+
+
+def test_an_anthropic_choice_of_a_server_tool_is_auto() -> None:
+    server = {"type": "web_search_20250305", "name": "web_search"}
+    call = anthropic(
+        tools=[server, function("anthropic", "f")],
+        tool_choice={"type": "tool", "name": "web_search"},
+    )
+    assert call.body["tool_choice"] == "auto"
+    assert "tool-choice-downgraded=web_search" in call.notes
+
+
+# ---- json_schema response formats --------------------------------------------------------
+
+SCHEMA = {"type": "object", "properties": {"x": {"type": "string"}}}
+BAD_SCHEMAS: list[tuple[dict[str, Any], str, str]] = [
+    ({"schema": SCHEMA}, "name", "is required"),
+    ({"name": "", "schema": SCHEMA}, "name", "is required"),
+    ({"name": "has space", "schema": SCHEMA}, "name", "not 'has space'"),
+    ({"name": "a" * 65, "schema": SCHEMA}, "name", "at most 64"),
+    ({"name": 5, "schema": SCHEMA}, "name", "not a number"),
+    ({"name": "n", "schema": "object"}, "schema", "must be a JSON schema object, not a string"),
+    ({"name": "n", "schema": [1]}, "schema", "must be a JSON schema object, not an array"),
+    ({"name": "n", "schema": SCHEMA, "strict": "yes"}, "strict", "true or false, not a string"),
+    ({"name": "n", "schema": SCHEMA, "strict": 1}, "strict", "true or false, not a number"),
+    ({"name": "n", "schema": SCHEMA, "description": 3}, "description", "must be a string"),
+]
+
+
+@pytest.mark.parametrize(("spec", "field", "fragment"), BAD_SCHEMAS)
+def test_a_malformed_chat_json_schema_is_a_400_naming_the_field(
+    spec: dict[str, Any], field: str, fragment: str
+) -> None:
+    err = refused("chat", response_format={"type": "json_schema", "json_schema": spec})
+    assert err.param == "response_format"
+    assert f"'response_format.json_schema.{field}'" in err.message, err.message
+    assert fragment in err.message, err.message
+
+
+@pytest.mark.parametrize(("spec", "field", "fragment"), BAD_SCHEMAS)
+def test_a_malformed_responses_json_schema_is_a_400_naming_the_field(
+    spec: dict[str, Any], field: str, fragment: str
+) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        responses(text={"format": {"type": "json_schema", **spec}})
+    err = info.value
+    assert err.param == "text"
+    if field == "schema":  # Responses needs the schema itself
+        assert "json_schema (with 'schema')" in err.message, err.message
+    else:
+        assert f"'text.format.{field}'" in err.message and fragment in err.message, err.message
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "answer", "schema": SCHEMA},
+        {"name": "a-b_C9", "schema": SCHEMA, "strict": True, "description": "d"},
+        {"name": "a" * 64, "schema": SCHEMA, "strict": False},
+    ],
+)
+def test_well_formed_json_schemas_are_taken(spec: dict[str, Any]) -> None:
+    call = chat(response_format={"type": "json_schema", "json_schema": spec})
+    assert call.body["response_format"]["json_schema"] == spec
+    call = responses(text={"format": {"type": "json_schema", **spec}})
+    assert call.body["response_format"] == {"type": "json_object"} and call.json_mode
+
+
+# ---- custom tool formats -----------------------------------------------------------------
+
+
+def _grammar(protocol: Protocol, **grammar: Any) -> dict[str, Any]:
+    if protocol == "chat":
+        return {"type": "grammar", "grammar": grammar}
+    return {"type": "grammar", **grammar}
+
+
+def _at(protocol: Protocol, field: str) -> str:
+    """Where a custom tool's format field is, as the error names it."""
+    if protocol == "chat":
+        return f"tools[0].custom.format.grammar.{field}"
+    return f"tools[0].format.{field}"
+
+
+BAD_FORMATS: list[tuple[dict[str, Any], str, str]] = [
+    ({"syntax": "ebnf", "definition": "x"}, "syntax", "must be lark or regex, not 'ebnf'"),
+    ({"definition": "x"}, "syntax", "must be lark or regex, not null"),
+    ({"syntax": "lark"}, "definition", "non-empty string, not null"),
+    ({"syntax": "lark", "definition": 5}, "definition", "non-empty string, not a number"),
+    ({"syntax": "regex", "definition": ""}, "definition", "not an empty string"),
+]
+
+
+@pytest.mark.parametrize("protocol", ["chat", "responses"])
+@pytest.mark.parametrize(("grammar", "field", "fragment"), BAD_FORMATS)
+def test_a_custom_tool_grammar_missing_a_part_is_a_400_naming_it(
+    protocol: Protocol, grammar: dict[str, Any], field: str, fragment: str
+) -> None:
+    err = refused(protocol, tools=[custom(protocol, "g", format=_grammar(protocol, **grammar))])
+    assert err.param == "tools"
+    assert _at(protocol, field) in err.message and fragment in err.message, err.message
+
+
+@pytest.mark.parametrize("protocol", ["chat", "responses"])
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"format": "lark"}, 'format must be {"type": "text"} or'),
+        ({"format": {"type": "bogus"}}, 'format must be {"type": "text"} or'),
+        ({"description": 5}, "description must be a string, not a number"),
+        ({"description": ["d"]}, "description must be a string, not an array"),
+    ],
+)
+def test_a_custom_tool_of_another_shape_is_a_400(
+    protocol: Protocol, fields: dict[str, Any], fragment: str
+) -> None:
+    err = refused(protocol, tools=[custom(protocol, "g", **fields)])
+    assert err.param == "tools" and fragment in err.message, err.message
+
+
+def test_chat_grammar_needs_its_nested_object() -> None:
+    err = refused("chat", tools=[custom("chat", "g", format={"type": "grammar"})])
+    assert "tools[0].custom.format.grammar must be an object" in err.message
+
+
+@pytest.mark.parametrize("protocol", ["chat", "responses"])
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        None,
+        {"type": "text"},
+        {"syntax": "lark", "definition": "start: /[a-z]+/"},
+        {"syntax": "regex", "definition": "^[a-z]+$"},
+    ],
+)
+def test_well_formed_custom_tools_are_offered_as_functions(
+    protocol: Protocol, fmt: dict[str, Any] | None
+) -> None:
+    fields: dict[str, Any] = {"description": "Run it"}
+    if fmt is not None:
+        fields["format"] = fmt if fmt.get("type") == "text" else _grammar(protocol, **fmt)
+    call = PARSE[protocol](tools=[custom(protocol, "g", **fields)])
+    fn = call.body["tools"][0]["function"]
+    assert fn["name"] == "g" and fn["parameters"]["required"] == ["input"]
+    if fmt is not None and "definition" in fmt:
+        assert fmt["definition"] in fn["description"]
+
+
+# ---- chat history -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call_id", [None, 5])
+def test_a_chat_history_custom_call_without_an_id_is_a_400(call_id: Any) -> None:
+    call: dict[str, Any] = {"type": "custom", "custom": {"name": "run", "input": "ls"}}
+    if call_id is not None:
+        call["id"] = call_id
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+    ]
+    err = refused("chat", messages=messages, tools=[custom("chat", "run")])
+    assert err.param == "messages[1].tool_calls" and "messages[1].tool_calls[0]" in err.message
