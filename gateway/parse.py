@@ -680,6 +680,34 @@ def custom_tool_input(arguments: str) -> str:
     return value if isinstance(value, str) else arguments
 
 
+_INPUT_WRAPPER = re.compile(r'\s*\{\s*"input"\s*:\s*"')
+
+
+def custom_tool_input_so_far(arguments: str) -> str:
+    """The input of a custom tool call whose arguments were cut off (the stream broke):
+    what the model had written of the ``input`` string, decoded, or "" when the cut came
+    before it; never the raw wrapper."""
+    start = _INPUT_WRAPPER.match(arguments)
+    if start is None:
+        return ""
+    rest = arguments[start.end() :]
+    i = 0
+    while i < len(rest):  # a closed string: the whole input
+        if rest[i] == "\\":
+            i += 2
+            continue
+        if rest[i] == '"':
+            return str(orjson.loads('"' + rest[:i] + '"'))
+        i += 1
+    # Cut inside the string: drop a partly written escape (at most \uXXXX\uXXXX).
+    for cut in range(len(rest), max(-1, len(rest) - 12), -1):
+        try:
+            return str(orjson.loads('"' + rest[:cut] + '"'))
+        except orjson.JSONDecodeError:
+            continue
+    return ""
+
+
 def _chat_tools(tools: Any, notes: list[str]) -> tuple[list[Any] | None, ToolNames]:
     """The ``tools`` to send upstream, and the tools offered by name (the custom tools
     among them have their calls go back to the client as custom tool calls)."""

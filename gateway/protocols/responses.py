@@ -34,6 +34,7 @@ from gateway.parse import (
     check_params,
     custom_tool_function,
     custom_tool_input,
+    custom_tool_input_so_far,
     estimate_prompt_tokens,
     load_json_object,
     positive_int,
@@ -587,21 +588,32 @@ class Renderer:
         }
 
     def call(
-        self, call_id: str, name: str, arguments: str, item_id: str | None = None
+        self,
+        call_id: str,
+        name: str,
+        arguments: str,
+        item_id: str | None = None,
+        status: str = "completed",
     ) -> dict[str, Any]:
+        """A function or custom tool call. An ``incomplete`` one was cut off: a custom
+        call's input is then what the model wrote of it (never the raw ``{"input": ...``
+        wrapper its function is called with upstream)."""
         if name in self.ctx.custom_tools:
+            cut = status == "incomplete"
             return {
                 "type": "custom_tool_call",
                 "id": item_id or _id("ctc"),
-                "status": "completed",
+                "status": status,
                 "call_id": call_id,
                 "name": name,
-                "input": custom_tool_input(arguments),
+                "input": custom_tool_input_so_far(arguments)
+                if cut
+                else custom_tool_input(arguments),
             }
         item = {
             "type": "function_call",
             "id": item_id or _id("fc"),
-            "status": "completed",
+            "status": status,
             "call_id": call_id,
             "name": name,
             "arguments": arguments,
@@ -675,22 +687,29 @@ class StreamTranslator:
         out += self._event("response.output_item.added", output_index=self.open.index, item=item)
         return out, self.open
 
-    def _close(self) -> bytes:
+    def _close(self, broken: bool = False) -> bytes:
+        """Ends the open item. One ``broken`` off (the stream failed while it was written)
+        is ``incomplete``; a tool call cut so has no arguments or input ``done`` event, as
+        what it has is not all the model meant to write."""
         o, self.open = self.open, None
         if o is None:
             return b""
         at = {"item_id": o.item_id, "output_index": o.index}
         text = "".join(o.text)
+        status = "incomplete" if broken else "completed"
         if o.kind == "reasoning":
             item = self.r.reasoning(text, o.item_id)
             out = self._event("response.reasoning_text.done", **at, content_index=0, text=text)
         elif o.kind == "message":
-            item = self.r.message(text, o.item_id)
+            item = self.r.message(text, o.item_id, status)
             part = item["content"][0]
             out = self._event(
                 "response.output_text.done", **at, content_index=0, text=text, logprobs=[]
             )
             out += self._event("response.content_part.done", **at, content_index=0, part=part)
+        elif broken:
+            item = self.r.call(o.call_id, o.name, text, o.item_id, status)
+            out = b""
         else:
             item = self.r.call(o.call_id, o.name, text, o.item_id)
             if item["type"] == "custom_tool_call":
@@ -785,7 +804,7 @@ class StreamTranslator:
         return out
 
     def fail(self, err: TiergateError) -> bytes:
-        out = self._close()
+        out = self._close(broken=True)
         error = {"code": err.code, "message": err.message}
         return out + self._event(
             "response.failed",

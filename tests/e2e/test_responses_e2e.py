@@ -324,3 +324,58 @@ def test_an_output_limit_over_the_tiers_names_max_output_tokens(gateway: Gateway
         )
     assert info.value.body["param"] == "max_output_tokens"  # type: ignore[index]
     assert info.value.body["message"].startswith("max_output_tokens 1000000 is over")  # type: ignore[index]
+
+
+PATCH_TOOL = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Apply a patch",
+    "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"},
+}
+
+
+@pytest.mark.parametrize(
+    ("tools", "ask", "kind"),
+    [
+        (WEATHER, ASK, "function_call"),
+        (
+            [PATCH_TOOL],
+            'use the apply_patch tool with {"input": "*** Begin Patch"}',
+            "custom_tool_call",
+        ),
+    ],
+)
+def test_a_call_cut_off_by_a_broken_stream_is_incomplete(
+    gateway: Gateway, sims: Sims, tools: list[Any], ask: str, kind: str
+) -> None:
+    """The upstream stream breaks while the call's arguments are written: the call is not
+    reported completed, a custom call's input is never the raw ``{"input": ...`` wrapper,
+    and the response fails; the SDK's stream helper has no final response to give."""
+    for url in sims.flash:
+        sims.control(url, fail_rate=1.0, fail_mode="midstream")
+    with gateway.client().responses.stream(
+        model="deepseek-chat",
+        tools=tools,  # type: ignore[arg-type]
+        input=ask,
+    ) as stream:
+        events = list(stream)
+        with pytest.raises(RuntimeError, match="response.completed"):
+            stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert kinds[-1] == "response.failed", kinds
+    assert "response.function_call_arguments.done" not in kinds
+    assert "response.custom_tool_call_input.done" not in kinds
+    added = [e.item for e in events if e.type == "response.output_item.added"]
+    assert added[-1].type == kind and added[-1].status == "in_progress"
+    done = [e.item for e in events if e.type == "response.output_item.done"]
+    assert done and done[-1].type == kind, done
+    cut = done[-1]
+    assert cut.status == "incomplete"
+    if kind == "custom_tool_call":
+        assert cut.type == "custom_tool_call"
+        assert "{" not in cut.input and "input" not in cut.input, cut.input
+    failed = events[-1]
+    assert failed.type == "response.failed"
+    assert failed.response.status == "failed" and failed.response.error is not None
+    last = failed.response.output[-1]
+    assert last.type == kind and last.status == "incomplete"

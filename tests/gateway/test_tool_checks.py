@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.parse import Call, parse_chat
+from gateway.parse import Call, custom_tool_input_so_far, parse_chat
 from gateway.protocols.anthropic import parse_messages
-from gateway.protocols.responses import parse_responses
-from policies.errors import InvalidRequest
+from gateway.protocols.responses import StreamTranslator, parse_responses
+from policies.errors import InvalidRequest, UpstreamUnavailable
 
 Protocol = str
 
@@ -394,3 +394,83 @@ def test_a_chat_history_custom_call_without_an_id_is_a_400(call_id: Any) -> None
     ]
     err = refused("chat", messages=messages, tools=[custom("chat", "run")])
     assert err.param == "messages[1].tool_calls" and "messages[1].tool_calls[0]" in err.message
+
+
+# ---- a Responses stream cut while a tool call is written ----------------------------------
+
+
+def _cut_stream(tools: list[Any], name: str, pieces: list[str]) -> list[dict[str, Any]]:
+    tr = StreamTranslator(responses(tools=tools).context, "deepseek-chat")
+    out = tr.start()
+    out += tr.feed({"choices": [{"delta": {"content": "let me"}}]})
+    head = {"index": 0, "id": "call_1", "type": "function", "function": {"name": name}}
+    out += tr.feed({"choices": [{"delta": {"tool_calls": [head]}}]})
+    for piece in pieces:
+        delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+        out += tr.feed({"choices": [{"delta": delta}]})
+    out += tr.fail(UpstreamUnavailable("the upstream broke off its response mid-way"))
+    return [orjson.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")]
+
+
+@pytest.mark.parametrize(
+    ("tools", "name", "pieces", "field", "so_far"),
+    [
+        ([function("responses", "f")], "f", ['{"q": ', '"Par'], "arguments", '{"q": "Par'),
+        ([function("responses", "f")], "f", [], "arguments", ""),
+        ([custom("responses", "run")], "run", ['{"input": "l'], "input", "l"),
+        ([custom("responses", "run")], "run", ['{"inp'], "input", ""),
+        ([custom("responses", "run")], "run", ['{"input": "a\\', "u00"], "input", "a"),
+        ([custom("responses", "run")], "run", ['{"input": "ls", "x'], "input", "ls"),
+    ],
+)
+def test_a_call_the_stream_broke_off_is_incomplete_not_completed(
+    tools: list[Any], name: str, pieces: list[str], field: str, so_far: str
+) -> None:
+    events = _cut_stream(tools, name, pieces)
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "response.failed"
+    # The call's arguments or input are never announced as final.
+    for final in ("response.function_call_arguments.done", "response.custom_tool_call_input."):
+        assert not any(k.startswith(final) for k in kinds), kinds
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    message, cut = done
+    assert message["type"] == "message" and message["status"] == "completed"
+    assert cut["status"] == "incomplete" and cut[field] == so_far
+    assert cut["name"] == name and cut["call_id"] == "call_1"
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and failed["output"][-1] == cut
+
+
+def test_a_message_the_stream_broke_off_is_incomplete() -> None:
+    tr = StreamTranslator(responses().context, "deepseek-chat")
+    out = tr.start() + tr.feed({"choices": [{"delta": {"content": "half a"}}]})
+    out += tr.fail(UpstreamUnavailable("broke off"))
+    events = [orjson.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")]
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert [d["status"] for d in done] == ["incomplete"]
+    assert done[0]["content"][0]["text"] == "half a"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "so_far"),
+    [
+        ("", ""),
+        ("{", ""),
+        ('{"input"', ""),
+        ('{"input": "', ""),
+        ('{"input": "l', "l"),
+        ('{ "input" : "ls -la', "ls -la"),
+        ('{"input": "ls", "more', "ls"),
+        ('{"input": "ok"}', "ok"),
+        ('{"input": "a\\', "a"),
+        ('{"input": "a\\u00', "a"),
+        ('{"input": "a\\u00e9b\\n', "a\u00e9b\n"),
+        ('{"input": "x\\"y', 'x"y'),
+        ('{"input": "\\ud83d', ""),
+        ('{"input": "\\ud83d\\ude00', "\U0001f600"),
+        ('{"other": "x"}', ""),
+        ("not json", ""),
+    ],
+)
+def test_the_input_so_far_of_a_cut_custom_call(arguments: str, so_far: str) -> None:
+    assert custom_tool_input_so_far(arguments) == so_far
