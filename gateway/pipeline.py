@@ -135,6 +135,13 @@ def _tool_turn_without_reasoning(body: Mapping[str, Any]) -> bool:
     )
 
 
+def _json_schema(call: Call) -> bool:
+    """A chat request asking for a ``json_schema`` answer, which the hosted API answers in
+    JSON mode with the schema in the prompt (engines/translate.py ``hosted_body``)."""
+    fmt = call.body.get("response_format")
+    return call.endpoint == "chat" and isinstance(fmt, dict) and fmt.get("type") == "json_schema"
+
+
 def _raw_key(headers: Mapping[str, str]) -> str | None:
     auth = headers.get("authorization")
     if auth:
@@ -388,6 +395,9 @@ class Pipeline:
                 continue
             if planned is not p.plan.primary:
                 self.metrics.fallbacks.labels(p.plan.primary.backend, option.backend).inc()
+            backend = self.catalog.backends.get(option.backend)
+            if backend is not None and backend.kind == "deepseek" and _json_schema(p.call):
+                p.reasons.append("json-schema-as-json-object")
             p.option = option
             return result
         raise last or UpstreamUnavailable("no backend could take the request")

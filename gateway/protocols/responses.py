@@ -365,7 +365,9 @@ def _reasoning(body: dict[str, Any], out: dict[str, Any]) -> None:
         out["reasoning_effort"] = effort
 
 
-def _text_format(body: dict[str, Any], out: dict[str, Any], system: list[str]) -> bool:
+def _text_format(
+    body: dict[str, Any], out: dict[str, Any], system: list[str], notes: list[str]
+) -> bool:
     text = body.get("text")
     fmt = text.get("format") if isinstance(text, dict) else None
     if fmt is None:
@@ -379,6 +381,7 @@ def _text_format(body: dict[str, Any], out: dict[str, Any], system: list[str]) -
     if kind == "json_schema" and isinstance(fmt.get("schema"), dict):
         check_json_schema(fmt, "text.format", "text")
         # V4 has JSON mode, not schema-constrained decoding: the schema goes in the prompt.
+        notes.append("json-schema-as-json-object")
         out["response_format"] = {"type": "json_object"}
         system.append(json_schema_instruction(fmt["schema"]))
         return True
@@ -463,7 +466,7 @@ def parse_responses(
             out["parallel_tool_calls"] = bool(body["parallel_tool_calls"])
     if isinstance(choice, _Allowed) and "tools" not in out:
         allowed_tools(out, choice.mode, choice.names, notes, "tool_choice")
-    json_mode = _text_format(body, out, history.system)
+    json_mode = _text_format(body, out, history.system, notes)
     system = [s for s in history.system if s]
     out["messages"] = ([{"role": "system", "content": "\n\n".join(system)}] if system else []) + (
         history.messages

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import openai
@@ -286,8 +287,88 @@ def test_json_schema_answers_on_every_backend(
     else:
         raw = gw.client().chat.completions.with_raw_response.create(**args)
         text = raw.parse().choices[0].message.content
-        assert ("/hosted;" in raw.headers["x-tiergate-route"]) is (fixture == "hosted_first")
+        route = raw.headers["x-tiergate-route"]
+        assert ("/hosted;" in route) is (fixture == "hosted_first")
+        # The hosted API has JSON mode only: the schema went in the prompt, as the route says.
+        assert ("json-schema-as-json-object" in route) is (fixture == "hosted_first")
     assert isinstance(json.loads(text), dict)
+
+
+FN_TOOL = {"type": "function", "function": {"name": "a", "parameters": {"type": "object"}}}
+CUSTOM_A = {"type": "custom", "custom": {"name": "a"}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "fragment"),
+    [
+        ({"tools": [FN_TOOL, CUSTOM_A]}, "tools", "must be unique"),
+        ({"tools": [FN_TOOL, FN_TOOL]}, "tools", "tools[1].function.name 'a' is the name"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "r\u00fcn\u202e"}}]},
+            "tools",
+            "tools[0].function.name contains '\\u202e'",
+        ),
+        ({"tools": [{"type": "function", "function": {"name": ""}}]}, "tools", "must not be empty"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "x" * 65}}]},
+            "tools",
+            "at most 64",
+        ),
+        (
+            {"tools": [FN_TOOL], "tool_choice": {"type": "function", "function": {"name": "z"}}},
+            "tool_choice",
+            "names the tool 'z', which is not in 'tools'",
+        ),
+        (
+            {"tools": [FN_TOOL], "tool_choice": {"type": "custom", "custom": {"name": "a"}}},
+            "tool_choice",
+            "names 'a' as a custom tool, but it is a function tool",
+        ),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "custom",
+                        "custom": {
+                            "name": "g",
+                            "format": {"type": "grammar", "grammar": {"syntax": "ebnf"}},
+                        },
+                    }
+                ]
+            },
+            "tools",
+            "tools[0].custom.format.grammar.syntax must be lark or regex",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+            "response_format",
+            "'response_format.json_schema.name' is required",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "a", "schema": {}, "strict": "yes"},
+                }
+            },
+            "response_format",
+            "'response_format.json_schema.strict' must be true or false",
+        ),
+    ],
+)
+def test_malformed_tools_and_formats_are_400s_before_any_backend(
+    gateway: Gateway, fields: dict[str, Any], param: str, fragment: str
+) -> None:
+    before = len(gateway.settled())
+    with pytest.raises(openai.BadRequestError) as info:
+        gateway.client().chat.completions.create(
+            model="deepseek-chat",
+            messages=[{"role": "user", "content": "use the a tool"}],
+            **fields,
+        )
+    body: Any = info.value.body
+    assert body["param"] == param and fragment in body["message"], body
+    assert len(gateway.settled()) == before
 
 
 def test_the_hosted_api_refuses_json_schema_as_the_real_one_does(sims: Sims) -> None:
