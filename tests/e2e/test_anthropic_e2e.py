@@ -265,6 +265,8 @@ def test_search_results_reach_the_model_as_text(
     [
         ({**_search_result("x"), "source": 5}, "needs a string 'source'"),
         ({**_search_result("x"), "content": [{"type": "image"}]}, "must be a text block"),
+        ({**_search_result("x"), "content": []}, "a non-empty list of text blocks"),
+        ({**_search_result("x"), "citations": True}, ".citations must be an object"),
     ],
 )
 def test_a_malformed_search_result_is_an_anthropic_400(
@@ -280,3 +282,33 @@ def test_a_malformed_search_result_is_an_anthropic_400(
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and fragment in err["message"]
     assert "messages[0].content[0]" in err["message"]
+
+
+WEATHER_TOOL = {"name": "get_weather", "input_schema": {"type": "object"}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"tools": [WEATHER_TOOL, WEATHER_TOOL]}, "tools[1].name 'get_weather' is the name"),
+        ({"tools": [{**WEATHER_TOOL, "name": "get weather"}]}, "tools[0].name contains ' '"),
+        ({"tools": [{**WEATHER_TOOL, "name": "w\u202e"}]}, "tools[0].name contains '\\u202e'"),
+        ({"tools": [{**WEATHER_TOOL, "name": "w" * 65}]}, "at most 64"),
+        (
+            {"tools": [WEATHER_TOOL], "tool_choice": {"type": "tool", "name": "zzz"}},
+            "'tool_choice.name' names the tool 'zzz', which is not in 'tools'",
+        ),
+    ],
+)
+def test_malformed_tools_and_choices_are_anthropic_400s(
+    gateway: Gateway, fields: dict, fragment: str
+) -> None:
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client(gateway).messages.create(
+            model="claude-sonnet-4-5",
+            max_tokens=10,
+            messages=[{"role": "user", "content": "use the get_weather tool"}],
+            **fields,
+        )
+    err = info.value.body["error"]  # type: ignore[index]
+    assert err["type"] == "invalid_request_error" and fragment in err["message"], err

@@ -379,3 +379,47 @@ def test_a_call_cut_off_by_a_broken_stream_is_incomplete(
     assert failed.response.status == "failed" and failed.response.error is not None
     last = failed.response.output[-1]
     assert last.type == kind and last.status == "incomplete"
+
+
+FN_A = {"type": "function", "name": "a", "parameters": {"type": "object"}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "fragment"),
+    [
+        ({"tools": [FN_A, {"type": "custom", "name": "a"}]}, "tools", "must be unique"),
+        ({"tools": [{**FN_A, "name": "a b"}]}, "tools", "tools[0].name contains ' '"),
+        (
+            {"tools": [FN_A], "tool_choice": {"type": "function", "name": "zzz"}},
+            "tool_choice",
+            "names the tool 'zzz', which is not in 'tools'",
+        ),
+        (
+            {"tools": [FN_A], "tool_choice": {"type": "custom", "name": "a"}},
+            "tool_choice",
+            "names 'a' as a custom tool, but it is a function tool",
+        ),
+        (
+            {"tools": [{"type": "custom", "name": "g", "format": {"type": "grammar"}}]},
+            "tools",
+            "tools[0].format.syntax must be lark or regex",
+        ),
+        (
+            {"text": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
+            "text",
+            "'text.format.name' is required",
+        ),
+        (
+            {"text": {"format": {"type": "json_schema", "name": "a", "schema": {}, "strict": 1}}},
+            "text",
+            "'text.format.strict' must be true or false",
+        ),
+    ],
+)
+def test_malformed_tools_choices_and_formats_are_400s(
+    gateway: Gateway, fields: dict[str, Any], param: str, fragment: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        gateway.client().responses.create(model="deepseek-chat", input="use the a tool", **fields)
+    body: Any = info.value.body
+    assert body["param"] == param and fragment in body["message"], body
