@@ -49,7 +49,9 @@ def _chat(url: str, **kw: Any) -> httpx.Response:
 def test_the_reservation_grows_with_n(gw: tuple[str, RecordingAccounting]) -> None:
     url, acct = gw
     reserved = []
-    for n in (1, 2, 3):
+    # n > 1 is planned on the replicas only (the hosted API answers one choice), so the
+    # requests compared here share their options and prices.
+    for n in (2, 3, 4):
         r = _chat(url, n=n, max_tokens=16)
         assert r.status_code == 200, r.text
         assert len(r.json()["choices"]) == n  # the replicas sample n choices, as vLLM does
@@ -58,7 +60,7 @@ def test_the_reservation_grows_with_n(gw: tuple[str, RecordingAccounting]) -> No
     assert one_output > 0
     # The prompt is reserved once; each choice adds the same worst-case output.
     assert abs((reserved[2] - reserved[1]) - one_output) <= 1
-    assert reserved[0] > one_output  # ... and the prompt is in the first
+    assert reserved[0] > 2 * one_output  # ... and the prompt is in the first
 
 
 @pytest.mark.parametrize("n", [0, -1, 129, "2", True, 1.5])
