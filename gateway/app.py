@@ -22,6 +22,7 @@ from gateway.accounting import Accounting, OpenAccounting
 from gateway.errors import error_response
 from gateway.fastpath import TiergateApp, unexpected_error
 from gateway.http_guard import BodyLimit, metric_protocol
+from gateway.inflight import InflightJournal
 from gateway.logging import configure_logging
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, rule_classifier
@@ -48,6 +49,26 @@ async def open_accounting(settings: Settings, catalog: Catalog, metrics: Metrics
     from gateway.money import open_money
 
     return await open_money(settings, metrics)
+
+
+def open_journal(
+    accounting: Accounting, pipeline: Pipeline, settings: Settings, metrics: Metrics
+) -> InflightJournal | None:
+    """The in-flight journal, when the processes share Redis (gateway/inflight.py)."""
+    from gateway.money import MoneyAccounting
+
+    if not isinstance(accounting, MoneyAccounting) or accounting.redis is None:
+        return None
+    journal = InflightJournal(
+        accounting.redis,
+        pipeline.settle_orphan,
+        prefix=settings.redis_prefix,
+        interval_s=settings.inflight_interval_s,
+        orphan_after_s=settings.inflight_orphan_s,
+        on_orphan=metrics.orphaned_settlements.inc,
+    )
+    journal.start()
+    return journal
 
 
 def _protocol(request: Request) -> str:
@@ -98,10 +119,13 @@ def create_app(
         if loaded.routing.shadow.enabled:
             pipeline.shadow = ShadowService(loaded, engines, accounting, metrics)
             pipeline.shadow.truth = truth
+        pipeline.journal = open_journal(accounting, pipeline, settings, metrics)
         app.state.tiergate = AppState(settings, loaded, metrics, session, engines, pipeline)
         try:
             yield
         finally:
+            if pipeline.journal is not None:
+                await pipeline.journal.close()
             if pipeline.shadow is not None:
                 await pipeline.shadow.close()
             await accounting.close()

@@ -50,6 +50,13 @@ def event_of(s: Settlement) -> dict[str, Any]:
     return data
 
 
+def settlement_of(event: dict[str, Any]) -> Settlement:
+    """The settlement an event was made of (``event_of``'s inverse)."""
+    data = {name: event[name] for name in _SETTLEMENT_FIELDS if name in event}
+    data["ts"] = datetime.fromisoformat(event["ts"])
+    return Settlement(**data)
+
+
 # Text columns and their lengths: every string is fitted to its column before a write.
 _TEXT_LIMITS = {
     c.name: c.type.length

@@ -95,6 +95,12 @@ class Metrics:
             ("backend",),
             registry=r,
         )
+        self.orphaned_settlements = Counter(
+            "tiergate_orphaned_settlements",
+            "Requests of a gateway process that died mid-request (SIGKILL, OOM), settled by"
+            " another process from the in-flight journal with the usage last recorded.",
+            registry=r,
+        )
         self.over_reservation = Counter(
             "tiergate_settled_over_reservation",
             "Requests under a budget whose billed cost came out above what was reserved for"

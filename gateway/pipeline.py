@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from engines.base import Engine, EngineRequest, EngineResponse, EngineStream
-from gateway.accounting import Accounting, Caller, Hold, Settlement
+from gateway.accounting import ANONYMOUS, Accounting, Caller, Hold, Settlement
+from gateway.inflight import InflightJournal, hold_json, hold_of
+from gateway.ledger import event_of, settlement_of
 from gateway.logging import get_logger
 from gateway.metrics import Metrics
 from gateway.parse import Call
@@ -104,6 +106,9 @@ class Prepared:
     cost_nanos: int | None = None  # set once settled (shadow mode compares it with Pro's)
     request_faults: int = 0  # backends that failed on the request's own content
     error: str = ""  # why a stream that had begun failed (for the log line)
+    trying: Option | None = None  # the option being dispatched to now
+    stream: EngineStream | None = None  # once opened: what it streamed so far
+    answered: Usage | None = None  # a non-stream answer's usage, until it is settled
 
     @property
     def reason(self) -> str:
@@ -142,6 +147,15 @@ def _json_schema(call: Call) -> bool:
     return call.endpoint == "chat" and isinstance(fmt, dict) and fmt.get("type") == "json_schema"
 
 
+def _estimated(p: Prepared) -> Usage:
+    """A request's usage when the upstream never reported it: the prompt estimate as cache
+    miss, and the text streamed so far at four characters a token, rounded up."""
+    outcome = p.stream.outcome if p.stream is not None else None
+    out = -(-outcome.output_chars // _STREAM_CHARS_PER_TOKEN) if outcome else 0
+    thought = -(-outcome.reasoning_chars // _STREAM_CHARS_PER_TOKEN) if outcome else 0
+    return Usage(0, p.call.prompt_tokens_est, out, min(thought, out))
+
+
 def _raw_key(headers: Mapping[str, str]) -> str | None:
     auth = headers.get("authorization")
     if auth:
@@ -176,6 +190,8 @@ class Pipeline:
         self.shadow: ShadowService | None = None
         self.truth: RouterTruth | None = None  # auto's quality kept / cost saved estimate
         self.settling = 0  # answered non-stream requests whose settlement has not ended
+        # With Redis: running requests are journaled, so a dead process's get settled.
+        self.journal: InflightJournal | None = None
 
     # ---- before dispatch ---------------------------------------------------------------
 
@@ -256,6 +272,8 @@ class Pipeline:
             self.metrics.spillovers.labels(backend, why).inc()
         if self.shadow is not None:
             p.shadow = self.shadow.pick(p)
+        if self.journal is not None:
+            self.journal.track(request_id, lambda: self._draft(p))
         return p
 
     def _check_caller(self, call: Call, caller: Caller) -> None:
@@ -375,6 +393,7 @@ class Pipeline:
             option = self._fallback_option(p, planned)
             engine = self.engines[option.backend]
             req = self._engine_request(p, option)
+            p.trying = option
             try:
                 result = await opener(engine, req)
             except UpstreamError as exc:
@@ -414,6 +433,7 @@ class Pipeline:
         except Exception as exc:
             raise await self._unexpected(p, exc) from exc
         p.replica = resp.replica
+        p.answered = resp.usage
         self.settling += 1
         return resp
 
@@ -446,6 +466,7 @@ class Pipeline:
         except Exception as exc:
             raise await self._unexpected(p, exc) from exc
         p.replica = stream.replica
+        p.stream = stream
         return stream
 
     async def relay(
@@ -509,9 +530,7 @@ class Pipeline:
         usage = stream.outcome.usage
         if usage is None:
             p.reasons.append("usage=estimated")
-            out = -(-stream.outcome.output_chars // _STREAM_CHARS_PER_TOKEN)  # rounded up
-            thought = -(-stream.outcome.reasoning_chars // _STREAM_CHARS_PER_TOKEN)
-            usage = Usage(0, p.call.prompt_tokens_est, out, min(thought, out))
+            usage = _estimated(p)
             status = 502 if status == 200 else status
         if stream.outcome.finish_reason == "insufficient_system_resource":
             p.reasons.append("upstream-insufficient-resource")
@@ -541,6 +560,8 @@ class Pipeline:
     async def _fail(self, p: Prepared, err: TiergateError) -> None:
         err.headers.setdefault("x-request-id", p.request_id)
         err.headers.setdefault("x-tiergate-route", p.route_header())
+        if self.journal is not None:  # before the release: a released request is never billed
+            await self.journal.done(p.request_id)
         await self.accounting.release(p.caller, p.hold or Hold(p.request_id))
         self.metrics.requests.labels(
             p.call.protocol,
@@ -556,7 +577,29 @@ class Pipeline:
     async def _settle(
         self, p: Prepared, usage: Usage, status: int, *, provider_cost_usd: float | None = None
     ) -> None:
+        s, peak = self._settlement(p, usage, status, provider_cost_usd)
+        try:
+            await self.accounting.settle(p.caller, s, p.hold or Hold(p.request_id))
+        finally:
+            if self.journal is not None:
+                await self.journal.done(p.request_id)
+        p.cost_nanos = s.cost_nanos
         option = p.option or p.plan.primary
+        if self.truth is not None and p.plan.reason.startswith("auto"):
+            self.truth.settled(option.tier == self.catalog.strong_tier, s.cost_nanos)
+        self._record(s, p.caller.key_prefix, peak)
+        self._log(p, option, usage, s.cost_nanos, status, error=p.error)
+
+    def _settlement(
+        self,
+        p: Prepared,
+        usage: Usage,
+        status: int,
+        provider_cost_usd: float | None = None,
+        note: str = "",
+    ) -> tuple[Settlement, bool]:
+        """The ledger's record of a request ended with ``usage``, and whether at peak price."""
+        option = p.option or p.trying or p.plan.primary
         if self.prices.has(option.backend, option.tier):
             rate = self.prices.rate(option.backend, option.tier, p.started_at)
             cost, version, peak = rate.cost_nanos(usage), rate.version, rate.peak
@@ -564,9 +607,6 @@ class Pipeline:
             cost = round((provider_cost_usd or 0.0) * NANOS_PER_USD)
             version, peak = "litellm-price-map", False
         hosted = self.prices.hosted_rate(option.tier, p.started_at)
-        hosted_cost = hosted.cost_nanos(usage) if hosted else cost
-        latency = time.perf_counter() - p.started
-        team = p.caller.team_id or "none"
         s = Settlement(
             request_id=p.request_id,
             ts=p.started_at,
@@ -578,23 +618,25 @@ class Pipeline:
             mode=option.mode.label,
             backend=option.backend,
             replica=p.replica,
-            route_reason=p.reason,
+            route_reason=f"{p.reason};{note}" if note else p.reason,
             cache_hit_tokens=usage.cache_hit_tokens,
             cache_miss_tokens=usage.cache_miss_tokens,
             output_tokens=usage.output_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             price_version=version,
             cost_nanos=cost,
-            hosted_equiv_nanos=hosted_cost,
-            latency_ms=round(latency * 1000, 3),
+            hosted_equiv_nanos=hosted.cost_nanos(usage) if hosted else cost,
+            latency_ms=round((time.perf_counter() - p.started) * 1000, 3),
             status=status,
         )
-        await self.accounting.settle(p.caller, s, p.hold or Hold(p.request_id))
-        p.cost_nanos = cost
-        if self.truth is not None and p.plan.reason.startswith("auto"):
-            self.truth.settled(option.tier == self.catalog.strong_tier, cost)
-        m, lbl = self.metrics, (option.tier, option.mode.label, option.backend)
-        m.requests.labels(p.call.protocol, *lbl, str(status), team).inc()
+        return s, peak
+
+    def _record(self, s: Settlement, key_prefix: str | None, peak: bool) -> None:
+        """The metrics of a settled request."""
+        usage = Usage(s.cache_hit_tokens, s.cache_miss_tokens, s.output_tokens, s.reasoning_tokens)
+        cost, team = s.cost_nanos, s.team_id or "none"
+        m, lbl = self.metrics, (s.tier, s.mode, s.backend)
+        m.requests.labels(s.protocol, *lbl, str(s.status), team).inc()
         for kind, n in (
             ("cache_hit", usage.cache_hit_tokens),
             ("cache_miss", usage.cache_miss_tokens),
@@ -603,18 +645,56 @@ class Pipeline:
         ):
             if n:
                 m.tokens.labels(kind, *lbl, team).inc(n)
-        m.cost.labels(*lbl, team, p.caller.key_prefix or "none", "1" if peak else "0").inc(cost)
-        m.hosted_equivalent.labels(*lbl, team).inc(hosted_cost)
-        pro = self.prices.hosted_rate(self.catalog.strong_tier, p.started_at)
+        m.cost.labels(*lbl, team, key_prefix or "none", "1" if peak else "0").inc(cost)
+        m.hosted_equivalent.labels(*lbl, team).inc(s.hosted_equiv_nanos)
+        pro = self.prices.hosted_rate(self.catalog.strong_tier, s.ts)
         m.pro_equivalent.labels(*lbl, team).inc(pro.cost_nanos(usage) if pro else cost)
-        if usage.cache_hit_tokens and self.prices.has(option.backend, option.tier):
-            rate = self.prices.rate(option.backend, option.tier, p.started_at)
+        if usage.cache_hit_tokens and self.prices.has(s.backend, s.tier):
+            rate = self.prices.rate(s.backend, s.tier, s.ts)
             saved = rate.cost_nanos(Usage(0, usage.cache_hit_tokens, 0, 0)) - rate.cost_nanos(
                 Usage(usage.cache_hit_tokens, 0, 0, 0)
             )
             m.cache_saved.labels(*lbl, team).inc(max(saved, 0))
-        m.duration.labels(*lbl).observe(latency)
-        self._log(p, option, usage, cost, status, error=p.error)
+        m.duration.labels(*lbl).observe(s.latency_ms / 1000)
+
+    # ---- requests of a dead process (gateway/inflight.py) ------------------------------
+
+    def _draft(self, p: Prepared) -> dict[str, Any] | None:
+        """What ``p`` would be billed if this process died now: its journal entry."""
+        if p.hold is None or p.stream_finished:
+            return None
+        if p.answered is not None:  # answered, its settlement not run yet
+            usage, status, note = p.answered, 200, "orphaned"
+        elif p.stream is not None and p.stream.outcome.usage is not None:
+            usage, status, note = p.stream.outcome.usage, 200, "orphaned"
+        else:
+            usage, status, note = _estimated(p), 502, "usage=estimated;orphaned"
+        s, peak = self._settlement(p, usage, status, note=note)
+        return {
+            "event": event_of(s),
+            "hold": hold_json(p.hold),
+            "key_prefix": p.caller.key_prefix,
+            "peak": peak,
+        }
+
+    async def settle_orphan(self, request_id: str, entry: dict[str, Any]) -> None:
+        """Settle the journal entry of a request whose process died (idempotent)."""
+        s = settlement_of(entry["event"])
+        hold = hold_of(request_id, entry["hold"])
+        await self.accounting.settle(ANONYMOUS, s, hold)
+        self._record(s, entry.get("key_prefix"), bool(entry.get("peak")))
+        self.log.warning(
+            "request",
+            request_id=request_id,
+            protocol=s.protocol,
+            model=s.requested_model,
+            reason=s.route_reason,
+            status=s.status,
+            team=s.team_id,
+            output=s.output_tokens,
+            cost_usd=s.cost_nanos / NANOS_PER_USD,
+            orphaned=True,
+        )
 
     def _log(
         self, p: Prepared, option: Option, usage: Usage, cost: int, status: int, error: str = ""

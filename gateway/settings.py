@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     # A reservation lives this long unless renewed; a running request's reservation is
     # renewed every third of it, so only the reservations of a dead process expire.
     reservation_ttl_s: int = Field(default=900, ge=1)
+    # With Redis, every process records its running requests there this often (what a
+    # stream has sent so far), and a request not heard of for inflight_orphan_s belongs to
+    # a dead process: another process settles it (gateway/inflight.py, docs/money.md).
+    inflight_interval_s: float = Field(default=2.0, gt=0)
+    inflight_orphan_s: float = Field(default=60.0, gt=0)
     ledger_claim_idle_ms: int = Field(default=30_000, gt=0)
     # With Redis: "inline" drains the ledger stream into the database inside each gateway
     # process; "external" leaves it to `tiergate ledger drain` processes, so the batched

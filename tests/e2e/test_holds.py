@@ -2,7 +2,8 @@
 
 Two `tiergate serve` processes share Redis and PostgreSQL, with the reservation TTL scaled
 down to 2 s and budget leases off (every reservation is visible in Redis). The Flash
-simulators stream slowly, so a stream outlives the TTL.
+simulators stream slowly, so a stream outlives the TTL. The in-flight journal is written
+every 0.3 s and an entry not heard of for 2 s is a dead process's.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import orjson
 import pytest
 import redis
 
@@ -26,6 +28,7 @@ from .test_money_e2e import (
     new_key,
     sims_catalog,
     sql,
+    wait_ready,
     wait_rows,
 )
 
@@ -45,6 +48,8 @@ def gw(
         prefix,
         TIERGATE_RESERVATION_TTL_S=str(TTL_S),
         TIERGATE_BUDGET_LEASE_SHARE="0",
+        TIERGATE_INFLIGHT_INTERVAL_S="0.3",
+        TIERGATE_INFLIGHT_ORPHAN_S="2",
     )
     g = Gateways(env, config)
     g.start(2)
@@ -176,6 +181,49 @@ def test_an_admin_change_mid_flight_settles_in_the_windows_reserved_in(
     cost = sql(pg_url, "select cost_nanos from ledger where team_id = %s", team_id)[0][0]
     c = counter(rdb, prefix, budget_id)
     assert c.get("spent") == cost and c.get("reserved", 0) == 0, c
+
+
+def test_a_killed_process_requests_are_billed_by_another(
+    gw: Gateways, rdb: redis.Redis, pg_url: str, slow_flash: None
+) -> None:
+    """SIGKILL mid-stream: a surviving process settles each request from the journal, billed
+    the text it had streamed (at most one journal interval behind what the client got)."""
+    prefix = gw.env["TIERGATE_REDIS_PREFIX"]
+    team_id, key, budget_id = team_with_budget(gw, "killed-process-team")
+    streams = [Stream(gw.urls[1], key) for _ in range(3)]
+    time.sleep(2.5)  # about 50 of 120 tokens each
+    gw.procs[1].send_signal(signal.SIGKILL)
+    gw.procs[1].wait(10)
+    for s in streams:
+        assert s.done.wait(10)
+    assert wait_rows(pg_url, team_id, 3, timeout=30) == 3
+    rows = sql(
+        pg_url,
+        "select request_id, status, route_reason, output_tokens, cache_miss_tokens, cost_nanos"
+        " from ledger where team_id = %s",
+        team_id,
+    )
+    by_id = {r[0]: r for r in rows}
+    assert set(by_id) == {s.rid for s in streams}
+    for s in streams:
+        _, status, reason, output, prompt, cost = by_id[s.rid]
+        assert status == 502 and reason.endswith("usage=estimated;orphaned"), (status, reason)
+        assert prompt > 0 and cost > 0
+        text = "".join(
+            orjson.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            for line in s.body.decode().splitlines()
+            if line.startswith("data: {")
+        )
+        # Billed what the client received, less at most a journal interval (0.3 s) of it.
+        assert len(text) / 4 - 12 <= output <= len(text) / 4 + 1, (output, len(text))
+    c = counter(rdb, prefix, budget_id)
+    assert c.get("spent") == sum(r[5] for r in rows) and c.get("reserved", 0) == 0, c
+    assert rdb.hlen(prefix + "inflight") == 0 and rdb.zcard(prefix + "inflight:seen") == 0
+    metrics = httpx.get(gw.urls[0] + "/metrics", timeout=10).text
+    assert "tiergate_orphaned_settlements_total 3.0" in metrics
+    port = int(gw.urls[1].rsplit(":", 1)[1])
+    gw.spawn(port)
+    wait_ready(gw.urls[1])
 
 
 def test_a_dead_process_hold_expires_after_the_ttl(

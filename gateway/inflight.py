@@ -1,0 +1,231 @@
+"""The in-flight journal: what each running request would be billed if its process died now.
+
+A gateway process killed with SIGKILL (or by the OOM killer) cannot settle the requests it
+was serving, though the upstream billed what it generated. So every process writes, every
+``interval_s``, one Redis entry per request that has been running at least that long: the
+ledger event it would settle with at that moment (the prompt estimate and, for a stream,
+the text streamed so far) and the budget windows it reserved in, with a heartbeat score in
+a sorted set. Settling or releasing a request removes its entry. An entry whose heartbeat
+is older than ``orphan_after_s`` belongs to a dead process: any surviving process claims it
+and settles it (``usage=estimated;orphaned`` in its route reason).
+
+Exactly once: a settlement is idempotent on the request id (the budget store's settled
+marker), so an entry left behind by a process that died between settling and removing it
+settles to nothing. A released request (no bill) removes its entry before releasing, and
+entries are written and removed by one writer per process under a lock, so a release never
+leaves an entry to be billed. What a killed process's request is billed: the prompt
+estimate as cache miss, and the text streamed up to its last heartbeat (at most
+``interval_s`` behind); a non-stream request that was still waiting for its answer is billed
+its prompt only (what the upstream generated never reached the gateway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from gateway.accounting import Hold
+from gateway.budgets.base import Window
+from gateway.logging import get_logger
+from policies.budget import BudgetSpec
+
+log = get_logger("tiergate.inflight")
+
+# A draft: the entry a running request would leave now (None: nothing to bill yet).
+Draft = Callable[[], dict[str, Any] | None]
+
+# Claim the entries whose heartbeat is older than the cutoff: each is pushed ahead by the
+# claim's lease (so one sweeper settles it) and returned with its payload.
+_CLAIM = """
+local out = {}
+for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])) do
+  redis.call('ZADD', KEYS[2], ARGV[2], rid)
+  local payload = redis.call('HGET', KEYS[1], rid)
+  if payload then
+    out[#out + 1] = rid
+    out[#out + 1] = payload
+  else
+    redis.call('ZREM', KEYS[2], rid)
+  end
+end
+return out
+"""
+
+
+def hold_json(hold: Hold) -> dict[str, Any]:
+    return {
+        "amount": hold.amount_nanos,
+        "windows": [
+            {
+                "id": w.spec.id,
+                "scope": w.spec.scope,
+                "scope_id": w.spec.scope_id,
+                "period": w.spec.period,
+                "limit": w.spec.limit_nanos,
+                "soft": list(w.spec.soft_thresholds),
+                "start": w.start.isoformat(),
+                "reset": w.reset_at.isoformat(),
+            }
+            for w in hold.windows
+        ],
+    }
+
+
+def hold_of(request_id: str, data: dict[str, Any]) -> Hold:
+    windows = tuple(
+        Window(
+            BudgetSpec(
+                id=w["id"],
+                scope=w["scope"],
+                scope_id=w["scope_id"],
+                period=w["period"],
+                limit_nanos=int(w["limit"]),
+                soft_thresholds=tuple(float(t) for t in w["soft"]),
+            ),
+            datetime.fromisoformat(w["start"]),
+            datetime.fromisoformat(w["reset"]),
+        )
+        for w in data["windows"]
+    )
+    return Hold(request_id, int(data["amount"]), windows)
+
+
+class InflightJournal:
+    def __init__(
+        self,
+        redis: Redis,
+        settle: Callable[[str, dict[str, Any]], Awaitable[None]],
+        *,
+        prefix: str = "tg:",
+        interval_s: float = 2.0,
+        orphan_after_s: float = 60.0,
+        on_orphan: Callable[[], None] | None = None,
+    ) -> None:
+        self.redis = redis
+        self._settle = settle  # (request id, payload) -> settled, idempotently
+        self.hash = prefix + "inflight"
+        self.zset = prefix + "inflight:seen"
+        self.interval_s = interval_s
+        self.orphan_after_s = orphan_after_s
+        self._on_orphan = on_orphan
+        self._drafts: dict[str, Draft] = {}
+        self._written: dict[str, bytes] = {}  # what Redis holds of this process's requests
+        self._lock = asyncio.Lock()  # one writer: a removal never races a write
+        self._claim = redis.register_script(_CLAIM)
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        self._removals: set[str] = set()  # entries whose removal failed: retried each flush
+
+    def track(self, request_id: str, draft: Draft) -> None:
+        self._drafts[request_id] = draft
+
+    async def done(self, request_id: str) -> None:
+        """The request settled or is about to be released: its entry goes. Waits for a
+        write in progress (which may hold the request), never for Redis otherwise."""
+        self._drafts.pop(request_id, None)
+        async with self._lock:  # free unless a flush is running: no wait
+            if self._written.pop(request_id, None) is None:
+                return  # never written (the common case, a short request)
+            try:
+                await self._remove([request_id])
+            except Exception as exc:
+                # Removed at the next flush. Until then a settled request's entry would
+                # settle to nothing; a released one's would be billed if this process died.
+                self._removals.add(request_id)
+                log.warning("in-flight entry not removed", request_id=request_id, error=repr(exc))
+
+    async def _remove(self, ids: list[str]) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(self.hash, *ids)
+        pipe.zrem(self.zset, *ids)
+        await pipe.execute()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="inflight-journal")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _run(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.flush()
+                ticks += 1
+                if ticks % 3 == 0:
+                    await self.sweep()
+                if self._failing:
+                    log.info("in-flight journal written again")
+                self._failing = False
+            except Exception as exc:
+                if not self._failing:
+                    log.warning("in-flight journal not written", error=repr(exc))
+                self._failing = True
+
+    async def flush(self) -> None:
+        """Write this process's running requests (a heartbeat for each, the entry when it
+        changed)."""
+        async with self._lock:
+            now = time.time()
+            pipe = self.redis.pipeline(transaction=False)
+            wrote: dict[str, bytes] = {}
+            seen: dict[str, float] = {}
+            for rid, draft in list(self._drafts.items()):
+                try:
+                    entry = draft()
+                except Exception as exc:  # a request's draft must not stop the others
+                    log.warning("in-flight draft failed", request_id=rid, error=repr(exc))
+                    continue
+                if entry is None:
+                    continue
+                payload = orjson.dumps(entry)
+                if self._written.get(rid) != payload:
+                    pipe.hset(self.hash, rid, payload)
+                    wrote[rid] = payload
+                seen[rid] = now
+            if self._removals:
+                await self._remove(list(self._removals))
+                self._removals.clear()
+            if not seen:
+                return
+            pipe.zadd(self.zset, seen)
+            await pipe.execute()
+            self._written.update(wrote)
+            for rid in seen:
+                self._written.setdefault(rid, b"")
+
+    async def sweep(self, limit: int = 100) -> int:
+        """Settle the entries of dead processes; returns how many were claimed."""
+        now = time.time()
+        found = await self._claim(
+            keys=[self.hash, self.zset],
+            args=[now - self.orphan_after_s, now + self.orphan_after_s, limit],
+        )
+        count = 0
+        for i in range(0, len(found), 2):
+            rid = found[i].decode() if isinstance(found[i], bytes) else str(found[i])
+            if rid in self._drafts:
+                continue  # this process's own (a stalled loop): its own settle will run
+            try:
+                await self._settle(rid, orjson.loads(found[i + 1]))
+            except Exception as exc:
+                # Claimed for orphan_after_s: the next sweep after that tries again.
+                log.error("orphaned request not settled", request_id=rid, error=repr(exc))
+                continue
+            await self._remove([rid])
+            count += 1
+            if self._on_orphan is not None:
+                self._on_orphan()
+            log.warning("settled a request of a dead gateway process", request_id=rid)
+        return count
