@@ -121,9 +121,7 @@ async def test_an_entry_that_fails_to_settle_is_tried_again_later(
         if len(tries) == 1:
             raise ConnectionError("database away")
 
-    s = InflightJournal(
-        redis, failing, prefix=redis_prefix, interval_s=0.05, orphan_after_s=0.2
-    )
+    s = InflightJournal(redis, failing, prefix=redis_prefix, interval_s=0.05, orphan_after_s=0.2)
     await asyncio.sleep(0.3)
     assert await s.sweep() == 0  # claimed, failed: kept for a later sweep
     assert await s.sweep() == 0  # claimed by the first: not yet due again
