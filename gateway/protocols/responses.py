@@ -636,11 +636,21 @@ def to_response(resp: dict[str, Any], call: Call) -> dict[str, Any]:
         output.append(r.reasoning(msg["reasoning_content"]))
     if msg.get("content"):
         output.append(r.message(msg["content"]))
-    for tc in msg.get("tool_calls") or ():
+    calls = msg.get("tool_calls") or ()
+    for k, tc in enumerate(calls):
         fn = tc.get("function") or {}
+        # A response cut short ends in the item it was writing: that one is incomplete.
+        last = status == "incomplete" and k == len(calls) - 1
         output.append(
-            r.call(tc.get("id") or _id("call"), fn.get("name", ""), fn.get("arguments") or "")
+            r.call(
+                tc.get("id") or _id("call"),
+                fn.get("name", ""),
+                fn.get("arguments") or "",
+                status="incomplete" if last else "completed",
+            )
         )
+    if status == "incomplete" and output and output[-1]["type"] == "message":
+        output[-1]["status"] = "incomplete"
     usage = usage_from_openai(resp.get("usage")) or Usage()
     return r.response(status, output, usage, incomplete=incomplete)
 
@@ -691,9 +701,9 @@ class StreamTranslator:
         return out, self.open
 
     def _close(self, broken: bool = False) -> bytes:
-        """Ends the open item. One ``broken`` off (the stream failed while it was written)
-        is ``incomplete``; a tool call cut so has no arguments or input ``done`` event, as
-        what it has is not all the model meant to write."""
+        """Ends the open item. One ``broken`` off (the stream failed while it was written,
+        or the output limit cut it) is ``incomplete``; a tool call cut so has no arguments
+        or input ``done`` event, as what it has is not all the model meant to write."""
         o, self.open = self.open, None
         if o is None:
             return b""
@@ -819,7 +829,8 @@ class StreamTranslator:
             status, incomplete = _status(self.finish)
         except TiergateError as err:
             return self.fail(err)
-        out = self._close()
+        # Cut by the output limit (or a filter): the item being written is incomplete.
+        out = self._close(broken=status != "completed")
         final = self.r.response(status, self.output, self.usage, incomplete=incomplete)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         return out + self._event(kind, response=final)

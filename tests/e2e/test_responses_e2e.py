@@ -161,6 +161,32 @@ def test_json_schema_and_max_output_tokens(gateway: Gateway) -> None:
     assert cut.incomplete_details.reason == "max_output_tokens"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_cut_by_max_output_tokens_is_incomplete(gateway: Gateway, stream: bool) -> None:
+    """The output limit reached: the SDK reads an incomplete response whose message is
+    incomplete too; a stream ends in ``response.incomplete``, never ``response.completed``."""
+    c = gateway.client()
+    kwargs: dict[str, Any] = {"model": "deepseek-chat", "input": "hello", "max_output_tokens": 3}
+    if stream:
+        with c.responses.stream(**kwargs) as s:
+            events = list(s)
+        kinds = [e.type for e in events]
+        assert kinds[-1] == "response.incomplete" and "response.completed" not in kinds, kinds
+        last = events[-1]
+        assert last.type == "response.incomplete"
+        resp = last.response
+        done = [e.item for e in events if e.type == "response.output_item.done"]
+        assert [d.status for d in done if d.type == "message"] == ["incomplete"]
+    else:
+        resp = c.responses.create(**kwargs)
+    assert resp.status == "incomplete" and resp.incomplete_details is not None
+    assert resp.incomplete_details.reason == "max_output_tokens"
+    message = resp.output[-1]
+    assert message.type == "message" and message.status == "incomplete"
+    assert resp.output_text
+    assert resp.usage is not None and resp.usage.output_tokens <= 3
+
+
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [

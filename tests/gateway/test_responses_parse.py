@@ -235,6 +235,59 @@ def test_stream_events_are_numbered_and_items_closed_in_order() -> None:
     assert final["output"][1]["content"][0]["text"] == "ab"
 
 
+LENGTH_CUT = [
+    ({"reasoning_content": "R", "content": "half a"}, [None, "incomplete"]),
+    (
+        {
+            "content": "let me",
+            "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"q'}}
+            ],
+        },
+        ["completed", "incomplete"],
+    ),
+    ({"reasoning_content": "R"}, [None]),
+]
+
+
+@pytest.mark.parametrize(("message", "statuses"), LENGTH_CUT)
+def test_an_answer_cut_by_the_output_limit_is_incomplete(
+    message: dict[str, Any], statuses: list[str | None]
+) -> None:
+    """``max_output_tokens`` reached: the response and the item it was writing are
+    incomplete, as OpenAI's Responses API says."""
+    call = parse(max_output_tokens=3, tools=[{"type": "function", "name": "f"}])
+    resp = to_response(_answer("length", message), call)
+    assert resp["status"] == "incomplete"
+    assert resp["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert [o.get("status") for o in resp["output"]] == statuses
+
+
+@pytest.mark.parametrize(("message", "statuses"), LENGTH_CUT)
+def test_a_stream_cut_by_the_output_limit_ends_incomplete(
+    message: dict[str, Any], statuses: list[str | None]
+) -> None:
+    call = parse(max_output_tokens=3, tools=[{"type": "function", "name": "f"}])
+    tr = StreamTranslator(call.context, "deepseek-chat")
+    out = tr.start()
+    for key in ("reasoning_content", "content"):
+        if message.get(key):
+            out += tr.feed({"choices": [{"delta": {key: message[key]}}]})
+    for k, tc in enumerate(message.get("tool_calls") or ()):
+        out += tr.feed({"choices": [{"delta": {"tool_calls": [{"index": k, **tc}]}}]})
+    out += tr.feed({"choices": [{"delta": {}, "finish_reason": "length"}]}) + tr.end()
+    events = [orjson.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")]
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "response.incomplete" and "response.completed" not in kinds
+    final = events[-1]["response"]
+    assert final["status"] == "incomplete"
+    assert final["incomplete_details"] == {"reason": "max_output_tokens"}
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert [d.get("status") for d in done] == statuses
+    assert [o.get("status") for o in final["output"]] == statuses
+    assert "response.function_call_arguments.done" not in kinds
+
+
 R_TOOLS = [
     {"type": "function", "name": "a", "parameters": {"type": "object"}},
     {"type": "function", "name": "b", "parameters": {"type": "object"}},
