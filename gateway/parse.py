@@ -433,6 +433,18 @@ def _text_of(content: Any, index: int) -> str:
     )
 
 
+def check_id(value: Any, where: str, what: str) -> None:
+    """A tool call's id, or the id a tool result answers: a non-empty string, as OpenAI's
+    and Anthropic's APIs require; without it the result matches no call."""
+    if value is None:
+        raise InvalidRequest(f"{where} is required: {what}", param=where)
+    if not isinstance(value, str) or not value:
+        shown_as = "an empty string" if value == "" else json_type(value)
+        raise InvalidRequest(
+            f"{where} must be a non-empty string ({what}), not {shown_as}", param=where
+        )
+
+
 def _tool_calls(calls: Any, index: int) -> None:
     """An assistant message's ``tool_calls``: a list of {id, type, function: {name,
     arguments}} with the arguments as a JSON string, as OpenAI's API and vLLM require. A
@@ -450,13 +462,13 @@ def _tool_calls(calls: Any, index: int) -> None:
                 not isinstance(custom, dict)
                 or not isinstance(custom.get("name"), str)
                 or not isinstance(custom.get("input"), str)
-                or not isinstance(call.get("id"), str)
             ):
                 raise InvalidRequest(
                     f'{where}[{k}] must be an object like {{"id": ..., "type": "custom", '
                     '"custom": {"name": ..., "input": "<string>"}}',
                     param=where,
                 )
+            _call_id(call, where, k)
             calls[k] = {
                 "id": call.get("id"),
                 "type": "function",
@@ -476,6 +488,11 @@ def _tool_calls(calls: Any, index: int) -> None:
                 f"{where}[{k}].function.arguments must be a JSON string, not {json_type(args)}",
                 param=where,
             )
+        _call_id(call, where, k)
+
+
+def _call_id(call: dict[str, Any], where: str, k: int) -> None:
+    check_id(call.get("id"), f"{where}[{k}].id", "the id its tool message answers")
 
 
 def _check_message(msg: dict[str, Any], index: int) -> None:
@@ -488,6 +505,12 @@ def _check_message(msg: dict[str, Any], index: int) -> None:
         )
     if role == "assistant":
         _tool_calls(msg.get("tool_calls"), index)
+    elif role == "tool":
+        check_id(
+            msg.get("tool_call_id"),
+            f"messages[{index}].tool_call_id",
+            "the id of the assistant tool call it answers",
+        )
 
 
 # ---- tools ------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from gateway.parse import (
     MAX_OUTPUT_LIMIT,
     Call,
     ToolNames,
+    check_id,
     check_model,
     check_params,
     estimate_prompt_tokens,
@@ -132,6 +133,7 @@ def _assistant(blocks: list[Any], i: int, tool_ids: set[str]) -> dict[str, Any]:
         elif kind == "tool_use":
             if not isinstance(b.get("id"), str) or not isinstance(b.get("name"), str):
                 raise _bad(f"{where}: a tool_use block needs string 'id' and 'name'", "messages")
+            check_id(b["id"], f"{where}.id", "the id its tool_result answers")
             tool_ids.add(b["id"])
             args = b.get("input", {})
             calls.append(
@@ -246,6 +248,7 @@ def _user(blocks: list[Any], i: int, tool_ids: set[str], media: _Media) -> list[
             text.append(_string(b, "text", where))
         elif kind == "tool_result":
             tid = b.get("tool_use_id")
+            check_id(tid, f"{where}.tool_use_id", "the id of the tool_use block it answers")
             if tid not in tool_ids:
                 raise _bad(
                     f"{where}: tool_result refers to tool_use_id {tid!r}, which no earlier "

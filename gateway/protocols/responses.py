@@ -29,6 +29,7 @@ from gateway.parse import (
     ToolNames,
     allowed_tools,
     check_custom_tool,
+    check_id,
     check_json_schema,
     check_model,
     check_params,
@@ -142,7 +143,8 @@ class _History:
         return last
 
     def _call(self, call_id: Any, name: Any, arguments: str, where: str) -> None:
-        if not isinstance(call_id, str) or not isinstance(name, str):
+        check_id(call_id, f"{where}.call_id", "the id its output item answers")
+        if not isinstance(name, str):
             raise _bad(f"{where} needs string 'call_id' and 'name'", "input")
         self.call_ids.add(call_id)
         turn = self._assistant()
@@ -152,6 +154,7 @@ class _History:
 
     def _output(self, item: dict[str, Any], where: str) -> None:
         call_id = item.get("call_id")
+        check_id(call_id, f"{where}.call_id", "the call_id of the call it answers")
         if call_id not in self.call_ids:
             raise _bad(
                 f"{where}: call_id {call_id!r} matches no earlier function_call or "

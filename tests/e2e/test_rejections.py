@@ -426,6 +426,44 @@ def test_chat_template_kwargs_not_an_object_is_a_400_not_a_crash(
             "messages[1].tool_calls",
             "arguments must be a JSON string, not an object",
         ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {"type": "function", "function": {"name": "f", "arguments": "{}"}}
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "c", "content": "ok"},
+                ]
+            },
+            "messages[1].tool_calls[0].id",
+            "messages[1].tool_calls[0].id is required",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": "c",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": "{}"},
+                            }
+                        ],
+                    },
+                    {"role": "tool", "content": "ok"},
+                ]
+            },
+            "messages[2].tool_call_id",
+            "messages[2].tool_call_id is required",
+        ),
     ],
 )
 def test_malformed_chat_fields_are_a_400_naming_them(

@@ -3,6 +3,7 @@ checked before anything goes upstream, each refusal a 400 naming the field. Tabl
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import orjson
@@ -383,17 +384,151 @@ def test_well_formed_custom_tools_are_offered_as_functions(
 # ---- chat history -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("call_id", [None, 5])
-def test_a_chat_history_custom_call_without_an_id_is_a_400(call_id: Any) -> None:
-    call: dict[str, Any] = {"type": "custom", "custom": {"name": "run", "input": "ls"}}
-    if call_id is not None:
+def _chat_call(call_id: Any, kind: str = "function") -> dict[str, Any]:
+    call: dict[str, Any] = {"type": "function", "function": {"name": "f", "arguments": "{}"}}
+    if kind == "custom":
+        call = {"type": "custom", "custom": {"name": "run", "input": "ls"}}
+    if call_id is not ...:
         call["id"] = call_id
-    messages = [
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": None, "tool_calls": [call]},
-    ]
-    err = refused("chat", messages=messages, tools=[custom("chat", "run")])
-    assert err.param == "messages[1].tool_calls" and "messages[1].tool_calls[0]" in err.message
+    return call
+
+
+def _chat_history(call: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "content": "done", **answer},
+        ]
+    }
+
+
+def _responses_history(call_id: Any, output_id: Any, kind: str = "function") -> dict[str, Any]:
+    call: dict[str, Any] = {"type": f"{kind}_call", "name": "f"}
+    call.update({"arguments": "{}"} if kind == "function" else {"input": "ls"})
+    output: dict[str, Any] = {"type": f"{kind}_call_output", "output": "done"}
+    for item, value in ((call, call_id), (output, output_id)):
+        if value is not ...:
+            item["call_id"] = value
+    return {"input": [{"role": "user", "content": "hi"}, call, output]}
+
+
+def _anthropic_history(use_id: Any, result_id: Any) -> dict[str, Any]:
+    use: dict[str, Any] = {"type": "tool_use", "name": "f", "input": {}}
+    result: dict[str, Any] = {"type": "tool_result", "content": "done"}
+    for block, key, value in ((use, "id", use_id), (result, "tool_use_id", result_id)):
+        if value is not ...:
+            block[key] = value
+    return {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [use]},
+            {"role": "user", "content": [result]},
+        ]
+    }
+
+
+# (protocol, body, the field named, what the message says); ``...`` leaves the field out.
+MISSING_IDS = [
+    (
+        "chat",
+        _chat_history(_chat_call(...), {"tool_call_id": "c"}),
+        "messages[1].tool_calls[0].id",
+        "is required",
+    ),
+    (
+        "chat",
+        _chat_history(_chat_call(""), {"tool_call_id": "c"}),
+        "messages[1].tool_calls[0].id",
+        "not an empty string",
+    ),
+    (
+        "chat",
+        _chat_history(_chat_call(5), {"tool_call_id": "c"}),
+        "messages[1].tool_calls[0].id",
+        "not a number",
+    ),
+    (
+        "chat",
+        _chat_history(_chat_call(None), {"tool_call_id": "c"}),
+        "messages[1].tool_calls[0].id",
+        "is required",
+    ),
+    (
+        "chat",
+        _chat_history(_chat_call(..., "custom"), {"tool_call_id": "c"}),
+        "messages[1].tool_calls[0].id",
+        "is required",
+    ),
+    (
+        "chat",
+        _chat_history(_chat_call(5, "custom"), {"tool_call_id": "c"}),
+        "messages[1].tool_calls[0].id",
+        "not a number",
+    ),
+    ("chat", _chat_history(_chat_call("c"), {}), "messages[2].tool_call_id", "is required"),
+    (
+        "chat",
+        _chat_history(_chat_call("c"), {"tool_call_id": ""}),
+        "messages[2].tool_call_id",
+        "not an empty string",
+    ),
+    (
+        "chat",
+        _chat_history(_chat_call("c"), {"tool_call_id": ["c"]}),
+        "messages[2].tool_call_id",
+        "not an array",
+    ),
+    ("responses", _responses_history(..., "c"), "input[1].call_id", "is required"),
+    ("responses", _responses_history("", "c"), "input[1].call_id", "not an empty string"),
+    ("responses", _responses_history(7, "c"), "input[1].call_id", "not a number"),
+    ("responses", _responses_history(..., "c", "custom_tool"), "input[1].call_id", "is required"),
+    ("responses", _responses_history("c", ...), "input[2].call_id", "is required"),
+    ("responses", _responses_history("c", ""), "input[2].call_id", "not an empty string"),
+    ("responses", _responses_history("c", ..., "custom_tool"), "input[2].call_id", "is required"),
+    ("anthropic", _anthropic_history("", "t"), "messages[1].content[0].id", "not an empty string"),
+    (
+        "anthropic",
+        _anthropic_history("t", ...),
+        "messages[2].content[0].tool_use_id",
+        "is required",
+    ),
+    (
+        "anthropic",
+        _anthropic_history("t", ""),
+        "messages[2].content[0].tool_use_id",
+        "not an empty string",
+    ),
+]
+
+
+@pytest.mark.parametrize(("protocol", "body", "field", "says"), MISSING_IDS)
+def test_a_tool_call_or_result_without_its_id_is_a_400(
+    protocol: Protocol, body: dict[str, Any], field: str, says: str
+) -> None:
+    """A history's tool call with no id, or a tool result naming no call: refused before
+    anything goes upstream, naming the field, as OpenAI's and Anthropic's APIs do."""
+    err = refused(protocol, **copy.deepcopy(body))
+    assert err.param == field and err.message.startswith(field) and says in err.message
+
+
+@pytest.mark.parametrize(
+    ("protocol", "body"),
+    [
+        ("chat", _chat_history(_chat_call("c"), {"tool_call_id": "c"})),
+        ("chat", _chat_history(_chat_call("c", "custom"), {"tool_call_id": "c"})),
+        ("responses", _responses_history("c", "c")),
+        ("responses", _responses_history("c", "c", "custom_tool")),
+        ("anthropic", _anthropic_history("t", "t")),
+    ],
+)
+def test_a_tool_call_and_result_with_their_ids_pass(
+    protocol: Protocol, body: dict[str, Any]
+) -> None:
+    call = PARSE[protocol](**copy.deepcopy(body))
+    messages = call.body["messages"]
+    assert [m["role"] for m in messages][-2:] == ["assistant", "tool"]
+    assert messages[-1]["tool_call_id"] == messages[-2]["tool_calls"][0]["id"]
 
 
 # ---- a Responses stream cut while a tool call is written ----------------------------------
