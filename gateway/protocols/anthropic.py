@@ -22,7 +22,6 @@ from gateway.parse import (
     ANTHROPIC_PARAMS,
     MAX_OUTPUT_LIMIT,
     Call,
-    ToolNames,
     check_id,
     check_model,
     check_params,
@@ -35,6 +34,7 @@ from gateway.parse import (
 from gateway.pipeline import Prepared
 from gateway.protocols.relay import translate_relayed
 from gateway.serve import Edge
+from gateway.tools import ToolNames
 from policies.errors import (
     InvalidRequest,
     TiergateError,

@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 
 from gateway.errors import sse_error_event
-from gateway.parse import custom_tool_input
 from gateway.pipeline import Prepared
 from gateway.serve import Edge, Events
+from gateway.tools import custom_tool_input
 
 # The first "model" key of a chunk: in JSON text an unescaped quote only delimits keys and
 # strings, so this cannot match inside generated text.

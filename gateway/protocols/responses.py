@@ -25,17 +25,9 @@ from engines.translate import json_schema_instruction
 from gateway.parse import (
     RESPONSES_PARAMS,
     Call,
-    ToolKind,
-    ToolNames,
-    allowed_tools,
-    check_custom_tool,
     check_id,
-    check_json_schema,
     check_model,
     check_params,
-    custom_tool_function,
-    custom_tool_input,
-    custom_tool_input_so_far,
     estimate_prompt_tokens,
     load_json_object,
     positive_int,
@@ -44,6 +36,16 @@ from gateway.parse import (
 from gateway.protocols.anthropic import MediaPolicy, media_note
 from gateway.protocols.relay import translate_relayed
 from gateway.serve import Edge
+from gateway.tools import (
+    ToolKind,
+    ToolNames,
+    allowed_tools,
+    check_custom_tool,
+    check_json_schema,
+    custom_tool_function,
+    custom_tool_input,
+    custom_tool_input_so_far,
+)
 from policies.errors import InvalidRequest, TiergateError, UpstreamUnavailable, json_type
 from policies.usage import Usage, usage_from_openai
 

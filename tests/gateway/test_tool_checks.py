@@ -9,9 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.parse import Call, custom_tool_input_so_far, parse_chat
+from gateway.parse import Call, parse_chat
 from gateway.protocols.anthropic import parse_messages
 from gateway.protocols.responses import StreamTranslator, parse_responses
+from gateway.tools import custom_tool_input_so_far
 from policies.errors import InvalidRequest, UpstreamUnavailable
 
 Protocol = str
