@@ -9,7 +9,8 @@ import pytest
 
 from gateway.parse import Call
 from gateway.protocols.anthropic import media_note
-from gateway.protocols.responses import StreamTranslator, parse_responses, to_response
+from gateway.protocols.responses import parse_responses, to_response
+from gateway.protocols.responses_stream import StreamTranslator
 from policies.errors import InvalidRequest, UpstreamUnavailable
 
 

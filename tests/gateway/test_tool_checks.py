@@ -11,7 +11,8 @@ import pytest
 
 from gateway.parse import Call, parse_chat
 from gateway.protocols.anthropic import parse_messages
-from gateway.protocols.responses import StreamTranslator, parse_responses
+from gateway.protocols.responses import parse_responses
+from gateway.protocols.responses_stream import StreamTranslator
 from gateway.tools import custom_tool_input_so_far
 from policies.errors import InvalidRequest, UpstreamUnavailable
 
