@@ -9,7 +9,11 @@ for a test set of at least 500), the rest are the test rows. Routers compared:
   metadata: MMLU-Pro category, DCRouter task, ZeroEval benchmark), shrunk to 0 with 5
   pseudo-rows;
 - knn: the mean label of the sqrt(N) nearest training rows by embedding;
-- pair: ``policies.router.scorer.fit_pair`` (what ``router train --data`` ships).
+- pair: ``policies.router.scorer.fit_pair`` (what ``router train --data`` ships), its
+  topics assigned by a topic classifier fitted on the other half of the public rows
+  (``build_topics.cross_fitted_topics``): the shipped classifier has seen every public row,
+  so scoring with it would flatter the pair model. ``--centroid-topics``: the nearest
+  shipped centroid instead (the model before the classifier).
 Mean over 3 draws (seeds 0, 1, 2).
 
     nice -n 15 .venv/bin/python bench/router/curves.py [--sizes 100 300 1000 3000]
@@ -27,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from build_topics import cross_fitted_topics  # noqa: E402
 from common import (  # noqa: E402
     DCROUTER_PAIRS,
     MMLU_PAIRS,
@@ -42,6 +47,7 @@ from policies.router.scorer import (  # noqa: E402
     knn_mean,
     pair_label,
     scores_of,
+    shipped_topics,
 )
 
 GROUPS = {
@@ -84,7 +90,14 @@ VARIANTS: dict[str, dict[str, object]] = {
 
 
 def run_pair(
-    data: Data, idx: np.ndarray, weak: str, strong: str, n: int, seed: int, variant: str = "base"
+    data: Data,
+    idx: np.ndarray,
+    weak: str,
+    strong: str,
+    n: int,
+    seed: int,
+    variant: str = "base",
+    topics: np.ndarray | None = None,
 ):  # type: ignore[no-untyped-def]
     rows = [data.rows[i] for i in idx]
     keep = np.array([weak in r.correct and strong in r.correct for r in rows])
@@ -112,8 +125,13 @@ def run_pair(
     kw = dict(VARIANTS[variant])
     if kw.get("k") == 0:
         kw["k"] = k
+    if topics is not None:
+        kw["centroids"] = shipped_topics()
+        kw["topic_rows"] = topics[tr]
     model = fit_pair([data.feats[i] for i in tr], data.emb[tr], y, seed=seed, **kw)
-    out["pair"] = curve(w, s, scores_of(model, [data.feats[i] for i in te], data.emb[te])).apgr
+    feats_te = [data.feats[i] for i in te]
+    te_topics = None if topics is None else topics[te]
+    out["pair"] = curve(w, s, scores_of(model, feats_te, data.emb[te], te_topics)).apgr
     out["chosen"] = model.meta["chosen"]
     return out
 
@@ -126,8 +144,13 @@ def main() -> int:
     ap.add_argument("--json-out", default=str(ROOT / "var" / "bench" / "router_curves.json"))
     ap.add_argument("--dev", action="store_true", help="the development pairs instead")
     ap.add_argument("--variant", choices=list(VARIANTS), default="base")
+    ap.add_argument("--centroid-topics", action="store_true", help="the shipped centroids")
     args = ap.parse_args()
     data = load()
+    topics = None if args.centroid_topics else cross_fitted_topics(data)
+    if args.centroid_topics:
+        with np.load(ROOT / "policies" / "router" / "topics.npz") as z:
+            VARIANTS[args.variant] = {**VARIANTS[args.variant], "centroids": z["centroids"]}
     results = []
     for g in args.groups:
         pick, pairs = GROUPS[g]
@@ -137,7 +160,7 @@ def main() -> int:
         for weak, strong in pairs:
             for n in args.sizes:
                 runs = [
-                    run_pair(data, idx, weak, strong, n, seed, args.variant)
+                    run_pair(data, idx, weak, strong, n, seed, args.variant, topics)
                     for seed in range(args.seeds)
                 ]
                 runs = [r for r in runs if r is not None]

@@ -12,8 +12,9 @@ context) do not move the score; the ``auto`` policy reads them (``explicit_signa
 *The pair model* is what ``router train --data`` learns from a team's labelled rows:
 ``score = a * fallback + c * knn + t[topic] + w . [signals, embedding] + b``, where ``knn``
 is the mean label of the nearest labelled exemplars (cosine over the embedding), ``topic``
-the nearest of the public topic centroids shipped in ``topics.npz`` (``t`` a per-topic
-prior of the pair's gain, shrunk like a mean with a few pseudo-rows), ``a`` and ``c`` are
+the public data's category a linear classifier shipped in ``topics.npz`` assigns (over the
+embedding and the hashed word n-grams; ``t`` a per-topic prior of the pair's gain, shrunk
+like a mean with a few pseudo-rows), ``a`` and ``c`` are
 fitted freely and ``w`` with a ridge penalty chosen by cross-validation on the labelled
 rows. A candidate that keeps only the fallback is always in the running, so a few noisy
 labels fall back to it instead of below it.
@@ -151,18 +152,35 @@ TOPIC_PSEUDO_ROWS = 5.0  # a topic's prior is its mean label shrunk with this ma
 
 @lru_cache(maxsize=1)
 def shipped_topics() -> np.ndarray:
-    """Unit centroids (topics x DIM) of the public data's categories, shipped as float16."""
+    """The topic assigner of the public data's categories, shipped as float16: a linear
+    classifier (topics x [DIM embedding, LEX_DIM lexical, 1]) when the file has one, else
+    unit centroids (topics x DIM)."""
     data = resources.files("policies.router").joinpath(TOPICS).read_bytes()
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return np.asarray(z["centroids"], dtype=np.float32)
+        key = "classifier" if "classifier" in z else "centroids"
+        return np.asarray(z[key], dtype=np.float32)
 
 
-def topic_onehot(emb: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """One row per embedding: 1 in the column of its nearest centroid."""
+def classifies(topics: np.ndarray, emb_width: int) -> bool:
+    """Whether a topic assigner is a classifier over [embedding, lexical, 1] (or centroids)."""
+    return bool(topics.shape[1] == emb_width + LEX_DIM + 1)
+
+
+def topic_onehot(emb: np.ndarray, topics: np.ndarray, lex: np.ndarray | None = None) -> np.ndarray:
+    """One row per embedding: 1 in the column of its topic, the nearest centroid or the
+    classifier's top class (which also reads ``lex``, the rows of ``lexical``)."""
     e = np.atleast_2d(np.asarray(emb, dtype=np.float32))
-    out = np.zeros((e.shape[0], centroids.shape[0]))
-    if centroids.shape[0]:
-        out[np.arange(e.shape[0]), np.argmax(e @ centroids.T, axis=1)] = 1.0
+    out = np.zeros((e.shape[0], topics.shape[0]))
+    if not topics.shape[0]:
+        return out
+    if classifies(topics, e.shape[1]):
+        if lex is None:
+            raise ValueError("a topic classifier needs the lexical rows")
+        z = e @ topics[:, : e.shape[1]].T + np.atleast_2d(lex) @ topics[:, e.shape[1] : -1].T
+        z += topics[:, -1]
+    else:
+        z = e @ topics.T
+    out[np.arange(e.shape[0]), np.argmax(z, axis=1)] = 1.0
     return out
 
 
@@ -177,11 +195,18 @@ def _check_shapes(z: dict[str, np.ndarray]) -> None:
         raise ValueError("'scalars' must hold 4 numbers (bias, k, center, spread)")
     if z["mean"].shape != base or z["scale"].shape != base:
         raise ValueError(f"'mean' and 'scale' must hold {base[0]} numbers")
-    if cents.ndim != 2 or ex.ndim != 2 or ex.shape[1] != cents.shape[1]:
-        raise ValueError("'centroids' and 'exemplars' must be matrices of the same width")
+    if (
+        cents.ndim != 2
+        or ex.ndim != 2
+        or cents.shape[1] not in (ex.shape[1], ex.shape[1] + LEX_DIM + 1)
+    ):
+        raise ValueError(
+            "'centroids' must be a matrix as wide as 'exemplars' (or that plus "
+            f"{LEX_DIM + 1} for a topic classifier)"
+        )
     if z["labels"].shape != ex.shape[:1]:
         raise ValueError("'labels' must hold one number per exemplar")
-    width = 2 + cents.shape[0] + len(SIGNAL_NAMES) + cents.shape[1]
+    width = 2 + cents.shape[0] + len(SIGNAL_NAMES) + ex.shape[1]
     if z["coef"].shape not in ((width,), (width + LEX_DIM,)):
         raise ValueError(f"'coef' must hold {width} or {width + LEX_DIM} numbers")
 
@@ -194,7 +219,7 @@ class PairModel:
     scale: np.ndarray
     coef: np.ndarray  # [a, c, t_topics..., w_signals..., w_embedding...]
     bias: float
-    centroids: np.ndarray  # topics x DIM
+    centroids: np.ndarray  # the topic assigner: topics x DIM centroids, or a classifier
     exemplars: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0))
     k: int = 0
@@ -214,15 +239,26 @@ class PairModel:
         v.append(1.0 if f.total_chars >= LONG_CONTEXT_CHARS else 0.0)
         out = w.bias + float(np.asarray(v) @ w.linear)
         e = np.asarray(emb, dtype=np.float32).reshape(-1)
+        # the lexical row, as its non-zero buckets (a few hundred of LEX_DIM)
+        nz, lex = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if w.lex is not None or (w.topic is not None and w.classifier):
+            counts = _lexical_counts(f)
+            nz = np.flatnonzero(counts)
+            norm = math.sqrt(float(counts[nz] @ counts[nz])) or 1.0
+            # lexical() rounds the unit row to float32 before the product
+            lex = (counts[nz] / norm).astype(np.float32)
         if w.topic is not None:
-            out += float(w.topic[int(np.argmax(self.centroids @ e))])
+            if w.classifier:
+                c = self.centroids
+                z = c[:, : e.size] @ e + c[:, e.size + nz] @ lex + c[:, -1]
+                topic = int(np.argmax(z))
+            else:
+                topic = int(np.argmax(self.centroids @ e))
+            out += float(w.topic[topic])
         if w.emb is not None:
             out += float(e.astype(np.float64) @ w.emb)
         if w.lex is not None:
-            counts = _lexical_counts(f)
-            norm = math.sqrt(float(counts @ counts)) or 1.0
-            # lexical() rounds the unit row to float32 before the product
-            out += float((counts / norm).astype(np.float32).astype(np.float64) @ w.lex)
+            out += float(lex.astype(np.float64) @ w.lex[nz])
         if w.knn:
             out += w.knn * float(knn_mean(e[None, :], self.exemplars, self.labels, self.k)[0])
         return out
@@ -281,10 +317,12 @@ class _RowWeights:
     emb: np.ndarray | None
     lex: np.ndarray | None
     knn: float
+    classifier: bool  # the topic assigner is a classifier (it reads the lexical row)
 
     @staticmethod
     def of(m: PairModel) -> _RowWeights:
         c, t = m.coef, m.centroids.shape[0]
+        emb_width = m.exemplars.shape[1]
         lin = np.concatenate([c[:1], c[2 + t : 2 + t + len(SIGNAL_NAMES)]]) / m.scale
         o = 2 + t + len(SIGNAL_NAMES)
         width = len(c) - o  # the embedding's, then LEX_DIM lexical weights if any
@@ -299,6 +337,7 @@ class _RowWeights:
             w_emb if np.any(w_emb) else None,
             w_lex if w_lex.size and np.any(w_lex) else None,
             float(c[1]) if m.k and m.labels.size else 0.0,
+            classifies(m.centroids, emb_width),
         )
 
 
@@ -582,6 +621,7 @@ def fit_pair(
     y: Sequence[float],
     *,
     centroids: np.ndarray | None = None,
+    topic_rows: np.ndarray | None = None,
     lambdas: Sequence[float] = LAMBDAS,
     seed: int = 0,
     repeats: int = 1,
@@ -598,13 +638,16 @@ def fit_pair(
     the fallback; a learned choice replaces the fallback only when its lead over it, paired
     by fold, exceeds ``margin`` standard errors and the choosing procedure, cross-validated
     itself, still leads (``nested_se``), so that a few noisy labels keep the fallback.
-    Nearest-neighbour terms are cross-fitted, never leave-one-out.
+    Nearest-neighbour terms are cross-fitted, never leave-one-out. ``topic_rows`` (one-hot,
+    one row per labelled row) replaces the topics ``centroids`` would assign: the benchmarks
+    pass the topics of a classifier that never saw the rows.
     """
     yv = np.asarray(y, dtype=np.float64)
     e = np.asarray(emb, dtype=np.float32).reshape(len(yv), -1)
     if len(yv) > MAX_PAIR_ROWS:
         keep = np.sort(np.random.default_rng(seed).permutation(len(yv))[:MAX_PAIR_ROWS])
         feats, e, yv = [feats[i] for i in keep], e[keep], yv[keep]
+        topic_rows = None if topic_rows is None else topic_rows[keep]
     n = len(yv)
     cents = shipped_topics() if centroids is None else np.asarray(centroids, np.float32)
     base = np.array([[fallback_score(f), *signals(f)] for f in feats], dtype=np.float64)
@@ -613,10 +656,14 @@ def fit_pair(
     scale = base.std(axis=0) if n else np.ones(base.shape[1])
     scale[scale < 1e-9] = 1.0
     zb = (base - mean) / scale
-    topics = topic_onehot(e, cents) if n else np.zeros((0, cents.shape[0]))
-    rest = np.hstack(
-        [zb[:, 1:], e.astype(np.float64) * EMB_GAIN, lexical(feats) * LEX_GAIN]
-    ).astype(np.float32)
+    lex = lexical(feats)
+    if topic_rows is not None:
+        topics = np.asarray(topic_rows, dtype=np.float64).reshape(n, cents.shape[0])
+    else:
+        topics = topic_onehot(e, cents, lex) if n else np.zeros((0, cents.shape[0]))
+    rest = np.hstack([zb[:, 1:], e.astype(np.float64) * EMB_GAIN, lex * LEX_GAIN]).astype(
+        np.float32
+    )
     d = _Inputs(
         zb,
         topics,
@@ -685,8 +732,13 @@ def _final_weights(
     return w, bias
 
 
-def scores_of(model: PairModel, feats: Sequence[Features], emb: np.ndarray) -> np.ndarray:
-    """Raw pair scores for many rows at once."""
+def scores_of(
+    model: PairModel,
+    feats: Sequence[Features],
+    emb: np.ndarray,
+    topic_rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """Raw pair scores for many rows at once (``topic_rows``: as in ``fit_pair``)."""
     t = model.centroids.shape[0]
     base = np.array([[fallback_score(f), *signals(f)] for f in feats], dtype=np.float64)
     z = (base.reshape(len(feats), -1) - model.mean) / model.scale
@@ -694,7 +746,10 @@ def scores_of(model: PairModel, feats: Sequence[Features], emb: np.ndarray) -> n
     c = model.coef
     out = model.bias + c[0] * z[:, 0]
     if t and np.any(c[2 : 2 + t]):
-        out = out + topic_onehot(e, model.centroids) @ c[2 : 2 + t]
+        if topic_rows is None:
+            lex = lexical(feats) if classifies(model.centroids, e.shape[1]) else None
+            topic_rows = topic_onehot(e, model.centroids, lex)
+        out = out + topic_rows @ c[2 : 2 + t]
     sig = c[2 + t : 2 + t + len(SIGNAL_NAMES)]
     out = out + z[:, 1:] @ sig
     o = 2 + t + len(SIGNAL_NAMES)

@@ -33,6 +33,7 @@ from policies.router.scorer import (
     lexical,
     pair_label,
     scores_of,
+    topic_onehot,
 )
 from policies.routing import AutoChoice
 
@@ -221,7 +222,9 @@ def test_pair_trainer_beats_length_when_the_gap_depends_on_topic() -> None:
     )
 
 
-@pytest.mark.parametrize("parts", ["all", "no-words", "length-only", "topic-knn"])
+@pytest.mark.parametrize(
+    "parts", ["all", "no-words", "length-only", "topic-knn", "classifier", "classifier-topic"]
+)
 def test_one_row_scoring_equals_the_batch_scores(parts: str) -> None:
     """``PairModel.raw`` (the request path) folds the coefficients once; it must score a
     row as ``scores_of`` (training, evaluation) does, for every part a model may use."""
@@ -230,13 +233,15 @@ def test_one_row_scoring_equals_the_batch_scores(parts: str) -> None:
     feats = [from_text(t) for t in texts]
     emb = rng.normal(size=(len(texts), DIM)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    cents = rng.normal(size=(7, DIM)).astype(np.float32)
+    # a topic classifier over [embedding, lexical, 1], or centroids
+    width = DIM + LEX_DIM + 1 if parts.startswith("classifier") else DIM
+    cents = rng.normal(size=(7, width)).astype(np.float32)
     t, s = cents.shape[0], len(SIGNAL_NAMES)
     coef = rng.normal(size=2 + t + s + DIM + (0 if parts == "no-words" else LEX_DIM))
     if parts == "length-only":
         coef[1:] = 0.0
-    if parts == "topic-knn":
-        coef[2 + t :] = 0.0
+    if parts in ("topic-knn", "classifier-topic"):
+        coef[2 + t :] = 0.0  # the classifier must read the words though the model does not
     model = PairModel(
         rng.normal(size=1 + s),
         rng.uniform(0.5, 2.0, size=1 + s),
@@ -250,6 +255,11 @@ def test_one_row_scoring_equals_the_batch_scores(parts: str) -> None:
     want = scores_of(model, feats, emb)
     got = [model.raw(f, e) for f, e in zip(feats, emb, strict=True)]
     assert got == pytest.approx(list(want), rel=1e-6, abs=1e-6)
+    again = PairModel.from_bytes(model.to_bytes())  # float16 on disk
+    assert again.centroids.shape == cents.shape
+    if parts.startswith("classifier"):
+        topics = topic_onehot(emb, cents, lexical(feats))
+        assert len({int(i) for i in topics.argmax(axis=1)}) > 1  # not a constant topic
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
