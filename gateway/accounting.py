@@ -104,7 +104,14 @@ class Accounting(Protocol):
         rate: RateCharge | None = None,
     ) -> Hold: ...
 
-    async def settle(self, caller: Caller, s: Settlement, hold: Hold) -> None: ...
+    async def settle(
+        self, caller: Caller, s: Settlement, hold: Hold, *, orphan: bool = False
+    ) -> int | None:
+        """Bill ``s`` in the windows ``hold`` reserved in (idempotent on the request id).
+        ``orphan``: a surviving process settling a dead one's request from the in-flight
+        journal. Returns the cost of such an orphan settlement of this request that this
+        one replaced (its process was stalled, not dead), else None or 0."""
+        ...
 
     async def release(self, caller: Caller, hold: Hold) -> None: ...
 
@@ -144,10 +151,13 @@ class OpenAccounting:
     ) -> Hold:
         return Hold(request_id, amount_nanos, (), rate)
 
-    async def settle(self, caller: Caller, s: Settlement, hold: Hold) -> None:
+    async def settle(
+        self, caller: Caller, s: Settlement, hold: Hold, *, orphan: bool = False
+    ) -> int | None:
         self.settled.append(s)
         if len(self.settled) > self._keep:
             del self.settled[: len(self.settled) - self._keep]
+        return None
 
     async def release(self, caller: Caller, hold: Hold) -> None:
         return None

@@ -65,7 +65,6 @@ def open_journal(
         prefix=settings.redis_prefix,
         interval_s=settings.inflight_interval_s,
         orphan_after_s=settings.inflight_orphan_s,
-        on_orphan=metrics.orphaned_settlements.inc,
     )
     journal.start()
     return journal

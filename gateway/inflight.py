@@ -13,10 +13,14 @@ Exactly once: a settlement is idempotent on the request id (the budget store's s
 marker), so an entry left behind by a process that died between settling and removing it
 settles to nothing. A released request (no bill) removes its entry before releasing, and
 entries are written and removed by one writer per process under a lock, so a release never
-leaves an entry to be billed. What a killed process's request is billed: the prompt
-estimate as cache miss, and the text streamed up to its last heartbeat (at most
-``interval_s`` behind); a non-stream request that was still waiting for its answer is billed
-its prompt only (what the upstream generated never reached the gateway).
+leaves an entry to be billed. A process that was only stalled past ``orphan_after_s`` (not
+dead) settles its requests when it resumes: that settlement replaces the journal's, in the
+budgets and in the ledger row (gateway/budgets/settle.lua).
+
+What a dead process's request is billed: once its answer has begun (a stream opened), the
+prompt estimate as cache miss and the text streamed up to its last write (at most
+``interval_s`` behind); once answered, the upstream's usage. Before any answer began (the
+upstream may have been failing, stalled or retried), nothing: a survivor releases its hold.
 """
 
 from __future__ import annotations
@@ -106,7 +110,6 @@ class InflightJournal:
         prefix: str = "tg:",
         interval_s: float = 2.0,
         orphan_after_s: float = 60.0,
-        on_orphan: Callable[[], None] | None = None,
     ) -> None:
         self.redis = redis
         self._settle = settle  # (request id, payload) -> settled, idempotently
@@ -114,7 +117,6 @@ class InflightJournal:
         self.zset = prefix + "inflight:seen"
         self.interval_s = interval_s
         self.orphan_after_s = orphan_after_s
-        self._on_orphan = on_orphan
         self._drafts: dict[str, Draft] = {}
         self._written: dict[str, bytes] = {}  # what Redis holds of this process's requests
         self._lock = asyncio.Lock()  # one writer: a removal never races a write
@@ -225,7 +227,4 @@ class InflightJournal:
                 continue
             await self._remove([rid])
             count += 1
-            if self._on_orphan is not None:
-                self._on_orphan()
-            log.warning("settled a request of a dead gateway process", request_id=rid)
         return count

@@ -28,11 +28,13 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from sqlalchemy import BigInteger, DateTime, Float, Integer, String, func, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.accounting import Settlement
+from gateway.budgets.base import ORPHAN, REPLACED
 from gateway.db.models import LedgerDeadLetter, LedgerRow
 
 log = structlog.get_logger("tiergate.ledger")
@@ -72,8 +74,15 @@ def fit_text(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[:limit]
 
 
+# An event that replaces its request's row: the request was settled from the in-flight
+# journal (gateway/inflight.py) while its own process was stalled, then by that process.
+SUPERSEDES = "supersedes"
+
+
 def _row(event: dict[str, Any]) -> dict[str, Any]:
     row = dict(event)
+    for flag in (SUPERSEDES, ORPHAN, REPLACED):
+        row.pop(flag, None)
     row["ts"] = datetime.fromisoformat(row["ts"])
     row.setdefault("kind", "client")
     for name, limit in _TEXT_LIMITS.items():
@@ -111,9 +120,14 @@ _PG_INSERT = text(
 async def insert_events(
     sessions: async_sessionmaker[AsyncSession], events: Sequence[dict[str, Any]]
 ) -> int:
-    """Insert events, skipping request ids already present. Returns rows inserted."""
+    """Insert events, skipping request ids already present, except that an event marked
+    ``SUPERSEDES`` replaces its request's row. Returns rows inserted or replaced."""
     if not events:
         return 0
+    replacing = [e for e in events if e.get(SUPERSEDES)]
+    if replacing:
+        done = await insert_events(sessions, [e for e in events if not e.get(SUPERSEDES)])
+        return done + await _replace_rows(sessions, replacing)
     async with sessions() as session:
         rows = [_row(e) for e in events]
         if session.get_bind().dialect.name == "postgresql":
@@ -129,6 +143,25 @@ async def insert_events(
         inserted = len(result.all())
         await session.commit()
         return inserted
+
+
+async def _replace_rows(
+    sessions: async_sessionmaker[AsyncSession], events: Sequence[dict[str, Any]]
+) -> int:
+    """Insert each event's row, or replace the row its request already has (rare: one per
+    request settled twice, one statement each)."""
+    async with sessions() as session:
+        dialect = session.get_bind().dialect.name
+        for event in events:
+            row = _row(event)
+            insert = pg_insert if dialect == "postgresql" else sqlite_insert
+            stmt = insert(LedgerRow).values(**row)
+            update = {c: stmt.excluded[c] for c in row if c not in ("id", "request_id")}
+            await session.execute(
+                stmt.on_conflict_do_update(index_elements=["request_id"], set_=update)
+            )
+        await session.commit()
+    return len(events)
 
 
 async def spent_since(
@@ -275,6 +308,8 @@ class StreamDrainer(_Isolating):
             try:
                 event = orjson.loads(raw)
                 _row(event)  # a row can be made of it
+                if data.get(SUPERSEDES.encode()):
+                    event[SUPERSEDES] = True
                 good.append((eid, event))
             except Exception as exc:
                 rid = event.get("request_id") if isinstance(event, dict) else None

@@ -97,8 +97,18 @@ class Metrics:
         )
         self.orphaned_settlements = Counter(
             "tiergate_orphaned_settlements",
-            "Requests of a gateway process that died mid-request (SIGKILL, OOM), settled by"
-            " another process from the in-flight journal with the usage last recorded.",
+            "Requests of a gateway process that died mid-request (SIGKILL, OOM), ended by"
+            " another process from the in-flight journal: 'settled' with the usage last"
+            " recorded, or 'released' when no answer had begun (nothing to bill).",
+            ("outcome",),
+            registry=r,
+        )
+        for outcome in ("settled", "released"):  # at 0 from the start: alerts see a rise
+            self.orphaned_settlements.labels(outcome)
+        self.orphans_replaced = Counter(
+            "tiergate_orphaned_settlements_replaced",
+            "Orphaned settlements replaced by the request's own settlement: its process had"
+            " been stalled past TIERGATE_INFLIGHT_ORPHAN_S, not killed.",
             registry=r,
         )
         self.over_reservation = Counter(

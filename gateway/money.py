@@ -34,10 +34,17 @@ from gateway.budgets import (
     RedisBudgetStore,
     Window,
 )
+from gateway.budgets.base import ORPHAN, REPLACED
 from gateway.budgets.leases import LeasePolicy
 from gateway.db.models import ApiKey, Budget, RateLimit
 from gateway.keys import hash_key
-from gateway.ledger import DATABASE_DOWN, BatchedWriter, StreamDrainer, event_of, spent_since
+from gateway.ledger import (
+    DATABASE_DOWN,
+    BatchedWriter,
+    StreamDrainer,
+    event_of,
+    spent_since,
+)
 from gateway.metrics import Metrics
 from gateway.outage import REDIS_DOWN, FailureMode, RedisGuard
 from gateway.ratelimit import RateLimiter, window
@@ -508,12 +515,27 @@ class MoneyAccounting:
             headers=headers,
         )
 
-    async def settle(self, caller: Caller, s: Settlement, hold: Hold) -> None:
+    async def settle(
+        self, caller: Caller, s: Settlement, hold: Hold, *, orphan: bool = False
+    ) -> int | None:
         windows = list(hold.windows)  # where the reservation was made, whatever changed since
+        event = event_of(s)
+        if orphan:
+            event[ORPHAN] = True
         try:
-            after = await self.budgets.settle(s.request_id, windows, s.cost_nanos, event_of(s))
+            after = await self.budgets.settle(s.request_id, windows, s.cost_nanos, event)
         finally:
             self._live.pop(hold.request_id, None)
+        replaced = event.get(REPLACED)
+        if replaced is not None:
+            self.metrics.orphans_replaced.inc()
+            log.warning(
+                "settlement replaced the one made from the in-flight journal (this process "
+                "was stalled past TIERGATE_INFLIGHT_ORPHAN_S)",
+                request_id=s.request_id,
+                journal_cost_nanos=replaced,
+                cost_nanos=s.cost_nanos,
+            )
         if hold.rate is not None:
             await self._count_tokens(hold.rate, s)
         if windows and s.cost_nanos > hold.amount_nanos:
@@ -526,12 +548,13 @@ class MoneyAccounting:
                 prompt_tokens=s.cache_hit_tokens + s.cache_miss_tokens,
                 output_tokens=s.output_tokens,
             )
+        added = s.cost_nanos - (replaced or 0)
         for w, spent in zip(windows, after or (), strict=False):
             spec = w.spec
             labels = (spec.scope, spec.scope_id, spec.period)
             self.metrics.budget_limit.labels(*labels).set(spec.limit_nanos)
             self.metrics.budget_spent.labels(*labels).set(spent)
-            for t in crossed(spent - s.cost_nanos, spent, spec.limit_nanos, spec.soft_thresholds):
+            for t in crossed(spent - added, spent, spec.limit_nanos, spec.soft_thresholds):
                 self.metrics.budget_alerts.labels(spec.scope, spec.scope_id, f"{t:g}").inc()
                 log.warning(
                     "budget threshold crossed",
@@ -540,6 +563,7 @@ class MoneyAccounting:
                     scope_id=spec.scope_id,
                     threshold=t,
                 )
+        return replaced
 
     async def _count_tokens(self, rate: RateCharge, s: Settlement) -> None:
         """Move the key's token window from the prompt estimate to the actual tokens."""

@@ -579,7 +579,7 @@ class Pipeline:
     ) -> None:
         s, peak = self._settlement(p, usage, status, provider_cost_usd)
         try:
-            await self.accounting.settle(p.caller, s, p.hold or Hold(p.request_id))
+            replaced = await self.accounting.settle(p.caller, s, p.hold or Hold(p.request_id))
         finally:
             if self.journal is not None:
                 await self.journal.done(p.request_id)
@@ -587,7 +587,15 @@ class Pipeline:
         option = p.option or p.plan.primary
         if self.truth is not None and p.plan.reason.startswith("auto"):
             self.truth.settled(option.tier == self.catalog.strong_tier, s.cost_nanos)
-        self._record(s, p.caller.key_prefix, peak)
+        if replaced is None:
+            self._record(s, p.caller.key_prefix, peak)
+        else:
+            # Settled from the journal while this process was stalled, and counted then:
+            # the cost counter gets the difference (a counter cannot go down).
+            m, lbl = self.metrics, (s.tier, s.mode, s.backend)
+            m.cost.labels(
+                *lbl, s.team_id or "none", p.caller.key_prefix or "none", "1" if peak else "0"
+            ).inc(max(s.cost_nanos - replaced, 0))
         self._log(p, option, usage, s.cost_nanos, status, error=p.error)
 
     def _settlement(
@@ -667,8 +675,12 @@ class Pipeline:
             usage, status, note = p.answered, 200, "orphaned"
         elif p.stream is not None and p.stream.outcome.usage is not None:
             usage, status, note = p.stream.outcome.usage, 200, "orphaned"
-        else:
+        elif p.stream is not None:  # the upstream took it: its prompt and what it streamed
             usage, status, note = _estimated(p), 502, "usage=estimated;orphaned"
+        else:
+            # No answer has begun: the upstream may be failing, stalled or retried, and
+            # nothing says it took the request. A survivor releases the hold, bills nothing.
+            return {"hold": hold_json(p.hold)}
         s, peak = self._settlement(p, usage, status, note=note)
         return {
             "event": event_of(s),
@@ -679,9 +691,18 @@ class Pipeline:
 
     async def settle_orphan(self, request_id: str, entry: dict[str, Any]) -> None:
         """Settle the journal entry of a request whose process died (idempotent)."""
-        s = settlement_of(entry["event"])
         hold = hold_of(request_id, entry["hold"])
-        await self.accounting.settle(ANONYMOUS, s, hold)
+        if "event" not in entry:
+            await self.accounting.release(ANONYMOUS, hold)
+            self.metrics.orphaned_settlements.labels("released").inc()
+            self.log.warning(
+                "released the hold of a dead gateway process's request that had no answer",
+                request_id=request_id,
+            )
+            return
+        s = settlement_of(entry["event"])
+        await self.accounting.settle(ANONYMOUS, s, hold, orphan=True)
+        self.metrics.orphaned_settlements.labels("settled").inc()
         self._record(s, entry.get("key_prefix"), bool(entry.get("peak")))
         self.log.warning(
             "request",

@@ -19,6 +19,13 @@ from typing import Any, Protocol
 
 from policies.budget import BudgetSpec, period_window
 
+# In a settlement's event, never a ledger column: ORPHAN marks the settlement a surviving
+# process makes from a dead one's in-flight journal entry (gateway/inflight.py); should the
+# request's own process come back (it was stalled) its settlement replaces that one, and
+# the store reports the replaced cost under REPLACED.
+ORPHAN = "orphan"
+REPLACED = "replaced_nanos"
+
 
 @dataclass(frozen=True, slots=True)
 class Window:

@@ -14,7 +14,14 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from gateway.budgets.base import BudgetExceeded, BudgetState, SpentLoader, Window
+from gateway.budgets.base import (
+    ORPHAN,
+    REPLACED,
+    BudgetExceeded,
+    BudgetState,
+    SpentLoader,
+    Window,
+)
 from gateway.budgets.leases import LeaseBook, LeasePolicy
 
 _SETTLED_TTL_S = 7 * 24 * 3600
@@ -129,16 +136,22 @@ class RedisBudgetStore:
             keys += self._keys(w)
         book = self.leases
         funded = book.funded.get(request_id) if book is not None else None
+        orphan = bool(event.get(ORPHAN))
         args: list[str | int | bytes] = [
             request_id,
             actual_nanos,
             len(windows),
             _SETTLED_TTL_S,
-            orjson.dumps(event),
+            orjson.dumps({k: v for k, v in event.items() if k not in (ORPHAN, REPLACED)}),
             book.holder if book is not None and funded is not None else "",
+            "orphan" if orphan else "",
         ]
         result = await self._settle(keys=keys, args=args)
         n = len(windows)
+        if int(result[0]) == 2:
+            # This request was settled from the in-flight journal while its process was
+            # stalled; this settlement replaced that one (the caller reads what it cost).
+            event[REPLACED] = int(result[1 + 2 * n])
         if int(result[0]) == 0:
             if book is not None and funded is not None:
                 # Settled before (a lost reply): the marker says what it took from the lease.
@@ -147,7 +160,7 @@ class RedisBudgetStore:
                 book.settled(request_id, [int(p) for p in parts] if len(parts) == n else [0] * n)
             return None
         if book is not None and funded is not None:
-            book.settled(request_id, [int(v) for v in result[1 + n :]])
+            book.settled(request_id, [int(v) for v in result[1 + n : 1 + 2 * n]])
         return [int(v) for v in result[1 : 1 + n]]
 
     def release_leased(self, request_id: str) -> bool:

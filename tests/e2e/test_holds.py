@@ -8,6 +8,7 @@ every 0.3 s and an entry not heard of for 2 s is a dead process's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -191,6 +192,9 @@ def test_a_killed_process_requests_are_billed_by_another(
     prefix = gw.env["TIERGATE_REDIS_PREFIX"]
     team_id, key, budget_id = team_with_budget(gw, "killed-process-team")
     streams = [Stream(gw.urls[1], key) for _ in range(3)]
+    # and one non-stream request, whose answer has not begun when the process dies
+    waiting = threading.Thread(target=_ask, args=(gw.urls[1], key), daemon=True)
+    waiting.start()
     time.sleep(2.5)  # about 50 of 120 tokens each
     gw.procs[1].send_signal(signal.SIGKILL)
     gw.procs[1].wait(10)
@@ -216,14 +220,78 @@ def test_a_killed_process_requests_are_billed_by_another(
         )
         # Billed what the client received, less at most a journal interval (0.3 s) of it.
         assert len(text) / 4 - 12 <= output <= len(text) / 4 + 1, (output, len(text))
+    deadline = time.monotonic() + 10
+    while rdb.hlen(prefix + "inflight") and time.monotonic() < deadline:
+        time.sleep(0.2)  # the non-stream request's entry: released, not billed
     c = counter(rdb, prefix, budget_id)
     assert c.get("spent") == sum(r[5] for r in rows) and c.get("reserved", 0) == 0, c
     assert rdb.hlen(prefix + "inflight") == 0 and rdb.zcard(prefix + "inflight:seen") == 0
+    assert wait_rows(pg_url, team_id, 4, timeout=1) == 3
     metrics = httpx.get(gw.urls[0] + "/metrics", timeout=10).text
-    assert "tiergate_orphaned_settlements_total 3.0" in metrics
-    port = int(gw.urls[1].rsplit(":", 1)[1])
+    assert 'tiergate_orphaned_settlements_total{outcome="settled"} 3.0' in metrics
+    assert 'tiergate_orphaned_settlements_total{outcome="released"} 1.0' in metrics
+    restart(gw, 1)
+
+
+def restart(gw: Gateways, i: int) -> None:
+    port = int(gw.urls[i].rsplit(":", 1)[1])
     gw.spawn(port)
-    wait_ready(gw.urls[1])
+    wait_ready(gw.urls[i])
+
+
+def _ask(url: str, key: str) -> None:
+    """A non-stream request (its answer takes the slow stream's 6 s); any failure ignored."""
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(
+            url + "/v1/chat/completions",
+            json={
+                "model": "deepseek-chat",
+                "messages": [{"role": "user", "content": "a long story, all at once"}],
+                "max_tokens": 120,
+            },
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+
+
+def test_a_stalled_process_settlement_replaces_the_journal_one(
+    gw: Gateways, rdb: redis.Redis, pg_url: str, slow_flash: None
+) -> None:
+    """SIGSTOP past TIERGATE_INFLIGHT_ORPHAN_S: another process bills the streams from the
+    journal; after SIGCONT they finish, and their own settlements replace those rows and
+    charges (the ledger and the budget end with the real usage, once)."""
+    prefix = gw.env["TIERGATE_REDIS_PREFIX"]
+    team_id, key, budget_id = team_with_budget(gw, "stalled-process-team")
+    streams = [Stream(gw.urls[1], key) for _ in range(2)]
+    time.sleep(1.5)
+    gw.procs[1].send_signal(signal.SIGSTOP)
+    try:
+        assert wait_rows(pg_url, team_id, 2, timeout=15) == 2
+        reasons = sql(pg_url, "select route_reason from ledger where team_id = %s", team_id)
+        assert all(r[0].endswith("orphaned") for r in reasons), reasons
+    finally:
+        gw.procs[1].send_signal(signal.SIGCONT)
+    for s in streams:
+        assert s.done.wait(30) and s.error is None and b"[DONE]" in s.body
+    deadline = time.monotonic() + 15
+    rows: list[tuple[str, int, str, int, int]] = []
+    while time.monotonic() < deadline:
+        rows = sql(
+            pg_url,
+            "select request_id, status, route_reason, output_tokens, cost_nanos from ledger"
+            " where team_id = %s",
+            team_id,
+        )
+        if all(r[1] == 200 for r in rows):
+            break
+        time.sleep(0.2)
+    assert sorted(r[0] for r in rows) == sorted(s.rid for s in streams if s.rid)
+    for _, status, reason, output, _ in rows:
+        assert status == 200 and "orphaned" not in reason and output == 120, (status, reason)
+    c = counter(rdb, prefix, budget_id)
+    assert c.get("spent") == sum(r[4] for r in rows) and c.get("reserved", 0) == 0, c
+    metrics = httpx.get(gw.urls[1] + "/metrics", timeout=10).text
+    assert "tiergate_orphaned_settlements_replaced_total 2.0" in metrics
 
 
 def test_a_dead_process_hold_expires_after_the_ttl(

@@ -199,3 +199,46 @@ def test_three_processes_share_one_budget_exactly(redis_url: str, redis_prefix: 
 
     assert ok >= 24  # 1000 / 40: at least every fully reservable request got through
     asyncio.run(check())
+
+
+@pytest.mark.parametrize("lease", [False, True])
+async def test_a_stalled_process_settlement_replaces_the_orphan_one(
+    redis_url: str, redis_prefix: str, lease: bool
+) -> None:
+    """A survivor settles a request from the in-flight journal (ORPHAN); the request's own
+    process, which was only stalled, settles it later: the windows end charged its cost,
+    once, and the ledger stream gets a replacing event; anything after changes nothing."""
+    from gateway.budgets.base import ORPHAN, REPLACED
+    from gateway.budgets.leases import LeasePolicy
+
+    from .test_budget_leases import leased_after_first
+
+    r = Redis.from_url(redis_url)
+    policy = LeasePolicy(share=0.05, slots=8) if lease else None
+    owner = RedisBudgetStore(r, zero, prefix=redis_prefix, lease=policy)
+    survivor = RedisBudgetStore(r, zero, prefix=redis_prefix)
+    ws = windows(BudgetSpec("b-stall", "team", "t9", "day", 1_000_000))
+    if lease:
+        await leased_after_first(owner, ws, 1_000)
+    await owner.reserve("rid", ws, 1_000)
+    assert (owner.leases is not None and "rid" in owner.leases.funded) == lease
+    orphan = {"request_id": "rid", "cost_nanos": 40, ORPHAN: True}
+    assert await survivor.settle("rid", ws, 40, orphan) == [40]
+    assert await survivor.settle("rid", ws, 40, dict(orphan)) is None  # swept twice: once
+    own: dict[str, Any] = {"request_id": "rid", "cost_nanos": 250}
+    assert await owner.settle("rid", ws, 250, own) == [250]
+    assert own[REPLACED] == 40
+    assert await owner.settle("rid", ws, 250, {"request_id": "rid"}) is None  # a retry
+    assert await survivor.settle("rid", ws, 40, dict(orphan)) is None  # a late sweep
+    (state,) = await owner.state(ws)
+    assert state.spent_nanos == 250 and state.reserved_nanos == 0
+    if lease:  # the lease paid for the request: it shrank by its cost, as any settlement
+        assert owner.leases is not None
+        (le,) = owner.leases.leases.values()
+        assert state.leased_nanos == le.amount == 8_000 - 250 and le.used == 0
+    entries = [f for _, f in await r.xrange(owner.stream) if b'"rid"' in f[b"event"]]
+    assert [f.get(b"supersedes") for f in entries] == [None, b"1"]
+    assert all(b"orphan" not in f[b"event"] and b"replaced" not in f[b"event"] for f in entries)
+    if owner.leases is not None:
+        await owner.leases.close()
+    await r.aclose()

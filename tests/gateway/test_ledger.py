@@ -13,7 +13,13 @@ from sqlalchemy import delete, func, select
 
 from gateway.db.engine import make_engine, make_sessions
 from gateway.db.models import LedgerRow
-from gateway.ledger import BatchedWriter, StreamDrainer, insert_events, spent_since
+from gateway.ledger import (
+    SUPERSEDES,
+    BatchedWriter,
+    StreamDrainer,
+    insert_events,
+    spent_since,
+)
 
 
 def event(rid: str, cost: int = 100, team: str = "t1") -> dict:
@@ -251,3 +257,54 @@ async def test_the_in_process_writer_sets_a_poison_event_aside_too(tmp_path) -> 
     assert models == {"good-1": "deepseek-chat", "nul": "ab", "good-2": "deepseek-chat"}
     assert [d.request_id for d in dead] == ["bad"] and told == [1] and w.pending == []
     await engine.dispose()
+
+
+async def _check_a_superseding_event_replaces_the_row(s) -> None:
+    orphan = {**event("o1", cost=50), "status": 502, "route_reason": "x;usage=estimated;orphaned"}
+    assert await insert_events(s, [orphan, event("o2")]) == 2
+    real = {**event("o1", cost=400), "output_tokens": 120, SUPERSEDES: True}
+    # the replacement and a plain event in one batch; a plain duplicate never replaces
+    assert await insert_events(s, [real, event("o3"), {**event("o2", cost=9)}]) == 2
+    async with s() as session:
+        stored = {r.request_id: r for r in (await session.scalars(select(LedgerRow))).all()}
+    assert sorted(stored) == ["o1", "o2", "o3"]
+    assert (stored["o1"].cost_nanos, stored["o1"].status) == (400, 200)
+    assert (stored["o1"].output_tokens, stored["o1"].route_reason) == (120, "alias:deepseek-chat")
+    assert stored["o2"].cost_nanos == 100
+    # one batch holding the orphan row and its replacement, in stream order
+    later = {**event("o4", cost=7), "status": 502}
+    assert await insert_events(s, [later, {**event("o4", cost=70), SUPERSEDES: True}]) == 2
+    async with s() as session:
+        row = (await session.scalars(select(LedgerRow).where(LedgerRow.request_id == "o4"))).one()
+    assert (row.cost_nanos, row.status) == (70, 200)
+
+
+async def test_a_superseding_event_replaces_the_row_postgresql(sessions) -> None:
+    await _check_a_superseding_event_replaces_the_row(sessions)
+
+
+async def test_a_superseding_event_replaces_the_row_sqlite(tmp_path) -> None:
+    from gateway.db.migrate import upgrade
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/l.db"
+    upgrade(url)
+    engine = make_engine(url)
+    await _check_a_superseding_event_replaces_the_row(make_sessions(engine))
+    await engine.dispose()
+
+
+async def test_the_drainer_reads_the_supersedes_flag(
+    sessions, redis_url: str, redis_prefix: str
+) -> None:
+    r = Redis.from_url(redis_url)
+    stream = redis_prefix + "ledger"
+    d = StreamDrainer(r, sessions, stream)
+    await d.ensure_group()
+    await r.xadd(stream, {"event": orjson.dumps({**event("s1", cost=5), "status": 502})})
+    await r.xadd(stream, {"event": orjson.dumps(event("s1", cost=500)), "supersedes": "1"})
+    await r.xadd(stream, {"event": orjson.dumps(event("s1", cost=999))})  # a replay: ignored
+    await d.drain_once(block_ms=10)
+    async with sessions() as session:
+        row = (await session.scalars(select(LedgerRow).where(LedgerRow.request_id == "s1"))).one()
+    assert (row.cost_nanos, row.status) == (500, 200)
+    await r.aclose()
