@@ -428,7 +428,7 @@ class Pipeline:
         try:
             resp: EngineResponse = await self._dispatch(p, lambda e, r: e.complete(r))
         except TiergateError as err:
-            await self._fail(p, err)
+            await self.fail(p, err)
             raise
         except Exception as exc:
             raise await self._unexpected(p, exc) from exc
@@ -461,7 +461,7 @@ class Pipeline:
         try:
             stream: EngineStream = await self._dispatch(p, lambda e, r: e.stream(r))
         except TiergateError as err:
-            await self._fail(p, err)
+            await self.fail(p, err)
             raise
         except Exception as exc:
             raise await self._unexpected(p, exc) from exc
@@ -554,10 +554,10 @@ class Pipeline:
             f"internal error ({type(exc).__name__}); the gateway logged the details",
             detail=repr(exc),
         )
-        await self._fail(p, err)
+        await self.fail(p, err)
         return err
 
-    async def _fail(self, p: Prepared, err: TiergateError) -> None:
+    async def fail(self, p: Prepared, err: TiergateError) -> None:
         err.headers.setdefault("x-request-id", p.request_id)
         err.headers.setdefault("x-tiergate-route", p.route_header())
         if self.journal is not None:  # before the release: a released request is never billed

@@ -9,18 +9,20 @@ lifecycle. Routes only bind paths to a parser and an edge.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Mapping
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.responses import Response
+from starlette.types import Receive
 
 from gateway.accounting import Caller
 from gateway.event_stream import EventStreamResponse
 from gateway.parse import Call
 from gateway.pipeline import Pipeline, Prepared
 from gateway.settled import settled_response
-from policies.errors import TiergateError
+from policies.errors import ClientClosedRequest, TiergateError
 
 Events = AsyncGenerator[bytes, None]
 
@@ -42,17 +44,60 @@ class Edge:
 
 
 async def serve(
-    pipeline: Pipeline, call: Call, headers: Mapping[str, str], caller: Caller, edge: Edge
+    pipeline: Pipeline,
+    call: Call,
+    headers: Mapping[str, str],
+    caller: Caller,
+    edge: Edge,
+    receive: Receive | None = None,
 ) -> Response:
+    """``receive``: the request's ASGI channel, watched for the client leaving while the
+    gateway waits for the answer to begin."""
     p = await pipeline.prepare(call, headers, caller)
     out = edge.headers(p)
     if call.stream:
-        stream = await pipeline.open_stream(p)
+        stream = await _unless_gone(pipeline, p, pipeline.open_stream(p), receive)
         out["x-tiergate-route"] = p.route_header()
         events = edge.stream(p, pipeline.relay(p, stream, edge.stream_error))
         return EventStreamResponse(
             events, headers={**_SSE_HEADERS, **out}, on_close=lambda: pipeline.abandon(p, stream)
         )
-    resp = await pipeline.answer(p)
+    resp = await _unless_gone(pipeline, p, pipeline.answer(p), receive)
     out["x-tiergate-route"] = p.route_header()
     return await settled_response(pipeline, p, resp, lambda: edge.render(p, resp.body), out)
+
+
+T = TypeVar("T")
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_gone(
+    pipeline: Pipeline, p: Prepared, work: Coroutine[Any, Any, T], receive: Receive | None
+) -> T:
+    """``work`` (the upstream call), cancelled if the client goes away before it returns:
+    a client that timed out no longer keeps an upstream generating, billed, for nobody, nor
+    its hold. Nothing reached the client and nothing says the upstream took the request,
+    so it is released unbilled (status 499 in the log and the metrics)."""
+    if receive is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait((task,))
+        if task.cancelled():
+            err = ClientClosedRequest("the client closed the connection before the answer began")
+            await pipeline.fail(p, err)
+            raise err
+    return task.result()

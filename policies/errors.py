@@ -176,6 +176,14 @@ class UpstreamTimeout(UpstreamError):
     type = "timeout_error"
 
 
+class ClientClosedRequest(TiergateError):
+    """The client went away before its answer began (nginx's 499): the upstream call was
+    cancelled. Nobody reads this error; it is logged and counted."""
+
+    status = 499
+    code = "client_closed_request"
+
+
 class ServiceUnavailable(TiergateError):
     status = 503
     code = "service_unavailable"

@@ -214,7 +214,14 @@ def create_sim_app(config: SimConfig) -> Starlette:
         async with state.slot(gen.engine) as queued_s:
             started = time.perf_counter()
             last_token = gen.prefill_s + cfg.itl_s * max(0, gen.output_tokens - 1)
-            await _pause(cfg, started + last_token)
+            if cfg.mode == "vllm" and not cfg.instant:
+                # vLLM cancels a request whose client disconnects (its handlers run under
+                # ``with_cancellation``): the engine aborts it and stops generating.
+                if await stall(request.receive, started + last_token - time.perf_counter()):
+                    state.stats["aborted"] += 1
+                    return _Nothing()
+            else:
+                await _pause(cfg, started + last_token)
             state.finished(gen, queued_s)
         payload = orjson.dumps(gen.response_body())
         if fault == "midstream":

@@ -81,6 +81,7 @@ class SimState:
             "cached_tokens": 0,
             "generation_tokens": 0,
             "idle_closes": 0,  # requests dropped on a connection closed for idleness
+            "aborted": 0,  # not-streamed requests whose client left (vLLM mode stops them)
         }
 
     @property

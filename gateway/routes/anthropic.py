@@ -24,7 +24,7 @@ async def messages(request: Request) -> Response:
         await request.body(),
         "anthropic",
     )
-    return await serve(pipeline, call, request.headers, caller, EDGE)
+    return await serve(pipeline, call, request.headers, caller, EDGE, request.receive)
 
 
 async def tokens(request: Request) -> Response:

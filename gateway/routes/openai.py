@@ -27,7 +27,7 @@ async def chat_completions(request: Request) -> Response:
         await request.body(),
         "openai",
     )
-    return await serve(pipeline, call, request.headers, caller, EDGE)
+    return await serve(pipeline, call, request.headers, caller, EDGE, request.receive)
 
 
 @router.post(
@@ -43,4 +43,4 @@ async def completions(request: Request) -> Response:
         await request.body(),
         "openai",
     )
-    return await serve(pipeline, call, request.headers, caller, EDGE)
+    return await serve(pipeline, call, request.headers, caller, EDGE, request.receive)

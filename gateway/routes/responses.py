@@ -29,7 +29,7 @@ async def create_response(request: Request) -> Response:
         await request.body(),
         "responses",
     )
-    return await serve(pipeline, call, request.headers, caller, EDGE)
+    return await serve(pipeline, call, request.headers, caller, EDGE, request.receive)
 
 
 @router.get("/v1/responses/{response_id}", summary="Stored responses: none are kept here")

@@ -294,6 +294,53 @@ def test_a_stalled_process_settlement_replaces_the_journal_one(
     assert "tiergate_orphaned_settlements_replaced_total 2.0" in metrics
 
 
+def _running(sims: Sims) -> float:
+    """Requests the Flash simulators are generating now (their vLLM gauge)."""
+    total = 0.0
+    for url in sims.flash:
+        for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+            if line.startswith("vllm:num_requests_running"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_client_that_leaves_before_the_answer_frees_its_hold_and_the_upstream(
+    gw: Gateways, rdb: redis.Redis, pg_url: str, sims: Sims, slow_flash: None
+) -> None:
+    """A non-stream client times out after 1 s of a 6 s answer: the gateway cancels the
+    upstream call (the replica stops generating), releases the hold at once, bills
+    nothing, and counts a 499."""
+    prefix = gw.env["TIERGATE_REDIS_PREFIX"]
+    team_id, key, budget_id = team_with_budget(gw, "leaving-client-team")
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            gw.urls[0] + "/v1/chat/completions",
+            json={
+                "model": "deepseek-chat",
+                "messages": [{"role": "user", "content": "a long story, all at once"}],
+                "max_tokens": 120,
+            },
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=1.0,
+        )
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        c = counter(rdb, prefix, budget_id)
+        if c.get("reserved", 0) == 0 and _running(sims) == 0:
+            break
+        time.sleep(0.1)
+    assert c.get("reserved", 0) == 0 and c.get("spent", 0) == 0, c
+    assert _running(sims) == 0  # the replica was told: vLLM aborts a request whose client left
+    assert wait_rows(pg_url, team_id, 1, timeout=2) == 0
+    metrics = httpx.get(gw.urls[0] + "/metrics", timeout=10).text
+    assert any(
+        line.startswith("tiergate_requests_total")
+        and 'status="499"' in line
+        and 'team="' + team_id + '"' in line
+        for line in metrics.splitlines()
+    ), "a 499 counted for the team"
+
+
 def test_a_dead_process_hold_expires_after_the_ttl(
     gw: Gateways, rdb: redis.Redis, slow_flash: None
 ) -> None:

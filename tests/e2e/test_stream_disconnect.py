@@ -149,12 +149,14 @@ def test_with_the_money_path_the_row_is_in_the_ledger_and_nothing_stays_reserved
         drop_keys(redis_url, prefix)
 
 
+@pytest.mark.parametrize("gone_at_once", [False, True], ids=["while-heading", "before-open"])
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
 def test_leaving_before_the_first_event_is_sent_still_settles_and_frees_the_replica(
-    gw: Gateway, slow: SimServer, path: str
+    gw: Gateway, slow: SimServer, path: str, gone_at_once: bool
 ) -> None:
-    """The client is gone by the time the response starts, and the server's ``send`` yields
-    there: the relay never runs, so the response's close must settle and release."""
+    """The client leaves as the response starts, and the server's ``send`` yields there:
+    the relay never runs, so the response's close must settle and release. Or it left
+    before the upstream's stream opened: the call is cancelled and nothing is billed."""
     import asyncio
 
     import orjson
@@ -190,17 +192,33 @@ def test_leaving_before_the_first_event_is_sent_still_settles_and_frees_the_repl
     }
     sent: list[dict[str, object]] = []
     messages = [{"type": "http.request", "body": body, "more_body": False}]
+    heading = asyncio.Event()  # the response has started
 
     async def receive() -> dict[str, object]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
+        if messages:
+            return messages.pop(0)
+        if not gone_at_once:
+            await heading.wait()
+        return {"type": "http.disconnect"}
 
     async def send(message: dict[str, object]) -> None:
         sent.append(message)
         if message["type"] == "http.response.start":
+            heading.set()
             await asyncio.sleep(0.05)  # the disconnect is seen while the headers go out
 
     before = len(gw.settled())
     asyncio.run_coroutine_threadsafe(gw.app(scope, receive, send), loop).result(timeout=10)
+    if gone_at_once:
+        # Gone before the stream opened: the upstream call is cancelled, nothing billed.
+        assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and running(slow):
+            time.sleep(0.05)
+        assert running(slow) == 0, "the upstream request was not stopped"
+        assert len(gw.settled()) == before, "nothing billed"
+        assert all(r.in_flight == 0 for r in engine.replicas()), "a replica slot was not freed"
+        return
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
     assert not any(m.get("body") for m in sent[1:]), "no event reached the gone client"
     deadline = time.monotonic() + 5
