@@ -26,7 +26,6 @@ upstream may have been failing, stalled or retried), nothing: a survivor release
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -38,6 +37,7 @@ from redis.asyncio import Redis
 from gateway.accounting import Hold
 from gateway.budgets.base import Window
 from gateway.logging import get_logger
+from gateway.tasks import stop
 from policies.budget import BudgetSpec
 
 log = get_logger("tiergate.inflight")
@@ -153,10 +153,7 @@ class InflightJournal:
         self._task = asyncio.create_task(self._run(), name="inflight-journal")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await stop(self._task)
 
     async def _run(self) -> None:
         ticks = 0

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.accounting import Settlement
 from gateway.budgets.base import ORPHAN, REPLACED
 from gateway.db.models import LedgerDeadLetter, LedgerRow
+from gateway.tasks import stop
 
 log = structlog.get_logger("tiergate.ledger")
 
@@ -296,8 +297,8 @@ class StreamDrainer(_Isolating):
     async def stop(self) -> None:
         self._stop.set()
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._task, timeout=10)
+            await asyncio.wait((self._task,), timeout=10)  # its last pass
+            await stop(self._task)
 
     async def _write(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         good: list[tuple[bytes, dict[str, Any]]] = []

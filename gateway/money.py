@@ -48,6 +48,7 @@ from gateway.ledger import (
 from gateway.metrics import Metrics
 from gateway.outage import REDIS_DOWN, FailureMode, RedisGuard
 from gateway.ratelimit import RateLimiter, window
+from gateway.tasks import stop
 from policies.budget import (
     PERIODS,
     BudgetSpec,
@@ -269,10 +270,7 @@ class MoneyAccounting:
 
     async def close(self) -> None:
         for task in (self._listener, self._lag_task, self._renew_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await stop(task)
         if self.guard is not None:  # before the drainer's last pass: replayed events drain
             await self.guard.close()
         await self.writer.stop()

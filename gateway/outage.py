@@ -40,6 +40,7 @@ from gateway.ledger import DATABASE_DOWN, insert_events
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter
 from gateway.spool import Spooled, SpoolFile
+from gateway.tasks import stop
 from policies.errors import ServiceUnavailable
 
 log = structlog.get_logger("tiergate.outage")
@@ -328,10 +329,7 @@ class RedisGuard:
 
     async def close(self) -> None:
         """Stop probing; replay the spool, or write what is left straight to the ledger."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await stop(self._task)
         try:
             await self._flush_spool()
         finally:

@@ -14,7 +14,6 @@ of this.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import time
@@ -32,6 +31,7 @@ from gateway.budgets.base import Window
 from gateway.db.models import LedgerRow, RouterLabel
 from gateway.ledger import event_of
 from gateway.metrics import Metrics
+from gateway.tasks import stop
 from policies.budget import BudgetSpec
 from policies.catalog import Catalog
 from policies.features import extract_features
@@ -152,10 +152,7 @@ class ShadowService:
         if self.tasks:
             _, pending = await asyncio.wait(set(self.tasks), timeout=timeout_s)
             for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                await stop(task)
 
     # ---- in the background -------------------------------------------------------------
 

@@ -43,6 +43,7 @@ import structlog
 from redis.asyncio import Redis
 
 from gateway.budgets.base import Window
+from gateway.tasks import stop
 
 log = structlog.get_logger("tiergate.budgets")
 
@@ -357,8 +358,8 @@ class LeaseBook:
         if self._task is not None:
             # Let a lease call in flight finish: cancelling redis-py mid-reply can hang.
             self._wake.set()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._task, timeout=5)
+            await asyncio.wait((self._task,), timeout=5)
+            await stop(self._task)
         held = [lease for lease in self.leases.values() if lease.amount > 0]
         if held:
             with contextlib.suppress(Exception):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ import redis
 
 from .conftest import Sims
 from .test_money_e2e import (
+    ROOT,
     Gateways,
     admin,
     drop_keys,
@@ -370,3 +373,33 @@ def test_a_dead_process_hold_expires_after_the_ttl(
     )
     assert r.status_code == 200, r.text
     assert holding(rdb, prefix, s.rid) == []
+
+
+def test_a_process_that_cannot_bind_its_port_exits(gw: Gateways) -> None:
+    """A second `tiergate serve` on a port in use stops its background work (Redis watchers,
+    the journal) and exits with an error, every time: a cancellation redis-py swallowed
+    used to keep its shutdown waiting forever, SIGTERM included."""
+    port = gw.urls[0].rsplit(":", 1)[1]
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--config",
+                str(gw.config),
+                "--port",
+                port,
+            ],
+            cwd=ROOT,
+            env=gw.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            _, err = proc.communicate(timeout=40)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode != 0 and b"address already in use" in err, err[-2000:]
