@@ -84,20 +84,25 @@ async def _unless_gone(
     so it is released unbilled (status 499 in the log and the metrics)."""
     if receive is None:
         return await work
-    task = asyncio.ensure_future(work)
+    me = asyncio.current_task()
+    assert me is not None
+    waiting = True
+
+    def left(watch: asyncio.Task[None]) -> None:
+        if waiting and not watch.cancelled() and watch.exception() is None:
+            me.cancel()  # the client left: stop waiting for the upstream
+
     watch = asyncio.ensure_future(_disconnect(receive))
+    watch.add_done_callback(left)
     try:
-        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
-        raise
+        return await work
+    except asyncio.CancelledError:
+        if not (watch.done() and not watch.cancelled() and watch.exception() is None):
+            raise  # cancelled for another reason (shutdown)
+        me.uncancel()
+        err = ClientClosedRequest("the client closed the connection before the answer began")
+        await pipeline.fail(p, err)
+        raise err from None
     finally:
+        waiting = False
         watch.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.wait((task,))
-        if task.cancelled():
-            err = ClientClosedRequest("the client closed the connection before the answer began")
-            await pipeline.fail(p, err)
-            raise err
-    return task.result()
