@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -242,19 +241,24 @@ def restart(gw: Gateways, i: int) -> None:
     wait_ready(gw.urls[i])
 
 
+def _long_answer(url: str, key: str, timeout: float = 60.0) -> httpx.Response:
+    """A non-stream request whose answer takes the slow stream's 6 s."""
+    return httpx.post(
+        url + "/v1/chat/completions",
+        json={
+            "model": "deepseek-chat",
+            "messages": [{"role": "user", "content": "a long story, all at once"}],
+            "max_tokens": 120,
+        },
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=timeout,
+    )
+
+
 def _ask(url: str, key: str) -> None:
-    """A non-stream request (its answer takes the slow stream's 6 s); any failure ignored."""
+    """``_long_answer``, any failure ignored (its process is killed meanwhile)."""
     with contextlib.suppress(httpx.HTTPError):
-        httpx.post(
-            url + "/v1/chat/completions",
-            json={
-                "model": "deepseek-chat",
-                "messages": [{"role": "user", "content": "a long story, all at once"}],
-                "max_tokens": 120,
-            },
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=60,
-        )
+        _long_answer(url, key)
 
 
 def test_a_stalled_process_settlement_replaces_the_journal_one(
@@ -316,16 +320,7 @@ def test_a_client_that_leaves_before_the_answer_frees_its_hold_and_the_upstream(
     prefix = gw.env["TIERGATE_REDIS_PREFIX"]
     team_id, key, budget_id = team_with_budget(gw, "leaving-client-team")
     with pytest.raises(httpx.TimeoutException):
-        httpx.post(
-            gw.urls[0] + "/v1/chat/completions",
-            json={
-                "model": "deepseek-chat",
-                "messages": [{"role": "user", "content": "a long story, all at once"}],
-                "max_tokens": 120,
-            },
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=1.0,
-        )
+        _long_answer(gw.urls[0], key, timeout=1.0)
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
         c = counter(rdb, prefix, budget_id)
@@ -382,16 +377,7 @@ def test_a_process_that_cannot_bind_its_port_exits(gw: Gateways) -> None:
     port = gw.urls[0].rsplit(":", 1)[1]
     for _ in range(3):
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway.cli",
-                "serve",
-                "--config",
-                str(gw.config),
-                "--port",
-                port,
-            ],
+            gw.command(int(port)),
             cwd=ROOT,
             env=gw.env,
             stdout=subprocess.DEVNULL,

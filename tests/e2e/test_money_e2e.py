@@ -44,19 +44,23 @@ class Gateways:
         for url in self.urls:
             wait_ready(url)
 
+    def command(self, port: int) -> list[str]:
+        """The command line of one `tiergate serve` process of this set."""
+        return [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--config",
+            str(self.config),
+            "--port",
+            str(port),
+        ]
+
     def spawn(self, port: int | None = None) -> int:
         port = port or free_port()
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway.cli",
-                "serve",
-                "--config",
-                str(self.config),
-                "--port",
-                str(port),
-            ],
+            self.command(port),
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,

@@ -161,18 +161,26 @@ async def _check_every_column_survives_the_batch_insert(s) -> None:
     assert stored["x1"].kind == "client" and stored["x3"].kind == "shadow"
 
 
-async def test_every_column_survives_the_batch_insert_postgresql(sessions) -> None:
-    await _check_every_column_survives_the_batch_insert(sessions)
-
-
-async def test_every_column_survives_the_batch_insert_sqlite(tmp_path) -> None:
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def either(request: pytest.FixtureRequest, pg_url: str, tmp_path):
+    """Sessions on an emptied PostgreSQL ledger or on a migrated SQLite file."""
     from gateway.db.migrate import upgrade
 
-    url = f"sqlite+aiosqlite:///{tmp_path}/l.db"
-    upgrade(url)
+    url = pg_url
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/l.db"
+        upgrade(url)
     engine = make_engine(url)
-    await _check_every_column_survives_the_batch_insert(make_sessions(engine))
+    s = make_sessions(engine)
+    async with s() as session:
+        await session.execute(delete(LedgerRow))
+        await session.commit()
+    yield s
     await engine.dispose()
+
+
+async def test_every_column_survives_the_batch_insert(either) -> None:
+    await _check_every_column_survives_the_batch_insert(either)
 
 
 async def test_a_poison_entry_is_set_aside_and_never_stops_the_drain(
@@ -279,18 +287,8 @@ async def _check_a_superseding_event_replaces_the_row(s) -> None:
     assert (row.cost_nanos, row.status) == (70, 200)
 
 
-async def test_a_superseding_event_replaces_the_row_postgresql(sessions) -> None:
-    await _check_a_superseding_event_replaces_the_row(sessions)
-
-
-async def test_a_superseding_event_replaces_the_row_sqlite(tmp_path) -> None:
-    from gateway.db.migrate import upgrade
-
-    url = f"sqlite+aiosqlite:///{tmp_path}/l.db"
-    upgrade(url)
-    engine = make_engine(url)
-    await _check_a_superseding_event_replaces_the_row(make_sessions(engine))
-    await engine.dispose()
+async def test_a_superseding_event_replaces_the_row(either) -> None:
+    await _check_a_superseding_event_replaces_the_row(either)
 
 
 async def test_the_drainer_reads_the_supersedes_flag(
