@@ -110,8 +110,21 @@ def pair_names(
     """The (weak, strong) pair of labelled rows: as given, or the two names the rows label,
     the one right more often being the strong one."""
     if weak and strong:
+        if weak == strong:
+            raise CliError(f"--weak and --strong name the same model ({weak}); a pair needs two")
         return weak, strong
     names = _names(rows)
+    if weak or strong:  # one side named: the other is the one other model labelled
+        given = weak or strong
+        if given not in names:
+            raise CliError(f"{where} labels no model {given!r} (it labels {_listed(names)})")
+        others = [m for m in names if m != given]
+        if len(others) != 1:
+            raise CliError(
+                f"{where} label {len(names)} models ({_listed(names)}); "
+                "name both sides with --weak and --strong"
+            )
+        return (given, others[0]) if weak else (others[0], given)
     if not names:
         raise CliError(f"{where} has no labelled rows (no row has a 'correct' outcome)")
     if len(names) == 1:
@@ -153,12 +166,16 @@ def _train_pair(args: argparse.Namespace) -> int:
         _warn(f"{few} for pair {weak}/{strong}: the model keeps the generic prior (length)")
     model = fit_pair(feats, emb, y)
     model.meta.update(weak=weak, strong=strong)
-    scores = scores_of(model, feats, emb)
-    probs = 1 / (1 + np.exp(-(scores - model.center) / model.spread))
-    model.meta.update(
-        prior_pro=float(np.quantile(probs, 1 - PRO_SHARE)),
-        prior_think=float(np.quantile(probs, 1 - PRO_SHARE - THINK_SHARE)),
-    )
+    if model.meta["chosen"] != "prior":
+        # Lines for the first requests, until `auto` has seen enough of its own traffic:
+        # the configured shares of these rows. A model that kept the prior is the generic
+        # router and keeps its lines (the rows may all be alike).
+        scores = scores_of(model, feats, emb)
+        probs = 1 / (1 + np.exp(-(scores - model.center) / model.spread))
+        model.meta.update(
+            prior_pro=float(np.quantile(probs, 1 - PRO_SHARE)),
+            prior_think=float(np.quantile(probs, 1 - PRO_SHARE - THINK_SHARE)),
+        )
     out = Path(args.out)
     if out.suffix != ".npz":
         out = out / PAIR_WEIGHTS

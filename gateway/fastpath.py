@@ -17,13 +17,13 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import error_response
-from gateway.http_guard import BodyLimit, protocol_of_path
-from policies.errors import TiergateError
+from gateway.http_guard import BodyLimit, metric_protocol, protocol_of_path
+from policies.errors import ClientClosedRequest, TiergateError
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -59,6 +59,14 @@ class TiergateApp(FastAPI):
         request = Request(scope, receive, send)
         try:
             response = await self._hot[path](request)
+        except ClientDisconnect:
+            # Gone while its body was read (or it half-closed its socket, which the server
+            # takes for a disconnect): nobody to answer; counted and logged as a 499.
+            state = getattr(self.state, "tiergate", None)
+            if state is not None:
+                err = ClientClosedRequest("the client closed the connection while sending")
+                state.pipeline.reject(metric_protocol(path), err, path=path)
+            return
         except TiergateError as exc:
             response = error_response(exc, protocol_of_path(path), exc.headers.get("x-request-id"))
         except Exception as exc:

@@ -701,9 +701,16 @@ def fit_pair(
         coef[:] = w[: len(coef)]
         coef[width:] *= LEX_GAIN  # the lexical columns were scaled by LEX_GAIN when fitted
     model = PairModel(mean, scale, coef, bias, cents, exemplars, labels, k)
-    raws = scores_of(model, feats, e) if n else np.zeros(1)
-    model.center = float(np.median(raws))
-    model.spread = float(raws.std()) or 1.0
+    if use == "prior":
+        # The generic router exactly, probabilities included: raw is the standardised
+        # fallback, so undo the standardisation (the rows' spread of lengths may be tiny,
+        # and every longer prompt would then look certain to need the strong side).
+        model.center = (FALLBACK_CENTER - float(mean[0])) / float(scale[0])
+        model.spread = FALLBACK_SCALE / float(scale[0])
+    else:
+        raws = scores_of(model, feats, e)
+        model.center = float(np.median(raws))
+        model.spread = float(raws.std()) or 1.0
     model.meta = {
         "kind": "pair",
         "rows": n,

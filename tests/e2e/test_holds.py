@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -389,3 +390,44 @@ def test_a_process_that_cannot_bind_its_port_exits(gw: Gateways) -> None:
             if proc.poll() is None:
                 proc.kill()
         assert proc.returncode != 0 and b"address already in use" in err, err[-2000:]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_half_closes_after_its_body_is_a_quiet_499(
+    gw: Gateways, stream: bool
+) -> None:
+    """Some clients shut their sending side once the body is out; the server takes that
+    for a disconnect, here while the key is being checked, before the body is read. Nobody
+    is left to answer: a 499 counted, never a 500 or a traceback in the log."""
+    _, key, _ = team_with_budget(gw, f"half-close-{stream}")
+    port = int(gw.urls[0].rsplit(":", 1)[1])
+    body = orjson.dumps(
+        {
+            "model": "deepseek-chat",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 8,
+            "stream": stream,
+        }
+    )
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    logs = sorted(gw.logs.glob("gateway-*.log"))
+    before = sum(len(p.read_bytes()) for p in logs)
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(head + body)
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(10)
+            with contextlib.suppress(OSError):
+                while sock.recv(65536):
+                    pass
+    time.sleep(0.5)
+    new = b"".join(p.read_bytes() for p in logs)[before:]
+    assert b"unhandled_error" not in new and b"Traceback" not in new, new[-3000:]
+    metrics = httpx.get(gw.urls[0] + "/metrics", timeout=10).text
+    assert not any(
+        line.startswith("tiergate_requests_total") and 'status="500"' in line
+        for line in metrics.splitlines()
+    )

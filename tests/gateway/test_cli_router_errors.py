@@ -156,6 +156,9 @@ NOTHING_TO_LEARN = [
     ("one model", [_row(1, correct={A: True})], (), f"{{path}} labels one model only ({A}); a pair needs two"),
     ("three models", [_row(1, correct={A: True, B: True, "c": False})], (), f"{{path}} label 3 models (c, {B}, {A}); name the pair with --weak and --strong"),
     ("pair not in data", [GOOD], ("--weak", "x", "--strong", "y"), f"{{path}} has no labelled rows for pair x/y (the rows label {B}, {A})"),
+    ("one side not in data", [GOOD], ("--weak", "x"), f"{{path}} labels no model 'x' (it labels {B}, {A})"),
+    ("one side of three", [_row(1, correct={A: True, B: True, "c": False})], ("--strong", B), f"{{path}} label 3 models (c, {B}, {A}); name both sides with --weak and --strong"),
+    ("the same model twice", [GOOD], ("--weak", A, "--strong", A), f"--weak and --strong name the same model ({A}); a pair needs two"),
 ]  # fmt: skip
 
 
@@ -177,7 +180,7 @@ def test_train_with_nothing_to_learn_says_so(
     assert main(["router", "train", "--data", str(path), "--out", str(out), *extra]) == 2
     line = _stderr_line(capsys)
     assert line == "tiergate: " + message.format(path=path)
-    assert ("--weak" in line) == (len(_names_in(rows)) > 2)  # flags only where they help
+    assert ("--weak" in line) == (len(_names_in(rows)) > 2 or A in extra)  # where they help
     assert not out.exists()
 
 
@@ -301,3 +304,30 @@ def test_eval_without_bootstrap_prints_no_ci(
     assert len(rows) == 3 and all(line.split()[3] == "-" for line in rows), out
     assert main([*args, "0", "--json"]) == 0
     assert all(r["ci95"] == {} for r in json.loads(capsys.readouterr().out))
+
+
+@pytest.mark.parametrize("flag", ["--weak", "--strong"])
+def test_one_side_named_takes_the_other_from_the_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(_row(i, correct={A: i % 3 == 0, B: True}) + "\n" for i in range(30)))
+    out = tmp_path / "o.npz"
+    named = A if flag == "--weak" else B
+    assert main(["router", "train", "--data", str(path), "--out", str(out), flag, named]) == 0
+    assert f"pair {A} -> {B}:" in capsys.readouterr().out
+
+
+def test_a_model_that_keeps_the_prior_keeps_the_generic_lines(tmp_path: Path) -> None:
+    """Both sides always right: nothing to learn. The file is the generic router, with no
+    first-request lines of its own (those of rows all alike would send every longer
+    request to the strong side)."""
+    from policies.router import Router
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(_row(i) + "\n" for i in range(200)))
+    out = tmp_path / "o.npz"
+    assert main(["router", "train", "--data", str(path), "--out", str(out)]) == 0
+    meta = Router.load(out).meta
+    assert meta["chosen"] == "prior"
+    assert "prior_pro" not in meta and "prior_think" not in meta

@@ -27,6 +27,7 @@ from policies.router.scorer import (
     _Inputs,
     _ridge,
     explicit_signals,
+    fallback_probability,
     fallback_score,
     fit_pair,
     gain_apgr,
@@ -364,6 +365,24 @@ def test_noise_labels_keep_the_fallback() -> None:
     # the fallback model ranks exactly like the newest turn's length
     s = scores_of(model, [from_text("x" * n) for n in (10, 100, 1000)], np.zeros((3, DIM)))
     assert s[0] < s[1] < s[2]
+
+
+@pytest.mark.parametrize("rows", [1, 200])
+def test_a_model_that_keeps_the_fallback_predicts_as_the_generic_router(rows: int) -> None:
+    """Labels with no row where one side alone was right (both always right, here), or one
+    row: the saved model must be the generic router, probabilities included, however
+    alike the training prompts were (their spread of lengths is tiny here)."""
+    texts = [f"question {i}" for i in range(rows)]
+    model = fit_pair(
+        [from_text(t) for t in texts], np.zeros((rows, DIM), np.float32), np.zeros(rows)
+    )
+    assert model.meta["chosen"] == "prior"
+    again = PairModel.from_bytes(model.to_bytes())
+    for n in (1, 10, 400, 5_000, 200_000):
+        f = from_text("x" * n)
+        want = fallback_probability(f)
+        assert model.predict(f, np.zeros(DIM)) == pytest.approx(want, abs=1e-9)
+        assert again.predict(f, np.zeros(DIM)) == pytest.approx(want, abs=1e-6)
 
 
 def test_the_choosing_procedure_is_checked_on_rows_it_did_not_see() -> None:
