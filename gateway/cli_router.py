@@ -185,6 +185,8 @@ def _train_pair(args: argparse.Namespace) -> int:
         f"(strong alone right {sum(v > 0 for v in y)}, weak alone right {sum(v < 0 for v in y)})\n"
         f"chosen: {model.meta['chosen']}  (cross-validated gain over random per row: "
         f"{model.meta['cv_excess_gain']})\n"
+        "  (a candidate replaces the prior only by the largest lead over it less two standard "
+        "errors across folds, not by its mean gain alone)\n"
         f"-> {out} ({out.stat().st_size} bytes); serve it with TIERGATE_ROUTER_WEIGHTS={out}"
     )
     return 0
