@@ -124,17 +124,21 @@ class InflightJournal:
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._removals: set[str] = set()  # entries whose removal failed: retried each flush
+        self._flushing: set[str] = set()  # the requests the write in progress holds
 
     def track(self, request_id: str, draft: Draft) -> None:
         self._drafts[request_id] = draft
 
     async def done(self, request_id: str) -> None:
-        """The request settled or is about to be released: its entry goes. Waits for a
-        write in progress (which may hold the request), never for Redis otherwise."""
+        """The request settled or is about to be released: its entry goes. A request never
+        written and not being written (the common case, a short request) returns at once;
+        one a write in progress holds waits for that write, then removes its entry."""
         self._drafts.pop(request_id, None)
-        async with self._lock:  # free unless a flush is running: no wait
+        if request_id not in self._written and request_id not in self._flushing:
+            return
+        async with self._lock:
             if self._written.pop(request_id, None) is None:
-                return  # never written (the common case, a short request)
+                return
             try:
                 await self._remove([request_id])
             except Exception as exc:
@@ -193,16 +197,20 @@ class InflightJournal:
                     pipe.hset(self.hash, rid, payload)
                     wrote[rid] = payload
                 seen[rid] = now
-            if self._removals:
-                await self._remove(list(self._removals))
-                self._removals.clear()
-            if not seen:
-                return
-            pipe.zadd(self.zset, seen)
-            await pipe.execute()
-            self._written.update(wrote)
-            for rid in seen:
-                self._written.setdefault(rid, b"")
+            self._flushing = set(seen)  # before the first wait: done() sees them
+            try:
+                if self._removals:
+                    await self._remove(list(self._removals))
+                    self._removals.clear()
+                if not seen:
+                    return
+                pipe.zadd(self.zset, seen)
+                await pipe.execute()
+                self._written.update(wrote)
+                for rid in seen:
+                    self._written.setdefault(rid, b"")
+            finally:
+                self._flushing = set()
 
     async def sweep(self, limit: int = 100) -> int:
         """Settle the entries of dead processes; returns how many were claimed."""

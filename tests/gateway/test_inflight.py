@@ -160,3 +160,18 @@ def test_a_hold_survives_the_journal() -> None:
     assert (w.start, w.reset_at) == (hold.windows[0].start, hold.windows[0].reset_at)
     assert w.spec.limit_nanos == spec.limit_nanos
     assert w.spec.soft_thresholds == spec.soft_thresholds
+
+
+async def test_a_short_request_never_waits_for_a_write_in_progress(
+    redis: Redis, redis_prefix: str
+) -> None:
+    """``done`` for a request the running write does not hold returns without waiting for
+    Redis: the request path pays nothing for the journal's writes."""
+    j = journal(redis, redis_prefix, Settled())
+    j.track("long", lambda: {"x": 1})
+    async with j._lock:  # a write in progress, as far as done() can tell
+        j._flushing = {"long"}
+        j.track("short", lambda: {"x": 2})
+        await asyncio.wait_for(j.done("short"), timeout=0.5)  # would wait on the lock
+        j._flushing = set()
+    assert await entries(redis, redis_prefix) == (0, 0)
