@@ -23,6 +23,7 @@ from gateway.errors import error_response
 from gateway.fastpath import TiergateApp, unexpected_error
 from gateway.http_guard import BodyLimit, metric_protocol
 from gateway.inflight import InflightJournal
+from gateway.inflight_entries import Entries, RedisEntries, SqlEntries
 from gateway.logging import configure_logging
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, rule_classifier
@@ -54,15 +55,20 @@ async def open_accounting(settings: Settings, catalog: Catalog, metrics: Metrics
 def open_journal(
     accounting: Accounting, pipeline: Pipeline, settings: Settings, metrics: Metrics
 ) -> InflightJournal | None:
-    """The in-flight journal, when the processes share Redis (gateway/inflight.py)."""
+    """The in-flight journal (gateway/inflight.py), in Redis when the processes share one,
+    else in the database; none without a database."""
     from gateway.money import MoneyAccounting
 
-    if not isinstance(accounting, MoneyAccounting) or accounting.redis is None:
+    if not isinstance(accounting, MoneyAccounting):
         return None
+    entries: Entries = (
+        SqlEntries(accounting.sessions)
+        if accounting.redis is None
+        else RedisEntries(accounting.redis, settings.redis_prefix)
+    )
     journal = InflightJournal(
-        accounting.redis,
+        entries,
         pipeline.settle_orphan,
-        prefix=settings.redis_prefix,
         interval_s=settings.inflight_interval_s,
         orphan_after_s=settings.inflight_orphan_s,
     )

@@ -2,20 +2,24 @@
 
 A gateway process killed with SIGKILL (or by the OOM killer) cannot settle the requests it
 was serving, though the upstream billed what it generated. So every process writes, every
-``interval_s``, one Redis entry per request that has been running at least that long: the
-ledger event it would settle with at that moment (the prompt estimate and, for a stream,
-the text streamed so far) and the budget windows it reserved in, with a heartbeat score in
-a sorted set. Settling or releasing a request removes its entry. An entry whose heartbeat
-is older than ``orphan_after_s`` belongs to a dead process: any surviving process claims it
-and settles it (``usage=estimated;orphaned`` in its route reason).
+``interval_s``, one entry per request that has been running at least that long: the ledger
+event it would settle with at that moment (the prompt estimate and, for a stream, the text
+streamed so far) and the budget windows it reserved in, with a heartbeat; in Redis when the
+processes share one, else in the database (gateway/inflight_entries.py), where the embedded
+default's single process finds its previous life's entries when it comes back. Settling or
+releasing a request removes its entry. An entry whose heartbeat is older than
+``orphan_after_s`` belongs to a dead process: any surviving process claims it and settles
+it (``usage=estimated;orphaned`` in its route reason).
 
 Exactly once: a settlement is idempotent on the request id (the budget store's settled
-marker), so an entry left behind by a process that died between settling and removing it
-settles to nothing. A released request (no bill) removes its entry before releasing, and
-entries are written and removed by one writer per process under a lock, so a release never
-leaves an entry to be billed. A process that was only stalled past ``orphan_after_s`` (not
-dead) settles its requests when it resumes: that settlement replaces the journal's, in the
-budgets and in the ledger row (gateway/budgets/settle.lua).
+marker; without Redis, the ledger row), so an entry left behind by a process that died
+between settling and removing it settles to nothing. A released request (no bill) removes
+its entry before releasing, and entries are written and removed by one writer per process
+under a lock, so a release never leaves an entry to be billed. A process that was only
+stalled past ``orphan_after_s`` (not dead) settles its requests when it resumes: that
+settlement replaces the journal's, in the budgets and in the ledger row
+(gateway/budgets/settle.lua). Without Redis each process keeps its own budgets, and the
+ledger keeps the first settlement.
 
 What a dead process's request is billed: once its answer has begun (a stream opened), the
 prompt estimate as cache miss and the text streamed up to its last write (at most
@@ -32,10 +36,10 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from gateway.accounting import Hold
 from gateway.budgets.base import Window
+from gateway.inflight_entries import Entries
 from gateway.logging import get_logger
 from gateway.tasks import stop
 from policies.budget import BudgetSpec
@@ -44,23 +48,6 @@ log = get_logger("tiergate.inflight")
 
 # A draft: the entry a running request would leave now (None: nothing to bill yet).
 Draft = Callable[[], dict[str, Any] | None]
-
-# Claim the entries whose heartbeat is older than the cutoff: each is pushed ahead by the
-# claim's lease (so one sweeper settles it) and returned with its payload.
-_CLAIM = """
-local out = {}
-for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])) do
-  redis.call('ZADD', KEYS[2], ARGV[2], rid)
-  local payload = redis.call('HGET', KEYS[1], rid)
-  if payload then
-    out[#out + 1] = rid
-    out[#out + 1] = payload
-  else
-    redis.call('ZREM', KEYS[2], rid)
-  end
-end
-return out
-"""
 
 
 def hold_json(hold: Hold) -> dict[str, Any]:
@@ -104,23 +91,19 @@ def hold_of(request_id: str, data: dict[str, Any]) -> Hold:
 class InflightJournal:
     def __init__(
         self,
-        redis: Redis,
+        entries: Entries,
         settle: Callable[[str, dict[str, Any]], Awaitable[None]],
         *,
-        prefix: str = "tg:",
         interval_s: float = 2.0,
         orphan_after_s: float = 60.0,
     ) -> None:
-        self.redis = redis
+        self.entries = entries
         self._settle = settle  # (request id, payload) -> settled, idempotently
-        self.hash = prefix + "inflight"
-        self.zset = prefix + "inflight:seen"
         self.interval_s = interval_s
         self.orphan_after_s = orphan_after_s
         self._drafts: dict[str, Draft] = {}
-        self._written: dict[str, bytes] = {}  # what Redis holds of this process's requests
+        self._written: dict[str, bytes] = {}  # what the store holds of this process's requests
         self._lock = asyncio.Lock()  # one writer: a removal never races a write
-        self._claim = redis.register_script(_CLAIM)
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._removals: set[str] = set()  # entries whose removal failed: retried each flush
@@ -148,10 +131,7 @@ class InflightJournal:
                 log.warning("in-flight entry not removed", request_id=request_id, error=repr(exc))
 
     async def _remove(self, ids: list[str]) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hdel(self.hash, *ids)
-        pipe.zrem(self.zset, *ids)
-        await pipe.execute()
+        await self.entries.remove(ids)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="inflight-journal")
@@ -181,7 +161,6 @@ class InflightJournal:
         changed)."""
         async with self._lock:
             now = time.time()
-            pipe = self.redis.pipeline(transaction=False)
             wrote: dict[str, bytes] = {}
             seen: dict[str, float] = {}
             for rid, draft in list(self._drafts.items()):
@@ -190,11 +169,10 @@ class InflightJournal:
                 except Exception as exc:  # a request's draft must not stop the others
                     log.warning("in-flight draft failed", request_id=rid, error=repr(exc))
                     continue
-                if entry is None:
+                if entry is None or ("event" not in entry and not self.entries.keeps_holds):
                     continue
                 payload = orjson.dumps(entry)
                 if self._written.get(rid) != payload:
-                    pipe.hset(self.hash, rid, payload)
                     wrote[rid] = payload
                 seen[rid] = now
             self._flushing = set(seen)  # before the first wait: done() sees them
@@ -204,8 +182,7 @@ class InflightJournal:
                     self._removals.clear()
                 if not seen:
                     return
-                pipe.zadd(self.zset, seen)
-                await pipe.execute()
+                await self.entries.write(wrote, seen)
                 self._written.update(wrote)
                 for rid in seen:
                     self._written.setdefault(rid, b"")
@@ -215,17 +192,15 @@ class InflightJournal:
     async def sweep(self, limit: int = 100) -> int:
         """Settle the entries of dead processes; returns how many were claimed."""
         now = time.time()
-        found = await self._claim(
-            keys=[self.hash, self.zset],
-            args=[now - self.orphan_after_s, now + self.orphan_after_s, limit],
+        found = await self.entries.claim(
+            now - self.orphan_after_s, now + self.orphan_after_s, limit
         )
         count = 0
-        for i in range(0, len(found), 2):
-            rid = found[i].decode() if isinstance(found[i], bytes) else str(found[i])
+        for rid, payload in found:
             if rid in self._drafts:
                 continue  # this process's own (a stalled loop): its own settle will run
             try:
-                await self._settle(rid, orjson.loads(found[i + 1]))
+                await self._settle(rid, orjson.loads(payload))
             except Exception as exc:
                 # Claimed for orphan_after_s: the next sweep after that tries again.
                 log.error("orphaned request not settled", request_id=rid, error=repr(exc))

@@ -122,6 +122,17 @@ class LedgerDeadLetter(Base):
     event: Mapped[str] = mapped_column(Text)  # the entry as stored in the stream (JSON text)
 
 
+class InflightRequest(Base):
+    """A running request's journal entry, without Redis: what it would be billed if its
+    process died now, with a heartbeat (gateway/inflight.py). Rows are short-lived."""
+
+    __tablename__ = "inflight_requests"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen: Mapped[float] = mapped_column(Float, index=True)  # heartbeat, epoch seconds
+    payload: Mapped[str] = mapped_column(Text)  # the entry (JSON text)
+
+
 class RouterLabel(Base):
     """One shadow-mode label: the weak and strong options' answers judged for one request."""
 

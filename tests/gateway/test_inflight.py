@@ -1,21 +1,29 @@
-"""The in-flight journal (gateway/inflight.py) against a real Redis: what is written, when
-an entry is a dead process's, and that every entry is settled once and released requests
-never."""
+"""The in-flight journal (gateway/inflight.py) against each of its stores, a real Redis,
+PostgreSQL and SQLite (gateway/inflight_entries.py): what is written, when an entry is a dead
+process's, and that every entry is settled once and released requests never."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import delete, func, select
 
 from gateway.accounting import Hold
 from gateway.budgets.base import Window
+from gateway.db.engine import make_engine, make_sessions
+from gateway.db.migrate import upgrade
+from gateway.db.models import InflightRequest, LedgerRow
 from gateway.inflight import InflightJournal, hold_json, hold_of
+from gateway.inflight_entries import Entries, RedisEntries, SqlEntries
+from gateway.ledger import insert_events
 from policies.budget import BudgetSpec
 
 
@@ -27,75 +35,137 @@ class Settled:
         self.calls.append((rid, entry))
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
+@dataclass
+class Store:
+    """One journal store and how a test reads it back."""
+
+    make: Callable[[], Entries]
+    count: Callable[[], Awaitable[int]]  # entries held
+    read: Callable[[str], Awaitable[tuple[bytes | None, float | None]]]  # entry, heartbeat
+    sessions: Any = None  # the database's, for the SQL stores
+
+
+async def _redis_store(redis_url: str, prefix: str) -> AsyncIterator[Store]:
     r = Redis.from_url(redis_url)
-    yield r
+
+    async def count() -> int:
+        held, beats = await r.hlen(prefix + "inflight"), await r.zcard(prefix + "inflight:seen")
+        assert held == beats  # never an entry without its heartbeat, or the reverse
+        return int(held)
+
+    async def read(rid: str) -> tuple[bytes | None, float | None]:
+        return await r.hget(prefix + "inflight", rid), await r.zscore(prefix + "inflight:seen", rid)
+
+    yield Store(lambda: RedisEntries(r, prefix), count, read)
     await r.aclose()
 
 
-def journal(redis: Redis, prefix: str, settled: Settled, orphan_s: float = 0.5) -> InflightJournal:
-    return InflightJournal(redis, settled, prefix=prefix, interval_s=0.05, orphan_after_s=orphan_s)
+async def _sql_store(url: str) -> AsyncIterator[Store]:
+    engine = make_engine(url)
+    sessions = make_sessions(engine)
+    async with sessions() as s:
+        await s.execute(delete(InflightRequest))
+        await s.execute(delete(LedgerRow))
+        await s.commit()
+
+    async def count() -> int:
+        async with sessions() as s:
+            return int(await s.scalar(select(func.count()).select_from(InflightRequest)) or 0)
+
+    async def read(rid: str) -> tuple[bytes | None, float | None]:
+        async with sessions() as s:
+            row = await s.get(InflightRequest, rid)
+            return (row.payload.encode(), row.seen) if row else (None, None)
+
+    yield Store(lambda: SqlEntries(sessions), count, read, sessions)
+    await engine.dispose()
 
 
-async def entries(redis: Redis, prefix: str) -> tuple[int, int]:
-    return await redis.hlen(prefix + "inflight"), await redis.zcard(prefix + "inflight:seen")
+async def _open(kind: str, request: pytest.FixtureRequest, tmp: Path) -> AsyncIterator[Store]:
+    if kind == "redis":
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        gen = _redis_store(url, prefix)
+    elif kind == "postgresql":
+        gen = _sql_store(request.getfixturevalue("pg_url"))
+    else:
+        upgrade(f"sqlite:///{tmp}/tg.db")
+        gen = _sql_store(f"sqlite:///{tmp}/tg.db")
+    async for s in gen:
+        yield s
 
 
-async def test_a_request_done_before_a_flush_never_reaches_redis(
-    redis: Redis, redis_prefix: str
-) -> None:
-    j = journal(redis, redis_prefix, Settled())
-    j.track("r1", lambda: {"n": 1})
+@pytest.fixture(params=["redis", "postgresql", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async for s in _open(request.param, request, tmp_path):
+        yield s
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async for s in _open(request.param, request, tmp_path):
+        yield s
+
+
+def journal(store: Store, settled: Settled, orphan_s: float = 0.5) -> InflightJournal:
+    return InflightJournal(store.make(), settled, interval_s=0.05, orphan_after_s=orphan_s)
+
+
+def billable(**fields: Any) -> dict[str, Any]:
+    """An entry with something to bill (the only kind a store without shared holds keeps)."""
+    return {"event": fields}
+
+
+async def test_a_request_done_before_a_flush_is_never_written(store: Store) -> None:
+    j = journal(store, Settled())
+    j.track("r1", lambda: billable(n=1))
     await j.done("r1")
     await j.flush()
-    assert await entries(redis, redis_prefix) == (0, 0)
+    assert await store.count() == 0
 
 
-async def test_a_flush_writes_the_draft_and_done_removes_it(
-    redis: Redis, redis_prefix: str
-) -> None:
-    j = journal(redis, redis_prefix, Settled())
+async def test_a_flush_writes_the_draft_and_done_removes_it(store: Store) -> None:
+    j = journal(store, Settled())
     progress = {"chars": 10}
-    j.track("r1", lambda: dict(progress))
+    j.track("r1", lambda: billable(**progress))
     j.track("r2", lambda: None)  # nothing to bill yet: not written
     await j.flush()
-    assert await redis.hget(redis_prefix + "inflight", "r1") == b'{"chars":10}'
-    assert await entries(redis, redis_prefix) == (1, 1)
-    first = await redis.zscore(redis_prefix + "inflight:seen", "r1")
+    entry, first = await store.read("r1")
+    assert entry == b'{"event":{"chars":10}}'
+    assert await store.count() == 1
     progress["chars"] = 99
     await asyncio.sleep(0.01)
     await j.flush()
-    assert await redis.hget(redis_prefix + "inflight", "r1") == b'{"chars":99}'
-    assert (await redis.zscore(redis_prefix + "inflight:seen", "r1") or 0) > (first or 0)
+    entry, second = await store.read("r1")
+    assert entry == b'{"event":{"chars":99}}'
+    assert (second or 0) > (first or 0)
+    j.track("r3", lambda: billable(chars=1))
+    await j.flush()  # r1 unchanged: only its heartbeat moves
+    assert ((await store.read("r1"))[1] or 0) > (second or 0)
     await j.done("r1")
     await j.done("r2")
-    assert await entries(redis, redis_prefix) == (0, 0)
+    await j.done("r3")
+    assert await store.count() == 0
 
 
-async def test_a_release_racing_a_flush_leaves_nothing_to_bill(
-    redis: Redis, redis_prefix: str
-) -> None:
-    j = journal(redis, redis_prefix, Settled())
+async def test_a_release_racing_a_flush_leaves_nothing_to_bill(store: Store) -> None:
+    j = journal(store, Settled())
     for i in range(50):
-        j.track(f"r{i}", lambda: {"x": 1})
+        j.track(f"r{i}", lambda: billable(x=1))
     # done() called while the flush is writing these very requests.
     await asyncio.gather(j.flush(), *(j.done(f"r{i}") for i in range(50)))
     await j.flush()
-    assert await entries(redis, redis_prefix) == (0, 0)
+    assert await store.count() == 0
 
 
-async def test_a_dead_process_entries_are_settled_once_by_the_survivors(
-    redis: Redis, redis_prefix: str
-) -> None:
+async def test_a_dead_process_entries_are_settled_once_by_the_survivors(store: Store) -> None:
     dead_settled, a_settled, b_settled = Settled(), Settled(), Settled()
-    dead = journal(redis, redis_prefix, dead_settled)
+    dead = journal(store, dead_settled)
     for i in range(30):
-        dead.track(f"d{i}", lambda i=i: {"i": i})
+        dead.track(f"d{i}", lambda i=i: billable(i=i))
     await dead.flush()  # then the process is gone: no more heartbeats, no done()
-    a = journal(redis, redis_prefix, a_settled)
-    b = journal(redis, redis_prefix, b_settled)
-    a.track("alive", lambda: {"alive": True})
+    a = journal(store, a_settled)
+    b = journal(store, b_settled)
+    a.track("alive", lambda: billable(alive=True))
     await a.flush()
     assert await a.sweep() == 0  # not old enough yet
     await asyncio.sleep(0.6)
@@ -104,15 +174,13 @@ async def test_a_dead_process_entries_are_settled_once_by_the_survivors(
     assert sum(counts) == 30
     got = sorted(rid for rid, _ in a_settled.calls + b_settled.calls)
     assert got == sorted(f"d{i}" for i in range(30))  # each once, the living one not
-    assert dict(a_settled.calls + b_settled.calls)["d7"] == {"i": 7}
-    assert await entries(redis, redis_prefix) == (1, 1)
+    assert dict(a_settled.calls + b_settled.calls)["d7"] == billable(i=7)
+    assert await store.count() == 1
 
 
-async def test_an_entry_that_fails_to_settle_is_tried_again_later(
-    redis: Redis, redis_prefix: str
-) -> None:
-    dead = journal(redis, redis_prefix, Settled())
-    dead.track("d", lambda: {"v": 1})
+async def test_an_entry_that_fails_to_settle_is_tried_again_later(store: Store) -> None:
+    dead = journal(store, Settled())
+    dead.track("d", lambda: billable(v=1))
     await dead.flush()
     tries: list[str] = []
 
@@ -121,23 +189,23 @@ async def test_an_entry_that_fails_to_settle_is_tried_again_later(
         if len(tries) == 1:
             raise ConnectionError("database away")
 
-    s = InflightJournal(redis, failing, prefix=redis_prefix, interval_s=0.05, orphan_after_s=0.2)
+    s = InflightJournal(store.make(), failing, interval_s=0.05, orphan_after_s=0.2)
     await asyncio.sleep(0.3)
     assert await s.sweep() == 0  # claimed, failed: kept for a later sweep
     assert await s.sweep() == 0  # claimed by the first: not yet due again
     await asyncio.sleep(0.5)
     assert await s.sweep() == 1
     assert tries == ["d", "d"]
-    assert await entries(redis, redis_prefix) == (0, 0)
+    assert await store.count() == 0
 
 
-async def test_the_running_journal_heartbeats_and_sweeps(redis: Redis, redis_prefix: str) -> None:
-    dead = journal(redis, redis_prefix, Settled())
-    dead.track("d", lambda: {"v": 1})
+async def test_the_running_journal_heartbeats_and_sweeps(store: Store) -> None:
+    dead = journal(store, Settled())
+    dead.track("d", lambda: billable(v=1))
     await dead.flush()
     settled = Settled()
-    live = journal(redis, redis_prefix, settled, orphan_s=0.3)
-    live.track("mine", lambda: {"v": 2})
+    live = journal(store, settled, orphan_s=0.3)
+    live.track("mine", lambda: billable(v=2))
     live.start()
     try:
         deadline = time.monotonic() + 5
@@ -145,8 +213,63 @@ async def test_the_running_journal_heartbeats_and_sweeps(redis: Redis, redis_pre
             await asyncio.sleep(0.05)
     finally:
         await live.close()
-    assert settled.calls == [("d", {"v": 1})]
-    assert await redis.hexists(redis_prefix + "inflight", "mine")
+    assert settled.calls == [("d", billable(v=1))]
+    assert (await store.read("mine"))[0] is not None
+
+
+async def test_only_a_store_that_keeps_holds_journals_a_request_with_nothing_to_bill(
+    store: Store,
+) -> None:
+    """A request whose answer has not begun leaves only its hold, for a survivor to release
+    in Redis; without Redis the hold died with its process, so nothing is written."""
+    j = journal(store, Settled())
+    j.track("waiting", lambda: {"hold": {"amount": 1, "windows": []}})
+    await j.flush()
+    assert await store.count() == (1 if store.sessions is None else 0)
+    await j.done("waiting")
+    assert await store.count() == 0
+
+
+async def test_a_claim_drops_an_entry_whose_request_the_ledger_already_has(
+    sql_store: Store,
+) -> None:
+    """A process that died between settling a request and removing its entry: the ledger row
+    is the settlement, so the entry is dropped, never billed twice (in Redis the budget
+    store's settled marker makes the second settlement a no-op: test_budgets.py)."""
+    store = sql_store
+    dead = journal(store, Settled())
+    dead.track("billed", lambda: billable(v=1))
+    dead.track("unbilled", lambda: billable(v=2))
+    await dead.flush()
+    event = {
+        "request_id": "billed",
+        "ts": datetime.now(UTC).isoformat(),
+        "key_id": None,
+        "team_id": "t",
+        "protocol": "openai",
+        "requested_model": "m",
+        "tier": "flash",
+        "mode": "non-thinking",
+        "backend": "hosted",
+        "replica": None,
+        "route_reason": "test",
+        "cache_hit_tokens": 0,
+        "cache_miss_tokens": 1,
+        "output_tokens": 1,
+        "reasoning_tokens": 0,
+        "price_version": "x@1",
+        "cost_nanos": 5,
+        "hosted_equiv_nanos": 5,
+        "latency_ms": 1.0,
+        "status": 200,
+    }
+    assert await insert_events(store.sessions, [event]) == 1
+    settled = Settled()
+    survivor = journal(store, settled, orphan_s=0.1)
+    await asyncio.sleep(0.2)
+    assert await survivor.sweep() == 1
+    assert [rid for rid, _ in settled.calls] == ["unbilled"]
+    assert await store.count() == 0
 
 
 def test_a_hold_survives_the_journal() -> None:
@@ -163,15 +286,15 @@ def test_a_hold_survives_the_journal() -> None:
 
 
 async def test_a_short_request_never_waits_for_a_write_in_progress(
-    redis: Redis, redis_prefix: str
+    store: Store,
 ) -> None:
     """``done`` for a request the running write does not hold returns without waiting for
-    Redis: the request path pays nothing for the journal's writes."""
-    j = journal(redis, redis_prefix, Settled())
-    j.track("long", lambda: {"x": 1})
+    the store: the request path pays nothing for the journal's writes."""
+    j = journal(store, Settled())
+    j.track("long", lambda: billable(x=1))
     async with j._lock:  # a write in progress, as far as done() can tell
         j._flushing = {"long"}
-        j.track("short", lambda: {"x": 2})
+        j.track("short", lambda: billable(x=2))
         await asyncio.wait_for(j.done("short"), timeout=0.5)  # would wait on the lock
         j._flushing = set()
-    assert await entries(redis, redis_prefix) == (0, 0)
+    assert await store.count() == 0

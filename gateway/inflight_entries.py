@@ -1,0 +1,149 @@
+"""Where the in-flight journal keeps its entries (gateway/inflight.py): Redis when the
+processes share one, else the database.
+
+Both keep, per running request, its entry (JSON) and a heartbeat, and both claim the
+entries of dead processes atomically: a claim pushes the heartbeat ahead by a lease, so one
+claimer settles each entry and a failed settlement is tried again after the lease.
+
+- ``RedisEntries``: a hash of entries and a sorted set of heartbeats; budget holds live in
+  Redis too, so a dead process's request that had no answer yet is journaled as well, for
+  a survivor to release its hold.
+- ``SqlEntries``: the ``inflight_requests`` table (PostgreSQL, or the embedded SQLite). The
+  budgets are each process's own, so a dead process's holds died with it: only entries with
+  something to bill are kept. Settled requests are in the ledger, which a claim reads: an
+  entry whose request already has a ledger row (its process died between settling and
+  removing the entry) is dropped, never billed twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from redis.asyncio import Redis
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.db.models import InflightRequest as _Row
+from gateway.db.models import LedgerRow
+
+
+class Entries(Protocol):
+    # Whether budget holds outlive the process (then entries without a bill are kept too).
+    keeps_holds: bool
+
+    async def write(self, changed: dict[str, bytes], seen: dict[str, float]) -> None:
+        """Store ``changed`` entries; set the heartbeat of every request in ``seen``."""
+
+    async def remove(self, ids: Sequence[str]) -> None: ...
+
+    async def claim(self, cutoff: float, lease: float, limit: int) -> list[tuple[str, bytes]]:
+        """Entries whose heartbeat is older than ``cutoff``, their heartbeat set to ``lease``."""
+
+
+# Claim the entries whose heartbeat is older than the cutoff: each is pushed ahead by the
+# claim's lease (so one sweeper settles it) and returned with its payload.
+_CLAIM = """
+local out = {}
+for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])) do
+  redis.call('ZADD', KEYS[2], ARGV[2], rid)
+  local payload = redis.call('HGET', KEYS[1], rid)
+  if payload then
+    out[#out + 1] = rid
+    out[#out + 1] = payload
+  else
+    redis.call('ZREM', KEYS[2], rid)
+  end
+end
+return out
+"""
+
+
+class RedisEntries:
+    keeps_holds = True
+
+    def __init__(self, redis: Redis, prefix: str = "tg:") -> None:
+        self.redis = redis
+        self.hash = prefix + "inflight"
+        self.zset = prefix + "inflight:seen"
+        self._claim = redis.register_script(_CLAIM)
+
+    async def write(self, changed: dict[str, bytes], seen: dict[str, float]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for rid, payload in changed.items():
+            pipe.hset(self.hash, rid, payload)
+        pipe.zadd(self.zset, seen)
+        await pipe.execute()
+
+    async def remove(self, ids: Sequence[str]) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(self.hash, *ids)
+        pipe.zrem(self.zset, *ids)
+        await pipe.execute()
+
+    async def claim(self, cutoff: float, lease: float, limit: int) -> list[tuple[str, bytes]]:
+        found = await self._claim(keys=[self.hash, self.zset], args=[cutoff, lease, limit])
+        return [
+            (found[i].decode() if isinstance(found[i], bytes) else str(found[i]), found[i + 1])
+            for i in range(0, len(found), 2)
+        ]
+
+
+class SqlEntries:
+    keeps_holds = False
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def write(self, changed: dict[str, bytes], seen: dict[str, float]) -> None:
+        async with self.sessions() as s:
+            if changed:
+                now = max(seen.values())
+                rows = [
+                    {"request_id": r, "seen": seen.get(r, now), "payload": p.decode()}
+                    for r, p in changed.items()
+                ]
+                insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+                stmt = insert(_Row)
+                set_ = {"seen": stmt.excluded.seen, "payload": stmt.excluded.payload}
+                await s.execute(
+                    stmt.on_conflict_do_update(index_elements=["request_id"], set_=set_), rows
+                )
+            beats = [r for r in seen if r not in changed]
+            if beats:  # one flush gives every request the same heartbeat
+                await s.execute(
+                    update(_Row).where(_Row.request_id.in_(beats)).values(seen=seen[beats[0]])
+                )
+            await s.commit()
+
+    async def remove(self, ids: Sequence[str]) -> None:
+        async with self.sessions() as s:
+            await s.execute(delete(_Row).where(_Row.request_id.in_(list(ids))))
+            await s.commit()
+
+    async def claim(self, cutoff: float, lease: float, limit: int) -> list[tuple[str, bytes]]:
+        due = select(_Row.request_id).where(_Row.seen < cutoff).order_by(_Row.seen).limit(limit)
+        async with self.sessions() as s:
+            # The heartbeat is tested again on the row itself: of two concurrent claimers,
+            # the second finds it pushed ahead and leaves it.
+            claimed = (
+                await s.execute(
+                    update(_Row)
+                    .where(_Row.request_id.in_(due), _Row.seen < cutoff)
+                    .values(seen=lease)
+                    .returning(_Row.request_id, _Row.payload)
+                )
+            ).all()
+            billed: set[str] = set()
+            if claimed:
+                ids = [r for r, _ in claimed]
+                found = await s.execute(
+                    select(LedgerRow.request_id).where(LedgerRow.request_id.in_(ids))
+                )
+                billed = set(found.scalars())
+            if billed:
+                await s.execute(delete(_Row).where(_Row.request_id.in_(list(billed))))
+            await s.commit()
+        return [(r, p.encode()) for r, p in claimed if r not in billed]
