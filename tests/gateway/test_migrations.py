@@ -142,7 +142,14 @@ def _floor(url: str) -> str | None:
 
 @pytest.mark.parametrize(
     ("revision", "floor"),
-    [("0001", "0001"), ("0002", "0001"), ("0003", "0001"), ("0004", "0001"), ("0005", "0001"), (None, None)],
+    [
+        ("0001", "0001"),
+        ("0002", "0001"),
+        ("0003", "0001"),
+        ("0004", "0001"),
+        ("0005", "0001"),
+        (None, None),
+    ],
 )
 def test_schema_floor_of_the_shipped_migrations(revision: str | None, floor: str | None) -> None:
     assert schema_floor(ScriptDirectory(str(MIGRATIONS)), revision) == floor
