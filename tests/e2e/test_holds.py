@@ -194,15 +194,7 @@ def test_a_killed_process_requests_are_billed_by_another(
     the text it had streamed (at most one journal interval behind what the client got)."""
     prefix = gw.env["TIERGATE_REDIS_PREFIX"]
     team_id, key, budget_id = team_with_budget(gw, "killed-process-team")
-    streams = [Stream(gw.urls[1], key) for _ in range(3)]
-    # and one non-stream request, whose answer has not begun when the process dies
-    waiting = threading.Thread(target=_ask, args=(gw.urls[1], key), daemon=True)
-    waiting.start()
-    time.sleep(2.5)  # about 50 of 120 tokens each
-    gw.procs[1].send_signal(signal.SIGKILL)
-    gw.procs[1].wait(10)
-    for s in streams:
-        assert s.done.wait(10)
+    streams = kill_mid_stream(gw, key, 1)
     assert wait_rows(pg_url, team_id, 3, timeout=30) == 3
     rows = sql(
         pg_url,
@@ -216,13 +208,7 @@ def test_a_killed_process_requests_are_billed_by_another(
         _, status, reason, output, prompt, cost = by_id[s.rid]
         assert status == 502 and reason.endswith("usage=estimated;orphaned"), (status, reason)
         assert prompt > 0 and cost > 0
-        text = "".join(
-            orjson.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-            for line in s.body.decode().splitlines()
-            if line.startswith("data: {")
-        )
-        # Billed what the client received, less at most a journal interval (0.3 s) of it.
-        assert len(text) / 4 - 12 <= output <= len(text) / 4 + 1, (output, len(text))
+        assert_billed_as_received(s, output)
     deadline = time.monotonic() + 10
     while rdb.hlen(prefix + "inflight") and time.monotonic() < deadline:
         time.sleep(0.2)  # the non-stream request's entry: released, not billed
@@ -234,6 +220,30 @@ def test_a_killed_process_requests_are_billed_by_another(
     assert 'tiergate_orphaned_settlements_total{outcome="settled"} 3.0' in metrics
     assert 'tiergate_orphaned_settlements_total{outcome="released"} 1.0' in metrics
     restart(gw, 1)
+
+
+def kill_mid_stream(gw: Gateways, key: str, i: int) -> list[Stream]:
+    """Three streams and one non-stream request (its answer not begun) on process ``i``,
+    which is killed with SIGKILL after about 50 of each stream's 120 tokens."""
+    streams = [Stream(gw.urls[i], key) for _ in range(3)]
+    waiting = threading.Thread(target=_ask, args=(gw.urls[i], key), daemon=True)
+    waiting.start()
+    time.sleep(2.5)
+    gw.procs[i].send_signal(signal.SIGKILL)
+    gw.procs[i].wait(10)
+    for s in streams:
+        assert s.done.wait(10)
+    return streams
+
+
+def assert_billed_as_received(s: Stream, output: int) -> None:
+    """Billed what the client received, less at most a journal interval (0.3 s) of it."""
+    text = "".join(
+        orjson.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+        for line in s.body.decode().splitlines()
+        if line.startswith("data: {")
+    )
+    assert len(text) / 4 - 12 <= output <= len(text) / 4 + 1, (output, len(text))
 
 
 def restart(gw: Gateways, i: int) -> None:

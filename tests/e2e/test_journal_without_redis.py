@@ -6,21 +6,24 @@ the database (gateway/inflight_entries.py ``SqlEntries``). The journal is writte
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 
 from .conftest import Sims
-from .test_holds import STREAM_S, Stream, _ask, restart, team_with_budget
+from .test_holds import (
+    STREAM_S,
+    assert_billed_as_received,
+    kill_mid_stream,
+    restart,
+    team_with_budget,
+)
 from .test_money_e2e import MASTER, ROOT, Gateways, chat, sims_catalog
 
 
@@ -62,15 +65,7 @@ def query(db: Path, q: str, *args: object) -> list[tuple[object, ...]]:
 def test_a_killed_process_bills_its_requests_when_it_comes_back(gw: Gateways, db: Path) -> None:
     team_id, key, _ = team_with_budget(gw, "sqlite-killed-team")
     assert chat(gw.urls[0], key).status_code == 200  # settled before the kill: billed once
-    streams = [Stream(gw.urls[0], key) for _ in range(3)]
-    # and one non-stream request whose answer has not begun: nothing to bill
-    waiting = threading.Thread(target=_ask, args=(gw.urls[0], key), daemon=True)
-    waiting.start()
-    time.sleep(2.5)  # about 50 of 120 tokens each
-    gw.procs[0].send_signal(signal.SIGKILL)
-    gw.procs[0].wait(10)
-    for s in streams:
-        assert s.done.wait(10)
+    streams = kill_mid_stream(gw, key, 0)  # and a non-stream request: nothing to bill
     assert query(db, "select count(*) from inflight_requests")[0][0] == 3
     restart(gw, 0)
     deadline = time.monotonic() + 30
@@ -91,13 +86,7 @@ def test_a_killed_process_bills_its_requests_when_it_comes_back(gw: Gateways, db
         _, status, reason, output, prompt, cost = by_id[s.rid]
         assert status == 502 and str(reason).endswith("usage=estimated;orphaned"), reason
         assert int(prompt) > 0 and int(cost) > 0  # type: ignore[call-overload]
-        text = "".join(
-            orjson.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-            for line in s.body.decode().splitlines()
-            if line.startswith("data: {")
-        )
-        # Billed what the client received, less at most a journal interval (0.3 s) of it.
-        assert len(text) / 4 - 12 <= int(output) <= len(text) / 4 + 1, (output, len(text))  # type: ignore[call-overload]
+        assert_billed_as_received(s, int(output))  # type: ignore[call-overload]
     assert query(db, "select count(*) from inflight_requests")[0][0] == 0
     metrics = httpx.get(gw.urls[0] + "/metrics", timeout=10).text
     assert 'tiergate_orphaned_settlements_total{outcome="settled"} 3.0' in metrics
