@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +27,7 @@ from gateway.inflight import InflightJournal
 from gateway.inflight_entries import Entries, RedisEntries, SqlEntries
 from gateway.logging import configure_logging
 from gateway.metrics import Metrics
+from gateway.orphans import settle_orphan
 from gateway.pipeline import Pipeline, rule_classifier
 from gateway.router_service import RouterService, RouterTruth
 from gateway.routes import admin as admin_routes
@@ -68,7 +70,7 @@ def open_journal(
     )
     journal = InflightJournal(
         entries,
-        pipeline.settle_orphan,
+        partial(settle_orphan, pipeline),
         interval_s=settings.inflight_interval_s,
         orphan_after_s=settings.inflight_orphan_s,
     )

@@ -21,10 +21,11 @@ settlement replaces the journal's, in the budgets and in the ledger row
 (gateway/budgets/settle.lua). Without Redis each process keeps its own budgets, and the
 ledger keeps the first settlement.
 
-What a dead process's request is billed: once its answer has begun (a stream opened), the
-prompt estimate as cache miss and the text streamed up to its last write (at most
-``interval_s`` behind); once answered, the upstream's usage. Before any answer began (the
-upstream may have been failing, stalled or retried), nothing: a survivor releases its hold.
+What a dead process's request is billed (gateway/orphans.py drafts its entry and settles
+it): once its answer has begun (a stream opened), the prompt estimate as cache miss and
+the text streamed up to its last write (at most ``interval_s`` behind); once answered, the
+upstream's usage. Before any answer began (the upstream may have been failing, stalled or
+retried), nothing: a survivor releases its hold.
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from engines.base import Engine, EngineRequest, EngineResponse, EngineStream
-from gateway.accounting import ANONYMOUS, Accounting, Caller, Hold, Settlement
-from gateway.inflight import InflightJournal, hold_json, hold_of
-from gateway.ledger import event_of, settlement_of
+from gateway.accounting import Accounting, Caller, Hold, Settlement
+from gateway.inflight import InflightJournal
 from gateway.logging import get_logger
 from gateway.metrics import Metrics
+from gateway.orphans import draft
 from gateway.parse import Call
 from policies.catalog import Catalog
 from policies.errors import (
@@ -118,6 +118,14 @@ class Prepared:
         option = self.option or self.plan.primary
         return header_value(f"{option.label}; reason={self.reason}")
 
+    def estimated(self) -> Usage:
+        """The usage when the upstream never reported it: the prompt estimate as cache
+        miss, and the text streamed so far at four characters a token, rounded up."""
+        outcome = self.stream.outcome if self.stream is not None else None
+        out = -(-outcome.output_chars // _STREAM_CHARS_PER_TOKEN) if outcome else 0
+        thought = -(-outcome.reasoning_chars // _STREAM_CHARS_PER_TOKEN) if outcome else 0
+        return Usage(0, self.call.prompt_tokens_est, out, min(thought, out))
+
 
 # Printable ASCII but '%': everything else in a header value is percent-encoded (UTF-8).
 _HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
@@ -145,15 +153,6 @@ def _json_schema(call: Call) -> bool:
     JSON mode with the schema in the prompt (engines/translate.py ``hosted_body``)."""
     fmt = call.body.get("response_format")
     return call.endpoint == "chat" and isinstance(fmt, dict) and fmt.get("type") == "json_schema"
-
-
-def _estimated(p: Prepared) -> Usage:
-    """A request's usage when the upstream never reported it: the prompt estimate as cache
-    miss, and the text streamed so far at four characters a token, rounded up."""
-    outcome = p.stream.outcome if p.stream is not None else None
-    out = -(-outcome.output_chars // _STREAM_CHARS_PER_TOKEN) if outcome else 0
-    thought = -(-outcome.reasoning_chars // _STREAM_CHARS_PER_TOKEN) if outcome else 0
-    return Usage(0, p.call.prompt_tokens_est, out, min(thought, out))
 
 
 def _raw_key(headers: Mapping[str, str]) -> str | None:
@@ -190,7 +189,7 @@ class Pipeline:
         self.shadow: ShadowService | None = None
         self.truth: RouterTruth | None = None  # auto's quality kept / cost saved estimate
         self.settling = 0  # answered non-stream requests whose settlement has not ended
-        # With Redis: running requests are journaled, so a dead process's get settled.
+        # Running requests are journaled, so a dead process's get settled (gateway/orphans.py).
         self.journal: InflightJournal | None = None
 
     # ---- before dispatch ---------------------------------------------------------------
@@ -273,7 +272,7 @@ class Pipeline:
         if self.shadow is not None:
             p.shadow = self.shadow.pick(p)
         if self.journal is not None:
-            self.journal.track(request_id, lambda: self._draft(p))
+            self.journal.track(request_id, lambda: draft(self, p))
         return p
 
     def _check_caller(self, call: Call, caller: Caller) -> None:
@@ -530,7 +529,7 @@ class Pipeline:
         usage = stream.outcome.usage
         if usage is None:
             p.reasons.append("usage=estimated")
-            usage = _estimated(p)
+            usage = p.estimated()
             status = 502 if status == 200 else status
         if stream.outcome.finish_reason == "insufficient_system_resource":
             p.reasons.append("upstream-insufficient-resource")
@@ -577,7 +576,7 @@ class Pipeline:
     async def _settle(
         self, p: Prepared, usage: Usage, status: int, *, provider_cost_usd: float | None = None
     ) -> None:
-        s, peak = self._settlement(p, usage, status, provider_cost_usd)
+        s, peak = self.settlement(p, usage, status, provider_cost_usd)
         try:
             replaced = await self.accounting.settle(p.caller, s, p.hold or Hold(p.request_id))
         finally:
@@ -588,7 +587,7 @@ class Pipeline:
         if self.truth is not None and p.plan.reason.startswith("auto"):
             self.truth.settled(option.tier == self.catalog.strong_tier, s.cost_nanos)
         if replaced is None:
-            self._record(s, p.caller.key_prefix, peak)
+            self.record(s, p.caller.key_prefix, peak)
         else:
             # Settled from the journal while this process was stalled, and counted then:
             # the cost counter gets the difference (a counter cannot go down).
@@ -598,7 +597,7 @@ class Pipeline:
             ).inc(max(s.cost_nanos - replaced, 0))
         self._log(p, option, usage, s.cost_nanos, status, error=p.error)
 
-    def _settlement(
+    def settlement(
         self,
         p: Prepared,
         usage: Usage,
@@ -639,7 +638,7 @@ class Pipeline:
         )
         return s, peak
 
-    def _record(self, s: Settlement, key_prefix: str | None, peak: bool) -> None:
+    def record(self, s: Settlement, key_prefix: str | None, peak: bool) -> None:
         """The metrics of a settled request."""
         usage = Usage(s.cache_hit_tokens, s.cache_miss_tokens, s.output_tokens, s.reasoning_tokens)
         cost, team = s.cost_nanos, s.team_id or "none"
@@ -664,58 +663,6 @@ class Pipeline:
             )
             m.cache_saved.labels(*lbl, team).inc(max(saved, 0))
         m.duration.labels(*lbl).observe(s.latency_ms / 1000)
-
-    # ---- requests of a dead process (gateway/inflight.py) ------------------------------
-
-    def _draft(self, p: Prepared) -> dict[str, Any] | None:
-        """What ``p`` would be billed if this process died now: its journal entry."""
-        if p.hold is None or p.stream_finished:
-            return None
-        if p.answered is not None:  # answered, its settlement not run yet
-            usage, status, note = p.answered, 200, "orphaned"
-        elif p.stream is not None and p.stream.outcome.usage is not None:
-            usage, status, note = p.stream.outcome.usage, 200, "orphaned"
-        elif p.stream is not None:  # the upstream took it: its prompt and what it streamed
-            usage, status, note = _estimated(p), 502, "usage=estimated;orphaned"
-        else:
-            # No answer has begun: the upstream may be failing, stalled or retried, and
-            # nothing says it took the request. A survivor releases the hold, bills nothing.
-            return {"hold": hold_json(p.hold)}
-        s, peak = self._settlement(p, usage, status, note=note)
-        return {
-            "event": event_of(s),
-            "hold": hold_json(p.hold),
-            "key_prefix": p.caller.key_prefix,
-            "peak": peak,
-        }
-
-    async def settle_orphan(self, request_id: str, entry: dict[str, Any]) -> None:
-        """Settle the journal entry of a request whose process died (idempotent)."""
-        hold = hold_of(request_id, entry["hold"])
-        if "event" not in entry:
-            await self.accounting.release(ANONYMOUS, hold)
-            self.metrics.orphaned_settlements.labels("released").inc()
-            self.log.warning(
-                "released the hold of a dead gateway process's request that had no answer",
-                request_id=request_id,
-            )
-            return
-        s = settlement_of(entry["event"])
-        await self.accounting.settle(ANONYMOUS, s, hold, orphan=True)
-        self.metrics.orphaned_settlements.labels("settled").inc()
-        self._record(s, entry.get("key_prefix"), bool(entry.get("peak")))
-        self.log.warning(
-            "request",
-            request_id=request_id,
-            protocol=s.protocol,
-            model=s.requested_model,
-            reason=s.route_reason,
-            status=s.status,
-            team=s.team_id,
-            output=s.output_tokens,
-            cost_usd=s.cost_nanos / NANOS_PER_USD,
-            orphaned=True,
-        )
 
     def _log(
         self, p: Prepared, option: Option, usage: Usage, cost: int, status: int, error: str = ""
