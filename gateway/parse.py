@@ -500,7 +500,10 @@ def _call_id(call: dict[str, Any], where: str, k: int) -> None:
     check_id(call.get("id"), f"{where}[{k}].id", "the id its tool message answers")
 
 
-def _check_message(msg: dict[str, Any], index: int) -> None:
+def _check_message(msg: dict[str, Any], index: int, call_ids: set[str]) -> None:
+    """One message of a chat history; ``call_ids``: the tool call ids of the assistant
+    messages before it, which a tool message must answer (as the Responses and Anthropic
+    parsers check their tool results), extended by an assistant message's calls."""
     role = msg["role"]
     if msg.get("content") is None and role not in ("assistant", "function"):
         raise InvalidRequest(
@@ -509,13 +512,19 @@ def _check_message(msg: dict[str, Any], index: int) -> None:
             param=f"messages[{index}].content",
         )
     if role == "assistant":
-        _tool_calls(msg.get("tool_calls"), index)
+        calls = msg.get("tool_calls")
+        _tool_calls(calls, index)
+        call_ids.update(call["id"] for call in calls or ())
     elif role == "tool":
-        check_id(
-            msg.get("tool_call_id"),
-            f"messages[{index}].tool_call_id",
-            "the id of the assistant tool call it answers",
-        )
+        where = f"messages[{index}].tool_call_id"
+        tid = msg.get("tool_call_id")
+        check_id(tid, where, "the id of the assistant tool call it answers")
+        if tid not in call_ids:
+            raise InvalidRequest(
+                f"{where} {tid!r} matches no tool call of an earlier assistant message: a "
+                "tool message answers the 'id' of a 'tool_calls' entry before it",
+                param=where,
+            )
 
 
 _FORMATS = ("text", "json_object", "json_schema")
@@ -577,6 +586,7 @@ def parse_chat(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
         )
     last_user = ""
     chars = 0
+    call_ids: set[str] = set()
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise InvalidRequest(f"messages[{i}] must be an object", param="messages")
@@ -586,7 +596,7 @@ def parse_chat(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
                 f"messages[{i}].role must be one of {', '.join(sorted(_ROLES))}",
                 param=f"messages[{i}].role",
             )
-        _check_message(msg, i)
+        _check_message(msg, i, call_ids)
         text = _text_of(msg.get("content"), i)
         chars += len(text)
         if role == "user":

@@ -464,6 +464,28 @@ def test_chat_template_kwargs_not_an_object_is_a_400_not_a_crash(
             "messages[2].tool_call_id",
             "messages[2].tool_call_id is required",
         ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": "c",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": "{}"},
+                            }
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "c", "content": "ok"},
+                    {"role": "tool", "tool_call_id": "call_9", "content": "ok"},
+                ]
+            },
+            "messages[3].tool_call_id",
+            "messages[3].tool_call_id 'call_9' matches no tool call of an earlier assistant",
+        ),
     ],
 )
 def test_malformed_chat_fields_are_a_400_naming_them(

@@ -533,6 +533,111 @@ def test_a_tool_call_and_result_with_their_ids_pass(
     assert messages[-1]["tool_call_id"] == messages[-2]["tool_calls"][0]["id"]
 
 
+def _chat_turns(*turns: tuple[list[str], list[str]]) -> dict[str, Any]:
+    """A chat history of ``turns``: each the ids an assistant message calls, then the ids
+    its tool messages answer, in order."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "hi"}]
+    for calls, answers in turns:
+        if calls:
+            tool_calls = [_chat_call(c) for c in calls]
+            messages.append({"role": "assistant", "content": None, "tool_calls": tool_calls})
+        messages += [{"role": "tool", "tool_call_id": a, "content": "done"} for a in answers]
+    return {"messages": messages}
+
+
+def _responses_turns(*turns: tuple[list[str], list[str]]) -> dict[str, Any]:
+    items: list[dict[str, Any]] = [{"role": "user", "content": "hi"}]
+    for calls, answers in turns:
+        items += [
+            {"type": "function_call", "call_id": c, "name": "f", "arguments": "{}"} for c in calls
+        ]
+        items += [{"type": "function_call_output", "call_id": a, "output": "done"} for a in answers]
+    return {"input": items}
+
+
+def _anthropic_turns(*turns: tuple[list[str], list[str]]) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "hi"}]
+    for calls, answers in turns:
+        if calls:
+            uses = [{"type": "tool_use", "id": c, "name": "f", "input": {}} for c in calls]
+            messages.append({"role": "assistant", "content": uses})
+        results = [{"type": "tool_result", "tool_use_id": a, "content": "done"} for a in answers]
+        messages.append({"role": "user", "content": results or "go on"})
+    return {"messages": messages}
+
+
+TURNS = {"chat": _chat_turns, "responses": _responses_turns, "anthropic": _anthropic_turns}
+
+# (turns, the unknown id): a tool result whose id answers no call before it.
+UNKNOWN_IDS = [
+    ([(["c"], ["d"])], "d"),
+    ([(["c"], ["C"])], "C"),  # ids are compared exactly
+    ([(["c"], ["c ", "c"])], "c "),
+    ([([], ["c"])], "c"),  # no call at all
+    ([(["a", "b"], ["a", "b", "x"])], "x"),  # one of parallel results
+    ([([], ["c"]), (["c"], [])], "c"),  # a call made only after its result
+]
+# (protocol, where its parser names the result): param, and the message's start.
+UNKNOWN_FIELD = {
+    "chat": lambda i, k: (f"messages[{i}].tool_call_id", f"messages[{i}].tool_call_id"),
+    "responses": lambda i, k: ("input", f"input[{i}]: call_id"),
+    "anthropic": lambda i, k: ("messages", f"messages[{i}].content[{k}]: tool_result"),
+}
+
+
+def _unknown_place(protocol: Protocol, body: dict[str, Any], unknown: str) -> tuple[int, int]:
+    """The index of the result answering ``unknown`` (its message or item, its block)."""
+    entries = body["messages"] if protocol != "responses" else body["input"]
+    for i, entry in enumerate(entries):
+        if protocol == "anthropic" and isinstance(entry["content"], list):
+            for k, block in enumerate(entry["content"]):
+                if block.get("tool_use_id") == unknown:
+                    return i, k
+        elif entry.get("tool_call_id", entry.get("call_id")) == unknown and (
+            protocol == "chat" or entry["type"] == "function_call_output"
+        ):
+            return i, 0
+    raise AssertionError(f"no result answers {unknown!r}")
+
+
+@pytest.mark.parametrize("protocol", ["chat", "responses", "anthropic"])
+@pytest.mark.parametrize(("turns", "unknown"), UNKNOWN_IDS)
+def test_a_tool_result_answering_no_earlier_call_is_a_400_naming_it(
+    protocol: Protocol, turns: list[tuple[list[str], list[str]]], unknown: str
+) -> None:
+    """Refused before anything goes upstream, naming the result's place and its id: the
+    upstream would refuse it too (OpenAI: the tool_call_id is not found in the tool calls)."""
+    body = TURNS[protocol](*turns)
+    err = refused(protocol, **body)
+    param, start = UNKNOWN_FIELD[protocol](*_unknown_place(protocol, body, unknown))
+    assert err.status == 400 and err.param == param
+    assert err.message.startswith(start) and repr(unknown) in err.message
+
+
+# Tool results that do answer calls before them: none is refused.
+KNOWN_IDS = [
+    [(["c"], ["c"])],
+    [(["a", "b", "c"], ["a", "b", "c"])],  # several calls in one turn, parallel results
+    [(["a", "b"], ["b", "a"])],  # results in another order than the calls
+    [(["a"], ["a"]), (["b"], ["b"])],  # one turn after another
+    [(["a", "b"], ["a"]), (["c"], ["b", "c"])],  # a result after a later call
+    [(["call_\u00e9-1"], ["call_\u00e9-1"])],
+]
+
+
+@pytest.mark.parametrize("protocol", ["chat", "responses", "anthropic"])
+@pytest.mark.parametrize("turns", KNOWN_IDS)
+def test_tool_results_answering_earlier_calls_pass(
+    protocol: Protocol, turns: list[tuple[list[str], list[str]]]
+) -> None:
+    call = PARSE[protocol](**TURNS[protocol](*turns))
+    messages = call.body["messages"]
+    called = [c["id"] for m in messages for c in m.get("tool_calls") or ()]
+    answered = [m["tool_call_id"] for m in messages if m["role"] == "tool"]
+    assert called == [c for calls, _ in turns for c in calls]
+    assert answered == [a for _, answers in turns for a in answers]
+
+
 # ---- a Responses stream cut while a tool call is written ----------------------------------
 
 
