@@ -573,10 +573,13 @@ class Renderer:
             **self.ctx.echo,
         }
 
-    def reasoning(self, text: str, item_id: str | None = None) -> dict[str, Any]:
+    def reasoning(
+        self, text: str, item_id: str | None = None, status: str = "completed"
+    ) -> dict[str, Any]:
         item: dict[str, Any] = {
             "type": "reasoning",
             "id": item_id or new_id("rs"),
+            "status": status,
             "summary": [],
             "content": [{"type": "reasoning_text", "text": text}],
         }
@@ -654,8 +657,8 @@ def to_response(resp: dict[str, Any], call: Call) -> dict[str, Any]:
                 status="incomplete" if last else "completed",
             )
         )
-    if status == "incomplete" and output and output[-1]["type"] == "message":
-        output[-1]["status"] = "incomplete"
+    if status == "incomplete" and output and output[-1]["type"] in ("reasoning", "message"):
+        output[-1]["status"] = "incomplete"  # cut while it was written
     usage = usage_from_openai(resp.get("usage")) or Usage()
     return r.response(status, output, usage, incomplete=incomplete)
 

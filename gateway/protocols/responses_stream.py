@@ -74,7 +74,7 @@ class StreamTranslator:
         text = "".join(o.text)
         status = "incomplete" if broken else "completed"
         if o.kind == "reasoning":
-            item = self.r.reasoning(text, o.item_id)
+            item = self.r.reasoning(text, o.item_id, status)
             out = self._event("response.reasoning_text.done", **at, content_index=0, text=text)
         elif o.kind == "message":
             item = self.r.message(text, o.item_id, status)
@@ -106,7 +106,12 @@ class StreamTranslator:
         out = b""
         if self.open is None or self.open.kind != kind:
             if kind == "reasoning":
-                item: dict[str, Any] = {"type": "reasoning", "id": new_id("rs"), "summary": []}
+                item: dict[str, Any] = {
+                    "type": "reasoning",
+                    "id": new_id("rs"),
+                    "status": "in_progress",
+                    "summary": [],
+                }
                 out, o = self._begin(kind, item)
             else:
                 item = self.r.message("", new_id("msg"), "in_progress")

@@ -39,7 +39,10 @@ def test_plain_response_is_routed_priced_and_ledgered(gateway: Gateway) -> None:
     resp = raw.parse()
     assert raw.headers["x-tiergate-route"].startswith("flash/think-high/flash-local")
     assert resp.status == "completed" and resp.model == "deepseek-reasoner"
-    assert [o.type for o in resp.output] == ["reasoning", "message"]
+    assert [(o.type, o.status) for o in resp.output] == [
+        ("reasoning", "completed"),
+        ("message", "completed"),
+    ]
     assert resp.output_text.startswith(" [deepseek-ai/DeepSeek-V4-Flash@")
     usage = resp.usage
     assert usage is not None and usage.input_tokens > 0
@@ -59,6 +62,16 @@ def test_stream_event_sequence(gateway: Gateway) -> None:
     assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
     assert kinds[-1] == "response.completed"
     assert [e.sequence_number for e in events] == list(range(len(events)))
+    added = [e.item for e in events if e.type == "response.output_item.added"]
+    done = [e.item for e in events if e.type == "response.output_item.done"]
+    assert [(a.type, a.status) for a in added] == [
+        ("reasoning", "in_progress"),
+        ("message", "in_progress"),
+    ]
+    assert [(d.type, d.status) for d in done] == [
+        ("reasoning", "completed"),
+        ("message", "completed"),
+    ]
     for kind in (
         "response.reasoning_text.delta",
         "response.content_part.added",
@@ -162,11 +175,17 @@ def test_json_schema_and_max_output_tokens(gateway: Gateway) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_an_answer_cut_by_max_output_tokens_is_incomplete(gateway: Gateway, stream: bool) -> None:
-    """The output limit reached: the SDK reads an incomplete response whose message is
-    incomplete too; a stream ends in ``response.incomplete``, never ``response.completed``."""
+@pytest.mark.parametrize(
+    ("model", "cut"), [("deepseek-chat", "message"), ("deepseek-reasoner", "reasoning")]
+)
+def test_an_answer_cut_by_max_output_tokens_is_incomplete(
+    gateway: Gateway, stream: bool, model: str, cut: str
+) -> None:
+    """The output limit reached: the SDK reads an incomplete response whose last item (the
+    message, or the reasoning when the limit came while the model reasoned) is incomplete
+    too; a stream ends in ``response.incomplete``, never ``response.completed``."""
     c = gateway.client()
-    kwargs: dict[str, Any] = {"model": "deepseek-chat", "input": "hello", "max_output_tokens": 3}
+    kwargs: dict[str, Any] = {"model": model, "input": "hello", "max_output_tokens": 3}
     if stream:
         with c.responses.stream(**kwargs) as s:
             events = list(s)
@@ -175,15 +194,17 @@ def test_an_answer_cut_by_max_output_tokens_is_incomplete(gateway: Gateway, stre
         last = events[-1]
         assert last.type == "response.incomplete"
         resp = last.response
+        added = [e.item for e in events if e.type == "response.output_item.added"]
         done = [e.item for e in events if e.type == "response.output_item.done"]
-        assert [d.status for d in done if d.type == "message"] == ["incomplete"]
+        assert [(a.type, a.status) for a in added] == [(cut, "in_progress")]
+        assert [(d.type, d.status) for d in done] == [(cut, "incomplete")]
     else:
         resp = c.responses.create(**kwargs)
     assert resp.status == "incomplete" and resp.incomplete_details is not None
     assert resp.incomplete_details.reason == "max_output_tokens"
-    message = resp.output[-1]
-    assert message.type == "message" and message.status == "incomplete"
-    assert resp.output_text
+    assert [(o.type, o.status) for o in resp.output] == [(cut, "incomplete")]
+    if cut == "message":
+        assert resp.output_text
     assert resp.usage is not None and resp.usage.output_tokens <= 3
 
 

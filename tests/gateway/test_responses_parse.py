@@ -234,10 +234,25 @@ def test_stream_events_are_numbered_and_items_closed_in_order() -> None:
     final = events[-1]["response"]
     assert [o["type"] for o in final["output"]] == ["reasoning", "message"]
     assert final["output"][1]["content"][0]["text"] == "ab"
+    added = [e["item"] for e in events if e["type"] == "response.output_item.added"]
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert [a["status"] for a in added] == ["in_progress", "in_progress"]
+    assert [d["status"] for d in done] == ["completed", "completed"]
+    assert [o["status"] for o in final["output"]] == ["completed", "completed"]
+
+
+def test_a_reasoning_item_has_the_status_of_the_other_items() -> None:
+    """OpenAI's reasoning items carry ``status`` (in_progress, completed, incomplete) like
+    the message and call items, in the response and in its stream."""
+    resp = to_response(_answer("stop", {"reasoning_content": "R", "content": "A"}), parse())
+    assert [(o["type"], o["status"]) for o in resp["output"]] == [
+        ("reasoning", "completed"),
+        ("message", "completed"),
+    ]
 
 
 LENGTH_CUT = [
-    ({"reasoning_content": "R", "content": "half a"}, [None, "incomplete"]),
+    ({"reasoning_content": "R", "content": "half a"}, ["completed", "incomplete"]),
     (
         {
             "content": "let me",
@@ -247,7 +262,16 @@ LENGTH_CUT = [
         },
         ["completed", "incomplete"],
     ),
-    ({"reasoning_content": "R"}, [None]),
+    (
+        {
+            "reasoning_content": "R",
+            "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"q'}}
+            ],
+        },
+        ["completed", "incomplete"],
+    ),
+    ({"reasoning_content": "R"}, ["incomplete"]),  # cut while reasoning
 ]
 
 

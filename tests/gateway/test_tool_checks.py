@@ -683,14 +683,18 @@ def test_a_call_the_stream_broke_off_is_incomplete_not_completed(
     assert failed["status"] == "failed" and failed["output"][-1] == cut
 
 
-def test_a_message_the_stream_broke_off_is_incomplete() -> None:
+@pytest.mark.parametrize("kind", ["content", "reasoning_content"])
+def test_a_message_or_reasoning_the_stream_broke_off_is_incomplete(kind: str) -> None:
     tr = StreamTranslator(responses().context, "deepseek-chat")
-    out = tr.start() + tr.feed({"choices": [{"delta": {"content": "half a"}}]})
+    out = tr.start() + tr.feed({"choices": [{"delta": {kind: "half a"}}]})
     out += tr.fail(UpstreamUnavailable("broke off"))
     events = [orjson.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")]
+    added = [e["item"] for e in events if e["type"] == "response.output_item.added"]
     done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert [a["status"] for a in added] == ["in_progress"]
     assert [d["status"] for d in done] == ["incomplete"]
     assert done[0]["content"][0]["text"] == "half a"
+    assert events[-1]["response"]["output"] == done
 
 
 @pytest.mark.parametrize(
