@@ -35,7 +35,7 @@ from policies.errors import (
 from policies.features import task_messages
 from policies.options import NON_THINKING, Option, resolve_target
 from policies.pricing import NANOS_PER_USD, PriceBook
-from policies.router.shadow import answer_text, stream_text
+from policies.router.shadow import answer_text, is_cheaper, stream_text
 from policies.routing import (
     AutoChoice,
     BackendState,
@@ -585,7 +585,12 @@ class Pipeline:
         p.cost_nanos = s.cost_nanos
         option = p.option or p.plan.primary
         if self.truth is not None and p.plan.reason.startswith("auto"):
-            self.truth.settled(option.tier == self.catalog.strong_tier, s.cost_nanos)
+            # strong as shadow mode means it, so that the labels and the shares agree
+            cfg = self.catalog.routing.shadow
+            cheap = is_cheaper(
+                option.tier, option.mode.thinking, cfg.strong_tier, cfg.strong_thinking
+            )
+            self.truth.settled(not cheap, s.cost_nanos)
         if replaced is None:
             self.record(s, p.caller.key_prefix, peak)
         else:

@@ -243,6 +243,37 @@ def test_shadow_labels_spend_and_budgets(
     assert {trained.meta["weak"], trained.meta["strong"]} == {weak, "pro/think-high"}
 
 
+def test_pro_without_thinking_counts_as_cheap_in_the_online_truth(
+    sims: Sims, tmp_path: Path, monkeypatch_module: pytest.MonkeyPatch, pro_says_verdict: None
+) -> None:
+    """Shadow mode replays a request ``auto`` served on Pro without thinking (the client
+    turned reasoning off) on the strong option, Pro thinking: it was cheaper than the
+    strong one. The online truth must count it on the same side, or the cost saved would
+    be computed from a ratio of one set of requests applied to another."""
+    gw = start(sims, tmp_path)
+    try:
+        raw = gw.client().chat.completions.with_raw_response.create(
+            model="auto",
+            messages=[{"role": "user", "content": "Prove the claim below. " + "x " * 40_000}],
+            max_tokens=64,
+            reasoning_effort="none",  # type: ignore[arg-type]
+        )
+        assert raw.headers["x-tiergate-route"].startswith("pro/non-thinking/"), raw.headers
+        rid = raw.headers["x-request-id"]
+        gw.wait_for(f"SELECT verdict FROM router_labels WHERE request_id = '{rid}'", 1)
+        short, _, weak = _ask(gw, False)
+        assert weak.startswith("flash/")
+        gw.wait_for(f"SELECT verdict FROM router_labels WHERE request_id = '{short}'", 1)
+        client = gw.query("SELECT SUM(cost_nanos) FROM ledger WHERE kind = 'client'")[0][0]
+        replays = gw.query("SELECT SUM(shadow_cost_nanos) FROM router_labels")[0][0]
+        # Both auto requests went cheap and both were labelled: always-strong would have
+        # cost what the two replays cost.
+        assert _gauge(gw, "tiergate_router_quality_kept") == 1.0
+        assert _gauge(gw, "tiergate_router_cost_saved") == pytest.approx(1 - client / replays)
+    finally:
+        gw.server.stop()
+
+
 def test_store_prompts_opt_in(
     sims: Sims, tmp_path: Path, monkeypatch_module: pytest.MonkeyPatch, pro_says_verdict: None
 ) -> None:
