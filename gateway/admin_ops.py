@@ -36,8 +36,10 @@ class Unprocessable(InvalidRequest):
 
 def parse_time(value: str) -> datetime:
     """A ``since``/``until`` bound as given to the admin API and CLI: an ISO 8601 date or
-    time (``2026-11-01``, ``2026-11-01T00:00:00Z``); ``ValueError`` otherwise."""
-    return datetime.fromisoformat(value)
+    time (``2026-11-01``, ``2026-11-01T00:00:00Z``), UTC when it names no zone; ``ValueError``
+    otherwise."""
+    t = datetime.fromisoformat(value)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def cell(value: Any) -> Any:

@@ -99,7 +99,9 @@ def _masked(url: str) -> str:
     return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
-TIME_FORMAT = "an ISO 8601 time, e.g. 2026-11-01 or 2026-11-01T00:00:00Z"
+TIME_FORMAT = (
+    "an ISO 8601 time, e.g. 2026-11-01 or 2026-11-01T00:00:00Z (UTC unless it names a zone)"
+)
 
 
 def iso_time(value: str) -> datetime:

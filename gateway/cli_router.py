@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from gateway.cli_common import (
+    TIME_FORMAT,
     CliError,
     database_url,
     iso_time,
@@ -104,6 +106,46 @@ def _rows(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+CHEAPER = "cheaper"  # the pooled weak side of rows that compare one model with several
+
+
+def pooled(rows: list[Row], weak: str | None, strong: str | None) -> tuple[list[Row], list[str]]:
+    """Rows that each compare two models, one of them in every row, as the shadow export
+    writes them (the strong option against whichever cheaper option ``auto`` chose): the
+    other models pooled as one weak side, ``CHEAPER``, with the names pooled. Rows that do
+    not have that shape, or a pair named otherwise, come back as they are (no names)."""
+    if weak not in (None, CHEAPER):
+        return rows, []
+    names = _names(rows)
+    labelled = [r for r in rows if r.correct]
+    if (weak is None and len(names) <= 2) or not labelled:
+        return rows, []
+    if any(len(r.correct) != 2 for r in labelled):
+        return rows, []
+    common = set(labelled[0].correct).intersection(*(r.correct for r in labelled[1:]))
+    side = strong if strong in common else next(iter(common)) if len(common) == 1 else None
+    if side is None:
+        return rows, []
+    out = [_pool(r, side) for r in rows]
+    return out, [m for m in names if m != side]
+
+
+def _pool(r: Row, side: str) -> Row:
+    if not r.correct:
+        return r
+    other = next(k for k in r.correct if k != side)
+    return replace(r, correct={CHEAPER: r.correct[other], side: r.correct[side]})
+
+
+def _dropped(rows: list[Row], kept: int, weak: str, strong: str) -> None:
+    """Say how many rows a pair leaves out (they label one side only, or none)."""
+    if kept < len(rows):
+        _warn(
+            f"{len(rows) - kept} of {len(rows)} row(s) do not label both {weak} and {strong} "
+            "(no 'correct' for one side or both): left out"
+        )
+
+
 def pair_names(
     rows: list[Row], weak: str | None, strong: str | None, where: str = "the rows"
 ) -> tuple[str, str]:
@@ -152,11 +194,17 @@ def _few_labels(n: int, y: list[float]) -> str | None:
 def _train_pair(args: argparse.Namespace) -> int:
     files = [*(args.data or ()), *(args.labels or ())]
     where = ", ".join(files)
-    rows = _read_rows(files)
+    rows, cheaper = pooled(_read_rows(files), args.weak, args.strong)
     weak, strong = pair_names(rows, args.weak, args.strong, where)
     both = [r for r in rows if weak in r.correct and strong in r.correct]
     if not both:
         raise CliError(f"{where} has no labelled rows for pair {weak}/{strong} ({_labelled(rows)})")
+    if cheaper:
+        print(
+            f"the rows compare {strong if weak == CHEAPER else weak} with {len(cheaper)} other "
+            f"option(s) ({_listed(cheaper)}): pooled as one side, {CHEAPER!r}"
+        )
+    _dropped(rows, len(both), weak, strong)
     feats = [r.features or from_text(r.prompt) for r in both]
     embedder = default_embedder()
     emb = np.stack([embedder.embed(f.task) for f in feats])
@@ -229,18 +277,21 @@ def _result_dict(r: PairResult) -> dict[str, Any]:
 
 def _eval(args: argparse.Namespace) -> int:
     router = Router.load(args.weights) if args.weights else Router.load_default()
-    rows = _read_rows([args.data])
-    if not any(args.weak in r.correct and args.strong in r.correct for r in rows):
+    rows, _ = pooled(_read_rows([args.data]), args.weak or CHEAPER, args.strong)
+    weak = args.weak or CHEAPER
+    kept = sum(weak in r.correct and args.strong in r.correct for r in rows)
+    if not kept:
         raise CliError(
-            f"no rows in {args.data} label both {args.weak!r} and {args.strong!r}, nothing to "
+            f"no rows in {args.data} label both {weak!r} and {args.strong!r}, nothing to "
             f"score ({_labelled(rows)})"
         )
+    _dropped(rows, kept, weak, args.strong)
     scores = {r.id: router.score_features(r.features or from_text(r.prompt)) for r in rows}
     if args.scores_out:
         lines = (json.dumps({"id": r.id, "score": scores[r.id]}) + "\n" for r in rows)
         _write(Path(args.scores_out), "".join(lines))
     try:
-        results = evaluate_pair(rows, scores, args.weak, args.strong, boot=args.bootstrap)
+        results = evaluate_pair(rows, scores, weak, args.strong, boot=args.bootstrap)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     if args.json:
@@ -332,10 +383,10 @@ async def export_labels(
         q = select(RouterLabel).order_by(RouterLabel.id)
         if since is not None:
             q = q.where(RouterLabel.ts >= since)
-        if team is not None:
-            q = q.where(RouterLabel.team_id == team)
         out.parent.mkdir(parents=True, exist_ok=True)
         async with make_sessions(engine)() as session:
+            if team is not None:
+                q = q.where(RouterLabel.team_id == await _team_id(session, team))
             with out.open("w", encoding="utf-8") as fh:
                 for r in (await session.scalars(q)).all():
                     row = training_row(
@@ -360,6 +411,20 @@ async def export_labels(
     finally:
         await engine.dispose()
     return written, skipped
+
+
+async def _team_id(session: Any, team: str) -> str:
+    """The id of the team ``team`` names (by id or by name); a CliError if none does."""
+    from sqlalchemy import or_, select
+
+    from gateway.db.models import Team
+
+    found = (
+        await session.scalars(select(Team.id).where(or_(Team.id == team, Team.name == team)))
+    ).all()
+    if not found:
+        raise CliError(f"no team {team!r} (give a team's name or id: `tiergate teams list`)")
+    return str(found[0])
 
 
 def _labels_export(args: argparse.Namespace) -> int:
@@ -413,7 +478,11 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     t.set_defaults(func=_reported(_train))
     e = rsub.add_parser("eval", help="RouteLLM metrics of the router on labelled rows")
     e.add_argument("--data", required=True)
-    e.add_argument("--weak", required=True)
+    e.add_argument(
+        "--weak",
+        help=f"the weak side's name in `correct` (default, or {CHEAPER!r}: every model the rows "
+        "compare with --strong, pooled, as in the shadow export)",
+    )
     e.add_argument("--strong", required=True)
     e.add_argument("--weights", help="a pair model or weights.npz (default: the generic router)")
     e.add_argument("--json", action="store_true")
@@ -434,10 +503,8 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     x = lsub.add_parser("export", help="write labels as training JSONL for `router train`")
     x.add_argument("--out", required=True)
     x.add_argument("--database-url", help="default: TIERGATE_DATABASE_URL / settings")
-    x.add_argument(
-        "--since", type=iso_time, help="ISO timestamp with timezone, e.g. 2026-11-01T00:00:00Z"
-    )
-    x.add_argument("--team", help="only this team's labels")
+    x.add_argument("--since", type=iso_time, help=f"labels from this time on: {TIME_FORMAT}")
+    x.add_argument("--team", help="only this team's labels (its name or id)")
     x.set_defaults(func=_reported(_labels_export))
 
 

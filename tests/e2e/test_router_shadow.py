@@ -21,7 +21,9 @@ import sqlalchemy as sa
 
 from engines.asgi_thread import BackgroundServer
 from gateway import admin_ops
+from gateway.admin_ops import parse_time
 from gateway.app import create_app
+from gateway.cli_common import CliError
 from gateway.cli_router import export_labels
 from gateway.db.engine import make_engine, make_sessions
 from gateway.db.migrate import upgrade
@@ -213,6 +215,13 @@ def test_shadow_labels_spend_and_budgets(
     # Export and train on the labels.
     out = tmp_path / "labels.jsonl"
     assert asyncio.run(export_labels(gw.db, out)) == (2, 0)
+    # a team by its name or its id; a time without a zone is UTC
+    for team in ("shadow-team", gw.team_id):
+        assert asyncio.run(export_labels(gw.db, out, team=team)) == (2, 0)
+    since = parse_time("2000-01-01T00:00:00")
+    assert asyncio.run(export_labels(gw.db, out, since=since, team="shadow-team")) == (2, 0)
+    with pytest.raises(CliError, match="no team 'nosuch'"):
+        asyncio.run(export_labels(gw.db, out, team="nosuch"))
     rows = jsonl_rows(out)
     assert all(set(r.correct.values()) == {True} and len(r.correct) == 2 for r in rows)
     assert all(r.features is not None and r.source == "shadow" for r in rows)
@@ -264,6 +273,10 @@ def test_pro_without_thinking_counts_as_cheap_in_the_online_truth(
         short, _, weak = _ask(gw, False)
         assert weak.startswith("flash/")
         gw.wait_for(f"SELECT verdict FROM router_labels WHERE request_id = '{short}'", 1)
+        deadline = time.monotonic() + 10  # the estimate takes a label after storing it
+        while gw.metric("tiergate_shadow_requests_total", outcome="labelled") < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         client = gw.query("SELECT SUM(cost_nanos) FROM ledger WHERE kind = 'client'")[0][0]
         replays = gw.query("SELECT SUM(shadow_cost_nanos) FROM router_labels")[0][0]
         # Both auto requests went cheap and both were labelled: always-strong would have

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gateway.cli import main
-from gateway.cli_router import CliError, pair_names
+from gateway.cli_router import CHEAPER, CliError, pair_names, pooled
 from policies.features import from_text
 from policies.router import Router
 from policies.router.data import jsonl_rows
@@ -18,7 +18,9 @@ from policies.router.shadow import Label, features_to_json, training_row
 WEAK, STRONG = "flash/non-thinking", "pro/think-high"
 
 
-def _labels(n: int, seed: int, *, with_prompts: bool = True) -> list[dict[str, object]]:
+def _labels(
+    n: int, seed: int, *, with_prompts: bool = True, weak: tuple[str, ...] = (WEAK,)
+) -> list[dict[str, object]]:
     """Shadow-export rows: the strong side is needed on proofs, not on greetings."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -36,7 +38,7 @@ def _labels(n: int, seed: int, *, with_prompts: bool = True) -> list[dict[str, o
         label = Label(
             f"req-{seed}-{i}",
             "team-a",
-            WEAK,
+            weak[i % len(weak)],  # the cheaper option auto chose
             STRONG,
             verdict,
             "tie",
@@ -106,3 +108,89 @@ def test_three_names_need_the_pair_named(tmp_path: Path) -> None:
     rows = [{"id": "1", "prompt": "q", "correct": {"a": True, "b": False, "c": True}}]
     with pytest.raises(CliError, match="--weak and --strong"):
         pair_names(jsonl_rows(_write(tmp_path / "r.jsonl", rows)), None, None)
+
+
+CHEAP = ("flash/non-thinking", "flash/think-high", "pro/non-thinking")
+
+
+def test_a_shadow_export_with_several_cheaper_options_trains_and_evaluates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The shadow export compares the strong option with whichever cheaper option `auto`
+    chose: those are pooled as one weak side, with no names to give."""
+    train = _write(tmp_path / "labels.jsonl", _labels(300, 0, weak=CHEAP))
+    test = _write(tmp_path / "test.jsonl", _labels(300, 1, weak=CHEAP))
+    out = tmp_path / "pair.npz"
+    assert main(["router", "train", "--data", str(train), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"the rows compare {STRONG} with 3 other option(s)" in printed
+    assert f"pair {CHEAPER} -> {STRONG}: 300 labelled rows" in printed
+    router = Router.load(out)
+    assert (router.meta["weak"], router.meta["strong"]) == (CHEAPER, STRONG)
+    assert router.meta["chosen"] != "prior"
+    # the strong side alone names it, as with --weak cheaper
+    assert (
+        main(["router", "train", "--data", str(train), "--strong", STRONG, "--out", str(out)]) == 0
+    )
+    assert f"pair {CHEAPER} -> {STRONG}" in capsys.readouterr().out
+    for weak in ([], ["--weak", CHEAPER]):
+        args = ["router", "eval", "--data", str(test), *weak, "--strong", STRONG]
+        assert main([*args, "--weights", str(out), "--json", "--bootstrap", "20"]) == 0
+        results = {r["router"]: r for r in json.loads(capsys.readouterr().out)}
+        assert results["tiergate"]["apgr"] > results["length-only"]["apgr"] + 0.1
+
+
+@pytest.mark.parametrize(
+    ("correct", "weak", "strong", "want"),
+    [
+        # one model in every row, the others pooled
+        ([{"a": True, "s": True}, {"b": False, "s": True}], None, None, ({"a", "b"}, "s")),
+        ([{"a": True, "s": True}, {"b": False, "s": True}], CHEAPER, "s", ({"a", "b"}, "s")),
+        # two names: pooled only when asked (--weak cheaper, or eval without --weak)
+        ([{"a": True, "s": True}, {"a": False, "s": True}], None, None, (set(), None)),
+        ([{"a": True, "s": True}, {"a": False, "s": True}], CHEAPER, "s", ({"a"}, "s")),
+        # a row with three models, no model in every row, another pair named: unchanged
+        ([{"a": True, "b": True, "s": True}, {"a": True, "s": True}], None, None, (set(), None)),
+        ([{"a": True, "s": True}, {"b": False, "c": True}], None, None, (set(), None)),
+        ([{"a": True, "s": True}, {"b": False, "s": True}], "a", "s", (set(), None)),
+    ],
+)
+def test_pooled(
+    tmp_path: Path,
+    correct: list[dict[str, bool]],
+    weak: str | None,
+    strong: str | None,
+    want: tuple[set[str], str | None],
+) -> None:
+    rows = jsonl_rows(
+        _write(
+            tmp_path / "r.jsonl",
+            [{"id": str(i), "prompt": "q", "correct": c} for i, c in enumerate(correct)],
+        )
+    )
+    out, names = pooled(rows, weak, strong)
+    assert set(names) == want[0]
+    if want[1] is None:
+        assert out == rows
+    else:
+        assert all(set(r.correct) == {CHEAPER, want[1]} for r in out)
+        assert [r.correct[CHEAPER] for r in out] == [
+            next(v for k, v in c.items() if k != want[1]) for c in correct
+        ]
+
+
+def test_rows_without_both_sides_are_counted_not_silently_dropped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = _labels(300, 0)
+    for r in rows[::3]:
+        del r["correct"]
+    data = _write(tmp_path / "labels.jsonl", rows)
+    out = tmp_path / "pair.npz"
+    assert main(["router", "train", "--data", str(data), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "pair flash/non-thinking -> pro/think-high: 200 labelled rows" in captured.out
+    assert "100 of 300 row(s) do not label both" in captured.err
+    args = ["router", "eval", "--data", str(data), "--weak", WEAK, "--strong", STRONG]
+    assert main([*args, "--bootstrap", "0"]) == 0
+    assert "100 of 300 row(s) do not label both" in capsys.readouterr().err
