@@ -112,7 +112,11 @@ def create_app(
         accounting = await accounting_factory(settings, loaded, metrics)
         await accounting.start()
         truth = RouterTruth(metrics) if model_router else None
-        service = RouterService(loaded, metrics, router) if model_router else None
+        service = (
+            RouterService(loaded, metrics, router, settings.router_weights)
+            if model_router
+            else None
+        )
         pipeline = Pipeline(
             loaded,
             engines,

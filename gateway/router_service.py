@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from prometheus_client import Gauge, Histogram
 
+from gateway.logging import get_logger
 from gateway.metrics import Metrics
 from gateway.parse import Call
 from policies.catalog import Catalog
@@ -22,9 +23,17 @@ from policies.router.scorer import explicit_signals
 from policies.router.truth import Tally, estimate
 from policies.routing import AutoChoice
 
+log = get_logger("tiergate.router")
+
 
 class RouterService:
-    def __init__(self, catalog: Catalog, metrics: Metrics, router: Router | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        metrics: Metrics,
+        router: Router | None = None,
+        source: object = None,  # where the router was loaded from, for the log
+    ) -> None:
         self.router = router or Router.load_default()
         meta = self.router.meta
         prior = Thresholds(float(meta.get("prior_pro", 0.7)), float(meta.get("prior_think", 0.4)))
@@ -43,6 +52,22 @@ class RouterService:
             registry=metrics.registry,
         )
         self.target.set(r.auto_pro_share)
+        # Which router `auto` runs, for a team to tell at a glance (and from the start-up log).
+        info = Gauge(
+            "tiergate_router_info",
+            "The router auto uses (value 1): generic (length) or a pair model trained on labels.",
+            ["kind", "weak", "strong", "chosen", "rows"],
+            registry=metrics.registry,
+        )
+        kind = "pair" if self.router.pair is not None else "generic"
+        labels = [str(meta.get(k, "")) for k in ("weak", "strong", "chosen", "rows")]
+        info.labels(kind, *labels).set(1)
+        log.info(
+            "router",
+            kind=kind,
+            source=str(source) if source else "shipped",
+            **{k: meta[k] for k in ("weak", "strong", "chosen", "rows") if k in meta},
+        )
         self.scores = Histogram(
             "tiergate_router_score",
             "Hardness scores of auto requests.",

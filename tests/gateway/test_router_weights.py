@@ -194,3 +194,24 @@ def test_np_load_never_allows_pickles() -> None:
     for path in [*ROOT.glob("gateway/**/*.py"), *ROOT.glob("policies/**/*.py")]:
         for call in re.findall(r"np\.load\(([^\n]*)", path.read_text()):
             assert "allow_pickle=False" in call, f"{path}: np.load({call})"
+
+
+@pytest.mark.parametrize("pair", [True, False])
+def test_the_router_auto_uses_is_named_in_the_metrics(
+    tmp_path: Path, pair_bytes: bytes, pair: bool
+) -> None:
+    from fastapi.testclient import TestClient
+
+    weights = None
+    if pair:
+        weights = tmp_path / "p.npz"
+        weights.write_bytes(pair_bytes)
+    with TestClient(create_app(Settings(router_weights=weights, database_url="none"))) as c:
+        text = c.get("/metrics").text
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("tiergate_router_info{")]
+    if pair:
+        for label in ('kind="pair"', 'weak="weak-model"', 'strong="strong-model"', 'rows="24"'):
+            assert label in line, line
+    else:
+        assert 'kind="generic"' in line, line
+    assert line.endswith(" 1.0")
