@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import AsyncGenerator
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from gateway.errors import sse_error_event
+from gateway.media import Media, MediaPolicy
 from gateway.parse import (
     ANTHROPIC_PARAMS,
     MAX_OUTPUT_LIMIT,
@@ -44,11 +45,6 @@ from policies.errors import (
 )
 from policies.usage import Usage, usage_from_openai
 
-# What happens to image and document blocks (V4 reads text only): "note" puts a visible
-# text note in their place (the request goes on, and the route reason counts them),
-# "reject" refuses the request with a 400 that says why.
-MediaPolicy = Literal["note", "reject"]
-
 _STOP = {
     "stop": "end_turn",
     "length": "max_tokens",
@@ -74,10 +70,6 @@ _SERVER_TOOL_PREFIXES = (
     "tool_search_",
     "mcp_",
 )
-
-
-def media_note(kind: str) -> str:
-    return f"[{kind} omitted: this model reads text only]"
 
 
 def signature_of(thinking: str) -> str:
@@ -156,26 +148,13 @@ def _assistant(blocks: list[Any], i: int, tool_ids: set[str]) -> dict[str, Any]:
     return msg
 
 
-class _Media:
-    """Applies the media policy and counts what it replaced."""
-
-    def __init__(self, policy: MediaPolicy) -> None:
-        self.policy = policy
-        self.replaced: dict[str, int] = {}
-
-    def note(self, block: dict[str, Any], where: str) -> str:
-        kind = str(block.get("type"))
-        source = block.get("source")
-        if kind == "document" and isinstance(source, dict) and source.get("type") == "text":
-            return str(source.get("data", ""))  # a plain-text document is just text
-        if self.policy == "reject":
-            raise _bad(
-                f"{where}: {kind} blocks are not supported (DeepSeek V4 reads text only); "
-                "send text instead",
-                "messages",
-            )
-        self.replaced[kind] = self.replaced.get(kind, 0) + 1
-        return media_note(kind)
+def _media(media: Media, block: dict[str, Any], where: str) -> str:
+    """An image or document block as text, per the media policy (gateway/media.py)."""
+    kind = str(block.get("type"))
+    source = block.get("source")
+    if kind == "document" and isinstance(source, dict) and source.get("type") == "text":
+        return str(source.get("data", ""))  # a plain-text document is just text
+    return media.replace(kind, where, f"{kind} blocks", "messages")
 
 
 def _search_result(block: dict[str, Any], where: str) -> str:
@@ -217,7 +196,7 @@ def _search_result(block: dict[str, Any], where: str) -> str:
     return "\n".join([f"Search result: {title}", f"Source: {source}", *texts])
 
 
-def _tool_result_text(content: Any, where: str, media: _Media) -> str:
+def _tool_result_text(content: Any, where: str, media: Media) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     if not isinstance(content, list):
@@ -228,7 +207,7 @@ def _tool_result_text(content: Any, where: str, media: _Media) -> str:
         if kind == "text":
             parts.append(_string(b, "text", f"{where}[{k}]"))
         elif kind in ("image", "document"):
-            parts.append(media.note(b, f"{where}[{k}]"))
+            parts.append(_media(media, b, f"{where}[{k}]"))
         elif kind == "search_result":
             parts.append(_search_result(b, f"{where}[{k}]"))
         else:
@@ -238,7 +217,7 @@ def _tool_result_text(content: Any, where: str, media: _Media) -> str:
     return "\n".join(parts)
 
 
-def _user(blocks: list[Any], i: int, tool_ids: set[str], media: _Media) -> list[dict[str, Any]]:
+def _user(blocks: list[Any], i: int, tool_ids: set[str], media: Media) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     text: list[str] = []
     for j, b in enumerate(blocks):
@@ -260,7 +239,7 @@ def _user(blocks: list[Any], i: int, tool_ids: set[str], media: _Media) -> list[
                 result = "ERROR: " + result
             out.append({"role": "tool", "tool_call_id": tid, "content": result})
         elif kind == "image" or kind == "document":
-            text.append(media.note(b, where))
+            text.append(_media(media, b, where))
         elif kind == "search_result":
             text.append(_search_result(b, where))
         else:
@@ -425,7 +404,7 @@ def parse_messages(
         chat.append({"role": "system", "content": "\n\n".join(system)})
     tool_ids: set[str] = set()
     last_user = ""
-    handler = _Media(media)
+    handler = Media(media)
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant", "system"):
             raise _bad(f"messages[{i}].role must be 'user', 'assistant' or 'system'", "messages")
@@ -451,7 +430,7 @@ def parse_messages(
     ):
         if body.get(src) is not None:
             out[dst] = body[src]
-    notes = [f"{kind}-as-text={n}" for kind, n in handler.replaced.items()]
+    notes = handler.notes()
     offered = ToolNames()
     if body.get("tools"):
         tools = _tools(body["tools"], notes, offered)

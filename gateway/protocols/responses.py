@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from engines.translate import json_schema_instruction
+from gateway.media import Media, MediaPolicy
 from gateway.parse import (
     RESPONSES_PARAMS,
     Call,
@@ -34,7 +35,6 @@ from gateway.parse import (
     stream_flag,
 )
 from gateway.pipeline import Prepared
-from gateway.protocols.anthropic import MediaPolicy, media_note
 from gateway.serve import Edge, Events
 from gateway.tools import (
     ToolKind,
@@ -86,7 +86,11 @@ class Context:
 # ---- request --------------------------------------------------------------------------------
 
 
-def _content_text(content: Any, where: str, notes: dict[str, int], media: MediaPolicy) -> str:
+# Responses content parts the media policy applies to, and the kind each is counted as.
+_MEDIA_PARTS = {"input_image": "image", "input_file": "file", "input_audio": "audio"}
+
+
+def _content_text(content: Any, where: str, media: Media) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     if not isinstance(content, list):
@@ -99,16 +103,9 @@ def _content_text(content: Any, where: str, notes: dict[str, int], media: MediaP
             if not isinstance(text, str):
                 raise _bad(f"{where}[{j}].text must be a string", "input")
             parts.append(text)
-        elif kind in ("input_image", "input_file", "input_audio"):
-            what = {"input_image": "image", "input_file": "file", "input_audio": "audio"}[kind]
-            if media == "reject":
-                raise _bad(
-                    f"{where}[{j}]: {kind} is not supported (DeepSeek V4 reads text only); "
-                    "send text instead",
-                    "input",
-                )
-            notes[what] = notes.get(what, 0) + 1
-            parts.append(media_note(what))
+        elif kind in _MEDIA_PARTS:
+            what = _MEDIA_PARTS[kind]
+            parts.append(media.replace(what, f"{where}[{j}]", f"{kind} parts", "input"))
         elif kind == "refusal":
             parts.append(str(part.get("refusal", "")))
         else:
@@ -116,18 +113,17 @@ def _content_text(content: Any, where: str, notes: dict[str, int], media: MediaP
     return "\n".join(parts)
 
 
-def _output_text(output: Any, where: str, notes: dict[str, int], media: MediaPolicy) -> str:
-    return _content_text(output, f"{where}.output", notes, media)
+def _output_text(output: Any, where: str, media: Media) -> str:
+    return _content_text(output, f"{where}.output", media)
 
 
 class _History:
     """Input items -> chat messages; consecutive assistant items join one assistant turn."""
 
     def __init__(self, media: MediaPolicy) -> None:
-        self.media = media
+        self.media = Media(media)
         self.system: list[str] = []
         self.messages: list[dict[str, Any]] = []
-        self.notes: dict[str, int] = {}
         self.call_ids: set[str] = set()
         self.last_user = ""
         self.reasoning: list[str] = []  # reasoning items waiting for their assistant turn
@@ -171,7 +167,7 @@ class _History:
                 f"{json_type(output)}",
                 "input",
             )
-        text = _output_text(output, where, self.notes, self.media)
+        text = _output_text(output, where, self.media)
         self.messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
 
     def add(self, item: Any, i: int) -> None:
@@ -181,7 +177,7 @@ class _History:
         kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
-            text = _content_text(item.get("content"), f"{where}.content", self.notes, self.media)
+            text = _content_text(item.get("content"), f"{where}.content", self.media)
             if role in ("system", "developer"):
                 self.system.append(text)
             elif role == "user":
@@ -195,11 +191,13 @@ class _History:
                     f"{where}.role must be one of user, assistant, system, developer", "input"
                 )
         elif kind == "reasoning":
-            text = _content_text(item.get("content"), f"{where}.content", self.notes, self.media)
+            text = _content_text(item.get("content"), f"{where}.content", self.media)
             if not text and isinstance(item.get("encrypted_content"), str):
                 text = item["encrypted_content"]  # ours: the reasoning text itself
             if not text:
-                text = _content_text(item.get("summary"), f"{where}.summary", {}, self.media)
+                # a summary stands in for content that was not sent: its parts are not counted
+                summary = Media(self.media.policy)
+                text = _content_text(item.get("summary"), f"{where}.summary", summary)
             self.reasoning.append(text)
         elif kind == "function_call":
             args = item.get("arguments", "")
@@ -448,7 +446,7 @@ def parse_responses(
     ctx = Context(echo=_echo(body))
     include = body.get("include")
     ctx.encrypted_reasoning = isinstance(include, list) and "reasoning.encrypted_content" in include
-    notes = [f"{what}-as-text={n}" for what, n in history.notes.items()]
+    notes = history.media.notes()
     out: dict[str, Any] = {"model": model}
     # Checked even with no tools to choose from: a malformed field is the client's bug.
     tc = body.get("tool_choice")

@@ -7,7 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.protocols.anthropic import media_note, parse_messages, signature_of, to_message
+from gateway.media import media_note
+from gateway.protocols.anthropic import parse_messages, signature_of, to_message
 from policies.errors import InvalidRequest, UpstreamUnavailable
 
 

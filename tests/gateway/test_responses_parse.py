@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.media import media_note
 from gateway.parse import Call
-from gateway.protocols.anthropic import media_note
 from gateway.protocols.responses import parse_responses, to_response
 from gateway.protocols.responses_stream import StreamTranslator
 from policies.errors import InvalidRequest, UpstreamUnavailable
