@@ -14,6 +14,7 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
+from gateway.media import Media, MediaPolicy
 from gateway.tools import (
     chat_tool_choice,
     chat_tools,
@@ -400,37 +401,46 @@ def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
     return stream, bool(stream and opts and opts.get("include_usage"))
 
 
-# Content part types of OpenAI's chat API, and those vLLM adds.
-_PART_TYPES = frozenset(
-    {"text", "image_url", "input_audio", "file", "refusal", "video_url", "audio_url"}
-)
+# Content part types of OpenAI's chat API (``text``, ``image_url``, ``input_audio``,
+# ``file``; ``refusal`` in an assistant's content), those vLLM adds, and, for those that
+# are not text, the kind the media policy (gateway/media.py) counts them as.
+_MEDIA_PARTS = {
+    "image_url": "image",
+    "input_audio": "audio",
+    "audio_url": "audio",
+    "video_url": "video",
+    "file": "file",
+}
+_PART_TYPES = frozenset({"text", "refusal", *_MEDIA_PARTS})
 
 
-def _text_of(content: Any, index: int) -> str:
+def _text_of(content: Any, index: int, media: Media) -> str:
+    """A message's content as the model reads it. Parts that are not text go through the
+    media policy: each is replaced, in the body, by a text part with its note, or refused."""
     if content is None or isinstance(content, str):
         return content or ""
     if isinstance(content, list):
         parts = []
         for j, part in enumerate(content):
+            where = f"messages[{index}].content[{j}]"
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise InvalidRequest(f"{where} must be an object with a 'type'", param=where)
+            kind = part["type"]
+            if kind not in _PART_TYPES:
                 raise InvalidRequest(
-                    f"messages[{index}].content[{j}] must be an object with a 'type'",
-                    param=f"messages[{index}].content",
+                    f"{where}.type {kind!r} is not a content part type; use one of: "
+                    f"{', '.join(sorted(_PART_TYPES))}",
+                    param=f"{where}.type",
                 )
-            if part["type"] not in _PART_TYPES:
-                raise InvalidRequest(
-                    f"messages[{index}].content[{j}].type {part['type']!r} is not a content "
-                    f"part type; use one of: {', '.join(sorted(_PART_TYPES))}",
-                    param=f"messages[{index}].content",
-                )
-            if part["type"] == "text":
+            if kind == "text":
                 text = part.get("text")
                 if not isinstance(text, str):
-                    raise InvalidRequest(
-                        f"messages[{index}].content[{j}].text must be a string",
-                        param=f"messages[{index}].content",
-                    )
+                    raise InvalidRequest(f"{where}.text must be a string", param=f"{where}.text")
                 parts.append(text)
+            elif kind in _MEDIA_PARTS:
+                note = media.replace(_MEDIA_PARTS[kind], where, f"{kind} parts", where)
+                content[j] = {"type": "text", "text": note}
+                parts.append(note)
         return "\n".join(parts)
     raise InvalidRequest(
         f"messages[{index}].content must be a string or a list of content parts",
@@ -569,7 +579,9 @@ def _legacy_functions(body: dict[str, Any]) -> tuple[str, ...]:
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
-def parse_chat(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
+def parse_chat(
+    raw: bytes, *, max_bytes: int, max_messages: int, media: MediaPolicy = "note"
+) -> Call:
     body = load_json_object(raw, max_bytes)
     model = _require_model(body)
     messages = body.get("messages")
@@ -587,6 +599,7 @@ def parse_chat(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
     last_user = ""
     chars = 0
     call_ids: set[str] = set()
+    handler = Media(media)
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise InvalidRequest(f"messages[{i}] must be an object", param="messages")
@@ -597,12 +610,12 @@ def parse_chat(raw: bytes, *, max_bytes: int, max_messages: int) -> Call:
                 param=f"messages[{i}].role",
             )
         _check_message(msg, i, call_ids)
-        text = _text_of(msg.get("content"), i)
+        text = _text_of(msg.get("content"), i, handler)
         chars += len(text)
         if role == "user":
             last_user = text
     stream, include_usage = _stream_flags(body)
-    notes: list[str] = []
+    notes = handler.notes()
     tools, offered = chat_tools(body.get("tools"), notes)
     if tools is not None:
         body["tools"] = tools

@@ -75,8 +75,9 @@ class Settings(BaseSettings):
     graceful_shutdown_s: int = Field(default=30, gt=0)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     max_messages: int = Field(default=10_000, gt=0)
-    # Image and document blocks (V4 reads text only): "note" replaces each with a visible
-    # text note and counts it, "reject" refuses the request with a 400 (docs/protocols.md).
+    # Image, audio, video, file and document parts, in every protocol (V4 reads text only):
+    # "note" replaces each with a visible text note and counts it, "reject" refuses the
+    # request with a 400 (gateway/media.py, docs/protocols.md).
     media_policy: Literal["note", "reject"] = "note"
     # Connection limits of `tiergate serve` (gateway/http_guard.py, uvicorn); see
     # docs/reliability.md for what they protect against and what needs a reverse proxy.

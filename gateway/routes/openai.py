@@ -23,7 +23,9 @@ async def chat_completions(request: Request) -> Response:
     s, pipeline = settings_of(request), pipeline_of(request)
     caller = await pipeline.authenticate(request.headers)
     call = pipeline.parsed(
-        lambda raw: parse_chat(raw, max_bytes=s.max_body_bytes, max_messages=s.max_messages),
+        lambda raw: parse_chat(
+            raw, max_bytes=s.max_body_bytes, max_messages=s.max_messages, media=s.media_policy
+        ),
         await request.body(),
         "openai",
     )

@@ -391,7 +391,7 @@ def test_chat_template_kwargs_not_an_object_is_a_400_not_a_crash(
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "bogus"}]}]},
-            "messages[0].content",
+            "messages[0].content[0].type",
             "'bogus' is not a content part type",
         ),
         (

@@ -40,7 +40,7 @@ OK = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
         (
             {"model": "m", "messages": [{"role": "user", "content": [{"text": "x"}]}]},
             "with a 'type'",
-            "messages[0].content",
+            "messages[0].content[0]",
         ),
         ({**OK, "max_tokens": 0}, "positive integer", "max_tokens"),
         ({**OK, "max_tokens": "10"}, "positive integer", "max_tokens"),
