@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -386,6 +387,81 @@ def test_bad_input_is_a_clear_openai_error(
     err = r.json()["error"]
     assert fragment in err["message"] and err["type"] and err["code"]
     assert gw.accounting.settled == []
+
+
+# ---- the media policy (TIERGATE_MEDIA_POLICY), as for /v1/messages and /v1/responses --------
+
+MEDIA_PARTS: list[tuple[dict[str, Any], str]] = [
+    ({"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}, "image"),
+    ({"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}, "image"),
+    ({"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}, "audio"),
+    ({"type": "audio_url", "audio_url": {"url": "https://example.com/a.mp3"}}, "audio"),
+    ({"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}}, "video"),
+    ({"type": "file", "file": {"file_data": "data:application/pdf;base64,AA=="}}, "file"),
+]
+
+
+MEDIA_IDS = [f"{part['type']}-{i}" for i, (part, _) in enumerate(MEDIA_PARTS)]
+
+
+def _media_message(part: dict[str, Any]) -> list[Any]:
+    return [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, part]}]
+
+
+@pytest.mark.parametrize(("part", "kind"), MEDIA_PARTS, ids=MEDIA_IDS)
+def test_media_parts_become_notes_in_the_route_and_the_metric(
+    gateway: Gateway, part: dict[str, Any], kind: str
+) -> None:
+    metric = gateway.app.state.tiergate.metrics.adaptations.labels("openai", f"{kind}-as-text")
+    before = metric._value.get()
+    raw = gateway.client().chat.completions.with_raw_response.create(
+        model="deepseek-chat", messages=_media_message(part), max_tokens=8
+    )
+    assert raw.parse().choices[0].message.content
+    assert f"{kind}-as-text=1" in route(raw)
+    assert metric._value.get() == before + 1
+
+
+@pytest.fixture(scope="module")
+def strict_media(sims: Sims, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Gateway]:
+    server, gw = start_gateway(demo_catalog(sims), media_policy="reject")
+    yield gw
+    server.stop()
+
+
+@pytest.mark.parametrize(("part", "kind"), MEDIA_PARTS, ids=MEDIA_IDS)
+def test_media_policy_reject_is_an_openai_400_with_param(
+    strict_media: Gateway, part: dict[str, Any], kind: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        strict_media.client().chat.completions.create(
+            model="deepseek-chat", messages=_media_message(part), max_tokens=8
+        )
+    err = info.value.body
+    assert isinstance(err, dict)
+    assert err["param"] == "messages[0].content[1]" and err["type"] == "invalid_request_error"
+    assert (
+        f"{part['type']} parts are not supported (DeepSeek V4 reads text only)" in (err["message"])
+    )
+    assert strict_media.accounting.settled == []
+
+
+def test_media_policy_reject_leaves_text_refusal_and_completions_alone(
+    strict_media: Gateway,
+) -> None:
+    client = strict_media.client()
+    raw = client.chat.completions.with_raw_response.create(
+        model="deepseek-chat",
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
+            {"role": "user", "content": "why"},
+        ],
+        max_tokens=8,
+    )
+    assert raw.parse().choices[0].message.content and "-as-text" not in route(raw)
+    done = client.completions.create(model="deepseek-chat", prompt="def f(", max_tokens=8)
+    assert done.choices[0].text
 
 
 def test_unknown_route_is_openai_shaped_404(gateway: Gateway) -> None:

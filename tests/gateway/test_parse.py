@@ -1,7 +1,8 @@
 import orjson
 import pytest
 
-from gateway.parse import parse_chat, parse_completion
+from gateway.media import MediaPolicy, media_note
+from gateway.parse import Call, parse_chat, parse_completion
 from policies.errors import BodyTooLarge, InvalidRequest
 
 
@@ -454,3 +455,121 @@ def test_a_body_nested_too_deep_is_a_400(depth: int) -> None:
 
 def test_a_body_nested_to_the_limit_is_accepted() -> None:
     assert chat(_nested(127)).model == OK["model"]
+
+
+# ---- the media policy on chat content parts (as for Anthropic and Responses) ----------------
+
+# Each content part type that is not text (OpenAI's, and vLLM's audio_url / video_url), and
+# the kind the media policy counts it as (``image-as-text`` and the like).
+MEDIA_PARTS = [
+    ({"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}, "image"),
+    ({"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}, "image"),
+    ({"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}, "audio"),
+    ({"type": "audio_url", "audio_url": {"url": "https://example.com/a.mp3"}}, "audio"),
+    ({"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}}, "video"),
+    ({"type": "file", "file": {"file_data": "data:application/pdf;base64,AA=="}}, "file"),
+    ({"type": "file", "file": {"file_id": "file-abc"}}, "file"),
+]
+MEDIA_IDS = [f"{part['type']}-{i}" for i, (part, _) in enumerate(MEDIA_PARTS)]
+
+
+def _with_part(part: dict, role: str = "user") -> dict:
+    """A chat body whose message of ``role`` has a text part, then ``part``."""
+    content = [{"type": "text", "text": "look"}, part]
+    if role == "tool":
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        messages = [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": content},
+        ]
+    else:
+        messages = [{"role": role, "content": content}]
+        if role != "user":
+            messages.append({"role": "user", "content": "go"})
+    return {"model": "m", "messages": messages}
+
+
+def chat_with(body: dict, media: MediaPolicy) -> Call:
+    return parse_chat(orjson.dumps(body), max_bytes=10_000, max_messages=5, media=media)
+
+
+@pytest.mark.parametrize(("part", "kind"), MEDIA_PARTS, ids=MEDIA_IDS)
+@pytest.mark.parametrize("role", ["user", "system", "developer", "assistant", "tool"])
+def test_media_parts_become_text_notes_and_are_counted(part: dict, kind: str, role: str) -> None:
+    body = _with_part(part, role)
+    index = 2 if role == "tool" else 0
+    call = chat_with(body, "note")
+    content = call.body["messages"][index]["content"]
+    assert content == [{"type": "text", "text": "look"}, {"type": "text", "text": media_note(kind)}]
+    assert call.notes == [f"{kind}-as-text=1"]
+    if role == "user":
+        assert call.last_user_text == "look\n" + media_note(kind)
+
+
+@pytest.mark.parametrize(("part", "kind"), MEDIA_PARTS, ids=MEDIA_IDS)
+@pytest.mark.parametrize("role", ["user", "system", "developer", "assistant", "tool"])
+def test_media_policy_reject_refuses_media_parts_naming_them(
+    part: dict, kind: str, role: str
+) -> None:
+    index = 2 if role == "tool" else 0
+    with pytest.raises(InvalidRequest) as exc:
+        chat_with(_with_part(part, role), "reject")
+    assert exc.value.status == 400
+    assert exc.value.param == f"messages[{index}].content[1]"
+    assert exc.value.message == (
+        f"messages[{index}].content[1]: {part['type']} parts are not supported "
+        "(DeepSeek V4 reads text only); send text instead"
+    )
+
+
+def test_media_notes_are_counted_per_kind() -> None:
+    parts = [part for part, _ in MEDIA_PARTS]
+    call = chat_with({"model": "m", "messages": [{"role": "user", "content": parts}]}, "note")
+    assert sorted(call.notes) == [
+        "audio-as-text=2",
+        "file-as-text=2",
+        "image-as-text=2",
+        "video-as-text=1",
+    ]
+    # The estimate reads the notes, not the media's own JSON.
+    assert all(p["type"] == "text" for p in call.body["messages"][0]["content"])
+
+
+@pytest.mark.parametrize("media", ["note", "reject"])
+def test_text_and_refusal_parts_pass_under_either_media_policy(media: MediaPolicy) -> None:
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "no"}, {"type": "refusal", "refusal": "no"}],
+        },
+        {"role": "user", "content": "why"},
+    ]
+    body = {"model": "m", "messages": messages}
+    call = chat_with(orjson.loads(orjson.dumps(body)), media)
+    assert call.body["messages"] == messages and call.notes == []
+
+
+@pytest.mark.parametrize(
+    ("part", "param", "message"),
+    [
+        ({"type": "image"}, "messages[0].content[1].type", "'image' is not a content part type"),
+        ({"type": "input_image"}, "messages[0].content[1].type", "is not a content part type"),
+        ({"image_url": {"url": "x"}}, "messages[0].content[1]", "an object with a 'type'"),
+        ({"type": "text", "text": 5}, "messages[0].content[1].text", "text must be a string"),
+    ],
+)
+@pytest.mark.parametrize("media", ["note", "reject"])
+def test_unknown_or_malformed_parts_are_a_400_naming_the_field(
+    part: dict, param: str, message: str, media: MediaPolicy
+) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        chat_with(_with_part(part), media)
+    assert exc.value.param == param and message in exc.value.message
+
+
+def test_completions_know_no_media_policy() -> None:
+    call = parse_completion(orjson.dumps({"model": "m", "prompt": "[image]"}), max_bytes=1000)
+    assert call.notes == [] and call.body["prompt"] == "[image]"
