@@ -88,8 +88,12 @@ def _choose_tier_and_mode(catalog: Catalog, req: RouteRequest) -> tuple[str, Mod
     if target.tier == "auto":
         if req.auto is None:
             raise InvalidRequest("model 'auto' needs the classifier, which is not configured")
-        mode = target.mode or req.auto.mode
-        return req.auto.tier, mode, f"auto:{req.auto.reason}"
+        reason = f"auto:{req.auto.reason}"
+        if target.mode is not None and target.mode != req.auto.mode:
+            # the request fixed the mode (thinking, reasoning_effort, or its protocol's
+            # default): the reason says so rather than leave auto's choice unexplained
+            reason += ";request-mode"
+        return req.auto.tier, target.mode or req.auto.mode, reason
     mode = target.mode or default_mode(catalog.routing)
     if target.rewritten_from is not None:
         return target.tier, mode, f"alias:{target.rewritten_from}"

@@ -152,6 +152,25 @@ def test_auto_leaves_a_mode_the_client_set() -> None:
     assert plan.primary.mode.thinking and "history-non-thinking" not in plan.reason
 
 
+@pytest.mark.parametrize(
+    ("body", "thinking", "suffix"),
+    [
+        ({}, True, ""),  # auto's own choice
+        ({"thinking": {"type": "enabled"}}, True, ""),  # the same mode: nothing to say
+        ({"thinking": {"type": "disabled"}}, False, ";request-mode"),
+        ({"reasoning_effort": "none"}, False, ";request-mode"),
+    ],
+)
+def test_a_mode_the_request_fixed_is_named_in_the_reason(
+    body: dict[str, object], thinking: bool, suffix: str
+) -> None:
+    text = "Prove that there are infinitely many primes, step by step."
+    plan = plan_route(CATALOG, req("auto", body, text=text), {})
+    assert plan.primary.mode.thinking == thinking
+    assert plan.reason.startswith("auto:") and plan.reason.endswith(suffix or plan.reason)
+    assert ("request-mode" in plan.reason) == bool(suffix)
+
+
 def test_override_header_wins_and_unknown_tier_is_400() -> None:
     plan = plan_route(CATALOG, req("deepseek-chat", tier_override="pro"), {})
     assert plan.primary.tier == "pro" and plan.reason == "override:pro"
