@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from dataclasses import replace
 from datetime import datetime
@@ -58,6 +59,11 @@ def _warn(message: str) -> None:
     print(f"tiergate: warning: {message}", file=sys.stderr)
 
 
+def _cannot(path: Path, exc: OSError) -> CliError:
+    at = f"{exc.filename}: " if exc.filename and Path(exc.filename) != path else ""
+    return CliError(f"cannot write {path}: {at}{exc.strerror or exc}")
+
+
 def _write(path: Path, data: bytes | str) -> None:
     """Write an output file (its directory created); ``CliError`` naming it and the reason."""
     try:
@@ -67,8 +73,21 @@ def _write(path: Path, data: bytes | str) -> None:
         else:
             path.write_text(data, encoding="utf-8")
     except OSError as exc:
-        at = f"{exc.filename}: " if exc.filename and Path(exc.filename) != path else ""
-        raise CliError(f"cannot write {path}: {at}{exc.strerror or exc}") from exc
+        raise _cannot(path, exc) from exc
+
+
+def _writable(path: Path) -> Path:
+    """``path`` if an output file can be written there (checked before any work is done,
+    its directory created); ``CliError`` naming it and the reason otherwise."""
+    if path.is_dir():
+        raise CliError(f"cannot write {path}: Is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _cannot(path, exc) from exc
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CliError(f"cannot write {path}: permission denied")
+    return path
 
 
 def _names(rows: list[Row]) -> list[str]:
@@ -106,6 +125,7 @@ def _rows(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+FEW_EVAL_ROWS = 30  # fewer rows than this make an evaluation's figures noise
 CHEAPER = "cheaper"  # the pooled weak side of rows that compare one model with several
 
 
@@ -177,6 +197,13 @@ def pair_names(
             "name the pair with --weak and --strong"
         )
     acc = accuracies(rows)
+    if acc[names[0]] == acc[names[1]]:
+        if set(names) == {"weak", "strong"}:
+            return "weak", "strong"
+        _warn(
+            f"{names[0]} and {names[1]} are right equally often in {where}: took {names[1]} as "
+            "the strong side; say which with --weak or --strong"
+        )
     lo, hi = sorted(names, key=lambda m: (acc[m], m))
     return lo, hi
 
@@ -192,6 +219,8 @@ def _few_labels(n: int, y: list[float]) -> str | None:
 
 
 def _train_pair(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out = _writable(out if out.suffix == ".npz" else out / PAIR_WEIGHTS)
     files = [*(args.data or ()), *(args.labels or ())]
     where = ", ".join(files)
     rows, cheaper = pooled(_read_rows(files), args.weak, args.strong)
@@ -224,9 +253,6 @@ def _train_pair(args: argparse.Namespace) -> int:
             prior_pro=float(np.quantile(probs, 1 - PRO_SHARE)),
             prior_think=float(np.quantile(probs, 1 - PRO_SHARE - THINK_SHARE)),
         )
-    out = Path(args.out)
-    if out.suffix != ".npz":
-        out = out / PAIR_WEIGHTS
     _write(out, model.to_bytes())
     print(
         f"pair {weak} -> {strong}: {len(both)} labelled rows "
@@ -243,6 +269,8 @@ def _train_pair(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     if args.data or args.labels:
         return _train_pair(args)
+    out = Path(args.out)
+    _writable(out / WEIGHTS)
     rows = _rows(args)
     model = train_rows(rows, steps=args.steps, target=args.target, l2_hashed=args.l2_hashed)
     scores = np.array(score_rows(model, rows))
@@ -251,7 +279,6 @@ def _train(args: argparse.Namespace) -> int:
         prior_think=float(np.quantile(scores, 1 - PRO_SHARE - THINK_SHARE)),
         sources=",".join(sorted({r.source for r in rows})),
     )
-    out = Path(args.out)
     _write(out / WEIGHTS, model.to_bytes())
     print(
         f"trained on {len(rows)} rows -> {out / WEIGHTS} ({(out / WEIGHTS).stat().st_size} bytes)"
@@ -286,6 +313,8 @@ def _eval(args: argparse.Namespace) -> int:
             f"score ({_labelled(rows)})"
         )
     _dropped(rows, kept, weak, args.strong)
+    if kept < FEW_EVAL_ROWS:
+        _warn(f"only {kept} labelled row(s): APGR and its interval on so few say little")
     scores = {r.id: router.score_features(r.features or from_text(r.prompt)) for r in rows}
     if args.scores_out:
         lines = (json.dumps({"id": r.id, "score": scores[r.id]}) + "\n" for r in rows)

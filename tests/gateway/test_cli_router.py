@@ -194,3 +194,23 @@ def test_rows_without_both_sides_are_counted_not_silently_dropped(
     args = ["router", "eval", "--data", str(data), "--weak", WEAK, "--strong", STRONG]
     assert main([*args, "--bootstrap", "0"]) == 0
     assert "100 of 300 row(s) do not label both" in capsys.readouterr().err
+
+
+def test_a_tie_between_the_sides_is_said_or_read_from_their_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tied = [{"a": True, "b": False}, {"a": False, "b": True}]
+    rows = [{"id": str(i), "prompt": "q", "correct": c} for i, c in enumerate(tied)]
+    assert pair_names(jsonl_rows(_write(tmp_path / "r.jsonl", rows)), None, None) == ("a", "b")
+    assert "a and b are right equally often" in capsys.readouterr().err
+    named = [{"weak": c["b"], "strong": c["a"]} for c in tied]
+    rows = [{"id": str(i), "prompt": "q", "correct": c} for i, c in enumerate(named)]
+    got = pair_names(jsonl_rows(_write(tmp_path / "n.jsonl", rows)), None, None)
+    assert got == ("weak", "strong") and capsys.readouterr().err == ""
+
+
+def test_eval_on_a_few_rows_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _write(tmp_path / "few.jsonl", _labels(12, 3))
+    args = ["router", "eval", "--data", str(data), "--weak", WEAK, "--strong", STRONG]
+    assert main([*args, "--bootstrap", "0"]) == 0
+    assert "only 12 labelled row(s)" in capsys.readouterr().err

@@ -248,6 +248,19 @@ def test_an_unwritable_out_path(
     assert _stderr_line(capsys) == f"tiergate: cannot write {out}: {reason.format(tmp=tmp_path)}"
 
 
+def test_the_out_path_is_checked_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(f"{GOOD}\n{_row(2)}\n")
+    out = tmp_path / "taken.npz"
+    out.mkdir()
+    assert main(["router", "train", "--data", str(path), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"tiergate: cannot write {out}: Is a directory"
+    assert "labelled rows" not in captured.out  # nothing was trained
+
+
 def test_an_unwritable_scores_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "rows.jsonl"
     path.write_text(f"{GOOD}\n")
