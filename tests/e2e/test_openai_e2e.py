@@ -15,6 +15,7 @@ import pytest
 
 from policies.catalog import parse_catalog
 
+from ..gateway.test_parse import MEDIA_PARTS
 from .conftest import Gateway, Sims, demo_catalog, start_gateway
 
 USER = [{"role": "user", "content": "Say hello."}]
@@ -391,14 +392,7 @@ def test_bad_input_is_a_clear_openai_error(
 
 # ---- the media policy (TIERGATE_MEDIA_POLICY), as for /v1/messages and /v1/responses --------
 
-MEDIA_PARTS: list[tuple[dict[str, Any], str]] = [
-    ({"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}, "image"),
-    ({"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}, "image"),
-    ({"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}, "audio"),
-    ({"type": "audio_url", "audio_url": {"url": "https://example.com/a.mp3"}}, "audio"),
-    ({"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}}, "video"),
-    ({"type": "file", "file": {"file_data": "data:application/pdf;base64,AA=="}}, "file"),
-]
+# MEDIA_PARTS: each content part type that is not text (tests/gateway/test_parse.py)
 
 
 MEDIA_IDS = [f"{part['type']}-{i}" for i, (part, _) in enumerate(MEDIA_PARTS)]
