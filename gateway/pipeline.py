@@ -120,10 +120,14 @@ class Prepared:
 
     def estimated(self) -> Usage:
         """The usage when the upstream never reported it: the prompt estimate as cache
-        miss, and the text streamed so far at four characters a token, rounded up."""
+        miss, and the text streamed so far at four characters a token, rounded up, never
+        more than the ``max_tokens`` the upstream was given (it cannot have generated more,
+        and more would pass what was reserved)."""
         outcome = self.stream.outcome if self.stream is not None else None
         out = -(-outcome.output_chars // _STREAM_CHARS_PER_TOKEN) if outcome else 0
         thought = -(-outcome.reasoning_chars // _STREAM_CHARS_PER_TOKEN) if outcome else 0
+        if self.call.max_tokens:
+            out = min(out, self.call.max_tokens)
         return Usage(0, self.call.prompt_tokens_est, out, min(thought, out))
 
 

@@ -504,3 +504,20 @@ def test_an_answer_broken_off_midway_is_a_clean_502_in_the_protocols_shape(
         assert internal not in message, message
     logged = [e for e in recorder.lines if e.get("event") == "request" and e.get("status") == 502]
     assert logged and "ClientPayloadError" in logged[-1]["error"]  # the log keeps the detail
+
+
+def test_a_broken_streams_output_estimate_never_passes_max_tokens(
+    breaking_gateway: Gateway,
+) -> None:
+    """Four characters a token can count more tokens than the upstream was allowed to
+    generate; the estimate stops at the ``max_tokens`` it was given (what was reserved)."""
+    body = {
+        "model": "deepseek-chat",
+        "stream": True,
+        "max_tokens": 1,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    rid = _cut_stream(breaking_gateway, "/v1/chat/completions", body)
+    (s,) = [s for s in breaking_gateway.settled() if s.request_id == rid]
+    assert s.status == 502 and "usage=estimated" in s.route_reason, (s.status, s.route_reason)
+    assert s.output_tokens == 1, s.output_tokens
