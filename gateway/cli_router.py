@@ -137,24 +137,23 @@ def pooled(rows: list[Row], weak: str | None, strong: str | None) -> tuple[list[
     if weak not in (None, CHEAPER):
         return rows, []
     names = _names(rows)
-    labelled = [r for r in rows if r.correct]
-    if (weak is None and len(names) <= 2) or not labelled:
+    pairs = [r for r in rows if len(r.correct) == 2]  # rows of one side only are left out
+    if (weak is None and len(names) <= 2) or not pairs:
         return rows, []
-    if any(len(r.correct) != 2 for r in labelled):
+    if any(len(r.correct) > 2 for r in rows):
         return rows, []
-    common = set(labelled[0].correct).intersection(*(r.correct for r in labelled[1:]))
+    common = set(pairs[0].correct).intersection(*(r.correct for r in pairs[1:]))
     side = strong if strong in common else next(iter(common)) if len(common) == 1 else None
     if side is None:
         return rows, []
     out = [_pool(r, side) for r in rows]
-    return out, [m for m in names if m != side]
+    return out, sorted({m for r in pairs for m in r.correct} - {side})
 
 
 def _pool(r: Row, side: str) -> Row:
-    if not r.correct:
-        return r
-    other = next(k for k in r.correct if k != side)
-    return replace(r, correct={CHEAPER: r.correct[other], side: r.correct[side]})
+    """``r`` with every model but ``side`` named ``CHEAPER`` (a row of one side only keeps
+    that side, renamed so: it is left out of the pair all the same)."""
+    return replace(r, correct={(k if k == side else CHEAPER): v for k, v in r.correct.items()})
 
 
 def _dropped(rows: list[Row], kept: int, weak: str, strong: str) -> None:
@@ -304,8 +303,13 @@ def _result_dict(r: PairResult) -> dict[str, Any]:
 
 def _eval(args: argparse.Namespace) -> int:
     router = Router.load(args.weights) if args.weights else Router.load_default()
-    rows, _ = pooled(_read_rows([args.data]), args.weak or CHEAPER, args.strong)
+    rows, cheaper = pooled(_read_rows([args.data]), args.weak or CHEAPER, args.strong)
     weak = args.weak or CHEAPER
+    if cheaper:  # on stderr: --json keeps stdout to the results
+        print(
+            f"tiergate: {args.strong} against {_listed(cheaper)}, pooled as {CHEAPER!r}",
+            file=sys.stderr,
+        )
     kept = sum(weak in r.correct and args.strong in r.correct for r in rows)
     if not kept:
         raise CliError(

@@ -109,23 +109,41 @@ class InflightJournal:
         self._failing = False
         self._removals: set[str] = set()  # entries whose removal failed: retried each flush
         self._flushing: set[str] = set()  # the requests the write in progress holds
+        self._swept: dict[str, float] = {}  # dead processes' requests settled here, when
 
     def track(self, request_id: str, draft: Draft) -> None:
         self._drafts[request_id] = draft
 
-    async def done(self, request_id: str) -> None:
-        """The request settled or is about to be released: its entry goes. A request never
-        written and not being written (the common case, a short request) returns at once;
-        one a write in progress holds waits for that write, then removes its entry."""
+    async def done(self, request_id: str, settled: Draft | None = None) -> None:
+        """The request settled (``settled``: its settlement as an entry) or is about to be
+        released: its entry goes. A request never written and not being written (the
+        common case, a short request) returns at once; one a write in progress holds waits
+        for that write. Where the ledger retires entries (without Redis: the settlement
+        reaches the database up to a batch interval later), a settled request's entry is
+        replaced by its settlement instead, which a claim drops once the ledger has it."""
         self._drafts.pop(request_id, None)
         if request_id not in self._written and request_id not in self._flushing:
             return
         async with self._lock:
             if self._written.pop(request_id, None) is None:
                 return
+            entry = None
             try:
-                await self._remove([request_id])
+                entry = settled() if settled and self.entries.ledger_retires else None
+                if entry is not None:
+                    await self.entries.write(
+                        {request_id: orjson.dumps(entry)}, {request_id: time.time()}
+                    )
+                else:
+                    await self._remove([request_id])
             except Exception as exc:
+                if entry is not None:
+                    # The draft stays: a claim drops it once the ledger has the request,
+                    # or bills it from the draft if the settlement never got there.
+                    log.warning(
+                        "in-flight entry not updated", request_id=request_id, error=repr(exc)
+                    )
+                    return
                 # Removed at the next flush. Until then a settled request's entry would
                 # settle to nothing; a released one's would be billed if this process died.
                 self._removals.add(request_id)
@@ -200,12 +218,22 @@ class InflightJournal:
         for rid, payload in found:
             if rid in self._drafts:
                 continue  # this process's own (a stalled loop): its own settle will run
+            if rid in self._swept:
+                continue  # settled here; its ledger row is on its way (the claim drops it then)
             try:
                 await self._settle(rid, orjson.loads(payload))
             except Exception as exc:
                 # Claimed for orphan_after_s: the next sweep after that tries again.
                 log.error("orphaned request not settled", request_id=rid, error=repr(exc))
                 continue
-            await self._remove([rid])
+            if self.entries.ledger_retires:
+                # Kept until its ledger row is written: should this process die before
+                # that, the next claim settles it again (never twice: the ledger decides).
+                self._swept[rid] = now
+            else:
+                await self._remove([rid])
             count += 1
+        if len(self._swept) > 10_000:
+            cutoff = now - 3600
+            self._swept = {r: t for r, t in self._swept.items() if t > cutoff}
         return count

@@ -10,9 +10,11 @@ claimer settles each entry and a failed settlement is tried again after the leas
   a survivor to release its hold.
 - ``SqlEntries``: the ``inflight_requests`` table (PostgreSQL, or the embedded SQLite). The
   budgets are each process's own, so a dead process's holds died with it: only entries with
-  something to bill are kept. Settled requests are in the ledger, which a claim reads: an
-  entry whose request already has a ledger row (its process died between settling and
-  removing the entry) is dropped, never billed twice.
+  something to bill are kept. The ledger is written in batches after a settlement, so a
+  settled request's entry is not removed but replaced by its settlement, and a settled
+  orphan's is kept: a claim drops an entry once its request has a ledger row, and until
+  then a process killed in between leaves the entry for the next claim to bill. Never
+  twice: the ledger row decides.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from gateway.db.models import LedgerRow
 class Entries(Protocol):
     # Whether budget holds outlive the process (then entries without a bill are kept too).
     keeps_holds: bool
+    # Whether a settled request's entry stays until a claim finds its ledger row (the
+    # settlement reaches the ledger later than the entry's removal would) or goes at once.
+    ledger_retires: bool
 
     async def write(self, changed: dict[str, bytes], seen: dict[str, float]) -> None:
         """Store ``changed`` entries; set the heartbeat of every request in ``seen``."""
@@ -63,6 +68,7 @@ return out
 
 class RedisEntries:
     keeps_holds = True
+    ledger_retires = False  # settle.lua writes the ledger stream in the settlement itself
 
     def __init__(self, redis: Redis, prefix: str = "tg:") -> None:
         self.redis = redis
@@ -93,6 +99,7 @@ class RedisEntries:
 
 class SqlEntries:
     keeps_holds = False
+    ledger_retires = True  # the ledger is written in batches, after the settlement
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gateway.accounting import ANONYMOUS
+from gateway.accounting import ANONYMOUS, Hold, Settlement
 from gateway.inflight import hold_json, hold_of
 from gateway.ledger import event_of, settlement_of
 from policies.pricing import NANOS_PER_USD
@@ -35,9 +35,15 @@ def draft(pipeline: Pipeline, p: Prepared) -> dict[str, Any] | None:
         # nothing says it took the request. A survivor releases the hold, bills nothing.
         return {"hold": hold_json(p.hold)}
     s, peak = pipeline.settlement(p, usage, status, note=note)
+    return entry_of(p, s, peak)
+
+
+def entry_of(p: Prepared, s: Settlement, peak: bool) -> dict[str, Any]:
+    """The journal entry that settles ``p`` as ``s``: a draft's, or (without Redis) the
+    one a settled request leaves until its ledger row is written."""
     return {
         "event": event_of(s),
-        "hold": hold_json(p.hold),
+        "hold": hold_json(p.hold or Hold(p.request_id)),
         "key_prefix": p.caller.key_prefix,
         "peak": peak,
     }

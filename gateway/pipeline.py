@@ -21,7 +21,7 @@ from gateway.accounting import Accounting, Caller, Hold, Settlement
 from gateway.inflight import InflightJournal
 from gateway.logging import get_logger
 from gateway.metrics import Metrics
-from gateway.orphans import draft
+from gateway.orphans import draft, entry_of
 from gateway.parse import Call
 from policies.catalog import Catalog
 from policies.errors import (
@@ -585,7 +585,9 @@ class Pipeline:
             replaced = await self.accounting.settle(p.caller, s, p.hold or Hold(p.request_id))
         finally:
             if self.journal is not None:
-                await self.journal.done(p.request_id)
+                # Without Redis, a journaled request's entry becomes its settlement until
+                # the ledger row is written (a kill in between bills it from the entry).
+                await self.journal.done(p.request_id, lambda: entry_of(p, s, peak))
         p.cost_nanos = s.cost_nanos
         option = p.option or p.plan.primary
         if self.truth is not None and p.plan.reason.startswith("auto"):

@@ -7,6 +7,7 @@ dead process's."""
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -76,10 +77,15 @@ def setup(
     g.stop()
 
 
-def test_a_killed_process_requests_are_billed_once(setup: tuple[Gateways, Query]) -> None:
+@pytest.mark.parametrize("kill_the_sweeper", [False, True])
+def test_a_killed_process_requests_are_billed_once(
+    setup: tuple[Gateways, Query], kill_the_sweeper: bool
+) -> None:
+    """``kill_the_sweeper``: the process that claims the dead one's entries is killed as
+    soon as it claims them, before its ledger batch is written (200 ms), then restarted."""
     gw, query = setup
     victim = len(gw.urls) - 1
-    team_id, key, _ = team_with_budget(gw, f"no-redis-killed-{victim}")
+    team_id, key, _ = team_with_budget(gw, f"no-redis-killed-{victim}-{int(kill_the_sweeper)}")
     assert chat(gw.urls[victim], key).status_code == 200  # settled before the kill: once
     streams = kill_mid_stream(gw, key, victim)  # and a non-stream request: nothing to bill
     ids = [s.rid for s in streams]
@@ -90,6 +96,20 @@ def test_a_killed_process_requests_are_billed_once(setup: tuple[Gateways, Query]
     assert journaled[0][0] == 3
     if victim == 0:
         restart(gw, 0)  # the only process: it settles its previous life's requests
+    if kill_the_sweeper:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # a claim sets the heartbeat ahead by its lease
+            (seen,) = query(
+                f"select max(seen) from inflight_requests where request_id in ({placeholders})",
+                *ids,
+            )[0]
+            if seen is not None and float(seen) > time.time():
+                break
+            time.sleep(0.005)
+        time.sleep(0.1)  # settled by now, its ledger batch not yet written (most times)
+        gw.procs[0].send_signal(signal.SIGKILL)
+        gw.procs[0].wait(10)
+        restart(gw, 0)
     deadline = time.monotonic() + 30
     rows: list[Any] = []
     while time.monotonic() < deadline:
@@ -108,12 +128,19 @@ def test_a_killed_process_requests_are_billed_once(setup: tuple[Gateways, Query]
         assert status == 502 and str(reason).endswith("usage=estimated;orphaned"), reason
         assert int(prompt) > 0 and int(cost) > 0
         assert_billed_as_received(s, int(output))
-    left = query(
-        f"select count(*) from inflight_requests where request_id in ({placeholders})", *ids
-    )
+    # The entries stay until a claim finds their ledger rows (a claim's lease, 2 x 2 s, on).
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        left = query(
+            f"select count(*) from inflight_requests where request_id in ({placeholders})", *ids
+        )
+        if left[0][0] == 0:
+            break
+        time.sleep(0.3)
     assert left[0][0] == 0
-    metrics = httpx.get(gw.urls[0] + "/metrics", timeout=10).text
-    assert 'tiergate_orphaned_settlements_total{outcome="settled"} 3.0' in metrics
-    time.sleep(1.0)  # another sweep or two: nothing more is billed
+    if not kill_the_sweeper:  # else the first sweeper may have written them before dying
+        metrics = httpx.get(gw.urls[0] + "/metrics", timeout=10).text
+        assert 'tiergate_orphaned_settlements_total{outcome="settled"} 3.0' in metrics
+    time.sleep(1.0)  # another sweep: nothing more is billed
     count = query("select count(*) from ledger where team_id = %s", team_id)
     assert count[0][0] == 4

@@ -149,6 +149,14 @@ def test_a_shadow_export_with_several_cheaper_options_trains_and_evaluates(
         # two names: pooled only when asked (--weak cheaper, or eval without --weak)
         ([{"a": True, "s": True}, {"a": False, "s": True}], None, None, (set(), None)),
         ([{"a": True, "s": True}, {"a": False, "s": True}], CHEAPER, "s", ({"a"}, "s")),
+        # rows of one side only are left out of the pair, not a reason not to pool
+        (
+            [{"a": True, "s": True}, {"b": False, "s": True}, {"c": True}],
+            None,
+            None,
+            ({"a", "b"}, "s"),
+        ),
+        ([{"a": True, "s": True}, {"b": False, "s": True}, {}], None, None, ({"a", "b"}, "s")),
         # a row with three models, no model in every row, another pair named: unchanged
         ([{"a": True, "b": True, "s": True}, {"a": True, "s": True}], None, None, (set(), None)),
         ([{"a": True, "s": True}, {"b": False, "c": True}], None, None, (set(), None)),
@@ -173,10 +181,12 @@ def test_pooled(
     if want[1] is None:
         assert out == rows
     else:
-        assert all(set(r.correct) == {CHEAPER, want[1]} for r in out)
-        assert [r.correct[CHEAPER] for r in out] == [
-            next(v for k, v in c.items() if k != want[1]) for c in correct
+        both = [(r, c) for r, c in zip(out, correct, strict=True) if len(c) == 2]
+        assert all(set(r.correct) == {CHEAPER, want[1]} for r, _ in both)
+        assert [r.correct[CHEAPER] for r, _ in both] == [
+            next(v for k, v in c.items() if k != want[1]) for _, c in both
         ]
+        assert {m for r in out for m in r.correct} <= {CHEAPER, want[1]}
 
 
 def test_rows_without_both_sides_are_counted_not_silently_dropped(
@@ -194,6 +204,24 @@ def test_rows_without_both_sides_are_counted_not_silently_dropped(
     args = ["router", "eval", "--data", str(data), "--weak", WEAK, "--strong", STRONG]
     assert main([*args, "--bootstrap", "0"]) == 0
     assert "100 of 300 row(s) do not label both" in capsys.readouterr().err
+
+
+def test_a_shadow_export_with_rows_of_one_side_pools_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = _labels(300, 0, weak=CHEAP)
+    for r in rows[:7]:
+        r["correct"] = {k: v for k, v in r["correct"].items() if k != STRONG}  # type: ignore[attr-defined]
+    data = _write(tmp_path / "labels.jsonl", rows)
+    out = tmp_path / "pair.npz"
+    assert main(["router", "train", "--data", str(data), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"pair {CHEAPER} -> {STRONG}: 293 labelled rows" in captured.out
+    assert "7 of 300 row(s) do not label both" in captured.err
+    assert (
+        main(["router", "eval", "--data", str(data), "--strong", STRONG, "--bootstrap", "0"]) == 0
+    )
+    assert "7 of 300 row(s) do not label both" in capsys.readouterr().err
 
 
 def test_a_tie_between_the_sides_is_said_or_read_from_their_names(

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import delete, func, select
@@ -106,6 +107,32 @@ async def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         yield s
 
 
+def ledger_event(rid: str) -> dict[str, Any]:
+    """A settled request's ledger event (what the journal's ledger check reads)."""
+    return {
+        "request_id": rid,
+        "ts": datetime.now(UTC).isoformat(),
+        "key_id": None,
+        "team_id": "t",
+        "protocol": "openai",
+        "requested_model": "m",
+        "tier": "flash",
+        "mode": "non-thinking",
+        "backend": "hosted",
+        "replica": None,
+        "route_reason": "test",
+        "cache_hit_tokens": 0,
+        "cache_miss_tokens": 1,
+        "output_tokens": 1,
+        "reasoning_tokens": 0,
+        "price_version": "x@1",
+        "cost_nanos": 5,
+        "hosted_equiv_nanos": 5,
+        "latency_ms": 1.0,
+        "status": 200,
+    }
+
+
 def journal(store: Store, settled: Settled, orphan_s: float = 0.5) -> InflightJournal:
     return InflightJournal(store.make(), settled, interval_s=0.05, orphan_after_s=orphan_s)
 
@@ -175,7 +202,19 @@ async def test_a_dead_process_entries_are_settled_once_by_the_survivors(store: S
     got = sorted(rid for rid, _ in a_settled.calls + b_settled.calls)
     assert got == sorted(f"d{i}" for i in range(30))  # each once, the living one not
     assert dict(a_settled.calls + b_settled.calls)["d7"] == billable(i=7)
+    if store.sessions is None:
+        assert await store.count() == 1
+        return
+    # Without Redis the settled entries stay until their ledger rows are written (the
+    # ledger is written in batches, after the settlement): claims drop them then.
+    assert await store.count() == 31
+    assert await a.sweep() == 0 and await store.count() == 31  # within the claims' lease
+    assert await insert_events(store.sessions, [ledger_event(f"d{i}") for i in range(30)]) == 30
+    await asyncio.sleep(1.1)  # a claim's lease: claimable again twice the orphan age later
+    await a.flush()
+    assert await a.sweep() + await b.sweep() == 0  # nothing settled again
     assert await store.count() == 1
+    assert len(a_settled.calls + b_settled.calls) == 30
 
 
 async def test_an_entry_that_fails_to_settle_is_tried_again_later(store: Store) -> None:
@@ -196,7 +235,7 @@ async def test_an_entry_that_fails_to_settle_is_tried_again_later(store: Store) 
     await asyncio.sleep(0.5)
     assert await s.sweep() == 1
     assert tries == ["d", "d"]
-    assert await store.count() == 0
+    assert await store.count() == (0 if store.sessions is None else 1)  # see the ledger test
 
 
 async def test_the_running_journal_heartbeats_and_sweeps(store: Store) -> None:
@@ -241,35 +280,13 @@ async def test_a_claim_drops_an_entry_whose_request_the_ledger_already_has(
     dead.track("billed", lambda: billable(v=1))
     dead.track("unbilled", lambda: billable(v=2))
     await dead.flush()
-    event = {
-        "request_id": "billed",
-        "ts": datetime.now(UTC).isoformat(),
-        "key_id": None,
-        "team_id": "t",
-        "protocol": "openai",
-        "requested_model": "m",
-        "tier": "flash",
-        "mode": "non-thinking",
-        "backend": "hosted",
-        "replica": None,
-        "route_reason": "test",
-        "cache_hit_tokens": 0,
-        "cache_miss_tokens": 1,
-        "output_tokens": 1,
-        "reasoning_tokens": 0,
-        "price_version": "x@1",
-        "cost_nanos": 5,
-        "hosted_equiv_nanos": 5,
-        "latency_ms": 1.0,
-        "status": 200,
-    }
-    assert await insert_events(store.sessions, [event]) == 1
+    assert await insert_events(store.sessions, [ledger_event("billed")]) == 1
     settled = Settled()
     survivor = journal(store, settled, orphan_s=0.1)
     await asyncio.sleep(0.2)
     assert await survivor.sweep() == 1
     assert [rid for rid, _ in settled.calls] == ["unbilled"]
-    assert await store.count() == 0
+    assert await store.count() == 1  # "unbilled" stays until its ledger row is written
 
 
 def test_a_hold_survives_the_journal() -> None:
@@ -298,3 +315,63 @@ async def test_a_short_request_never_waits_for_a_write_in_progress(
         await asyncio.wait_for(j.done("short"), timeout=0.5)  # would wait on the lock
         j._flushing = set()
     assert await store.count() == 0
+
+
+async def test_without_redis_a_settled_request_leaves_its_settlement_until_the_ledger_has_it(
+    sql_store: Store,
+) -> None:
+    """The ledger is written up to a batch interval after the settlement: a process killed
+    in between must not take the bill with it. So a journaled request's entry becomes its
+    settlement, which another process (or this one restarted) bills if the ledger never
+    got it, and drops if it did."""
+    store = sql_store
+    dying = journal(store, Settled())
+    dying.track("lost", lambda: billable(status=502))
+    dying.track("written", lambda: billable(status=502))
+    dying.track("released", lambda: billable(status=502))
+    await dying.flush()
+    await dying.done("lost", lambda: billable(status=200))
+    await dying.done("written", lambda: billable(status=200))
+    await dying.done("released")  # released (no bill): its entry goes at once
+    assert (await store.read("lost"))[0] == orjson.dumps(billable(status=200))
+    assert await store.count() == 2
+    assert await insert_events(store.sessions, [ledger_event("written")]) == 1
+    # then the process dies before "lost" reaches the ledger
+    settled = Settled()
+    survivor = journal(store, settled, orphan_s=0.2)
+    await asyncio.sleep(0.3)
+    assert await survivor.sweep() == 1
+    assert settled.calls == [("lost", billable(status=200))]
+    assert await store.count() == 1  # "lost" stays until its own ledger row is written
+
+
+async def test_an_orphan_settled_by_a_process_that_dies_before_its_ledger_row_is_settled_again(
+    sql_store: Store,
+) -> None:
+    store = sql_store
+    dead = journal(store, Settled())
+    dead.track("r", lambda: billable(v=1))
+    await dead.flush()
+    first, second = Settled(), Settled()
+    a = journal(store, first, orphan_s=0.2)
+    await asyncio.sleep(0.3)
+    assert await a.sweep() == 1  # a settles it, then dies before its ledger batch
+    b = journal(store, second, orphan_s=0.2)
+    assert await b.sweep() == 0  # within a's claim
+    await asyncio.sleep(0.5)
+    assert await b.sweep() == 1
+    assert first.calls == second.calls == [("r", billable(v=1))]
+    await b.flush()
+    assert await a.sweep() == 0  # a (were it alive) never settles it twice
+
+
+async def test_with_redis_a_settled_request_entry_goes_at_once(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """settle.lua writes the ledger stream in the settlement itself: nothing to keep."""
+    async for store in _redis_store(redis_url, redis_prefix):
+        j = journal(store, Settled())
+        j.track("r", lambda: billable(v=1))
+        await j.flush()
+        await j.done("r", lambda: billable(v=2))
+        assert await store.count() == 0
