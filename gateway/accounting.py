@@ -105,12 +105,20 @@ class Accounting(Protocol):
     ) -> Hold: ...
 
     async def settle(
-        self, caller: Caller, s: Settlement, hold: Hold, *, orphan: bool = False
+        self,
+        caller: Caller,
+        s: Settlement,
+        hold: Hold,
+        *,
+        orphan: bool = False,
+        replaces: int | None = None,
     ) -> int | None:
         """Bill ``s`` in the windows ``hold`` reserved in (idempotent on the request id).
         ``orphan``: a surviving process settling a dead one's request from the in-flight
         journal. Returns the cost of such an orphan settlement of this request that this
-        one replaced (its process was stalled, not dead), else None or 0."""
+        one replaced (its process was stalled, not dead), else None or 0. ``replaces``:
+        the cost of an orphan settlement already in the ledger that this one replaces
+        (found by the caller: without Redis, where the budget store cannot know it)."""
         ...
 
     async def release(self, caller: Caller, hold: Hold) -> None: ...
@@ -152,7 +160,13 @@ class OpenAccounting:
         return Hold(request_id, amount_nanos, (), rate)
 
     async def settle(
-        self, caller: Caller, s: Settlement, hold: Hold, *, orphan: bool = False
+        self,
+        caller: Caller,
+        s: Settlement,
+        hold: Hold,
+        *,
+        orphan: bool = False,
+        replaces: int | None = None,
     ) -> int | None:
         self.settled.append(s)
         if len(self.settled) > self._keep:

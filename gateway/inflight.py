@@ -18,8 +18,7 @@ its entry before releasing, and entries are written and removed by one writer pe
 under a lock, so a release never leaves an entry to be billed. A process that was only
 stalled past ``orphan_after_s`` (not dead) settles its requests when it resumes: that
 settlement replaces the journal's, in the budgets and in the ledger row
-(gateway/budgets/settle.lua). Without Redis each process keeps its own budgets, and the
-ledger keeps the first settlement.
+(gateway/budgets/settle.lua); without Redis, in the ledger row (``orphan_cost``).
 
 What a dead process's request is billed (gateway/orphans.py drafts its entry and settles
 it): once its answer has begun (a stream opened), the prompt estimate as cache miss and
@@ -148,6 +147,20 @@ class InflightJournal:
                 # settle to nothing; a released one's would be billed if this process died.
                 self._removals.add(request_id)
                 log.warning("in-flight entry not removed", request_id=request_id, error=repr(exc))
+
+    async def orphan_cost(self, request_id: str) -> int | None:
+        """Without Redis: what another process billed this running request from its entry
+        while this one was stalled past ``orphan_after_s`` (its settlement then replaces
+        that one). Asked only of journaled requests; None on any doubt."""
+        if request_id not in self._written:
+            return None
+        try:
+            return await self.entries.orphan_cost(request_id)
+        except Exception as exc:
+            log.warning(
+                "ledger not read for an orphan settlement", request_id=request_id, error=repr(exc)
+            )
+            return None
 
     async def _remove(self, ids: list[str]) -> None:
         await self.entries.remove(ids)

@@ -47,6 +47,10 @@ class Entries(Protocol):
     async def claim(self, cutoff: float, lease: float, limit: int) -> list[tuple[str, bytes]]:
         """Entries whose heartbeat is older than ``cutoff``, their heartbeat set to ``lease``."""
 
+    async def orphan_cost(self, request_id: str) -> int | None:
+        """What another process billed this request from its entry, where only the ledger
+        can tell (None: not so billed, or the budget store tells: Redis)."""
+
 
 # Claim the entries whose heartbeat is older than the cutoff: each is pushed ahead by the
 # claim's lease (so one sweeper settles it) and returned with its payload.
@@ -89,6 +93,9 @@ class RedisEntries:
         pipe.zrem(self.zset, *ids)
         await pipe.execute()
 
+    async def orphan_cost(self, request_id: str) -> int | None:
+        return None  # settle.lua finds and replaces an orphan settlement itself
+
     async def claim(self, cutoff: float, lease: float, limit: int) -> list[tuple[str, bytes]]:
         found = await self._claim(keys=[self.hash, self.zset], args=[cutoff, lease, limit])
         return [
@@ -129,6 +136,17 @@ class SqlEntries:
         async with self.sessions() as s:
             await s.execute(delete(_Row).where(_Row.request_id.in_(list(ids))))
             await s.commit()
+
+    async def orphan_cost(self, request_id: str) -> int | None:
+        async with self.sessions() as s:
+            row = (
+                await s.execute(
+                    select(LedgerRow.cost_nanos, LedgerRow.route_reason).where(
+                        LedgerRow.request_id == request_id
+                    )
+                )
+            ).first()
+        return int(row[0]) if row is not None and row[1].endswith("orphaned") else None
 
     async def claim(self, cutoff: float, lease: float, limit: int) -> list[tuple[str, bytes]]:
         due = select(_Row.request_id).where(_Row.seen < cutoff).order_by(_Row.seen).limit(limit)

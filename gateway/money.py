@@ -40,6 +40,7 @@ from gateway.db.models import ApiKey, Budget, RateLimit
 from gateway.keys import hash_key
 from gateway.ledger import (
     DATABASE_DOWN,
+    SUPERSEDES,
     BatchedWriter,
     StreamDrainer,
     event_of,
@@ -514,12 +515,21 @@ class MoneyAccounting:
         )
 
     async def settle(
-        self, caller: Caller, s: Settlement, hold: Hold, *, orphan: bool = False
+        self,
+        caller: Caller,
+        s: Settlement,
+        hold: Hold,
+        *,
+        orphan: bool = False,
+        replaces: int | None = None,
     ) -> int | None:
         windows = list(hold.windows)  # where the reservation was made, whatever changed since
         event = event_of(s)
         if orphan:
             event[ORPHAN] = True
+        if replaces is not None:  # the ledger row is replaced; the log and metric below
+            event[SUPERSEDES] = True
+            event[REPLACED] = replaces
         try:
             after = await self.budgets.settle(s.request_id, windows, s.cost_nanos, event)
         finally:

@@ -581,8 +581,14 @@ class Pipeline:
         self, p: Prepared, usage: Usage, status: int, *, provider_cost_usd: float | None = None
     ) -> None:
         s, peak = self.settlement(p, usage, status, provider_cost_usd)
+        journaled = None if self.journal is None else await self.journal.orphan_cost(p.request_id)
         try:
-            replaced = await self.accounting.settle(p.caller, s, p.hold or Hold(p.request_id))
+            hold = p.hold or Hold(p.request_id)
+            replaced = await (
+                self.accounting.settle(p.caller, s, hold)
+                if journaled is None
+                else self.accounting.settle(p.caller, s, hold, replaces=journaled)
+            )
         finally:
             if self.journal is not None:
                 # Without Redis, a journaled request's entry becomes its settlement until

@@ -22,6 +22,7 @@ import pytest
 from .conftest import Sims
 from .test_holds import (
     STREAM_S,
+    Stream,
     assert_billed_as_received,
     kill_mid_stream,
     restart,
@@ -144,3 +145,66 @@ def test_a_killed_process_requests_are_billed_once(
     time.sleep(1.0)  # another sweep: nothing more is billed
     count = query("select count(*) from ledger where team_id = %s", team_id)
     assert count[0][0] == 4
+
+
+@pytest.fixture
+def pg_pair(sims: Sims, tmp_path: Path, pg_url: str) -> Iterator[Gateways]:
+    """Two processes on one PostgreSQL, without Redis (a catalog of their own)."""
+    env = {k: v for k, v in os.environ.items() if k != "TIERGATE_REDIS_URL"}
+    env.update(
+        DEEPSEEK_API_KEY="sim-key",
+        TIERGATE_DATABASE_URL=pg_url,
+        TIERGATE_MASTER_KEY=MASTER,
+        TIERGATE_REQUIRE_API_KEY="true",
+        TIERGATE_LOG_LEVEL="warning",
+        TIERGATE_INFLIGHT_INTERVAL_S="0.3",
+        TIERGATE_INFLIGHT_ORPHAN_S="2",
+    )
+    g = Gateways(env, sims_catalog(sims, tmp_path))
+    g.start(2)
+    for u in sims.flash:
+        sims.control(u, itl_s=STREAM_S / 120, default_output_tokens=120)
+    yield g
+    for u in sims.flash:
+        sims.control(u, itl_s=0.0, default_output_tokens=24)
+    g.stop()
+
+
+def test_a_stalled_process_settlement_replaces_the_journal_one(
+    pg_pair: Gateways, pg_url: str
+) -> None:
+    """SIGSTOP past the orphan setting: the other process bills the streams from the
+    journal; after SIGCONT they finish and their own settlements replace those rows."""
+    gw = pg_pair
+    team_id, key, _ = team_with_budget(gw, "no-redis-stalled")
+    streams = [Stream(gw.urls[1], key) for _ in range(2)]
+    time.sleep(1.5)
+    gw.procs[1].send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            reasons = sql(pg_url, "select route_reason from ledger where team_id = %s", team_id)
+            if len(reasons) == 2:
+                break
+            time.sleep(0.2)
+        assert len(reasons) == 2 and all(r[0].endswith("orphaned") for r in reasons), reasons
+    finally:
+        gw.procs[1].send_signal(signal.SIGCONT)
+    for s in streams:
+        assert s.done.wait(30) and s.error is None and b"[DONE]" in s.body
+    deadline = time.monotonic() + 15
+    rows: list[Any] = []
+    while time.monotonic() < deadline:
+        rows = sql(
+            pg_url,
+            "select request_id, status, route_reason, output_tokens from ledger where team_id = %s",
+            team_id,
+        )
+        if all(r[1] == 200 for r in rows):
+            break
+        time.sleep(0.2)
+    assert sorted(r[0] for r in rows) == sorted(s.rid for s in streams if s.rid)
+    for _, status, reason, output in rows:
+        assert status == 200 and "orphaned" not in reason and output == 120, (status, reason)
+    metrics = httpx.get(gw.urls[1] + "/metrics", timeout=10).text
+    assert "tiergate_orphaned_settlements_replaced_total 2.0" in metrics
