@@ -303,20 +303,25 @@ def _result_dict(r: PairResult) -> dict[str, Any]:
 
 def _eval(args: argparse.Namespace) -> int:
     router = Router.load(args.weights) if args.weights else Router.load_default()
-    rows, cheaper = pooled(_read_rows([args.data]), args.weak or CHEAPER, args.strong)
-    weak = args.weak or CHEAPER
+    rows = _read_rows([args.data])
+    if args.strong is None:  # as train: the side every row labels, or the pair the rows name
+        rows, cheaper = pooled(rows, args.weak, None)
+        weak, strong = pair_names(rows, args.weak, None, args.data)
+    else:
+        rows, cheaper = pooled(rows, args.weak or CHEAPER, args.strong)
+        weak, strong = args.weak or CHEAPER, args.strong
     if cheaper:  # on stderr: --json keeps stdout to the results
         print(
-            f"tiergate: {args.strong} against {_listed(cheaper)}, pooled as {CHEAPER!r}",
+            f"tiergate: {strong} against {_listed(cheaper)}, pooled as {CHEAPER!r}",
             file=sys.stderr,
         )
-    kept = sum(weak in r.correct and args.strong in r.correct for r in rows)
+    kept = sum(weak in r.correct and strong in r.correct for r in rows)
     if not kept:
         raise CliError(
-            f"no rows in {args.data} label both {weak!r} and {args.strong!r}, nothing to "
+            f"no rows in {args.data} label both {weak!r} and {strong!r}, nothing to "
             f"score ({_labelled(rows)})"
         )
-    _dropped(rows, kept, weak, args.strong)
+    _dropped(rows, kept, weak, strong)
     if kept < FEW_EVAL_ROWS:
         _warn(f"only {kept} labelled row(s): APGR and its interval on so few say little")
     scores = {r.id: router.score_features(r.features or from_text(r.prompt)) for r in rows}
@@ -324,7 +329,7 @@ def _eval(args: argparse.Namespace) -> int:
         lines = (json.dumps({"id": r.id, "score": scores[r.id]}) + "\n" for r in rows)
         _write(Path(args.scores_out), "".join(lines))
     try:
-        results = evaluate_pair(rows, scores, weak, args.strong, boot=args.bootstrap)
+        results = evaluate_pair(rows, scores, weak, strong, boot=args.bootstrap)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     if args.json:
@@ -516,7 +521,9 @@ def add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help=f"the weak side's name in `correct` (default, or {CHEAPER!r}: every model the rows "
         "compare with --strong, pooled, as in the shadow export)",
     )
-    e.add_argument("--strong", required=True)
+    e.add_argument(
+        "--strong", help="the strong side's name in `correct` (default: inferred, as by train)"
+    )
     e.add_argument("--weights", help="a pair model or weights.npz (default: the generic router)")
     e.add_argument("--json", action="store_true")
     e.add_argument("--scores-out")

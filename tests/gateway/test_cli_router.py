@@ -133,8 +133,8 @@ def test_a_shadow_export_with_several_cheaper_options_trains_and_evaluates(
         main(["router", "train", "--data", str(train), "--strong", STRONG, "--out", str(out)]) == 0
     )
     assert f"pair {CHEAPER} -> {STRONG}" in capsys.readouterr().out
-    for weak in ([], ["--weak", CHEAPER]):
-        args = ["router", "eval", "--data", str(test), *weak, "--strong", STRONG]
+    for sides in ([], ["--strong", STRONG], ["--weak", CHEAPER, "--strong", STRONG]):
+        args = ["router", "eval", "--data", str(test), *sides]
         assert main([*args, "--weights", str(out), "--json", "--bootstrap", "20"]) == 0
         results = {r["router"]: r for r in json.loads(capsys.readouterr().out)}
         assert results["tiergate"]["apgr"] > results["length-only"]["apgr"] + 0.1
