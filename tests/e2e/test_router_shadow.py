@@ -277,7 +277,11 @@ def test_pro_without_thinking_counts_as_cheap_in_the_online_truth(
         while gw.metric("tiergate_shadow_requests_total", outcome="labelled") < 2:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        client = gw.query("SELECT SUM(cost_nanos) FROM ledger WHERE kind = 'client'")[0][0]
+        # the ledger is written in batches: wait for both client rows
+        client = sum(
+            r.cost_nanos
+            for r in gw.wait_for("SELECT cost_nanos FROM ledger WHERE kind = 'client'", 2)
+        )
         replays = gw.query("SELECT SUM(shadow_cost_nanos) FROM router_labels")[0][0]
         # Both auto requests went cheap and both were labelled: always-strong would have
         # cost what the two replays cost.
