@@ -45,6 +45,31 @@ def sqlite_db(tmp_path: Path) -> tuple[str, Query]:
     return f"sqlite:///{path}", query
 
 
+def slow_gateways(sims: Sims, folder: Path, url: str, n: int) -> Iterator[Gateways]:
+    """``n`` gateway processes on the database ``url``, without Redis, the journal written
+    every 0.3 s and an entry a dead process's after 2 s; Flash streams 120 tokens in 6 s."""
+    env = {k: v for k, v in os.environ.items() if k != "TIERGATE_REDIS_URL"}
+    env.update(
+        DEEPSEEK_API_KEY="sim-key",
+        TIERGATE_DATABASE_URL=url,
+        TIERGATE_MASTER_KEY=MASTER,
+        TIERGATE_REQUIRE_API_KEY="true",
+        TIERGATE_LOG_LEVEL="warning",
+        TIERGATE_INFLIGHT_INTERVAL_S="0.3",
+        TIERGATE_INFLIGHT_ORPHAN_S="2",
+    )
+    g = Gateways(env, sims_catalog(sims, folder))
+    g.start(n)
+    for u in sims.flash:
+        sims.control(u, itl_s=STREAM_S / 120, default_output_tokens=120)
+    try:
+        yield g
+    finally:
+        for u in sims.flash:
+            sims.control(u, itl_s=0.0, default_output_tokens=24)
+        g.stop()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def setup(
     request: pytest.FixtureRequest, sims: Sims, tmp_path: Path
@@ -58,24 +83,8 @@ def setup(
         def query(q: str, *args: object) -> list[Any]:
             return list(sql(url, q, *args))
 
-    env = {k: v for k, v in os.environ.items() if k != "TIERGATE_REDIS_URL"}
-    env.update(
-        DEEPSEEK_API_KEY="sim-key",
-        TIERGATE_DATABASE_URL=url,
-        TIERGATE_MASTER_KEY=MASTER,
-        TIERGATE_REQUIRE_API_KEY="true",
-        TIERGATE_LOG_LEVEL="warning",
-        TIERGATE_INFLIGHT_INTERVAL_S="0.3",
-        TIERGATE_INFLIGHT_ORPHAN_S="2",
-    )
-    g = Gateways(env, sims_catalog(sims, tmp_path))
-    g.start(1 if request.param == "sqlite" else 2)
-    for u in sims.flash:
-        sims.control(u, itl_s=STREAM_S / 120, default_output_tokens=120)
-    yield g, query
-    for u in sims.flash:
-        sims.control(u, itl_s=0.0, default_output_tokens=24)
-    g.stop()
+    for g in slow_gateways(sims, tmp_path, url, 1 if request.param == "sqlite" else 2):
+        yield g, query
 
 
 @pytest.mark.parametrize("kill_the_sweeper", [False, True])
@@ -150,24 +159,7 @@ def test_a_killed_process_requests_are_billed_once(
 @pytest.fixture
 def pg_pair(sims: Sims, tmp_path: Path, pg_url: str) -> Iterator[Gateways]:
     """Two processes on one PostgreSQL, without Redis (a catalog of their own)."""
-    env = {k: v for k, v in os.environ.items() if k != "TIERGATE_REDIS_URL"}
-    env.update(
-        DEEPSEEK_API_KEY="sim-key",
-        TIERGATE_DATABASE_URL=pg_url,
-        TIERGATE_MASTER_KEY=MASTER,
-        TIERGATE_REQUIRE_API_KEY="true",
-        TIERGATE_LOG_LEVEL="warning",
-        TIERGATE_INFLIGHT_INTERVAL_S="0.3",
-        TIERGATE_INFLIGHT_ORPHAN_S="2",
-    )
-    g = Gateways(env, sims_catalog(sims, tmp_path))
-    g.start(2)
-    for u in sims.flash:
-        sims.control(u, itl_s=STREAM_S / 120, default_output_tokens=120)
-    yield g
-    for u in sims.flash:
-        sims.control(u, itl_s=0.0, default_output_tokens=24)
-    g.stop()
+    yield from slow_gateways(sims, tmp_path, pg_url, 2)
 
 
 def test_a_stalled_process_settlement_replaces_the_journal_one(
