@@ -583,11 +583,8 @@ class Pipeline:
         s, peak = self.settlement(p, usage, status, provider_cost_usd)
         journaled = None if self.journal is None else await self.journal.orphan_cost(p.request_id)
         try:
-            hold = p.hold or Hold(p.request_id)
-            replaced = await (
-                self.accounting.settle(p.caller, s, hold)
-                if journaled is None
-                else self.accounting.settle(p.caller, s, hold, replaces=journaled)
+            replaced = await self.accounting.settle(
+                p.caller, s, p.hold or Hold(p.request_id), replaces=journaled
             )
         finally:
             if self.journal is not None:

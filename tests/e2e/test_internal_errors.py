@@ -68,9 +68,9 @@ class CountingAccounting(OpenAccounting):
         self.held.add(request_id)
         return hold
 
-    async def settle(self, caller: Caller, s: Any, hold: Any) -> None:
+    async def settle(self, caller: Caller, s: Any, hold: Any, **kw: Any) -> None:
         self.held.discard(hold.request_id)
-        await super().settle(caller, s, hold)
+        await super().settle(caller, s, hold, **kw)
 
     async def release(self, caller: Caller, hold: Any) -> None:
         self.held.discard(hold.request_id)

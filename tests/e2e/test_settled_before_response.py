@@ -31,12 +31,12 @@ class GatedAccounting(OpenAccounting):
         self.gate = threading.Event()
         self.fail_next = False
 
-    async def settle(self, caller: Caller, s: Settlement, hold: Hold) -> None:
+    async def settle(self, caller: Caller, s: Settlement, hold: Hold, **kw: Any) -> None:
         await asyncio.to_thread(self.gate.wait, 30)
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("ledger store exploded")
-        await super().settle(caller, s, hold)
+        await super().settle(caller, s, hold, **kw)
 
 
 @pytest.fixture(scope="module")
