@@ -485,6 +485,8 @@ class Pipeline:
         option = p.option or p.plan.primary
         kept = 0
         try:
+            if self.journal is not None:  # journaled now, not at the next flush
+                self.journal.opened(p.request_id)
             done: bytes | None = None
             async for event in stream:
                 if p.shadow:

@@ -7,6 +7,7 @@ dead process's."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -31,6 +32,7 @@ from .test_holds import (
 from .test_money_e2e import MASTER, ROOT, Gateways, chat, sims_catalog, sql
 
 Query = Callable[..., list[Any]]
+_TEXT = re.compile(rb'"content":"[^"]')  # an event with text (not the opening role event)
 
 
 def sqlite_db(tmp_path: Path) -> tuple[str, Query]:
@@ -45,9 +47,12 @@ def sqlite_db(tmp_path: Path) -> tuple[str, Query]:
     return f"sqlite:///{path}", query
 
 
-def slow_gateways(sims: Sims, folder: Path, url: str, n: int) -> Iterator[Gateways]:
+def slow_gateways(
+    sims: Sims, folder: Path, url: str, n: int, interval: str = "0.3"
+) -> Iterator[Gateways]:
     """``n`` gateway processes on the database ``url``, without Redis, the journal written
-    every 0.3 s and an entry a dead process's after 2 s; Flash streams 120 tokens in 6 s."""
+    every ``interval`` s and an entry a dead process's after 2 s; Flash streams 120 tokens
+    in 6 s."""
     env = {k: v for k, v in os.environ.items() if k != "TIERGATE_REDIS_URL"}
     env.update(
         DEEPSEEK_API_KEY="sim-key",
@@ -55,7 +60,7 @@ def slow_gateways(sims: Sims, folder: Path, url: str, n: int) -> Iterator[Gatewa
         TIERGATE_MASTER_KEY=MASTER,
         TIERGATE_REQUIRE_API_KEY="true",
         TIERGATE_LOG_LEVEL="warning",
-        TIERGATE_INFLIGHT_INTERVAL_S="0.3",
+        TIERGATE_INFLIGHT_INTERVAL_S=interval,
         TIERGATE_INFLIGHT_ORPHAN_S="2",
     )
     g = Gateways(env, sims_catalog(sims, folder))
@@ -200,3 +205,43 @@ def test_a_stalled_process_settlement_replaces_the_journal_one(
         assert status == 200 and "orphaned" not in reason and output == 120, (status, reason)
     metrics = httpx.get(gw.urls[1] + "/metrics", timeout=10).text
     assert "tiergate_orphaned_settlements_replaced_total 2.0" in metrics
+
+
+def test_a_stream_killed_before_the_first_journal_write_is_billed(
+    sims: Sims, tmp_path: Path
+) -> None:
+    """A stream is journaled as it opens, not at the next flush: with the journal written
+    every 60 s, streams killed 0.1 s after they opened are still billed (before, they had
+    no entry and were never billed). The write is not awaited: a stream killed within the
+    few milliseconds it takes can still go unbilled."""
+    url, query = sqlite_db(tmp_path)
+    for gw in slow_gateways(sims, tmp_path, url, 1, interval="60"):
+        team_id, key, _ = team_with_budget(gw, "killed-at-once")
+        streams = [Stream(gw.urls[0], key) for _ in range(3)]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # each client has 3 events of text (0.1 s)
+            if all(len(_TEXT.findall(s.body)) >= 3 for s in streams):
+                break
+            time.sleep(0.01)
+        gw.procs[0].send_signal(signal.SIGKILL)
+        gw.procs[0].wait(10)
+        assert all(s.done.wait(10) for s in streams)
+        ids = [s.rid for s in streams]
+        placeholders = ", ".join(["%s"] * len(ids))
+        q = f"select count(*) from inflight_requests where request_id in ({placeholders})"
+        assert query(q, *ids)[0][0] == 3
+        gw.env["TIERGATE_INFLIGHT_INTERVAL_S"] = "0.3"  # the restarted process sweeps soon
+        restart(gw, 0)
+        deadline = time.monotonic() + 30
+        rows: list[Any] = []
+        while len(rows) < 3 and time.monotonic() < deadline:
+            rows = query(
+                "select request_id, status, route_reason, cache_miss_tokens, cost_nanos"
+                " from ledger where team_id = %s",
+                team_id,
+            )
+            time.sleep(0.2)
+        assert sorted(r[0] for r in rows) == sorted(ids), rows
+        for _, status, reason, prompt, cost in rows:
+            assert status == 502 and str(reason).endswith("usage=estimated;orphaned"), reason
+            assert int(prompt) > 0 and int(cost) > 0

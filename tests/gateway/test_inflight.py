@@ -375,3 +375,89 @@ async def test_with_redis_a_settled_request_entry_goes_at_once(
         await j.flush()
         await j.done("r", lambda: billable(v=2))
         assert await store.count() == 0
+
+
+class CountingEntries:
+    """A store that counts its writes, optionally slow or failing (wraps a real one)."""
+
+    def __init__(self, inner: Entries, delay_s: float = 0.0, fail: bool = False) -> None:
+        self.inner, self.delay_s, self.fail = inner, delay_s, fail
+        self.keeps_holds, self.ledger_retires = inner.keeps_holds, inner.ledger_retires
+        self.writes: list[set[str]] = []
+
+    async def write(self, changed: dict[str, bytes], seen: dict[str, float]) -> None:
+        self.writes.append(set(seen))
+        await asyncio.sleep(self.delay_s)
+        if self.fail:
+            raise ConnectionError("store away")
+        await self.inner.write(changed, seen)
+
+    async def remove(self, ids: Any) -> None:
+        await self.inner.remove(ids)
+
+    async def claim(self, cutoff: float, lease: float, limit: int) -> list[tuple[str, bytes]]:
+        return await self.inner.claim(cutoff, lease, limit)
+
+    async def orphan_cost(self, request_id: str) -> int | None:
+        return await self.inner.orphan_cost(request_id)
+
+
+async def test_an_opened_stream_is_journaled_before_its_first_byte(store: Store) -> None:
+    """Without this, a stream opened less than one flush interval before a kill had no
+    entry, and was never billed."""
+    entries = CountingEntries(store.make())
+    j = InflightJournal(entries, Settled(), interval_s=3600, orphan_after_s=0.2)
+    j.track("s", lambda: billable(chars=0))
+    j.opened("s")
+    await j.written()  # no flush has run
+    assert (await store.read("s"))[0] == orjson.dumps(billable(chars=0))
+    # the process dies here: a survivor bills it
+    settled = Settled()
+    survivor = journal(store, settled, orphan_s=0.2)
+    await asyncio.sleep(0.3)
+    assert await survivor.sweep() == 1
+    assert settled.calls == [("s", billable(chars=0))]
+
+
+async def test_streams_opening_together_share_one_write(store: Store) -> None:
+    entries = CountingEntries(store.make(), delay_s=0.05)
+    j = InflightJournal(entries, Settled(), interval_s=3600)
+    for i in range(40):
+        j.track(f"s{i}", lambda i=i: billable(i=i))
+    j.opened("s0")  # a first write on its own
+    await asyncio.sleep(0.01)  # under way
+    for i in range(1, 40):
+        j.opened(f"s{i}")
+    await j.written()
+    assert entries.writes == [{"s0"}, {f"s{i}" for i in range(1, 40)}]
+    assert await store.count() == 40
+    j.track("late", lambda: billable(i=99))
+    j.track("gone", lambda: billable(i=98))
+    j.opened("gone")
+    j.opened("late")
+    await j.done("gone")  # ended before the write ran: nothing written for it
+    await j.written()
+    assert entries.writes[2:] == [{"late"}]
+    await asyncio.gather(*(j.done(f"s{i}") for i in range(40)), j.done("late"))
+    assert await store.count() == 0
+
+
+async def test_a_stream_never_waits_for_the_store_and_a_failed_write_is_retried(
+    store: Store,
+) -> None:
+    slow = CountingEntries(store.make(), delay_s=1.0)
+    j = InflightJournal(slow, Settled(), interval_s=3600)
+    j.track("s", lambda: billable(v=1))
+    j.opened("s")  # returns at once; the write runs in the background
+    assert (await store.read("s"))[0] is None
+    await asyncio.wait_for(j.written(), 3)
+    assert (await store.read("s"))[0] == orjson.dumps(billable(v=1))
+    failing = CountingEntries(store.make(), fail=True)
+    k = InflightJournal(failing, Settled(), interval_s=3600)
+    k.track("f", lambda: billable(v=2))
+    k.opened("f")
+    await k.written()  # logged, not raised
+    assert failing.writes == [{"f"}] and (await store.read("f"))[0] is None
+    failing.fail = False
+    await k.flush()  # the next flush writes it
+    assert (await store.read("f"))[0] == orjson.dumps(billable(v=2))
