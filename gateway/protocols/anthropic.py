@@ -34,6 +34,7 @@ from gateway.parse import (
 )
 from gateway.pipeline import Prepared
 from gateway.protocols.relay import translate_relayed
+from gateway.protocols.tool_order import Args, Begin, CallOrder, Step
 from gateway.serve import Edge
 from gateway.tools import ToolNames
 from policies.errors import (
@@ -554,7 +555,7 @@ class StreamTranslator:
         self.stops = stops or []
         self.index = -1
         self.open: str | None = None  # "thinking" | "text" | "tool"
-        self.tool_index: dict[int, int] = {}
+        self.calls = CallOrder()  # blocks are written one after another
         self.finish: str | None = None
         self.matched: Any = None
         self.usage = Usage()
@@ -601,6 +602,7 @@ class StreamTranslator:
             delta = choice.get("delta") or {}
             if delta.get("reasoning_content"):
                 if self.open != "thinking":
+                    out += self._tool_steps(self.calls.finish())
                     out += self._begin(
                         "thinking", {"type": "thinking", "thinking": "", "signature": ""}
                     )
@@ -614,6 +616,7 @@ class StreamTranslator:
                 )
             if delta.get("content"):
                 if self.open != "text":
+                    out += self._tool_steps(self.calls.finish())
                     out += self._begin("text", {"type": "text", "text": ""})
                 out += _event(
                     "content_block_delta",
@@ -623,30 +626,33 @@ class StreamTranslator:
                     },
                 )
             for call in delta.get("tool_calls") or ():
-                k = call.get("index", 0)
-                fn = call.get("function") or {}
-                if k not in self.tool_index:
-                    out += self._begin(
-                        "tool",
-                        {
-                            "type": "tool_use",
-                            "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:20]}",
-                            "name": fn.get("name", ""),
-                            "input": {},
-                        },
-                    )
-                    self.tool_index[k] = self.index
-                if fn.get("arguments"):
-                    out += _event(
-                        "content_block_delta",
-                        {
-                            "index": self.tool_index[k],
-                            "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]},
-                        },
-                    )
+                out += self._tool_steps(self.calls.feed(call))
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
                 self.matched = choice.get("stop_reason")
+        return out
+
+    def _tool_steps(self, steps: list[Step]) -> bytes:
+        out = b""
+        for step in steps:
+            if isinstance(step, Begin):
+                block = {
+                    "type": "tool_use",
+                    "id": step.id or f"toolu_{uuid.uuid4().hex[:20]}",
+                    "name": step.name,
+                    "input": {},
+                }
+                out += self._begin("tool", block)
+            elif isinstance(step, Args):
+                out += _event(
+                    "content_block_delta",
+                    {
+                        "index": self.index,
+                        "delta": {"type": "input_json_delta", "partial_json": step.text},
+                    },
+                )
+            else:
+                out += self._close()
         return out
 
     def end(self) -> bytes:
@@ -656,7 +662,8 @@ class StreamTranslator:
             # A cut answer ends in an error event, never in a normal stop.
             return self._close() + sse_error_event(err, "anthropic")
         return (
-            self._close()
+            self._tool_steps(self.calls.finish())
+            + self._close()
             + _event(
                 "message_delta",
                 {

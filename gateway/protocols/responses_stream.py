@@ -17,6 +17,7 @@ import orjson
 from gateway.parse import Call
 from gateway.protocols.relay import translate_relayed
 from gateway.protocols.responses import Context, Renderer, new_id, response_status
+from gateway.protocols.tool_order import Args, Begin, CallOrder, Step
 from policies.errors import TiergateError, UpstreamUnavailable
 from policies.usage import Usage, usage_from_openai
 
@@ -41,7 +42,7 @@ class StreamTranslator:
         self.seq = 0
         self.output: list[dict[str, Any]] = []
         self.open: _Open | None = None
-        self.calls: dict[int, _Open] = {}
+        self.calls = CallOrder()  # items are written one after another
         self.finish: str | None = None
         self.usage = Usage()
 
@@ -105,6 +106,7 @@ class StreamTranslator:
     def _text(self, kind: str, delta: str) -> bytes:
         out = b""
         if self.open is None or self.open.kind != kind:
+            out += self._tool_steps(self.calls.finish())
             if kind == "reasoning":
                 item: dict[str, Any] = {
                     "type": "reasoning",
@@ -141,31 +143,33 @@ class StreamTranslator:
             **extra,
         )
 
-    def _tool(self, call: dict[str, Any]) -> bytes:
-        k = call.get("index", 0)
-        fn = call.get("function") or {}
+    def _tool_steps(self, steps: list[Step], broken: bool = False) -> bytes:
+        """``broken``: the last call ended is cut (the output limit)."""
         out = b""
-        if k not in self.calls:
-            call_id = call.get("id") or new_id("call")
-            name = fn.get("name", "")
-            custom = name in self.r.ctx.custom_tools
-            item = self.r.call(call_id, name, "", new_id("ctc" if custom else "fc"))
-            item["status"] = "in_progress"
-            if custom:
-                item["input"] = ""
-            out, o = self._begin("call", item)
-            o.call_id, o.name = call_id, name
-            self.calls[k] = o
-        o = self.calls[k]
-        if fn.get("arguments") and o is self.open:
-            o.text.append(fn["arguments"])
-            if o.name not in self.r.ctx.custom_tools:
-                out += self._event(
-                    "response.function_call_arguments.delta",
-                    item_id=o.item_id,
-                    output_index=o.index,
-                    delta=fn["arguments"],
-                )
+        for n, step in enumerate(steps):
+            if isinstance(step, Begin):
+                call_id = step.id or new_id("call")
+                custom = step.name in self.r.ctx.custom_tools
+                item = self.r.call(call_id, step.name, "", new_id("ctc" if custom else "fc"))
+                item["status"] = "in_progress"
+                if custom:
+                    item["input"] = ""
+                more, o = self._begin("call", item)
+                o.call_id, o.name = call_id, step.name
+                out += more
+            elif isinstance(step, Args):
+                cur = self.open
+                assert cur is not None
+                cur.text.append(step.text)
+                if cur.name not in self.r.ctx.custom_tools:
+                    out += self._event(
+                        "response.function_call_arguments.delta",
+                        item_id=cur.item_id,
+                        output_index=cur.index,
+                        delta=step.text,
+                    )
+            else:
+                out += self._close(broken=broken and n == len(steps) - 1)
         return out
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
@@ -179,7 +183,7 @@ class StreamTranslator:
             if delta.get("content"):
                 out += self._text("message", delta["content"])
             for call in delta.get("tool_calls") or ():
-                out += self._tool(call)
+                out += self._tool_steps(self.calls.feed(call))
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
         return out
@@ -198,7 +202,8 @@ class StreamTranslator:
         except TiergateError as err:
             return self.fail(err)
         # Cut by the output limit (or a filter): the item being written is incomplete.
-        out = self._close(broken=status != "completed")
+        broken = status != "completed"
+        out = self._tool_steps(self.calls.finish(), broken) + self._close(broken=broken)
         final = self.r.response(status, self.output, self.usage, incomplete=incomplete)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         return out + self._event(kind, response=final)

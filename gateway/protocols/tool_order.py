@@ -1,0 +1,112 @@
+"""Tool calls of a chat stream, written one after another.
+
+A chat-completion stream (DeepSeek, vLLM, any OpenAI-shaped upstream) carries each tool
+call's pieces under its ``index``, and may go on with call 0's arguments after call 1 began.
+Anthropic content blocks and Responses output items are written one after another: a block
+stopped cannot take more input. So the call being written stays open until its arguments
+are complete JSON *and* another call has begun; pieces of the calls after it wait here and
+are written when their turn comes, and whatever waits at the end (or when text follows) is
+written whole then. A sequential stream (each call whole before the next) streams live.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+
+@dataclass(slots=True)
+class Begin:
+    index: int
+    id: str | None
+    name: str
+
+
+@dataclass(slots=True)
+class Args:
+    index: int
+    text: str
+
+
+@dataclass(slots=True)
+class End:
+    index: int
+
+
+Step = Begin | Args | End
+
+
+@dataclass(slots=True)
+class _Call:
+    id: str | None = None
+    name: str = ""
+    pieces: list[str] = field(default_factory=list)
+
+
+def _complete(text: str) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+class CallOrder:
+    def __init__(self) -> None:
+        self.live: int | None = None
+        self.live_text: list[str] = []
+        self.waiting: dict[int, _Call] = {}  # in the order they began
+        self.ended: set[int] = set()
+
+    def feed(self, call: dict[str, Any]) -> list[Step]:
+        """One ``tool_calls`` entry of a chunk's delta -> the steps to write now."""
+        k = call.get("index", 0)
+        fn = call.get("function") or {}
+        piece = fn.get("arguments") or ""
+        if k == self.live:
+            self.live_text.append(piece)
+            steps: list[Step] = [Args(k, piece)] if piece else []
+            return steps + self._advance()
+        if k in self.ended:
+            # More arguments for a call already written whole: its JSON was complete, so
+            # this could only make it invalid. Nothing can take them any more.
+            return []
+        c = self.waiting.setdefault(k, _Call())
+        c.id = c.id or call.get("id")
+        c.name = c.name or fn.get("name") or ""
+        if piece:
+            c.pieces.append(piece)
+        return self._advance()
+
+    def _advance(self) -> list[Step]:
+        steps: list[Step] = []
+        while self.waiting and (self.live is None or _complete("".join(self.live_text))):
+            if self.live is not None:
+                steps.append(End(self.live))
+                self.ended.add(self.live)
+            k, c = next(iter(self.waiting.items()))
+            del self.waiting[k]
+            self.live, self.live_text = k, list(c.pieces)
+            steps.append(Begin(k, c.id, c.name))
+            if c.pieces:
+                steps.append(Args(k, "".join(c.pieces)))
+        return steps
+
+    def finish(self) -> list[Step]:
+        """The stream ended, or text follows the calls: every call still open or waiting,
+        in order, each ended (the last step is the last call's ``End``)."""
+        steps: list[Step] = []
+        while self.live is not None:
+            steps.append(End(self.live))
+            self.ended.add(self.live)
+            self.live, self.live_text = None, []
+            if self.waiting:
+                k, c = next(iter(self.waiting.items()))
+                del self.waiting[k]
+                self.live, self.live_text = k, list(c.pieces)
+                steps.append(Begin(k, c.id, c.name))
+                if c.pieces:
+                    steps.append(Args(k, "".join(c.pieces)))
+        return steps
