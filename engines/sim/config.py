@@ -78,6 +78,11 @@ class SimConfig:
     named_tool_stop: bool = True
     # at least this many characters of tool-call arguments (or header x-sim-tool-arg-chars)
     tool_arg_chars: int = 0
+    # a tool call comes as this many parallel calls (or header x-sim-tool-calls), their
+    # fragments in turns when interleaved (or x-sim-interleave-tool-calls: 1), as an
+    # OpenAI-shaped stream may send them (call 0 goes on after call 1 began)
+    parallel_tool_calls: int = 1
+    interleave_tool_calls: bool = False
     # /health and /metrics answer after this long (a busy server answers polls late)
     poll_delay_s: float = 0.0
     # failure injection: fail_rate of requests fail with fail_mode if set, else fail_status

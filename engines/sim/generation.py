@@ -52,10 +52,12 @@ class Generation:
     reasoning: list[str] = field(default_factory=list)
     content: list[str] = field(default_factory=list)
     tool_call: dict[str, Any] | None = None
-    tool_call_tokens: int = 0
+    more_calls: list[dict[str, Any]] = field(default_factory=list)  # parallel calls after it
+    tool_call_tokens: int = 0  # of all the calls
     engine: int = 0  # the data-parallel engine serving it
     others: list[Generation] = field(default_factory=list)  # choices 1..n-1 (vLLM's n)
     tool_fragments: bool = False  # stream the call as vLLM does: header, then fragments
+    interleave: bool = False  # parallel calls' fragments in turns (index 0, 1, 0, 1, ...)
     finish_reason: str = "stop"
     stop_reason: str | None = None  # vLLM names the stop string that ended the answer
     id: str = field(default_factory=lambda: "sim-" + uuid.uuid4().hex[:24])
@@ -94,7 +96,7 @@ class Generation:
             kept.append(tok)
             used += len(tok)
         self.content = kept
-        self.tool_call, self.tool_call_tokens = None, 0
+        self.tool_call, self.more_calls, self.tool_call_tokens = None, [], 0
         self.finish_reason = "stop"
         self.stop_reason = next(s for s in stops if s and text.find(s) == cut)
 
@@ -104,13 +106,13 @@ class Generation:
             return
         self.reasoning = self.reasoning[:max_tokens]
         self.content = self.content[: max(0, max_tokens - len(self.reasoning))]
-        self.tool_call, self.tool_call_tokens = None, 0
+        self.tool_call, self.more_calls, self.tool_call_tokens = None, [], 0
         self.finish_reason = "length"
 
     def break_off(self) -> None:
         """The hosted API's mid-generation failure: part of the answer, then a special end."""
         self.content = self.content[: max(1, len(self.content) // 2)]
-        self.tool_call, self.tool_call_tokens = None, 0
+        self.tool_call, self.more_calls, self.tool_call_tokens = None, [], 0
         self.finish_reason = "insufficient_system_resource"
 
     # ---- bodies ------------------------------------------------------------------------
@@ -135,7 +137,7 @@ class Generation:
     def _tool_calls(self) -> list[dict[str, Any]] | None:
         if self.tool_call is None:
             return [] if self.mode == "vllm" else None
-        return [self.tool_call]
+        return [self.tool_call, *self.more_calls]
 
     def message(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": self.text or None}
@@ -216,15 +218,31 @@ class Generation:
             yield self._chunk({self.reasoning_field: tok})
         for tok in self.content:
             yield self._chunk({"content": tok})
-        call = self.tool_call
-        if call is not None and self.tool_fragments:
-            fn = call["function"]
-            head = {**call, "function": {"name": fn["name"], "arguments": ""}}
-            yield self._chunk({"tool_calls": [{"index": 0, **head}]})
-            for part in split_tokens(fn["arguments"], 8):
-                yield self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
-        elif call is not None:
-            yield self._chunk({"tool_calls": [{"index": 0, **call}]})
+        calls = self._tool_calls() or []
+        if self.tool_fragments:
+            streams = [self._fragments(k, call) for k, call in enumerate(calls)]
+            if self.interleave:  # one fragment of each call in turn
+                while streams:
+                    for it in list(streams):
+                        piece = next(it, None)
+                        if piece is None:
+                            streams.remove(it)
+                        else:
+                            yield self._chunk({"tool_calls": [piece]})
+            else:
+                for it in streams:
+                    for piece in it:
+                        yield self._chunk({"tool_calls": [piece]})
+        elif calls:
+            yield self._chunk({"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]})
+
+    @staticmethod
+    def _fragments(k: int, call: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """vLLM's pieces of one call: a header (id, name), then the arguments in fragments."""
+        fn = call["function"]
+        yield {"index": k, **call, "function": {"name": fn["name"], "arguments": ""}}
+        for part in split_tokens(fn["arguments"], 8):
+            yield {"index": k, "function": {"arguments": part}}
 
     def final_chunks(self) -> list[dict[str, Any]]:
         """The chunks that end each choice."""

@@ -269,7 +269,12 @@ def plan_chat(
         gen.content = split_tokens(orjson.dumps(doc).decode())
     if tool:
         arg_chars = _int_header(headers, "x-sim-tool-arg-chars", cfg.tool_arg_chars)
-        _add_tool_call(gen, tool, seed, arg_chars, asked_args)
+        # parallel calls of the same tool (x-sim-tool-calls), their fragments in turns
+        # with x-sim-interleave-tool-calls, as an OpenAI-shaped stream may send them
+        for k in range(max(1, _int_header(headers, "x-sim-tool-calls", cfg.parallel_tool_calls))):
+            _add_tool_call(gen, tool, seed + bytes([k % 256]) * k, arg_chars, asked_args)
+        interleave = headers.get("x-sim-interleave-tool-calls")
+        gen.interleave = cfg.interleave_tool_calls if interleave is None else interleave != "0"
     if gen.tool_call is None:
         gen.stop_at(stops)
     gen.cap(max_tokens)
@@ -334,12 +339,16 @@ def _add_tool_call(
     if arg_chars > len(query):  # a long argument (x-sim-tool-arg-chars)
         query = (query + " ") * (arg_chars // (len(query) + 1) + 1)
     args = asked or orjson.dumps({"query": query}).decode()
-    gen.tool_call = {
+    call = {
         "id": "call_" + hashlib.blake2b(seed + name.encode(), digest_size=8).hexdigest(),
         "type": "function",
         "function": {"name": name, "arguments": args},
     }
-    gen.tool_call_tokens = count_tokens(name + args)
+    if gen.tool_call is None:
+        gen.tool_call = call
+    else:
+        gen.more_calls.append(call)
+    gen.tool_call_tokens += count_tokens(name + args)
 
 
 def plan_completion(

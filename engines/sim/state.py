@@ -25,9 +25,21 @@ _LATENCY_KEYS = (
     "queue_close_s",
     "poll_delay_s",
 )
-_COUNT_KEYS = ("default_output_tokens", "reasoning_tokens", "tool_arg_chars", "concurrency_limit")
+_COUNT_KEYS = (
+    "default_output_tokens",
+    "reasoning_tokens",
+    "tool_arg_chars",
+    "concurrency_limit",
+    "parallel_tool_calls",
+)
 # How hard the simulator is, switchable at runtime (see SimConfig)
-_BOOL_KEYS = ("strict_encoder", "keepalive_comments", "tool_call_fragments", "named_tool_stop")
+_BOOL_KEYS = (
+    "strict_encoder",
+    "keepalive_comments",
+    "tool_call_fragments",
+    "named_tool_stop",
+    "interleave_tool_calls",
+)
 _CONTROL_KEYS = frozenset(
     (
         "healthy",

@@ -40,7 +40,14 @@ class Sims:
 
     def reset(self) -> None:
         for url in [*self.flash, *self.pro, self.hosted]:
-            self.control(url, healthy=True, fail_rate=0.0, fail_mode="")
+            self.control(
+                url,
+                healthy=True,
+                fail_rate=0.0,
+                fail_mode="",
+                parallel_tool_calls=1,
+                interleave_tool_calls=False,
+            )
 
 
 @pytest.fixture(scope="session")

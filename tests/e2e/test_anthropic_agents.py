@@ -218,3 +218,31 @@ def test_captured_claude_code_first_request(gateway: Gateway) -> None:
     kinds = [d["type"] for d in datas]
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
     assert datas[0]["message"]["model"] == body["model"]
+
+
+def test_parallel_tool_calls_interleaved_upstream_arrive_whole(
+    gateway: Gateway, sims: Sims
+) -> None:
+    """The Flash replicas stream three parallel calls with their argument fragments in turns
+    (call 0 goes on after call 1 began): each tool_use block is whole, its deltas before its
+    stop, as Claude Code reads them."""
+    for url in sims.flash:
+        sims.control(url, parallel_tool_calls=3, interleave_tool_calls=True)
+    with client(gateway).messages.stream(
+        model="deepseek-chat",
+        max_tokens=256,
+        tools=WEATHER,  # type: ignore[arg-type]
+        messages=[{"role": "user", "content": "use the get_weather tool"}],
+    ) as s:
+        events = list(s)
+        final = s.get_final_message()
+    stopped: set[int] = set()
+    for e in events:
+        if e.type == "content_block_delta":
+            assert e.index not in stopped
+        elif e.type == "content_block_stop":
+            stopped.add(e.index)
+    calls = [b for b in final.content if b.type == "tool_use"]
+    assert len(calls) == 3 and len({c.id for c in calls}) == 3
+    assert all(c.name == "get_weather" and set(c.input) == {"query"} for c in calls)
+    assert final.stop_reason == "tool_use"

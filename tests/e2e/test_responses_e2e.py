@@ -470,3 +470,26 @@ def test_malformed_tools_choices_and_formats_are_400s(
         gateway.client().responses.create(model="deepseek-chat", input="use the a tool", **fields)
     body: Any = info.value.body
     assert body["param"] == param and fragment in body["message"], body
+
+
+def test_parallel_tool_calls_interleaved_upstream_arrive_whole(
+    gateway: Gateway, sims: Sims
+) -> None:
+    """Three parallel calls whose argument fragments come in turns from the Flash replicas:
+    each function_call item is whole in its done events and in the final response, items
+    one after another, as Codex reads them."""
+    for url in sims.flash:
+        sims.control(url, parallel_tool_calls=3, interleave_tool_calls=True)
+    with gateway.client().responses.stream(
+        model="deepseek-chat", tools=WEATHER, input="use the get_weather tool"
+    ) as s:
+        events = list(s)
+        final = s.get_final_response()
+    done = [e.arguments for e in events if e.type == "response.function_call_arguments.done"]
+    assert len(done) == 3 and all(set(json.loads(a)) == {"query"} for a in done)
+    items = [e.output_index for e in events if e.type == "response.output_item.added"]
+    closed = [e.output_index for e in events if e.type == "response.output_item.done"]
+    assert items == closed  # one after another
+    calls = [o for o in final.output if o.type == "function_call"]
+    assert [json.loads(c.arguments) for c in calls] == [json.loads(a) for a in done]
+    assert len({c.call_id for c in calls}) == 3
