@@ -306,6 +306,11 @@ RESPONSES_PARAMS: dict[str, Check] = {
 }
 
 
+def _bound(x: float) -> str:
+    """A range's end as a person reads it: 2147483647, not 2.14748e+09."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def check_params(body: Mapping[str, Any], params: Mapping[str, Check]) -> None:
     """A 400 naming the first standard parameter of the wrong JSON type or out of its range.
     Numbers sent as strings ("0.7") are refused, as OpenAI's and Anthropic's APIs refuse
@@ -322,7 +327,8 @@ def check_params(body: Mapping[str, Any], params: Mapping[str, Check]) -> None:
             and not (check.low <= value <= check.high)
         ):
             raise InvalidRequest(
-                f"'{key}' must be from {check.low:g} to {check.high:g}, not {shown(value)}",
+                f"'{key}' must be from {_bound(check.low)} to {_bound(check.high)}, "
+                f"not {shown(value)}",
                 param=key,
             )
 

@@ -2,7 +2,7 @@ import orjson
 import pytest
 
 from gateway.media import MediaPolicy, media_note
-from gateway.parse import Call, parse_chat, parse_completion
+from gateway.parse import ANTHROPIC_PARAMS, Call, check_params, parse_chat, parse_completion
 from policies.errors import BodyTooLarge, InvalidRequest
 
 
@@ -573,3 +573,9 @@ def test_unknown_or_malformed_parts_are_a_400_naming_the_field(
 def test_completions_know_no_media_policy() -> None:
     call = parse_completion(orjson.dumps({"model": "m", "prompt": "[image]"}), max_bytes=1000)
     assert call.notes == [] and call.body["prompt"] == "[image]"
+
+
+def test_an_integer_range_is_written_as_integers() -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        check_params({"top_k": -1}, ANTHROPIC_PARAMS)
+    assert exc.value.message == "'top_k' must be from 0 to 2147483647, not -1"
