@@ -169,6 +169,16 @@ def _raw_key(headers: Mapping[str, str]) -> str | None:
     return key.strip() if key else None
 
 
+def _check_model(call: Call, caller: Caller) -> None:
+    """The key may use the model it asks for."""
+    if caller.allowed_models is not None and call.model not in caller.allowed_models:
+        raise PermissionDenied(
+            f"this API key may not use model '{call.model}'; allowed: "
+            + ", ".join(caller.allowed_models),
+            param="model",
+        )
+
+
 class Pipeline:
     def __init__(
         self,
@@ -279,13 +289,19 @@ class Pipeline:
             self.journal.track(request_id, lambda: draft(self, p))
         return p
 
+    def check_model(self, call: Call, caller: Caller) -> None:
+        """The model checks of ``prepare`` alone, for a request that is only measured
+        (count_tokens): a model not served here or not allowed to the key is refused the
+        same way."""
+        try:
+            _check_model(call, caller)
+            resolve_target(self.catalog, call.model, call.body)
+        except TiergateError as err:
+            self.reject(call.protocol, err, model=call.model)
+            raise
+
     def _check_caller(self, call: Call, caller: Caller) -> None:
-        if caller.allowed_models is not None and call.model not in caller.allowed_models:
-            raise PermissionDenied(
-                f"this API key may not use model '{call.model}'; allowed: "
-                + ", ".join(caller.allowed_models),
-                param="model",
-            )
+        _check_model(call, caller)
         ceiling = caller.max_tokens_ceiling
         if ceiling is not None:
             if call.max_tokens is not None and call.max_tokens > ceiling:

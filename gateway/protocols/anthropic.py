@@ -370,13 +370,11 @@ def _system(system: Any, messages: list[Any]) -> list[str]:
     return [p for p in parts if p]
 
 
-def parse_messages(
-    raw: bytes, *, max_bytes: int, max_messages: int, media: MediaPolicy = "note"
-) -> Call:
-    body = load_json_object(raw, max_bytes)
-    model = check_model(body.get("model"))
+def _max_tokens(body: dict[str, Any], required: bool) -> int | None:
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
+        if not required:
+            return None
         raise _bad("max_tokens: Field required (a positive integer)", "max_tokens")
     if over_output_limit(max_tokens):
         raise _bad(
@@ -391,6 +389,22 @@ def parse_messages(
         )
     if max_tokens < 1:
         raise _bad(f"max_tokens: must be at least 1, not {max_tokens}", "max_tokens")
+    return max_tokens
+
+
+def parse_messages(
+    raw: bytes,
+    *,
+    max_bytes: int,
+    max_messages: int,
+    media: MediaPolicy = "note",
+    count_only: bool = False,
+) -> Call:
+    """A ``/v1/messages`` body as a chat ``Call``; ``count_only`` (count_tokens) makes
+    ``max_tokens`` optional, as Anthropic's API does there."""
+    body = load_json_object(raw, max_bytes)
+    model = check_model(body.get("model"))
+    max_tokens = _max_tokens(body, not count_only)
     check_params(body, ANTHROPIC_PARAMS)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -423,7 +437,9 @@ def parse_messages(
             last_user = next(
                 (t["content"] for t in reversed(turn) if t["role"] == "user"), last_user
             )
-    out: dict[str, Any] = {"model": model, "messages": chat, "max_tokens": max_tokens}
+    out: dict[str, Any] = {"model": model, "messages": chat}
+    if max_tokens is not None:
+        out["max_tokens"] = max_tokens
     for src, dst in (
         ("temperature", "temperature"),
         ("top_p", "top_p"),
@@ -469,11 +485,11 @@ def parse_messages(
     )
 
 
-def count_tokens(raw: bytes, *, max_bytes: int) -> dict[str, int]:
-    """An estimate for ``/v1/messages/count_tokens`` (no tokenizer in the gateway)."""
-    body = load_json_object(raw, max_bytes)
-    text = orjson.dumps([body.get("system"), body.get("messages"), body.get("tools")])
-    return {"input_tokens": max(1, len(text) // 4)}
+def count_tokens(call: Call) -> dict[str, int]:
+    """``/v1/messages/count_tokens`` for a body ``parse_messages`` took: the prompt estimate
+    the gateway reserves for, over what goes upstream (system, messages, tools; media as
+    the policy renders it). There is no tokenizer in the gateway, so it errs high."""
+    return {"input_tokens": call.prompt_tokens_est}
 
 
 def anthropic_usage(u: Usage) -> dict[str, int]:
