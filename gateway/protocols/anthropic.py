@@ -370,6 +370,45 @@ def _system(system: Any, messages: list[Any]) -> list[str]:
     return [p for p in parts if p]
 
 
+def _prefill(chat: list[dict[str, Any]], body: dict[str, Any]) -> None:
+    """A final assistant turn, as Anthropic reads it: a prefix the answer continues.
+
+    Its text goes upstream as DeepSeek's chat prefix completion (``"prefix": true``; the
+    engines send it to the hosted API's ``/beta`` base or ask vLLM to continue the final
+    message), so the answer is only the continuation. An empty final turn is left out.
+    Anthropic's rules hold: the text may not end in whitespace, a final turn may not hold
+    tool_use blocks (no tool_result answers them), and thinking allows no prefill.
+    """
+    last = chat[-1] if chat else None
+    if last is None or last["role"] != "assistant":
+        return
+    if last.get("tool_calls"):
+        ids = ", ".join(c["id"] for c in last["tool_calls"])
+        raise _bad(
+            f"messages: tool_use ids were found without tool_result blocks immediately after: "
+            f"{ids}. Each tool_use block must have a corresponding tool_result block in the "
+            "next message",
+            "messages",
+        )
+    text = last.get("content") or ""
+    if not text:
+        chat.pop()
+        return
+    if text != text.rstrip():
+        raise _bad(
+            "messages: final assistant content cannot end with trailing whitespace", "messages"
+        )
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
+        raise _bad(
+            "messages: a final assistant turn (prefill) is not allowed with thinking "
+            f"(thinking.type {thinking['type']!r}): end with a user turn or disable thinking",
+            "messages",
+        )
+    last.pop("reasoning_content", None)
+    last["prefix"] = True
+
+
 def _max_tokens(body: dict[str, Any], required: bool) -> int | None:
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
@@ -437,6 +476,9 @@ def parse_messages(
             last_user = next(
                 (t["content"] for t in reversed(turn) if t["role"] == "user"), last_user
             )
+    _prefill(chat, body)
+    if not any(m["role"] != "system" for m in chat):
+        raise _bad("messages: at least one message with content is required", "messages")
     out: dict[str, Any] = {"model": model, "messages": chat}
     if max_tokens is not None:
         out["max_tokens"] = max_tokens
