@@ -8,10 +8,13 @@ hear about. ``TiergateApp`` answers those few ``POST`` paths itself, behind the 
 ``BodyLimit`` and with the same error shapes as the app's exception handlers, and hands
 everything else (admin, models, health, metrics, docs, lifespan) to FastAPI. The routes stay
 registered with FastAPI too, so the OpenAPI document still describes them.
+
+Every response, on either path, carries ``x-request-id``.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -19,13 +22,29 @@ import structlog
 from fastapi import FastAPI
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import error_response
 from gateway.http_guard import BodyLimit, metric_protocol, protocol_of_path
 from policies.errors import ClientClosedRequest, TiergateError
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def with_request_id(send: Send) -> Send:
+    """Every response carries ``x-request-id``: one the pipeline assigned (the id of the
+    request's ledger row) when it got that far, else a fresh one (a refused body or key,
+    an unknown route, a body over the limit), so any answer can be quoted back."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                headers.append((b"x-request-id", uuid.uuid4().hex.encode()))
+                message["headers"] = headers
+        await send(message)
+
+    return sending
 
 
 def unexpected_error(path: str, exc: Exception) -> Response:
@@ -48,10 +67,12 @@ class TiergateApp(FastAPI):
         self._hot.update(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self._hot:
-            scope["app"] = self
-            await self._hot_app(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            send = with_request_id(send)
+            if scope["method"] == "POST" and scope["path"] in self._hot:
+                scope["app"] = self
+                await self._hot_app(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
     async def _serve_hot(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -14,13 +14,14 @@ a subclass that:
 
 A request the HTTP parser refuses (a control character in a header, a negative
 ``Content-Length``) is answered 400 and closed. All these answers carry the caller's
-protocol error shape (OpenAI, or Anthropic for
-``/v1/messages`` paths). ``BodyLimit`` limits request bodies in the application (413).
+protocol error shape (OpenAI, or Anthropic for ``/v1/messages`` paths) and an
+``x-request-id``. ``BodyLimit`` limits request bodies in the application (413).
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import httptools
@@ -206,6 +207,7 @@ def guarded_protocol(
                 *(name + b": " + value + b"\r\n" for name, value in defaults),
                 b"content-type: application/json\r\n",
                 b"content-length: %d\r\n" % len(body),
+                b"x-request-id: %s\r\n" % uuid.uuid4().hex.encode(),
                 b"connection: close\r\n\r\n",
             ]
             self.transport.write(b"".join(head) + body)

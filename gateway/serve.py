@@ -54,8 +54,21 @@ async def serve(
     """``receive``: the request's ASGI channel, watched for the client leaving while the
     gateway waits for the answer to begin."""
     p = await pipeline.prepare(call, headers, caller)
+    try:
+        return await _respond(pipeline, p, edge, receive)
+    except TiergateError as err:
+        # Also an error the edge raised over an answer that was billed (a cut answer is a
+        # 503): the client can quote the id of its ledger row.
+        err.headers.setdefault("x-request-id", p.request_id)
+        err.headers.setdefault("x-tiergate-route", p.route_header())
+        raise
+
+
+async def _respond(
+    pipeline: Pipeline, p: Prepared, edge: Edge, receive: Receive | None
+) -> Response:
     out = edge.headers(p)
-    if call.stream:
+    if p.call.stream:
         stream = await _unless_gone(pipeline, p, pipeline.open_stream(p), receive)
         out["x-tiergate-route"] = p.route_header()
         events = edge.stream(p, pipeline.relay(p, stream, edge.stream_error))

@@ -148,6 +148,7 @@ def test_oversized_head_is_431_in_each_protocol(served: str) -> None:
     assert r.status_code == 431
     assert anthropic_error(r)["message"]
     assert anthropic_error(r)["type"] == "invalid_request_error"  # a client error, not api_error
+    assert r.headers["x-request-id"]
     many = {f"x-h{i}": "v" * 40 for i in range(MAX_HEAD // 40)}
     assert httpx.get(served + "/healthz", headers=many, timeout=30).status_code == 431
     assert httpx.get(served + "/healthz", timeout=5).status_code == 200
