@@ -3,6 +3,11 @@
 Keys carry 256 bits of randomness, so a fast hash is as safe as a slow one here and keeps
 authentication cheap. Lookups compare in constant time where a comparison happens in
 Python (the master key); key lookups go by hash through a unique index.
+
+A request's key is read from ``Authorization: Bearer <key>`` (the OpenAI SDKs) or
+``x-api-key: <key>`` (the Anthropic SDKs). A credential sent any other way (another scheme,
+an empty one, Azure's ``api-key`` header) is refused rather than ignored: served as
+anonymous, the request would escape its team's attribution and budget.
 """
 
 from __future__ import annotations
@@ -10,8 +15,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Mapping
+
+from policies.errors import AuthenticationFailed
 
 KEY_PREFIX = "tg-"
+_ACCEPTED = "send the key as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
 
 
 def generate_key() -> tuple[str, str, str]:
@@ -32,3 +41,26 @@ def master_key_matches(presented: str | None, master: str | None) -> bool:
     if not presented or not master:
         return False
     return hmac.compare_digest(presented.encode(), master.encode())
+
+
+def request_key(headers: Mapping[str, str]) -> str | None:
+    """The key a request carries, or None when it carries no credential at all."""
+    auth = headers.get("authorization")
+    if auth is not None:
+        scheme, _, token = auth.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    key = headers.get("x-api-key")
+    if key is not None and key.strip():
+        return key.strip()
+    # Never quote the header's value: a key sent without a scheme would be echoed back.
+    if auth is not None:
+        raise AuthenticationFailed(
+            "unusable Authorization header (only the Bearer scheme with a key is read); "
+            + _ACCEPTED
+        )
+    if key is not None:
+        raise AuthenticationFailed("empty x-api-key header; " + _ACCEPTED)
+    if "api-key" in headers:
+        raise AuthenticationFailed("the api-key header is not read here; " + _ACCEPTED)
+    return None

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from engines.base import Engine, EngineRequest, EngineResponse, EngineStream
 from gateway.accounting import Accounting, Caller, Hold, Settlement
 from gateway.inflight import InflightJournal
+from gateway.keys import request_key
 from gateway.logging import get_logger
 from gateway.metrics import Metrics
 from gateway.orphans import draft, entry_of
@@ -159,16 +160,6 @@ def _json_schema(call: Call) -> bool:
     return call.endpoint == "chat" and isinstance(fmt, dict) and fmt.get("type") == "json_schema"
 
 
-def _raw_key(headers: Mapping[str, str]) -> str | None:
-    auth = headers.get("authorization")
-    if auth:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    key = headers.get("x-api-key")
-    return key.strip() if key else None
-
-
 def _check_model(call: Call, caller: Caller) -> None:
     """The key may use the model it asks for."""
     if caller.allowed_models is not None and call.model not in caller.allowed_models:
@@ -234,7 +225,7 @@ class Pipeline:
     async def authenticate(self, headers: Mapping[str, str], protocol: str = "openai") -> Caller:
         """First step of every request, before its body is read."""
         try:
-            return await self.accounting.authenticate(_raw_key(headers))
+            return await self.accounting.authenticate(request_key(headers))
         except TiergateError as err:
             self.reject(protocol, err)
             raise
