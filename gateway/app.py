@@ -150,6 +150,8 @@ def create_app(
         summary="Cost-aware routing gateway for DeepSeek V4",
         lifespan=lifespan,
         max_body_bytes=settings.max_body_bytes,
+        # A redirect is no answer to a POST client: ``/v1/messages/`` is a 404 that says why.
+        redirect_slashes=False,
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # Model requests skip FastAPI's middleware chain and router (gateway/fastpath.py).
@@ -175,7 +177,9 @@ def create_app(
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         err: TiergateError
         if exc.status_code == 404:
-            err = UnknownModel(f"no route {request.method} {request.url.path} on this gateway")
+            path = request.url.path
+            hint = "; paths take no trailing slash" if path.endswith("/") and path != "/" else ""
+            err = UnknownModel(f"no route {request.method} {path} on this gateway{hint}")
             err.code = "not_found"
         else:
             err = InvalidRequest(str(exc.detail))

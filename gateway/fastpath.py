@@ -9,7 +9,10 @@ hear about. ``TiergateApp`` answers those few ``POST`` paths itself, behind the 
 everything else (admin, models, health, metrics, docs, lifespan) to FastAPI. The routes stay
 registered with FastAPI too, so the OpenAPI document still describes them.
 
-Every response, on either path, carries ``x-request-id``.
+Two things hold for every request, on either path: the OpenAI routes are served without
+the ``/v1`` prefix too (``/chat/completions``, ``/models``...: DeepSeek documents the base
+URL ``https://api.deepseek.com`` without it, and ``https://api.deepseek.com/beta`` for
+FIM), and every response carries ``x-request-id``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,20 @@ from gateway.http_guard import BodyLimit, metric_protocol, protocol_of_path
 from policies.errors import ClientClosedRequest, TiergateError
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+# The OpenAI paths a client with DeepSeek's base URL (no ``/v1``) or its beta one sends.
+_UNPREFIXED = ("/chat/completions", "/completions", "/models", "/responses")
+_BETA = ("/beta/chat/completions", "/beta/completions")
+
+
+def canonical_path(path: str) -> str:
+    """``/chat/completions`` -> ``/v1/chat/completions`` (and ``/models/{id}``...)."""
+    if path in _BETA:
+        return "/v1" + path[5:]
+    for prefix in _UNPREFIXED:
+        if path == prefix or path.startswith(prefix + "/"):
+            return "/v1" + path
+    return path
 
 
 def with_request_id(send: Send) -> Send:
@@ -68,6 +85,8 @@ class TiergateApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if not scope["path"].startswith("/v1/"):
+                scope["path"] = canonical_path(scope["path"])
             send = with_request_id(send)
             if scope["method"] == "POST" and scope["path"] in self._hot:
                 scope["app"] = self
