@@ -76,6 +76,8 @@ class SimConfig:
     # and a call forced by a named tool_choice finishes with "stop" (off: whole, "tool_calls")
     tool_call_fragments: bool = True
     named_tool_stop: bool = True
+    # off: tool calls come without an "id" (some OpenAI-compatible servers send none)
+    tool_call_ids: bool = True
     # at least this many characters of tool-call arguments (or header x-sim-tool-arg-chars)
     tool_arg_chars: int = 0
     # a tool call comes as this many parallel calls (or header x-sim-tool-calls), their

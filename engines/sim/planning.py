@@ -285,6 +285,9 @@ def plan_chat(
         stop = named and cfg.mode == "vllm" and cfg.named_tool_stop
         gen.finish_reason = "stop" if stop else "tool_calls"
         gen.tool_fragments = cfg.mode == "vllm" and cfg.tool_call_fragments
+        if not cfg.tool_call_ids:
+            for call in (gen.tool_call, *gen.more_calls):
+                del call["id"]
     n = body.get("n") if cfg.mode == "vllm" else None
     for k in range(1, n if isinstance(n, int) else 1):
         other = replace(gen, id=gen.id, others=[])

@@ -39,6 +39,7 @@ _BOOL_KEYS = (
     "tool_call_fragments",
     "named_tool_stop",
     "interleave_tool_calls",
+    "tool_call_ids",
 )
 _CONTROL_KEYS = frozenset(
     (

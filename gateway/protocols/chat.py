@@ -1,9 +1,10 @@
 """OpenAI chat completions and (FIM) completions: DeepSeek's shape passes through.
 
 Parsing is gateway/parse.py (the internal request is OpenAI chat already); rendering puts
-back the model name the client asked for, in the answer and in every stream chunk, and
-turns the calls of a custom tool (offered upstream as a function taking its input as one
-string argument) back into custom tool calls.
+back the model name the client asked for, in the answer and in every stream chunk, gives
+a tool call that came without an id one (the client answers the call by it), and turns
+the calls of a custom tool (offered upstream as a function taking its input as one string
+argument) back into custom tool calls.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import orjson
 
 from gateway.errors import sse_error_event
 from gateway.pipeline import Prepared
+from gateway.protocols.responses import new_id
 from gateway.serve import Edge, Events
 from gateway.tools import custom_tool_input
 
@@ -48,12 +50,43 @@ def _restore_custom_calls(body: dict[str, Any], names: frozenset[str]) -> None:
                 calls[k] = _custom_call(call.get("id"), fn["name"], fn.get("arguments") or "")
 
 
+def _name_calls(body: dict[str, Any]) -> None:
+    for choice in body.get("choices") or ():
+        msg = choice.get("message") if isinstance(choice, dict) else None
+        calls = msg.get("tool_calls") if isinstance(msg, dict) else None
+        for call in calls if isinstance(calls, list) else ():
+            if isinstance(call, dict) and not call.get("id"):
+                call["id"] = new_id("call")
+
+
 def _chat_render(p: Prepared, body: dict[str, Any]) -> bytes:
     body["model"] = p.call.model  # the name the client asked for, whichever option served it
+    _name_calls(body)
     names = _custom_names(p)
     if names:
         _restore_custom_calls(body, names)
     return orjson.dumps(body)
+
+
+class _CallIds:
+    """A streamed tool call that came without an id gets one in its first fragment, the
+    one a client reads the id from (the argument fragments after it carry none anyway)."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[Any, Any]] = set()  # (choice index, tool index)
+
+    def feed(self, chunk: dict[str, Any]) -> None:
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+            for call in calls if isinstance(calls, list) else ():
+                if not isinstance(call, dict):
+                    continue
+                key = (choice.get("index", 0), call.get("index", 0))
+                if key not in self.seen:
+                    self.seen.add(key)
+                    if not call.get("id"):
+                        call["id"] = new_id("call")
 
 
 class _CustomCalls:
@@ -124,19 +157,20 @@ async def _chat_stream(p: Prepared, events: Events) -> Events:
     name = b'"model":' + orjson.dumps(p.call.model)
     names = _custom_names(p)
     calls = _CustomCalls(names) if names else None
+    ids = _CallIds()
     async for event in events:
         if event[:6] != b"data: ":
             yield event
             continue
-        if calls is not None:
-            event = _custom_event(calls, event)
+        if calls is not None or b'"tool_calls"' in event:
+            event = _tool_event(ids, calls, event)
         yield _MODEL_FIELD.sub(lambda _: name, event, count=1)
 
 
-def _custom_event(calls: _CustomCalls, event: bytes) -> bytes:
+def _tool_event(ids: _CallIds, calls: _CustomCalls | None, event: bytes) -> bytes:
     payload = event[6:].strip()
     if payload == b"[DONE]":
-        rest = calls.rest()
+        rest = calls.rest() if calls is not None else None
         return event if rest is None else b"data: " + orjson.dumps(rest) + b"\n\n" + event
     try:
         chunk = orjson.loads(payload)
@@ -144,7 +178,9 @@ def _custom_event(calls: _CustomCalls, event: bytes) -> bytes:
         return event
     if not isinstance(chunk, dict) or not chunk.get("choices"):
         return event
-    calls.feed(chunk)
+    ids.feed(chunk)
+    if calls is not None:
+        calls.feed(chunk)
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 

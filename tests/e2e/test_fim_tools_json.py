@@ -400,3 +400,60 @@ def test_an_output_limit_over_the_tiers_names_the_field_sent(
         )
     assert info.value.body["param"] == field  # type: ignore[index]
     assert info.value.body["message"].startswith(f"{field} 1000000 is over")  # type: ignore[index]
+
+
+@pytest.mark.parametrize("fixture", ["gateway", "hosted_first"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_call_without_an_id_gets_one(
+    request: pytest.FixtureRequest, sims: Sims, fixture: str, stream: bool
+) -> None:
+    gw: Gateway = request.getfixturevalue(fixture)
+    urls = [*sims.flash, *sims.pro, sims.hosted]
+    for url in urls:
+        sims.control(url, tool_call_ids=False)
+    ask: list[Any] = [{"role": "user", "content": "look it up"}]
+    try:
+        c = gw.client()
+        kwargs: dict[str, Any] = {"model": "deepseek-chat", "tools": TOOLS}
+        if stream:
+            with c.chat.completions.create(
+                messages=ask, tool_choice="required", stream=True, **kwargs
+            ) as s:
+                deltas = [
+                    tc
+                    for chunk in s
+                    if chunk.choices
+                    for tc in chunk.choices[0].delta.tool_calls or ()
+                ]
+            call_id, name = deltas[0].id, deltas[0].function.name
+            assert all(d.id is None for d in deltas[1:])  # the fragments after the first
+            args = "".join(d.function.arguments or "" for d in deltas)
+        else:
+            raw = c.chat.completions.with_raw_response.create(
+                messages=ask, tool_choice="required", **kwargs
+            )
+            tc = json.loads(raw.text)["choices"][0]["message"]["tool_calls"][0]
+            call_id, name, args = tc["id"], tc["function"]["name"], tc["function"]["arguments"]
+        assert isinstance(call_id, str) and call_id.startswith("call_")
+        answered = c.chat.completions.create(
+            messages=[
+                *ask,
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": call_id,
+                            "type": "function",
+                            "function": {"name": name, "arguments": args},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": call_id, "content": "found"},
+            ],
+            **kwargs,
+        )
+        assert answered.choices[0].message.content
+    finally:
+        for url in urls:
+            sims.control(url, tool_call_ids=True)

@@ -11,7 +11,7 @@ import pytest
 
 from engines.translate import hosted_body, json_schema_instruction, vllm_body
 from gateway.parse import Call, parse_chat
-from gateway.protocols.chat import _custom_event, _CustomCalls, _restore_custom_calls
+from gateway.protocols.chat import _CallIds, _CustomCalls, _restore_custom_calls, _tool_event
 from gateway.protocols.responses import parse_responses
 from policies.options import NON_THINKING, Mode
 
@@ -171,7 +171,8 @@ def test_a_streamed_custom_call_is_sent_whole_when_its_choice_finishes(finished:
     if finished:
         upstream.append(_chunk({}, "tool_calls"))
     upstream.append(b"data: [DONE]\n\n")
-    deltas = _deltas([_custom_event(calls, e) for e in upstream])
+    ids = _CallIds()
+    deltas = _deltas([_tool_event(ids, calls, e) for e in upstream])
     sent = [c for d in deltas for c in d.get("tool_calls", ())]
     assert [c.get("type") for c in sent] == ["function", None, "custom"]
     assert sent[-1] == {
