@@ -547,6 +547,11 @@ def _msg_id() -> str:
     return "msg_" + uuid.uuid4().hex[:24]
 
 
+def _tool_use_id() -> str:
+    """For a tool call that came without an id: the client answers it by this one."""
+    return f"toolu_{uuid.uuid4().hex[:20]}"
+
+
 def _stop(finish: str | None, matched: Any, stops: list[str]) -> tuple[str, str | None]:
     """Anthropic's ``stop_reason`` and ``stop_sequence`` from the upstream finish.
 
@@ -586,7 +591,12 @@ def to_message(resp: dict[str, Any], model: str, stops: list[str] | None = None)
         except orjson.JSONDecodeError:
             args = {"_raw": fn.get("arguments")}
         content.append(
-            {"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": args}
+            {
+                "type": "tool_use",
+                "id": call.get("id") or _tool_use_id(),
+                "name": fn.get("name"),
+                "input": args,
+            }
         )
     usage = usage_from_openai(resp.get("usage")) or Usage()
     return {
@@ -696,7 +706,7 @@ class StreamTranslator:
             if isinstance(step, Begin):
                 block = {
                     "type": "tool_use",
-                    "id": step.id or f"toolu_{uuid.uuid4().hex[:20]}",
+                    "id": step.id or _tool_use_id(),
                     "name": step.name,
                     "input": {},
                 }

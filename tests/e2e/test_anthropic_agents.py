@@ -246,3 +246,27 @@ def test_parallel_tool_calls_interleaved_upstream_arrive_whole(
     assert len(calls) == 3 and len({c.id for c in calls}) == 3
     assert all(c.name == "get_weather" and set(c.input) == {"query"} for c in calls)
     assert final.stop_reason == "tool_use"
+
+
+@pytest.mark.parametrize("fixture", ["gateway", "hosted_first"])
+def test_a_tool_call_without_an_id_gets_one(
+    request: pytest.FixtureRequest, sims: Sims, fixture: str
+) -> None:
+    gw: Gateway = request.getfixturevalue(fixture)
+    urls = [*sims.flash, *sims.pro, sims.hosted]
+    for url in urls:
+        sims.control(url, tool_call_ids=False)
+    ask = 'use the get_weather tool with {"city": "Paris"}'
+    try:
+        raw = client(gw).messages.with_raw_response.create(
+            model="claude-sonnet-4-5",
+            max_tokens=256,
+            tools=WEATHER,  # type: ignore[arg-type]
+            tool_choice={"type": "any"},
+            messages=[{"role": "user", "content": ask}],
+        )
+    finally:
+        for url in urls:
+            sims.control(url, tool_call_ids=True)
+    call = json.loads(raw.http_response.text)["content"][-1]
+    assert call["type"] == "tool_use" and call["id"].startswith("toolu_")
