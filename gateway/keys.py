@@ -44,23 +44,23 @@ def master_key_matches(presented: str | None, master: str | None) -> bool:
 
 
 def request_key(headers: Mapping[str, str]) -> str | None:
-    """The key a request carries, or None when it carries no credential at all."""
-    auth = headers.get("authorization")
-    if auth is not None:
-        scheme, _, token = auth.strip().partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    key = headers.get("x-api-key")
-    if key is not None and key.strip():
-        return key.strip()
+    """The key a request carries, or None when it carries no credential at all (headers
+    that are absent or empty: a client configured without a key sends ``Bearer`` alone).
+    A credential the gateway cannot read (another scheme, a key without one, Azure's
+    ``api-key``) is a 401, never an anonymous request."""
+    auth = (headers.get("authorization") or "").strip()
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    key = (headers.get("x-api-key") or "").strip()
+    if key:
+        return key
     # Never quote the header's value: a key sent without a scheme would be echoed back.
-    if auth is not None:
+    if auth and scheme.lower() != "bearer":
         raise AuthenticationFailed(
             "unusable Authorization header (only the Bearer scheme with a key is read); "
             + _ACCEPTED
         )
-    if key is not None:
-        raise AuthenticationFailed("empty x-api-key header; " + _ACCEPTED)
-    if "api-key" in headers:
+    if (headers.get("api-key") or "").strip():
         raise AuthenticationFailed("the api-key header is not read here; " + _ACCEPTED)
     return None
