@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,9 +24,9 @@ from gateway.accounting import Accounting, OpenAccounting
 from gateway.errors import error_response
 from gateway.fastpath import TiergateApp, unexpected_error
 from gateway.http_guard import BodyLimit, metric_protocol
-from gateway.inflight import InflightJournal
+from gateway.inflight import InflightJournal, hold_of
 from gateway.inflight_entries import Entries, RedisEntries, SqlEntries
-from gateway.logging import configure_logging
+from gateway.logging import configure_logging, get_logger
 from gateway.metrics import Metrics
 from gateway.orphans import settle_orphan
 from gateway.pipeline import Pipeline, rule_classifier
@@ -42,6 +43,8 @@ from policies.catalog import Catalog, load_catalog
 from policies.errors import InvalidRequest, ServiceUnavailable, TiergateError, UnknownModel
 from policies.router import Router
 
+log = get_logger("tiergate.app")
+
 AccountingFactory = Callable[[Settings, Catalog, Metrics], Awaitable[Accounting]]
 
 
@@ -54,11 +57,13 @@ async def open_accounting(settings: Settings, catalog: Catalog, metrics: Metrics
     return await open_money(settings, metrics)
 
 
-def open_journal(
+async def open_journal(
     accounting: Accounting, pipeline: Pipeline, settings: Settings, metrics: Metrics
 ) -> InflightJournal | None:
     """The in-flight journal (gateway/inflight.py), in Redis when the processes share one,
-    else in the database; none without a database."""
+    else in the database; none without a database. Without Redis, the requests a dead
+    process was serving are held in this process's budgets until they are settled."""
+    from gateway.budgets.memory import MemoryBudgetStore
     from gateway.money import MoneyAccounting
 
     if not isinstance(accounting, MoneyAccounting):
@@ -74,6 +79,16 @@ def open_journal(
         interval_s=settings.inflight_interval_s,
         orphan_after_s=settings.inflight_orphan_s,
     )
+    store = getattr(accounting, "store", None)
+    if accounting.redis is None and isinstance(store, MemoryBudgetStore):
+
+        async def hold(rid: str, entry: dict[str, Any]) -> None:
+            h = hold_of(rid, entry["hold"])
+            await store.adopt(rid, h.windows, h.amount_nanos)
+
+        held = await journal.adopt(hold)
+        if held:
+            log.warning("budgets hold the requests of a dead gateway process", requests=held)
     journal.start()
     return journal
 
@@ -130,7 +145,7 @@ def create_app(
         if loaded.routing.shadow.enabled:
             pipeline.shadow = ShadowService(loaded, engines, accounting, metrics)
             pipeline.shadow.truth = truth
-        pipeline.journal = open_journal(accounting, pipeline, settings, metrics)
+        pipeline.journal = await open_journal(accounting, pipeline, settings, metrics)
         app.state.tiergate = AppState(settings, loaded, metrics, session, engines, pipeline)
         try:
             yield

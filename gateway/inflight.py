@@ -178,6 +178,19 @@ class InflightJournal:
                 self._removals.add(request_id)
                 log.warning("in-flight entry not removed", request_id=request_id, error=repr(exc))
 
+    async def adopt(self, hold: Callable[[str, dict[str, Any]], Awaitable[None]]) -> int:
+        """Without Redis, at start-up: ``hold`` each entry with something to bill whose
+        request the ledger lacks, so that the budgets this process rebuilt from the ledger
+        count the requests a dead process was serving until a sweep settles them (else a
+        restart would admit their cost twice). Returns how many."""
+        count = 0
+        for rid, payload in await self.entries.unbilled():
+            entry = orjson.loads(payload)
+            if "event" in entry:
+                await hold(rid, entry)
+                count += 1
+        return count
+
     async def orphan_cost(self, request_id: str) -> int | None:
         """Without Redis: what another process billed this running request from its entry
         while this one was stalled past ``orphan_after_s`` (its settlement then replaces

@@ -51,6 +51,10 @@ class Entries(Protocol):
         """What another process billed this request from its entry, where only the ledger
         can tell (None: not so billed, or the budget store tells: Redis)."""
 
+    async def unbilled(self) -> list[tuple[str, bytes]]:
+        """Every entry whose request has no ledger row yet (without Redis: what a process
+        starting counts as held in its budgets; Redis keeps the holds themselves)."""
+
 
 # Claim the entries whose heartbeat is older than the cutoff: each is pushed ahead by the
 # claim's lease (so one sweeper settles it) and returned with its payload.
@@ -95,6 +99,9 @@ class RedisEntries:
 
     async def orphan_cost(self, request_id: str) -> int | None:
         return None  # settle.lua finds and replaces an orphan settlement itself
+
+    async def unbilled(self) -> list[tuple[str, bytes]]:
+        return []  # the holds live in Redis with the entries
 
     async def claim(self, cutoff: float, lease: float, limit: int) -> list[tuple[str, bytes]]:
         found = await self._claim(keys=[self.hash, self.zset], args=[cutoff, lease, limit])
@@ -147,6 +154,12 @@ class SqlEntries:
                 )
             ).first()
         return int(row[0]) if row is not None and row[1].endswith("orphaned") else None
+
+    async def unbilled(self) -> list[tuple[str, bytes]]:
+        billed = select(LedgerRow.request_id).where(LedgerRow.request_id == _Row.request_id)
+        async with self.sessions() as s:
+            rows = await s.execute(select(_Row.request_id, _Row.payload).where(~billed.exists()))
+            return [(r, p.encode()) for r, p in rows.all()]
 
     async def claim(self, cutoff: float, lease: float, limit: int) -> list[tuple[str, bytes]]:
         due = select(_Row.request_id).where(_Row.seen < cutoff).order_by(_Row.seen).limit(limit)

@@ -54,6 +54,15 @@ class MemoryBudgetStore:
         for c in counters:
             c.held[request_id] = (amount_nanos, now + self._ttl)
 
+    async def adopt(self, request_id: str, windows: Sequence[Window], amount_nanos: int) -> None:
+        """Hold ``amount_nanos`` for a request another life of this process was serving
+        (its in-flight journal entry, not settled yet), whatever the limit: it was admitted
+        then, and its settlement will take the hold as any request's does."""
+        counters = [await self._counter(w) for w in windows]
+        expiry = time.monotonic() + self._ttl
+        for c in counters:
+            c.held.setdefault(request_id, (amount_nanos, expiry))
+
     async def settle(
         self, request_id: str, windows: Sequence[Window], actual_nanos: int, event: dict[str, Any]
     ) -> list[int] | None:

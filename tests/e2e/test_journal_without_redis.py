@@ -245,3 +245,51 @@ def test_a_stream_killed_before_the_first_journal_write_is_billed(
         for _, status, reason, prompt, cost in rows:
             assert status == 502 and str(reason).endswith("usage=estimated;orphaned"), reason
             assert int(prompt) > 0 and int(cost) > 0
+
+
+def _remaining_usd(url: str, key: str) -> float:
+    """The budget left, from the 429 of a request whose worst case no budget here covers."""
+    body = {
+        "model": "deepseek-chat",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 300_000,
+    }
+    r = httpx.post(
+        url + "/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert r.status_code == 429, r.text
+    return float(r.headers["x-tiergate-budget-remaining-usd"])
+
+
+def test_a_restarted_process_budgets_hold_what_its_previous_life_was_serving(
+    sims: Sims, tmp_path: Path
+) -> None:
+    """SQLite, one process killed with two streams running and restarted at once: its
+    budgets, rebuilt from the ledger, also hold those two until they are settled from the
+    journal (before, the restart admitted their cost again: a hard limit was passed by
+    34.5% in an outside test)."""
+    url, query = sqlite_db(tmp_path)
+    for gw in slow_gateways(sims, tmp_path, url, 1):
+        limit = 0.01
+        team_id, key, _ = team_with_budget(gw, "held-across-restart", limit_usd=limit)
+        streams = [Stream(gw.urls[0], key) for _ in range(2)]
+        time.sleep(1.0)
+        gw.procs[0].send_signal(signal.SIGKILL)
+        gw.procs[0].wait(10)
+        assert all(s.done.wait(10) for s in streams)
+        restart(gw, 0)
+        held = _remaining_usd(gw.urls[0], key)
+        assert held < limit  # the two streams count before they are billed
+        deadline = time.monotonic() + 30
+        rows: list[Any] = []
+        while len(rows) < 2 and time.monotonic() < deadline:
+            rows = query("select cost_nanos from ledger where team_id = %s", team_id)
+            time.sleep(0.2)
+        assert len(rows) == 2
+        billed = sum(int(r[0]) for r in rows) / 1e9
+        after = _remaining_usd(gw.urls[0], key)
+        assert after == pytest.approx(limit - billed, abs=1e-9)  # the holds became the bills
+        assert held <= after  # a hold is the worst case, never less than the bill

@@ -461,3 +461,25 @@ async def test_a_stream_never_waits_for_the_store_and_a_failed_write_is_retried(
     failing.fail = False
     await k.flush()  # the next flush writes it
     assert (await store.read("f"))[0] == orjson.dumps(billable(v=2))
+
+
+async def test_without_redis_the_unbilled_entries_are_what_a_restart_holds(store: Store) -> None:
+    dead = journal(store, Settled())
+    for rid in ("billed", "running", "settled-not-written"):
+        dead.track(rid, lambda rid=rid: billable(rid=rid))
+    await dead.flush()
+    await dead.done("settled-not-written", lambda: billable(rid="settled", status=200))
+    held: list[tuple[str, dict[str, Any]]] = []
+
+    async def hold(rid: str, entry: dict[str, Any]) -> None:
+        held.append((rid, entry))
+
+    if store.sessions is None:  # Redis keeps the holds with the entries: nothing to adopt
+        assert await journal(store, Settled()).adopt(hold) == 0
+        return
+    assert await insert_events(store.sessions, [ledger_event("billed")]) == 1
+    assert await journal(store, Settled()).adopt(hold) == 2
+    assert sorted(held) == [
+        ("running", billable(rid="running")),
+        ("settled-not-written", billable(rid="settled", status=200)),
+    ]
