@@ -73,6 +73,8 @@ DEV = {
 }
 VARIANTS: dict[str, dict[str, object]] = {
     "base": {},
+    # without the per-family prior (the model before it)
+    "no_family": {"families": False},
     # the choosing procedure cross-validated itself (margin: the inner rule's)
     "nested": {"nested_se": 0.0},
     "nested_inner_se1": {"nested_se": 0.0, "margin": 1.0},

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from policies.features import DENSE_NAMES, Features, hash_ngrams
+from policies.router.families import shipped_families
 from policies.router.npz import meta_dict, read_arrays, require
 
 # Dense feature columns that describe the task (the newest user turn and the request).
@@ -345,7 +346,7 @@ class _RowWeights:
 LAMBDAS: tuple[float, ...] = (100.0, 30.0, 10.0, 3.0, 1.0)
 CV_FOLDS = 5
 MIN_CV_ROWS = 2 * CV_FOLDS  # fewer labelled rows keep the fallback (no cross-validation)
-USES = ("prior", "topic", "topic+knn", "full")
+USES = ("prior", "topic", "topic+knn", "family", "full")
 # Blend weights tried: the fallback plus this many standard deviations of a candidate's
 # score (inf: the candidate alone, whose own length coefficient is free).
 ALPHAS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, math.inf)
@@ -452,6 +453,9 @@ class _Inputs:
     rest: np.ndarray  # the full candidate's ridge columns: signals, embedding, lexical
     k_rest: np.ndarray  # rest @ rest.T
     k_topic: np.ndarray  # topics @ topics.T
+    # one-hot family of each row, and topics x families (no columns: no family candidate)
+    families: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    family_of: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
 
 Folds = list[tuple[np.ndarray, np.ndarray]]  # held-out rows, their scores
@@ -482,7 +486,7 @@ def _fold_scores_on(d: _Inputs, fold: np.ndarray, use: str, lam: float) -> Folds
             fit = _full_scores(d, tr, tr, knn, lam, alpha, b)
             pred = _full_scores(d, te, tr, knn, lam, alpha, b)
         else:
-            x, pen = _design(d.zb, knn, d.topics, use)
+            x, pen = _design(d.zb, knn, d.families if use == "family" else d.topics, use)
             w, _ = _ridge(x[tr], d.y[tr], pen)
             fit, pred = x[tr] @ w, x[te] @ w
         out.append((te, (pred - fit.mean()) / (fit.std() or 1.0)))
@@ -553,6 +557,8 @@ def _leads(
     base = _gains(d, prior, prior, 0.0)
     leads: dict[Choice, np.ndarray] = {}
     for u in USES[1:]:
+        if u == "family" and not d.families.shape[1]:
+            continue
         for lm in lambdas if u == "full" else (0.0,):
             cand = [r for f in folds for r in _fold_scores_on(d, f, u, lm)]
             for a in alphas:
@@ -629,11 +635,13 @@ def fit_pair(
     alphas: Sequence[float] = ALPHAS,
     margin: float = MARGIN_SE,
     nested_se: float | None = NESTED_SE,
+    families: bool = True,
 ) -> PairModel:
     """Learn one pair from labelled rows (``y`` from ``pair_label``), prior = the fallback.
 
     Candidates: the fallback alone; plus a per-topic prior; plus a nearest-neighbour term
-    (k = n/8, 5 to 200); plus ridge on the signals and the embedding. Each is scored by
+    (k = n/8, 5 to 200); plus a per-family prior (``families``: policies/router/families.py);
+    plus ridge on the signals and the embedding. Each is scored by
     5-fold cross-validation on the labelled rows (``excess_gain``), alone and blended into
     the fallback; a learned choice replaces the fallback only when its lead over it, paired
     by fold, exceeds ``margin`` standard errors and the choosing procedure, cross-validated
@@ -664,6 +672,9 @@ def fit_pair(
     rest = np.hstack([zb[:, 1:], e.astype(np.float64) * EMB_GAIN, lex * LEX_GAIN]).astype(
         np.float32
     )
+    # Families are those of the shipped topics: none for a caller's own topic set.
+    fam = shipped_families() if cents.shape[0] == shipped_families().shape[0] else None
+    fam = np.zeros((cents.shape[0], 0)) if fam is None or not families else fam
     d = _Inputs(
         zb,
         topics,
@@ -674,6 +685,8 @@ def fit_pair(
         rest,
         (rest @ rest.T).astype(np.float64),
         topics @ topics.T,
+        topics @ fam,
+        fam,
     )
     (use, lam, alpha), cv = (
         _choose(d, lambdas, alphas, margin, nested_se, seed) if n else (PRIOR, {})
@@ -733,6 +746,11 @@ def _final_weights(
         w[2 : 2 + t] = d.topics.T @ dual / TOPIC_PSEUDO_ROWS
         w[2 + t :] = d.rest.T.astype(np.float64) @ dual / (lam * n)
         return w, float(b[0])
+    if use == "family":  # a family's weight on each of its topics: the same linear model
+        xs, pen = _design(d.zb, knn, d.families, use)
+        ws, bias = _ridge(xs, d.y, pen)
+        w[0], w[2 : 2 + t] = ws[0], d.family_of @ ws[1:]
+        return w, bias
     xs, pen = _design(d.zb, knn, d.topics, use)
     ws, bias = _ridge(xs, d.y, pen)
     w[[0, *([1] if use == "topic+knn" else []), *range(2, 2 + t)]] = ws

@@ -12,8 +12,9 @@ import pytest
 
 from policies.features import extract_features, from_text
 from policies.options import NON_THINKING, Mode
-from policies.router import Router
+from policies.router import Router, scorer
 from policies.router.embed import DIM, EmbeddingUnavailable, StaticEmbedder, read_safetensor
+from policies.router.families import FAMILIES, family_of, shipped_families, topic_names
 from policies.router.metrics import curve
 from policies.router.policy import apply_signals
 from policies.router.scorer import (
@@ -34,6 +35,7 @@ from policies.router.scorer import (
     lexical,
     pair_label,
     scores_of,
+    shipped_topics,
     topic_onehot,
 )
 from policies.routing import AutoChoice
@@ -455,3 +457,54 @@ def test_online_truth_estimate(
     assert got is not None
     assert got.quality_kept == pytest.approx(kept) and got.strong_share == pytest.approx(share)
     assert got.cost_saved == (None if saved is None else pytest.approx(saved))
+
+
+def test_every_shipped_topic_has_one_family() -> None:
+    m = shipped_families()
+    assert m.shape == (shipped_topics().shape[0], len(FAMILIES)) and (m.sum(axis=1) == 1).all()
+    assert family_of("zeroeval/crux") == family_of("dcrouter/mbpp") == "code"
+    assert family_of("zeroeval/math-l5") == family_of("math:Geometry") == "math"
+    assert family_of("mmlu_pro:physics") == "science" and family_of("bbh:navigate") == "logic"
+
+
+def _family_rows(n: int, seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Rows over the 7 MATH subjects and CRUX (topic one-hots as a classifier gives them);
+    the strong side helps on the code rows, whatever the subject of the others."""
+    rng = np.random.default_rng(seed)
+    names = topic_names()
+    math_topics = [i for i, t in enumerate(names) if t.startswith("math:")]
+    crux = names.index("zeroeval/crux")
+    texts, y = [], []
+    topics = np.zeros((n, len(names)))
+    for r in range(n):
+        code = rng.random() < 0.3
+        t = crux if code else int(rng.choice(math_topics))
+        topics[r, t] = 1.0
+        texts.append(" ".join(rng.choice(WORDS, size=int(rng.integers(2, 60)))))
+        y.append(1.0 if code and rng.random() < 0.5 else -1.0 if rng.random() < 0.05 else 0.0)
+    return texts, np.array(y), topics
+
+
+def test_a_family_prior_is_one_weight_for_all_the_topics_of_a_family(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Expressed in the model's topic columns (the saved file does not change): every MATH
+    subject gets the math family's weight, and code rows rank above them."""
+    monkeypatch.setattr(scorer, "USES", ("prior", "family"))
+    e = StaticEmbedder.load()
+    texts, y, topics = _family_rows(400, 0)
+    feats = [from_text(t) for t in texts]
+    model = fit_pair(
+        feats, e.embed_many(texts), y, topic_rows=topics, alphas=(math.inf,), margin=-1e9
+    )
+    assert model.meta["chosen"] == "family"
+    t = shipped_topics().shape[0]
+    w = model.coef[2 : 2 + t]
+    fam = shipped_families()
+    for f in range(fam.shape[1]):
+        members = w[fam[:, f] == 1]
+        assert np.allclose(members, members[0])
+    names = np.flatnonzero(fam[:, FAMILIES.index("code")])
+    assert w[names].min() > w[fam[:, FAMILIES.index("math")] == 1].max()
+    off = fit_pair(feats, e.embed_many(texts), y, topic_rows=topics, families=False)
+    assert "family" not in off.meta["cv_excess_gain"]
