@@ -543,7 +543,9 @@ class Pipeline:
         if usage is None:
             p.reasons.append("usage=estimated")
             usage = p.estimated()
-            status = 502 if status == 200 else status
+            if status == 200 and stream.outcome.finish_reason is None:
+                status = 502  # ended without its end: an answer cut short
+            # else a whole answer whose upstream sent no usage: served, billed as estimated
         if stream.outcome.finish_reason == "insufficient_system_resource":
             p.reasons.append("upstream-insufficient-resource")
         await self._settle(p, usage, status)

@@ -8,7 +8,7 @@ from typing import Literal
 Mode = Literal["vllm", "hosted"]
 
 #: Faults that are not an HTTP status: see ``engines.sim.faults``.
-FAULT_KINDS = ("disconnect", "midstream", "insufficient", "stall", "error_event")
+FAULT_KINDS = ("disconnect", "midstream", "insufficient", "stall", "error_event", "no_usage")
 
 
 def fault_is_valid(fault: str) -> bool:

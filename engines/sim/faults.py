@@ -12,7 +12,10 @@ the config: ``fail_mode`` if set, else ``fail_status``. Kinds:
 - ``stall``: the request is accepted and never answered until the client gives up
   (bounded by ``stall_s``);
 - ``error_event``: vLLM's failure inside a stream: a few chunks, then
-  ``data: {"error": {...}}`` and ``data: [DONE]`` (not streamed: vLLM's empty 500).
+  ``data: {"error": {...}}`` and ``data: [DONE]`` (not streamed: vLLM's empty 500);
+- ``no_usage``: a whole stream, ``[DONE]`` included, without the usage chunk that
+  ``stream_options.include_usage`` asks for (an OpenAI-compatible server that ignores it);
+  not streamed: no fault.
 
 Closing a connection without a proper end needs the server's transport: under uvicorn
 it is reached through the ``send`` callable the server hands the app; elsewhere the

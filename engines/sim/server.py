@@ -360,7 +360,7 @@ async def _stream(
             return
         for chunk in gen.final_chunks():
             yield _sse(chunk)
-        if include_usage:
+        if include_usage and fault != "no_usage":
             yield _sse(gen.usage_chunk())
         yield b"data: [DONE]\n\n"
         state.finished(gen, queued_s)

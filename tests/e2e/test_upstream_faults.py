@@ -79,6 +79,28 @@ def test_stream_dying_midway_ends_with_an_error_event_and_is_billed(
     assert "usage=estimated" in settled[0].route_reason
 
 
+def test_a_whole_stream_without_its_usage_is_served_not_failed(
+    strict_gateway: Gateway, sims: Sims
+) -> None:
+    """An upstream that ignores ``stream_options.include_usage`` sends the whole answer and
+    ``[DONE]`` but no usage: the client was served, so the ledger says 200, billed from the
+    estimate (before: 502, counted as a failure)."""
+    sims.control(sims.flash[0], fail_rate=1.0, fail_mode="no_usage")
+    before = len(strict_gateway.settled())
+    try:
+        chunks = list(
+            strict_gateway.client().chat.completions.create(
+                model="deepseek-chat", messages=USER, max_tokens=16, stream=True
+            )
+        )
+    finally:
+        sims.control(sims.flash[0], fail_rate=0.0, fail_mode="")
+    assert chunks[-1].choices and chunks[-1].choices[0].finish_reason in ("stop", "length")
+    (s,) = strict_gateway.settled()[before:]
+    assert s.status == 200 and "usage=estimated" in s.route_reason, (s.status, s.route_reason)
+    assert s.output_tokens > 0 and s.cache_miss_tokens > 0
+
+
 @pytest.fixture(scope="module")
 def litellm_gateway(sims: Sims, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Gateway]:
     """Hosted DeepSeek through litellm, plus a pass-through model priced by litellm's map."""
