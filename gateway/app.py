@@ -25,7 +25,7 @@ from gateway.errors import error_response
 from gateway.fastpath import TiergateApp, unexpected_error
 from gateway.http_guard import BodyLimit, metric_protocol
 from gateway.inflight import InflightJournal, hold_of
-from gateway.inflight_entries import Entries, RedisEntries, SqlEntries
+from gateway.inflight_entries import Entries, RedisEntries, RedisOrDatabase, SqlEntries
 from gateway.logging import configure_logging, get_logger
 from gateway.metrics import Metrics
 from gateway.orphans import settle_orphan
@@ -71,7 +71,9 @@ async def open_journal(
     entries: Entries = (
         SqlEntries(accounting.sessions)
         if accounting.redis is None
-        else RedisEntries(accounting.redis, settings.redis_prefix)
+        else RedisOrDatabase(
+            RedisEntries(accounting.redis, settings.redis_prefix), SqlEntries(accounting.sessions)
+        )
     )
     journal = InflightJournal(
         entries,

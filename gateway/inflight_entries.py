@@ -8,6 +8,8 @@ claimer settles each entry and a failed settlement is tried again after the leas
 - ``RedisEntries``: a hash of entries and a sorted set of heartbeats; budget holds live in
   Redis too, so a dead process's request that had no answer yet is journaled as well, for
   a survivor to release its hold.
+- ``RedisOrDatabase``: Redis, and the database while Redis cannot be reached, so that a
+  process killed during a Redis outage leaves entries as fresh as its last write.
 - ``SqlEntries``: the ``inflight_requests`` table (PostgreSQL, or the embedded SQLite). The
   budgets are each process's own, so a dead process's holds died with it: only entries with
   something to bill are kept. The ledger is written in batches after a settlement, so a
@@ -19,6 +21,8 @@ claimer settles each entry and a failed settlement is tried again after the leas
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -30,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import InflightRequest as _Row
 from gateway.db.models import LedgerRow
+from gateway.outage import REDIS_DOWN
 
 
 class Entries(Protocol):
@@ -161,6 +166,12 @@ class SqlEntries:
             rows = await s.execute(select(_Row.request_id, _Row.payload).where(~billed.exists()))
             return [(r, p.encode()) for r, p in rows.all()]
 
+    async def present(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` have an entry here."""
+        async with self.sessions() as s:
+            found = await s.execute(select(_Row.request_id).where(_Row.request_id.in_(list(ids))))
+            return set(found.scalars())
+
     async def claim(self, cutoff: float, lease: float, limit: int) -> list[tuple[str, bytes]]:
         due = select(_Row.request_id).where(_Row.seen < cutoff).order_by(_Row.seen).limit(limit)
         async with self.sessions() as s:
@@ -185,3 +196,93 @@ class SqlEntries:
                 await s.execute(delete(_Row).where(_Row.request_id.in_(list(billed))))
             await s.commit()
         return [(r, p.encode()) for r, p in claimed if r not in billed]
+
+
+# A request that ended while Redis was away, whose Redis entry could not be removed: never
+# billed from that stale entry.
+ENDED = b'{"ended":true}'
+
+
+class RedisOrDatabase:
+    """Redis entries, written to the database instead while Redis cannot be reached.
+
+    During an outage every write goes to the database whole (each running request's last
+    payload, with its heartbeat), and a request that ends leaves a marker there in place of
+    the Redis entry it could not remove; once Redis answers again the next write puts the
+    entries back in Redis whole and clears them from the database. Where both stores hold
+    a request (its process was killed during the outage, and Redis kept an older entry), the
+    database decides: its entry is the newer, or says the request ended, and a settlement is
+    idempotent, so the stale Redis entry must never be the one billed."""
+
+    keeps_holds = True
+    ledger_retires = False
+
+    def __init__(self, primary: RedisEntries, fallback: SqlEntries) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self._last: dict[str, bytes] = {}  # every payload this process's entries hold
+        self._away: set[str] = set()  # this process's entries (or end markers) in the database
+        self._stale: set[str] = set()  # ended while Redis was away: still to remove there
+        self._claimed: set[str] = set()  # other processes' entries claimed from the database
+
+    async def write(self, changed: dict[str, bytes], seen: dict[str, float]) -> None:
+        self._last.update(changed)
+        whole = {rid: self._last[rid] for rid in seen if rid in self._last}
+        try:
+            await self.primary.write(whole if self._away else changed, seen)
+        except REDIS_DOWN:
+            await self.fallback.write(whole, seen)
+            self._away.update(whole)
+            return
+        if self._stale:
+            await self.primary.remove(list(self._stale))
+            self._stale.clear()
+        if self._away:
+            back = list(self._away)
+            await self.fallback.remove(back)
+            self._away.difference_update(back)
+
+    async def remove(self, ids: Sequence[str]) -> None:
+        for rid in ids:
+            self._last.pop(rid, None)
+        try:
+            await self.primary.remove(ids)
+        except REDIS_DOWN:
+            now = time.time()
+            await self.fallback.write({r: ENDED for r in ids}, {r: now for r in ids})
+            self._away.update(ids)
+            self._stale.update(ids)
+            return
+        ours = [r for r in ids if r in self._away or r in self._claimed]
+        if ours:
+            await self.fallback.remove(ours)
+            self._away.difference_update(ours)
+            self._claimed.difference_update(ours)
+
+    async def orphan_cost(self, request_id: str) -> int | None:
+        return None  # settle.lua replaces an orphan settlement itself
+
+    async def unbilled(self) -> list[tuple[str, bytes]]:
+        return []
+
+    async def claim(self, cutoff: float, lease: float, limit: int) -> list[tuple[str, bytes]]:
+        found: list[tuple[str, bytes]] = []
+        with contextlib.suppress(*REDIS_DOWN):  # the database's entries can still be settled
+            found = await self.primary.claim(cutoff, lease, limit)
+        if found:
+            decided = await self.fallback.present([r for r, _ in found])
+            if decided:  # stale in Redis: the database's entry is billed when it is due
+                await self.primary.remove(list(decided))
+                found = [(r, p) for r, p in found if r not in decided]
+        ended: list[str] = []
+        for rid, payload in await self.fallback.claim(cutoff, lease, limit):
+            if payload == ENDED:
+                ended.append(rid)
+            else:
+                self._claimed.add(rid)
+                found.append((rid, payload))
+        if ended:
+            with contextlib.suppress(*REDIS_DOWN):
+                await self.primary.remove(ended)
+                await self.fallback.remove(ended)
+        return found

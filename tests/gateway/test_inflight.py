@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from redis import exceptions as redis_exceptions
 from redis.asyncio import Redis
 from sqlalchemy import delete, func, select
 
@@ -23,7 +24,13 @@ from gateway.db.engine import make_engine, make_sessions
 from gateway.db.migrate import upgrade
 from gateway.db.models import InflightRequest, LedgerRow
 from gateway.inflight import InflightJournal, hold_json, hold_of
-from gateway.inflight_entries import Entries, RedisEntries, SqlEntries
+from gateway.inflight_entries import (
+    ENDED,
+    Entries,
+    RedisEntries,
+    RedisOrDatabase,
+    SqlEntries,
+)
 from gateway.ledger import insert_events
 from policies.budget import BudgetSpec
 
@@ -483,3 +490,86 @@ async def test_without_redis_the_unbilled_entries_are_what_a_restart_holds(store
         ("running", billable(rid="running")),
         ("settled-not-written", billable(rid="settled", status=200)),
     ]
+
+
+class FlakyRedis(RedisEntries):
+    """Real Redis entries that raise as an unreachable Redis does while ``down``."""
+
+    down = False
+
+    async def write(self, changed: dict[str, bytes], seen: dict[str, float]) -> None:
+        if self.down:
+            raise redis_exceptions.ConnectionError("Connection refused")
+        await super().write(changed, seen)
+
+    async def remove(self, ids: Any) -> None:
+        if self.down:
+            raise redis_exceptions.ConnectionError("Connection refused")
+        await super().remove(ids)
+
+    async def claim(self, cutoff: float, lease: float, limit: int) -> list[tuple[str, bytes]]:
+        if self.down:
+            raise redis_exceptions.ConnectionError("Connection refused")
+        return await super().claim(cutoff, lease, limit)
+
+
+@pytest.fixture
+async def both(
+    redis_url: str, redis_prefix: str, pg_url: str
+) -> AsyncIterator[tuple[Store, Store, FlakyRedis]]:
+    async for r in _redis_store(redis_url, redis_prefix):
+        async for db in _sql_store(pg_url):
+            yield r, db, FlakyRedis(Redis.from_url(redis_url), redis_prefix)
+
+
+async def test_during_a_redis_outage_the_journal_is_written_to_the_database(
+    both: tuple[Store, Store, FlakyRedis],
+) -> None:
+    """A process killed while Redis is away leaves entries as fresh as its last write (in
+    the database), and the survivor bills those, never the stale ones Redis kept."""
+    r, db, flaky = both
+    progress = {"chars": 10}
+    dying = InflightJournal(RedisOrDatabase(flaky, SqlEntries(db.sessions)), Settled())
+    dying.track("s", lambda: billable(**progress))
+    dying.track("done-in-outage", lambda: billable(chars=5))
+    await dying.flush()  # Redis up: both in Redis
+    assert (await r.read("s"))[0] == orjson.dumps(billable(chars=10))
+    flaky.down = True
+    progress["chars"] = 900
+    await dying.flush()  # Redis away: the database has them whole
+    assert (await db.read("s"))[0] == orjson.dumps(billable(chars=900))
+    assert (await db.read("done-in-outage"))[0] == orjson.dumps(billable(chars=5))
+    await dying.done("done-in-outage")  # ended: Redis's stale entry must never be billed
+    assert (await db.read("done-in-outage"))[0] == ENDED
+    # the process dies; Redis comes back; a survivor sweeps
+    settled = Settled()
+    prefix = flaky.hash[: -len("inflight")]
+    survivor = InflightJournal(
+        RedisOrDatabase(RedisEntries(flaky.redis, prefix), SqlEntries(db.sessions)),
+        settled,
+        orphan_after_s=0.2,
+    )
+    flaky.down = False
+    await asyncio.sleep(0.3)
+    await survivor.sweep()
+    await survivor.sweep()
+    # the newer payload, never Redis's stale 10; the ended request not at all
+    assert settled.calls == [("s", billable(chars=900))]
+    assert await db.count() == 0 and await r.count() == 0
+
+
+async def test_when_redis_answers_again_the_entries_go_back_to_it(
+    both: tuple[Store, Store, FlakyRedis],
+) -> None:
+    r, db, flaky = both
+    j = InflightJournal(RedisOrDatabase(flaky, SqlEntries(db.sessions)), Settled())
+    j.track("s", lambda: billable(chars=1))
+    flaky.down = True
+    await j.flush()
+    assert await db.count() == 1 and await r.count() == 0
+    flaky.down = False
+    await j.flush()  # unchanged since, but written whole to Redis
+    assert await db.count() == 0
+    assert (await r.read("s"))[0] == orjson.dumps(billable(chars=1))
+    await j.done("s")
+    assert await r.count() == 0
