@@ -2,11 +2,12 @@
 
 A gateway process killed with SIGKILL (or by the OOM killer) cannot settle the requests it
 was serving, though the upstream billed what it generated. So every process writes, every
-``interval_s``, one entry per request that has been running at least that long: the ledger
-event it would settle with at that moment (the prompt estimate and, for a stream, the text
-streamed so far) and the budget windows it reserved in, with a heartbeat; in Redis when the
-processes share one, else in the database (gateway/inflight_entries.py), where the embedded
-default's single process finds its previous life's entries when it comes back. Settling or
+``interval_s``, one entry per running request with something to keep, and each stream as it
+opens: the ledger event it would settle with at that moment (the prompt estimate and, for
+a stream, the text streamed so far) and the budget windows it reserved in, with a
+heartbeat; in Redis when the processes share one (in the database while Redis is away),
+else in the database (gateway/inflight_entries.py), where the embedded default's single
+process finds its previous life's entries when it comes back. Settling or
 releasing a request removes its entry. An entry whose heartbeat is older than
 ``orphan_after_s`` belongs to a dead process: any surviving process claims it and settles
 it (``usage=estimated;orphaned`` in its route reason).
