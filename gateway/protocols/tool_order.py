@@ -83,9 +83,17 @@ class CallOrder:
     def _advance(self) -> list[Step]:
         steps: list[Step] = []
         while self.waiting and (self.live is None or _complete("".join(self.live_text))):
-            if self.live is not None:
-                steps.append(End(self.live))
-                self.ended.add(self.live)
+            steps += self._next()
+        return steps
+
+    def _next(self) -> list[Step]:
+        """End the call being written (if any) and begin the first waiting one (if any)."""
+        steps: list[Step] = []
+        if self.live is not None:
+            steps.append(End(self.live))
+            self.ended.add(self.live)
+            self.live, self.live_text = None, []
+        if self.waiting:
             k, c = next(iter(self.waiting.items()))
             del self.waiting[k]
             self.live, self.live_text = k, list(c.pieces)
@@ -99,14 +107,5 @@ class CallOrder:
         in order, each ended (the last step is the last call's ``End``)."""
         steps: list[Step] = []
         while self.live is not None:
-            steps.append(End(self.live))
-            self.ended.add(self.live)
-            self.live, self.live_text = None, []
-            if self.waiting:
-                k, c = next(iter(self.waiting.items()))
-                del self.waiting[k]
-                self.live, self.live_text = k, list(c.pieces)
-                steps.append(Begin(k, c.id, c.name))
-                if c.pieces:
-                    steps.append(Args(k, "".join(c.pieces)))
+            steps += self._next()
         return steps
