@@ -8,7 +8,7 @@ names the offending key. Prices and model names never appear in code.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from datetime import datetime, time
 from decimal import Decimal
 from pathlib import Path
@@ -333,6 +333,30 @@ def parse_catalog(data: Mapping[str, Any], *, source: str = "<catalog>") -> Cata
         raise ConfigError(f"invalid catalog {source}:\n" + "\n".join(lines)) from None
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, first: int, again: int) -> None:
+        super().__init__(f"key {key!r} given twice in one mapping (line {first} and line {again})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no types
+    """YAML where a key given twice in one mapping is an error (PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, Hashable):
+                continue  # the base constructor reports it
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
 def load_catalog(path: str | Path) -> Catalog:
     p = Path(path)
     try:
@@ -345,9 +369,11 @@ def load_catalog(path: str | Path) -> Catalog:
             f"{exc.start}): save it as UTF-8"
         ) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"catalog {p} is not valid YAML: {exc}") from None
+    except _DuplicateKey as exc:
+        raise ConfigError(f"catalog {p}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"catalog {p} must be a mapping at the top level")
     return parse_catalog(data, source=str(p))

@@ -85,3 +85,41 @@ def test_backend_preference_order() -> None:
     assert parse_catalog(data).backends_for_tier("flash") == ["flash-local", "hosted"]
     data["routing"]["backend_preference"] = ["hosted", "self_hosted"]
     assert parse_catalog(data).backends_for_tier("flash") == ["hosted", "flash-local"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "lines"),
+    [
+        # a second price under one price point: the last one would win, 1000x lower
+        (
+            '      output: "0.66"\n',
+            '      output: "0.66"\n      output: "0.00066"\n',
+            "output",
+            (25, 26),
+        ),
+        ("routing:\n", "routing: {}\nrouting:\n", "routing", (97, 98)),
+    ],
+    ids=["price", "top level"],
+)
+def test_a_key_given_twice_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], old: str, new: str, key: str, lines
+) -> None:
+    from gateway.cli import main
+
+    text = (EXAMPLES / "demo.yaml").read_text()
+    path = tmp_path / "dup.yaml"
+    path.write_text(text.replace(old, new, 1))
+    expected = f"catalog {path}: key {key!r} given twice in one mapping (line {lines[0]} and line {lines[1]})"
+    with pytest.raises(ConfigError) as exc:
+        load_catalog(path)
+    assert str(exc.value) == expected
+    assert main(["check-config", str(path)]) == 2
+    assert capsys.readouterr().err == f"tiergate: {expected}\n"
+
+
+def test_a_merge_key_may_be_overridden(tmp_path: Path) -> None:
+    text = (EXAMPLES / "demo.yaml").read_text()
+    path = tmp_path / "merge.yaml"
+    path.write_text(text + "x-base: &base {a: 1}\nx-more: {<<: *base, a: 2}\n")
+    with pytest.raises(ConfigError, match="x-base"):  # unknown top-level keys, not duplicates
+        load_catalog(path)
