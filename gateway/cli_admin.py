@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway import admin_ops
-from gateway.cli_common import TIME_FORMAT, check_database, iso_time, reported
+from gateway.cli_common import TIME_FORMAT, CliError, check_database, iso_time, reported
 from gateway.cli_common import database_url as _checked_url
 from gateway.settings import Settings
 
@@ -88,20 +88,29 @@ def _print(result: Any, as_csv: bool, columns: list[str] | None = None) -> None:
 
 
 def _db(args: argparse.Namespace) -> int:
+    from alembic.util import CommandError
     from sqlalchemy.engine import make_url
 
     from gateway.db import migrate
 
+    if args.action == "downgrade" and not args.revision:
+        raise CliError(
+            "db downgrade needs the revision to go down to, e.g. `tiergate db downgrade 0003`; "
+            "`tiergate db downgrade base` drops every tiergate table and its data"
+        )
     url = _url(args)
     if url in ("", "none"):
         # The gateway runs without a database then (no keys, no ledger): nothing to migrate.
         print("no database configured (TIERGATE_DATABASE_URL is empty): nothing to migrate")
         return 0
     check_database(url, migrated=False)
-    if args.action == "upgrade":
-        migrate.upgrade(url, args.revision or "head")
-    elif args.action == "downgrade":
-        migrate.downgrade(url, args.revision or "base")
+    try:
+        if args.action == "upgrade":
+            migrate.upgrade(url, args.revision or "head")
+        elif args.action == "downgrade":
+            migrate.downgrade(url, args.revision)
+    except CommandError as exc:
+        raise CliError(f"db {args.action}: {exc}") from None
     current = migrate.current_revision(url) or "none"
     where = make_url(url).render_as_string(hide_password=True)
     print(f"{where}: revision {current} (head {migrate.head_revision()})")
@@ -188,9 +197,20 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         p.add_argument("--until", type=iso_time, help=f"before this time: {TIME_FORMAT}")
 
     db = common(parser("db", "database migrations (run before serving; the app never migrates)"))
-    db.add_argument("action", choices=("upgrade", "downgrade", "current"))
-    db.add_argument("revision", nargs="?")
-    db.set_defaults(func=reported(_db))
+    db_actions = db.add_subparsers(dest="action", required=True)
+    for action, revision in (
+        ("upgrade", "revision to go up to (default: head)"),
+        ("downgrade", "revision to go down to (required; `base` drops every tiergate table)"),
+        ("current", None),
+    ):
+        p = db_actions.add_parser(action)
+        # also after the action; SUPPRESS keeps a --database-url given before it
+        p.add_argument(
+            "--database-url", default=argparse.SUPPRESS, help="as before the action: either place"
+        )
+        if revision:
+            p.add_argument("revision", nargs="?", help=revision)
+        p.set_defaults(func=reported(_db), revision=None)
 
     teams = parser("teams", "create and list teams").add_subparsers(dest="action", required=True)
     p = common(teams.add_parser("create"))

@@ -56,7 +56,8 @@ def database_url(args: argparse.Namespace) -> str:
 
 def check_database(url: str, *, migrated: bool = True) -> None:
     """See :func:`database_url`; ``migrated=False`` (``tiergate db``) checks only that the
-    URL is one and the database can be reached, a SQLite file being created if missing."""
+    URL is one and the database can be reached, a SQLite file being created if missing (and
+    its directory, where the one above that exists)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
@@ -77,6 +78,14 @@ def check_database(url: str, *, migrated: bool = True) -> None:
     file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
     if migrated and file and not Path(str(parsed.database)).exists():
         raise CliError(f"database {where} does not exist: run `tiergate db upgrade` to create it")
+    folder = Path(str(parsed.database)).parent
+    if file and not folder.exists() and not folder.parent.is_dir():
+        # `db upgrade` creates the file's own directory (./var by default), never a path
+        # of them: a mistyped one is an error, not a new tree
+        raise CliError(
+            f"cannot create database {where}: directory {folder} does not exist "
+            f"(nor {folder.parent}): create it first"
+        )
     try:
         if migrated:
             require_compatible(sync_url(url))

@@ -258,3 +258,61 @@ def test_serve_and_the_ledger_drain_check_the_database_first(
     line = _stderr_line(capsys)
     assert line.startswith("tiergate: " + message.format(tmp=tmp_path)), line
     assert "secret" not in line and not (tmp_path / "missing.db").exists()
+
+
+def _revision(url: str, capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["db", "current", "--database-url", url]) == 0
+    return capsys.readouterr().out.split(": revision ")[1].split()[0]
+
+
+def test_db_downgrade_needs_a_revision(migrated: str, capsys: pytest.CaptureFixture[str]) -> None:
+    head = _revision(migrated, capsys)
+    assert main(["db", "--database-url", migrated, "downgrade"]) == 2
+    line = _stderr_line(capsys)
+    assert line.startswith("tiergate: db downgrade needs the revision to go down to")
+    assert "`tiergate db downgrade base` drops every tiergate table" in line
+    assert _revision(migrated, capsys) == head
+    assert main(["teams", "list", "--database-url", migrated]) == 0
+    assert main(["db", "downgrade", "base", "--database-url", migrated]) == 0
+    assert capsys.readouterr().out.endswith(": revision none (head " + head + ")\n")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["db", "downgrade", "--database-url", "{url}", "0003"],
+        ["db", "downgrade", "0003", "--database-url", "{url}"],
+        ["db", "--database-url", "{url}", "downgrade", "0003"],
+    ],
+    ids=["option then revision", "revision then option", "option before the action"],
+)
+def test_db_takes_the_database_anywhere(
+    migrated: str, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    assert main([a.format(url=migrated) for a in args]) == 0
+    assert _revision(migrated, capsys) == "0003"
+
+
+@pytest.mark.parametrize("action", ["upgrade", "downgrade"])
+def test_db_an_unknown_revision_is_one_line(
+    migrated: str, capsys: pytest.CaptureFixture[str], action: str
+) -> None:
+    assert main(["db", action, "9999", "--database-url", migrated]) == 2
+    assert _stderr_line(capsys) == (
+        f"tiergate: db {action}: Can't locate revision identified by '9999'"
+    )
+
+
+def test_db_upgrade_creates_no_tree_of_directories(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/no/dir/x.db"
+    assert main(["db", "upgrade", "--database-url", url]) == 2
+    assert _stderr_line(capsys) == (
+        f"tiergate: cannot create database sqlite+aiosqlite:///{tmp_path}/no/dir/x.db: "
+        f"directory {tmp_path}/no/dir does not exist (nor {tmp_path}/no): create it first"
+    )
+    assert list(tmp_path.iterdir()) == []
+    # the file's own directory is created, as ./var is for the default database
+    assert main(["db", "upgrade", "--database-url", f"sqlite:///{tmp_path}/var/x.db"]) == 0
+    assert (tmp_path / "var" / "x.db").exists()
