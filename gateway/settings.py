@@ -10,8 +10,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Example catalogs shipped inside the package (the default catalog is the simulated demo).
@@ -91,6 +92,16 @@ class Settings(BaseSettings):
     # How long an idle upstream connection is reused: keep it under the upstreams'
     # keep-alive (vLLM closes idle connections after 5 s), see docs/upstreams.md.
     upstream_keepalive_s: float = Field(default=4.0, gt=0)
+
+    @field_validator("budget_timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        # checked here, not at the first request under a budget
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError("not a known IANA time zone, e.g. UTC or Europe/Paris") from None
+        return v
 
     @model_validator(mode="before")
     @classmethod

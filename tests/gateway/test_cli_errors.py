@@ -207,6 +207,24 @@ def test_a_bad_setting_is_one_line(
     )
 
 
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "Europe", "../etc/passwd"])
+def test_an_unknown_budget_timezone_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], zone: str
+) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("TIERGATE_BUDGET_TIMEZONE", zone)
+    with pytest.raises(ValidationError, match="budget_timezone"):
+        Settings()  # was: accepted, then a 500 on every request under a budget
+    assert main(["serve"]) == 2
+    assert _stderr_line(capsys) == (
+        "tiergate: TIERGATE_BUDGET_TIMEZONE: Value error, not a known IANA time zone, "
+        f"e.g. UTC or Europe/Paris (got {zone!r})"
+    )
+    monkeypatch.setenv("TIERGATE_BUDGET_TIMEZONE", "America/New_York")
+    assert Settings().budget_timezone == "America/New_York"
+
+
 @pytest.mark.parametrize(
     ("args", "option", "message"),
     [
