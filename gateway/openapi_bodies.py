@@ -2,7 +2,8 @@
 
 The routes read raw bodies and parse them themselves (gateway/parse.py, gateway/protocols/,
 gateway/routes/admin.py), so FastAPI cannot infer their shape. These schemas describe the
-fields the gateway checks; unknown fields are allowed and travel upstream untouched. They
+fields the gateway checks; in the data API's bodies unknown fields are allowed and travel
+upstream untouched, the admin bodies (``additionalProperties: false``) refuse them. They
 document the API and drive the schema-based tests; they are not used to parse requests.
 """
 
@@ -122,12 +123,14 @@ RESPONSES = {
 
 TEAM = {
     "type": "object",
+    "additionalProperties": False,
     "required": ["name"],
     "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200}},
 }
 
 KEY = {
     "type": "object",
+    "additionalProperties": False,
     "required": ["team"],
     "properties": {
         "team": {"type": "string", "description": "team id or name"},
@@ -142,6 +145,7 @@ KEY = {
 
 BUDGET = {
     "type": "object",
+    "additionalProperties": False,
     "required": ["scope", "scope_id", "period", "limit_usd"],
     "properties": {
         "scope": {"type": "string", "enum": ["team", "key"]},
@@ -162,6 +166,7 @@ _PER_MINUTE = {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
 
 LIMITS = {
     "type": "object",
+    "additionalProperties": False,
     "properties": {"requests_per_minute": _PER_MINUTE, "tokens_per_minute": _PER_MINUTE},
 }
 

@@ -46,8 +46,17 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(admin_ops.dumps(data), status_code=status, media_type="application/json")
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    return load_json_object(await request.body(), 1_000_000)
+async def _body(request: Request, schema: dict[str, Any]) -> dict[str, Any]:
+    """The request's JSON object; a field ``schema`` does not name is a 422, never ignored
+    (a misspelt ``max_tokens_ceiling`` would leave the key without its ceiling)."""
+    body = load_json_object(await request.body(), 1_000_000)
+    known = schema["properties"]
+    for field in body:
+        if field not in known:
+            raise Unprocessable(
+                f"unknown field '{field}'; this body takes: {', '.join(known)}", param=field
+            )
+    return body
 
 
 def _time(value: str | None, name: str) -> datetime | None:
@@ -64,7 +73,7 @@ def _time(value: str | None, name: str) -> datetime | None:
 @router.post("/teams", status_code=201, openapi_extra=json_body(TEAM))
 async def create_team(request: Request) -> Response:
     money = _money(request)
-    body = await _body(request)
+    body = await _body(request, TEAM)
     async with money.sessions() as s:
         return _json(await admin_ops.create_team(s, body.get("name", "")), 201)
 
@@ -78,7 +87,7 @@ async def list_teams(request: Request) -> Response:
 @router.post("/keys", status_code=201, openapi_extra=json_body(KEY))
 async def create_key(request: Request) -> Response:
     money = _money(request)
-    body = await _body(request)
+    body = await _body(request, KEY)
     if not isinstance(body.get("team"), str):
         raise Unprocessable("'team' (id or name) is required", param="team")
     async with money.sessions() as s:
@@ -120,7 +129,7 @@ async def revoke_key(request: Request, key_id: str) -> Response:
 @router.put("/budgets", openapi_extra=json_body(BUDGET))
 async def set_budget(request: Request) -> Response:
     money = _money(request)
-    b = await _body(request)
+    b = await _body(request, BUDGET)
     for required in ("scope", "scope_id", "period", "limit_usd"):
         if required not in b:
             raise Unprocessable(f"'{required}' is required", param=required)
@@ -147,7 +156,7 @@ async def list_budgets(request: Request) -> Response:
 @router.put("/limits/{key_id}", openapi_extra=json_body(LIMITS))
 async def set_limits(request: Request, key_id: str) -> Response:
     money = _money(request)
-    b = await _body(request)
+    b = await _body(request, LIMITS)
     async with money.sessions() as s:
         row = await admin_ops.set_limits(
             s, key_id, b.get("requests_per_minute"), b.get("tokens_per_minute")
