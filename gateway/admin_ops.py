@@ -381,7 +381,7 @@ async def spend_report(
     if until is not None:
         q = q.where(LedgerRow.ts < until)
     if team is not None:
-        q = q.where(LedgerRow.team_id == text(team, "team"))
+        q = q.where(LedgerRow.team_id == (await _team(s, team)).id)
     if cols:
         q = q.group_by(*cols).order_by(*cols)
     out = []

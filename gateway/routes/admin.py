@@ -175,6 +175,8 @@ async def spend(
     format: str = "json",
 ) -> Response:
     money = _money(request)
+    if format not in ("json", "csv"):
+        raise InvalidRequest("'format' must be 'json' or 'csv'", param="format")
     groups = [g for g in group_by.split(",") if g]
     async with money.sessions() as s:
         rows = await admin_ops.spend_report(

@@ -12,6 +12,8 @@ from fastapi.testclient import TestClient
 from gateway.app import create_app
 from gateway.settings import Settings
 
+from .test_cli_output import _ledger
+
 MASTER = {"Authorization": "Bearer master"}
 
 
@@ -59,3 +61,32 @@ def test_an_unknown_field_is_a_422_naming_it(
     assert [t["name"] for t in admin.get("/admin/teams").json()["data"]] == ["sp"]
     assert len(admin.get("/admin/keys").json()["data"]) == 1
     assert admin.get("/admin/budgets").json()["data"] == []
+
+
+def test_spend_takes_a_team_id_or_name(admin: TestClient, migrated: str) -> None:
+    team_id = admin.get("/admin/teams").json()["data"][0]["id"]
+    _ledger(migrated, [(team_id, 10_000, 20_000), ("team_other", 1, 1)])
+    by_id = admin.get("/admin/spend", params={"team": team_id})
+    by_name = admin.get("/admin/spend", params={"team": "sp"})
+    assert by_id.status_code == by_name.status_code == 200, by_name.text
+    assert by_name.json() == by_id.json()
+    assert [(r["team_id"], r["cost_nanos"]) for r in by_name.json()["data"]] == [(team_id, 10_000)]
+    csv = admin.get("/admin/spend", params={"team": "sp", "format": "csv"})
+    assert csv.headers["content-type"].startswith("text/csv") and team_id in csv.text
+
+
+def test_spend_of_an_unknown_team_is_a_404(admin: TestClient) -> None:
+    r = admin.get("/admin/spend", params={"team": "delta"})
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["message"] == "no team 'delta' (give its id or name)"
+
+
+@pytest.mark.parametrize("fmt", ["xml", "CSV", ""])
+def test_spend_in_an_unknown_format_is_a_400(admin: TestClient, fmt: str) -> None:
+    r = admin.get("/admin/spend", params={"format": fmt})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == {
+        **r.json()["error"],
+        "param": "format",
+        "message": "'format' must be 'json' or 'csv'",
+    }
