@@ -624,6 +624,7 @@ class StreamTranslator:
         self.index = -1
         self.open: str | None = None  # "thinking" | "text" | "tool"
         self.calls = CallOrder()  # blocks are written one after another
+        self.held: list[tuple[str, str]] = []  # text that came while a call was unfinished
         self.finish: str | None = None
         self.matched: Any = None
         self.usage = Usage()
@@ -669,36 +670,42 @@ class StreamTranslator:
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             if delta.get("reasoning_content"):
-                if self.open != "thinking":
-                    out += self._tool_steps(self.calls.finish())
-                    out += self._begin(
-                        "thinking", {"type": "thinking", "thinking": "", "signature": ""}
-                    )
-                self.thought.update(delta["reasoning_content"].encode())
-                out += _event(
-                    "content_block_delta",
-                    {
-                        "index": self.index,
-                        "delta": {"type": "thinking_delta", "thinking": delta["reasoning_content"]},
-                    },
-                )
+                out += self._say("thinking", delta["reasoning_content"])
             if delta.get("content"):
-                if self.open != "text":
-                    out += self._tool_steps(self.calls.finish())
-                    out += self._begin("text", {"type": "text", "text": ""})
-                out += _event(
-                    "content_block_delta",
-                    {
-                        "index": self.index,
-                        "delta": {"type": "text_delta", "text": delta["content"]},
-                    },
-                )
+                out += self._say("text", delta["content"])
             for call in delta.get("tool_calls") or ():
                 out += self._tool_steps(self.calls.feed(call))
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
                 self.matched = choice.get("stop_reason")
         return out
+
+    def _say(self, kind: str, text: str) -> bytes:
+        """Thinking or text: after the tool calls begun before it, once they are whole (a
+        block stopped cannot take the rest of a call's arguments)."""
+        if self.calls.busy:
+            self.held.append((kind, text))
+            return b""
+        return self._tool_steps(self.calls.finish()) + self._release() + self._text(kind, text)
+
+    def _release(self) -> bytes:
+        held, self.held = self.held, []
+        return b"".join(self._text(kind, text) for kind, text in held)
+
+    def _text(self, kind: str, text: str) -> bytes:
+        out = b""
+        if kind == "thinking":
+            if self.open != "thinking":
+                out += self._begin(
+                    "thinking", {"type": "thinking", "thinking": "", "signature": ""}
+                )
+            self.thought.update(text.encode())
+            delta = {"type": "thinking_delta", "thinking": text}
+        else:
+            if self.open != "text":
+                out += self._begin("text", {"type": "text", "text": ""})
+            delta = {"type": "text_delta", "text": text}
+        return out + _event("content_block_delta", {"index": self.index, "delta": delta})
 
     def _tool_steps(self, steps: list[Step]) -> bytes:
         out = b""
@@ -731,6 +738,7 @@ class StreamTranslator:
             return self._close() + sse_error_event(err, "anthropic")
         return (
             self._tool_steps(self.calls.finish())
+            + self._release()
             + self._close()
             + _event(
                 "message_delta",

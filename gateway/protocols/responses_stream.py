@@ -17,7 +17,7 @@ import orjson
 from gateway.parse import Call
 from gateway.protocols.relay import translate_relayed
 from gateway.protocols.responses import Context, Renderer, new_id, response_status
-from gateway.protocols.tool_order import Args, Begin, CallOrder, Step
+from gateway.protocols.tool_order import Args, Begin, CallOrder, Step, complete_json
 from policies.errors import TiergateError, UpstreamUnavailable
 from policies.usage import Usage, usage_from_openai
 
@@ -43,6 +43,7 @@ class StreamTranslator:
         self.output: list[dict[str, Any]] = []
         self.open: _Open | None = None
         self.calls = CallOrder()  # items are written one after another
+        self.held: list[tuple[str, str]] = []  # text that came while a call was unfinished
         self.finish: str | None = None
         self.usage = Usage()
 
@@ -106,7 +107,6 @@ class StreamTranslator:
     def _text(self, kind: str, delta: str) -> bytes:
         out = b""
         if self.open is None or self.open.kind != kind:
-            out += self._tool_steps(self.calls.finish())
             if kind == "reasoning":
                 item: dict[str, Any] = {
                     "type": "reasoning",
@@ -143,10 +143,23 @@ class StreamTranslator:
             **extra,
         )
 
+    def _say(self, kind: str, text: str) -> bytes:
+        """Reasoning or text: after the tool calls begun before it, once they are whole (an
+        item closed cannot take the rest of a call's arguments)."""
+        if self.calls.busy:
+            self.held.append((kind, text))
+            return b""
+        return self._tool_steps(self.calls.finish()) + self._release() + self._text(kind, text)
+
+    def _release(self) -> bytes:
+        held, self.held = self.held, []
+        return b"".join(self._text(kind, text) for kind, text in held)
+
     def _tool_steps(self, steps: list[Step], broken: bool = False) -> bytes:
-        """``broken``: the last call ended is cut (the output limit)."""
+        """``broken``: the answer was cut, so a call whose arguments are not whole JSON
+        ends incomplete."""
         out = b""
-        for n, step in enumerate(steps):
+        for step in steps:
             if isinstance(step, Begin):
                 call_id = step.id or new_id("call")
                 custom = step.name in self.r.ctx.custom_tools
@@ -169,7 +182,9 @@ class StreamTranslator:
                         delta=step.text,
                     )
             else:
-                out += self._close(broken=broken and n == len(steps) - 1)
+                cur = self.open
+                cut = broken and cur is not None and not complete_json("".join(cur.text))
+                out += self._close(broken=cut)
         return out
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
@@ -179,9 +194,9 @@ class StreamTranslator:
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             if delta.get("reasoning_content"):
-                out += self._text("reasoning", delta["reasoning_content"])
+                out += self._say("reasoning", delta["reasoning_content"])
             if delta.get("content"):
-                out += self._text("message", delta["content"])
+                out += self._say("message", delta["content"])
             for call in delta.get("tool_calls") or ():
                 out += self._tool_steps(self.calls.feed(call))
             if choice.get("finish_reason"):
@@ -203,7 +218,8 @@ class StreamTranslator:
             return self.fail(err)
         # Cut by the output limit (or a filter): the item being written is incomplete.
         broken = status != "completed"
-        out = self._tool_steps(self.calls.finish(), broken) + self._close(broken=broken)
+        out = self._tool_steps(self.calls.finish(), broken) + self._release()
+        out += self._close(broken=broken)
         final = self.r.response(status, self.output, self.usage, incomplete=incomplete)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         return out + self._event(kind, response=final)

@@ -6,7 +6,10 @@ Anthropic content blocks and Responses output items are written one after anothe
 stopped cannot take more input. So the call being written stays open until its arguments
 are complete JSON *and* another call has begun; pieces of the calls after it wait here and
 are written when their turn comes, and whatever waits at the end (or when text follows) is
-written whole then. A sequential stream (each call whole before the next) streams live.
+written whole then. A call is begun only once its name is known (a piece may bring it
+late). Text or reasoning that comes while a call is unfinished (``busy``) waits for the
+calls in the translators. A sequential stream (each call whole before the next) streams
+live.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class _Call:
     pieces: list[str] = field(default_factory=list)
 
 
-def _complete(text: str) -> bool:
+def complete_json(text: str) -> bool:
     try:
         orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -80,9 +83,20 @@ class CallOrder:
             c.pieces.append(piece)
         return self._advance()
 
+    @property
+    def busy(self) -> bool:
+        """A call is unfinished: its arguments are not complete JSON yet, or calls wait."""
+        return bool(self.waiting) or (
+            self.live is not None and not complete_json("".join(self.live_text))
+        )
+
     def _advance(self) -> list[Step]:
         steps: list[Step] = []
-        while self.waiting and (self.live is None or _complete("".join(self.live_text))):
+        while (
+            self.waiting
+            and next(iter(self.waiting.values())).name  # begun once named
+            and (self.live is None or complete_json("".join(self.live_text)))
+        ):
             steps += self._next()
         return steps
 
@@ -106,6 +120,6 @@ class CallOrder:
         """The stream ended, or text follows the calls: every call still open or waiting,
         in order, each ended (the last step is the last call's ``End``)."""
         steps: list[Step] = []
-        while self.live is not None:
+        while self.live is not None or self.waiting:
             steps += self._next()
         return steps

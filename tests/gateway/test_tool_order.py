@@ -169,3 +169,112 @@ def test_responses_function_calls_are_whole_in_their_done_events_and_the_respons
         WHOLE[2],
     ]
     assert [o["call_id"] for o in out[1:]] == ["call_0", "call_1", "call_2"]
+
+
+def _stream(*deltas: dict[str, Any], finish: str = "tool_calls") -> list[dict[str, Any]]:
+    out = [{"choices": [{"delta": d}]} for d in deltas]
+    out.append({"choices": [{"delta": {}, "finish_reason": finish}]})
+    return out
+
+
+def call(k: int, args: str = "", name: str | None = None) -> dict[str, Any]:
+    return {"tool_calls": [piece(k, args, name)]}
+
+
+# Text and reasoning between the pieces of unfinished calls: they wait for the calls.
+MIXED = _stream(
+    {"reasoning_content": "think "},
+    call(0, '{"city":', "weather"),
+    call(1, "", "weather"),
+    {"content": "Hello "},
+    call(1, '{"city":"B"}'),
+    {"reasoning_content": "more"},
+    call(0, '"A"}'),
+    {"content": "world"},
+)
+# Cut by the output limit with two calls unfinished.
+CUT = _stream(
+    call(0, '{"city":"A', "weather"),
+    call(1, '{"city":"B"}', "weather"),
+    call(2, '{"ci', "weather"),
+    finish="length",
+)
+# A call whose name comes in a later piece.
+NAME_LATE = _stream(
+    {"tool_calls": [{"index": 0, "id": "call_0", "function": {"arguments": ""}}]},
+    call(0, '{"city":"A"}', "weather"),
+)
+
+
+def _anthropic_blocks(chunks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    tr = AnthropicStream("claude-sonnet-4-5")
+    events = _events(tr.start() + b"".join(tr.feed(c) for c in chunks) + tr.end())
+    blocks: list[dict[str, Any]] = []
+    stopped: set[int] = set()
+    for e in events:
+        if e["type"] == "content_block_start":
+            assert len(stopped) == len(blocks)  # the one before is stopped
+            blocks.append(dict(e["content_block"], text="", thinking="", partial=""))
+        elif e["type"] == "content_block_delta":
+            assert e["index"] == len(blocks) - 1 and e["index"] not in stopped
+            d = e["delta"]
+            key = {"text_delta": "text", "thinking_delta": "thinking"}.get(d["type"], "partial")
+            blocks[-1][key] += d.get("text") or d.get("thinking") or d.get("partial_json") or ""
+        elif e["type"] == "content_block_stop":
+            stopped.add(e["index"])
+    assert len(stopped) == len(blocks)
+    return blocks, events[-2]
+
+
+def test_text_between_unfinished_calls_waits_for_them_in_anthropic_blocks() -> None:
+    blocks, end = _anthropic_blocks(MIXED)
+    tools = [b for b in blocks if b["type"] == "tool_use"]
+    assert [orjson.loads(b["partial"]) for b in tools] == [{"city": "A"}, {"city": "B"}]
+    assert "".join(b["text"] for b in blocks if b["type"] == "text") == "Hello world"
+    assert "".join(b["thinking"] for b in blocks if b["type"] == "thinking") == "think more"
+    assert end["delta"]["stop_reason"] == "tool_use"
+
+
+def _responses(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    body = {"model": "deepseek-chat", "input": "hi"}
+    c = parse_responses(orjson.dumps(body), max_bytes=1 << 20, max_messages=100, media="note")
+    tr = ResponsesStream(c.context, "deepseek-chat")
+    events = _events(tr.start() + b"".join(tr.feed(x) for x in chunks) + tr.end())
+    open_: set[int] = set()
+    for e in events:
+        if e["type"] == "response.output_item.added":
+            assert not open_  # items one after another
+            open_.add(e["output_index"])
+        elif e["type"].endswith(".delta"):
+            assert e["output_index"] in open_
+        elif e["type"] == "response.output_item.done":
+            open_.remove(e["output_index"])
+    assert not open_
+    return events
+
+
+def test_text_between_unfinished_calls_waits_for_them_in_responses_items() -> None:
+    events = _responses(MIXED)
+    out = events[-1]["response"]["output"]
+    calls = [o for o in out if o["type"] == "function_call"]
+    assert [orjson.loads(o["arguments"]) for o in calls] == [{"city": "A"}, {"city": "B"}]
+    text = "".join(p["text"] for o in out if o["type"] == "message" for p in o["content"])
+    assert text == "Hello world"
+
+
+def test_a_cut_answer_leaves_every_unfinished_call_incomplete() -> None:
+    out = _responses(CUT)[-1]
+    assert out["type"] == "response.incomplete"
+    calls = out["response"]["output"]
+    assert [(o["arguments"], o["status"]) for o in calls] == [
+        ('{"city":"A', "incomplete"),
+        ('{"city":"B"}', "completed"),
+        ('{"ci', "incomplete"),
+    ]
+
+
+def test_a_call_is_begun_once_its_name_is_known() -> None:
+    blocks, _ = _anthropic_blocks(NAME_LATE)
+    assert [(b["name"], b["id"]) for b in blocks] == [("weather", "call_0")]
+    out = _responses(NAME_LATE)[-1]["response"]["output"]
+    assert [(o["name"], o["call_id"]) for o in out] == [("weather", "call_0")]
