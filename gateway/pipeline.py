@@ -447,10 +447,17 @@ class Pipeline:
         self.settling += 1
         return resp
 
-    async def finish(self, p: Prepared, resp: EngineResponse) -> None:
-        """Settle an answered request; never raises (the client already has its answer)."""
+    async def finish(self, p: Prepared, resp: EngineResponse, status: int = 200) -> None:
+        """Settle an answered request; never raises (the client already has its answer).
+        ``status``: what the client got, where the answer could not be rendered as one (a
+        hosted answer cut by ``insufficient_system_resource`` is a 503 to Anthropic and
+        Responses clients, billed all the same)."""
+        if status != 200 and resp.body.get("choices"):
+            finish = (resp.body["choices"][0] or {}).get("finish_reason")
+            if finish == "insufficient_system_resource":
+                p.reasons.append("upstream-insufficient-resource")
         try:
-            await self._settle(p, resp.usage, 200, provider_cost_usd=resp.provider_cost_usd)
+            await self._settle(p, resp.usage, status, provider_cost_usd=resp.provider_cost_usd)
         except Exception as exc:
             self.metrics.settlement_failures.labels((p.option or p.plan.primary).backend).inc()
             self.log.error(

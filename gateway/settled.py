@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from engines.base import EngineResponse
+from policies.errors import TiergateError
 
 if TYPE_CHECKING:
     from gateway.pipeline import Pipeline, Prepared
@@ -54,6 +55,9 @@ async def settled_response(
     """The client's answer, settled before it is sent; settled at once if rendering fails."""
     try:
         content = render()
+    except TiergateError as err:  # the client gets this error for a billed answer
+        await pipeline.finish(p, resp, err.status)
+        raise
     except BaseException:
         await pipeline.finish(p, resp)
         raise

@@ -112,6 +112,11 @@ async def get_model(request: Request, model_id: str) -> Response:
     public = st.catalog.public_model_names()
     # A name the catalog matches (e.g. by a claude-* glob) is served even when not listed.
     served = model_id in public or st.catalog.lookup_model(model_id) is not None
+    if not model_id:
+        err = UnknownModel(f"no route GET {request.url.path}; paths take no trailing slash")
+        err.code = "not_found"
+        st.pipeline.reject("openai", err)
+        raise err
     if not served or (allowed is not None and model_id not in allowed):
         err = UnknownModel(f"model '{model_id}' is not served here; see GET /v1/models")
         st.pipeline.reject("openai", err)

@@ -48,3 +48,12 @@ def test_a_trailing_slash_is_a_404_in_the_protocols_shape(
     else:
         assert error["code"] == "not_found"
     assert r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("path", ["/v1/models/", "/models/"])
+def test_the_models_list_with_a_trailing_slash_is_a_404_saying_so(
+    gateway: Gateway, path: str
+) -> None:
+    r = httpx.get(gateway.url + path, timeout=30)
+    assert r.status_code == 404, r.text
+    assert "no trailing slash" in r.json()["error"]["message"]

@@ -108,4 +108,6 @@ def test_a_billed_cut_answer_carries_its_ledger_id(
     billed = small.settled()[-1]
     assert billed.output_tokens > 0
     assert r.headers["x-request-id"] == billed.request_id
+    # the ledger says what the client got (it said 200)
+    assert billed.status == 503 and "upstream-insufficient-resource" in billed.route_reason
     assert r.headers["x-tiergate-route"]
