@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import InflightRequest as _Row
 from gateway.db.models import LedgerRow
+from gateway.ledger import DATABASE_DOWN
 from gateway.outage import REDIS_DOWN
 
 
@@ -269,20 +270,25 @@ class RedisOrDatabase:
         found: list[tuple[str, bytes]] = []
         with contextlib.suppress(*REDIS_DOWN):  # the database's entries can still be settled
             found = await self.primary.claim(cutoff, lease, limit)
-        if found:
-            decided = await self.fallback.present([r for r, _ in found])
-            if decided:  # stale in Redis: the database's entry is billed when it is due
-                await self.primary.remove(list(decided))
-                found = [(r, p) for r, p in found if r not in decided]
+        decided: set[str] = set()
+        fallen: list[tuple[str, bytes]] = []
+        # The database away as well: Redis's entries are settled as before this store.
+        with contextlib.suppress(*DATABASE_DOWN):
+            if found:
+                decided = await self.fallback.present([r for r, _ in found])
+            fallen = await self.fallback.claim(cutoff, lease, limit)
+        if decided:  # stale in Redis: the database's entry is billed when it is due
+            await self.primary.remove(list(decided))
+            found = [(r, p) for r, p in found if r not in decided]
         ended: list[str] = []
-        for rid, payload in await self.fallback.claim(cutoff, lease, limit):
+        for rid, payload in fallen:
             if payload == ENDED:
                 ended.append(rid)
             else:
                 self._claimed.add(rid)
                 found.append((rid, payload))
         if ended:
-            with contextlib.suppress(*REDIS_DOWN):
+            with contextlib.suppress(*REDIS_DOWN, *DATABASE_DOWN):
                 await self.primary.remove(ended)
                 await self.fallback.remove(ended)
         return found

@@ -573,3 +573,29 @@ async def test_when_redis_answers_again_the_entries_go_back_to_it(
     assert (await r.read("s"))[0] == orjson.dumps(billable(chars=1))
     await j.done("s")
     assert await r.count() == 0
+
+
+class DownDatabase(SqlEntries):
+    """A database that cannot be reached."""
+
+    async def present(self, ids: Any) -> set[str]:
+        raise OSError("connection refused")
+
+    async def claim(self, cutoff: float, lease: float, limit: int) -> list[tuple[str, bytes]]:
+        raise OSError("connection refused")
+
+
+async def test_with_the_database_away_redis_entries_settle_as_before(
+    both: tuple[Store, Store, FlakyRedis],
+) -> None:
+    r, db, flaky = both
+    dead = InflightJournal(RedisOrDatabase(flaky, SqlEntries(db.sessions)), Settled())
+    dead.track("d", lambda: billable(v=1))
+    await dead.flush()
+    settled = Settled()
+    survivor = InflightJournal(
+        RedisOrDatabase(flaky, DownDatabase(db.sessions)), settled, orphan_after_s=0.2
+    )
+    await asyncio.sleep(0.3)
+    assert await survivor.sweep() == 1
+    assert settled.calls == [("d", billable(v=1))] and await r.count() == 0
