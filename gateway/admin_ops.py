@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -14,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.models import ApiKey, Budget, LedgerRow, RateLimit, Team
 from gateway.keys import generate_key, new_id
+from gateway.parse import INVISIBLE_CATEGORIES
 from policies.budget import PERIODS
 from policies.errors import InvalidRequest, TiergateError
 from policies.pricing import NANOS_PER_USD, usd
@@ -135,8 +138,34 @@ def usd_to_nanos(value: Any, field: str) -> int:
     return nanos
 
 
+# A team id: ``team_`` and 16 hex digits (gateway/keys.py ``new_id``).
+_TEAM_ID = re.compile(r"team_[0-9a-f]{16}")
+
+
+def display_name(value: Any, field: str, *, empty: bool = True) -> str:
+    """A name people read in listings and logs and give to commands: ``text``, and no
+    whitespace at either end (``gamma`` and ``gamma `` printed alike) and no control or
+    invisible character (a bidi override reorders what is printed after it)."""
+    name = text(value, field, empty=empty)
+    if name != name.strip():
+        raise Unprocessable(f"'{field}' must not begin or end with whitespace", param=field)
+    for i, ch in enumerate(name):
+        if unicodedata.category(ch) in INVISIBLE_CATEGORIES:
+            raise Unprocessable(
+                f"'{field}' contains the control or invisible character U+{ord(ch):04X} at "
+                f"position {i}; names are printable text",
+                param=field,
+            )
+    return name
+
+
 async def create_team(s: AsyncSession, name: str) -> dict[str, Any]:
-    name = text(name, "name", empty=False)
+    name = display_name(name, "name", empty=False)
+    if _TEAM_ID.fullmatch(name):
+        # Commands take a team's id or name: this one would read as another team's id.
+        raise Unprocessable(
+            f"'name' {name!r} has the form of a team id; choose another name", param="name"
+        )
     team = Team(id=new_id("team"), name=name, created_at=_now())
     s.add(team)
     try:
@@ -187,7 +216,7 @@ async def create_key(
     max_tokens_ceiling: int | None = None,
 ) -> CreatedKey:
     t = await _team(s, team)
-    name = text(name, "name")
+    name = display_name(name, "name")
     if allowed_models is not None and not (
         isinstance(allowed_models, list)
         and all(isinstance(m, str) and m and "\x00" not in m for m in allowed_models)

@@ -125,7 +125,7 @@ def _check_depth(data: Any) -> None:
 MAX_MODEL_CHARS = 200
 # Control, format (bidi overrides, zero-width), surrogate, private-use and unassigned
 # characters, and the line and paragraph separators.
-_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 def check_model(model: object) -> str:
@@ -138,7 +138,7 @@ def check_model(model: object) -> str:
             param="model",
         )
     for i, ch in enumerate(model):
-        if unicodedata.category(ch) in _BAD_CATEGORIES:
+        if unicodedata.category(ch) in INVISIBLE_CATEGORIES:
             raise InvalidRequest(
                 f"'model' contains the control or invisible character U+{ord(ch):04X} at "
                 f"position {i}; model names are printable text",

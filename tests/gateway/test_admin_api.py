@@ -90,3 +90,30 @@ def test_spend_in_an_unknown_format_is_a_400(admin: TestClient, fmt: str) -> Non
         "param": "format",
         "message": "'format' must be 'json' or 'csv'",
     }
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("gamma ", "must not begin or end with whitespace"),
+        (" gamma", "must not begin or end with whitespace"),
+        ("ga\u202emma", "invisible character U+202E at position 2"),
+        ("line\nbreak", "invisible character U+000A at position 4"),
+        ("team_c0cfddb35b0afed8", "has the form of a team id"),
+    ],
+)
+def test_a_team_name_people_could_misread_is_a_422(
+    admin: TestClient, name: str, fragment: str
+) -> None:
+    r = admin.post("/admin/teams", json={"name": name})
+    assert r.status_code == 422, r.text
+    assert fragment in r.json()["error"]["message"] and r.json()["error"]["param"] == "name"
+    assert [t["name"] for t in admin.get("/admin/teams").json()["data"]] == ["sp"]
+    r = admin.post("/admin/keys", json={"team": "sp", "name": name})
+    if "team id" not in fragment:  # a key name may look like anything printable
+        assert r.status_code == 422, r.text
+
+
+def test_printable_names_of_any_script_are_taken(admin: TestClient) -> None:
+    for name in ("Équipe données", "研究", "team-7 (eu)"):
+        assert admin.post("/admin/teams", json={"name": name}).status_code == 201
