@@ -21,6 +21,7 @@ from starlette.responses import Response
 from engines.http import new_session
 from engines.registry import build_engines
 from gateway.accounting import Accounting, OpenAccounting
+from gateway.catalog_file import read_catalog
 from gateway.errors import error_response
 from gateway.fastpath import TiergateApp, unexpected_error
 from gateway.http_guard import BodyLimit, metric_protocol
@@ -39,7 +40,7 @@ from gateway.routes import system as system_routes
 from gateway.settings import Settings, get_settings
 from gateway.shadow import ShadowService
 from gateway.state import AppState
-from policies.catalog import Catalog, load_catalog
+from policies.catalog import Catalog
 from policies.errors import InvalidRequest, ServiceUnavailable, TiergateError, UnknownModel
 from policies.router import Router
 
@@ -109,7 +110,7 @@ def create_app(
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
     # Validate the catalog before the server binds: a bad file fails start-up, loudly.
-    loaded = catalog or load_catalog(settings.config)
+    loaded = catalog or read_catalog(settings.config)
     # The same for TIERGATE_ROUTER_WEIGHTS (WeightsError is a ConfigError), and before the
     # lifespan opens any session, so that a failure leaves nothing open.
     model_router = loaded.routing.classifier == "model"

@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 from pathlib import Path
 
+from gateway.catalog_file import read_catalog
 from gateway.cli_common import CliError, port_number
-from policies.catalog import load_catalog
 from policies.errors import ConfigError
 
 # Sub-command groups living in their own modules: (module, function that registers them).
@@ -75,7 +75,7 @@ def _check_database(settings: object) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     try:
-        catalog = load_catalog(args.config)
+        catalog = read_catalog(args.config)
     except ConfigError as exc:
         print(f"tiergate: {exc}", file=sys.stderr)
         return 2

@@ -354,6 +354,12 @@ def _table(results: list[PairResult]) -> str:
 
 def _report(args: argparse.Namespace) -> int:
     rows = shared_rows(Path(args.shared_dir))
+    if not rows:
+        raise CliError(
+            f"no public routing data in {args.shared_dir}: `router report` evaluates on the "
+            "public datasets (MMLU-Pro, MATH, GSM8K, BBH: see docs/routing.md); give "
+            "--shared-dir DIR with their files"
+        )
     out: dict[str, Any] = {}
     plots: dict[str, list[PairResult]] = {}
     for split, scores in (

@@ -33,7 +33,7 @@ def fit(
     """``l2`` on every weight; ``l2_hashed``, when given, on the hashed n-gram block instead."""
     n = len(feats)
     xd = np.array([f.dense for f in feats], dtype=np.float64)
-    counts = np.array([len(f.hashed) for f in feats])
+    counts = np.array([len(f.hashed) for f in feats], dtype=np.int64)
     idx = (
         np.concatenate([np.array(f.hashed, dtype=np.int64) for f in feats])
         if n

@@ -334,3 +334,16 @@ def test_db_upgrade_creates_no_tree_of_directories(
     # the file's own directory is created, as ./var is for the default database
     assert main(["db", "upgrade", "--database-url", f"sqlite:///{tmp_path}/var/x.db"]) == 0
     assert (tmp_path / "var" / "x.db").exists()
+
+
+def test_a_missing_catalog_named_like_a_shipped_example_says_where_those_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README's `check-config gateway/examples/selfhosted.yaml` run outside a checkout (an
+    installed wheel has the examples in the package)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["check-config", "gateway/examples/selfhosted.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "the example catalogs ship in the package: " in err
+    shipped = err.rsplit(": ", 1)[1].strip()
+    assert main(["check-config", shipped]) == 0

@@ -344,3 +344,13 @@ def test_a_model_that_keeps_the_prior_keeps_the_generic_lines(tmp_path: Path) ->
     meta = Router.load(out).meta
     assert meta["chosen"] == "prior"
     assert "prior_pro" not in meta and "prior_think" not in meta
+
+
+def test_report_without_the_public_data_says_where_it_looked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An installed wheel has no ../shared data: one line naming the folder (it was a
+    numpy traceback)."""
+    assert main(["router", "report", "--shared-dir", str(tmp_path), "--plot", ""]) == 2
+    line = _stderr_line(capsys)
+    assert f"no public routing data in {tmp_path}" in line and "--shared-dir" in line

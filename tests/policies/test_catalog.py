@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -122,4 +123,15 @@ def test_a_merge_key_may_be_overridden(tmp_path: Path) -> None:
     path = tmp_path / "merge.yaml"
     path.write_text(text + "x-base: &base {a: 1}\nx-more: {<<: *base, a: 2}\n")
     with pytest.raises(ConfigError, match="x-base"):  # unknown top-level keys, not duplicates
+        load_catalog(path)
+
+
+def test_the_documented_catalog_passes_its_own_check(tmp_path: Path) -> None:
+    """docs/catalog.md's full example is a catalog `tiergate check-config` accepts."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "catalog.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S) if b.startswith("version:")]
+    assert blocks
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"doc{i}.yaml"
+        path.write_text(block)
         load_catalog(path)
