@@ -34,7 +34,7 @@ from gateway.parse import (
 )
 from gateway.pipeline import Prepared
 from gateway.protocols.relay import translate_relayed
-from gateway.protocols.tool_order import Args, Begin, CallOrder, Step
+from gateway.protocols.tool_order import Args, Begin, InOrder, Step
 from gateway.serve import Edge
 from gateway.tools import ToolNames
 from policies.errors import (
@@ -615,16 +615,15 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps({"type": name, **data}) + b"\n\n"
 
 
-class StreamTranslator:
+class StreamTranslator(InOrder):
     """OpenAI chat-completion chunks (DeepSeek-shaped) -> Anthropic stream events."""
 
     def __init__(self, model: str, stops: list[str] | None = None) -> None:
+        super().__init__()  # blocks are written one after another
         self.model = model
         self.stops = stops or []
         self.index = -1
         self.open: str | None = None  # "thinking" | "text" | "tool"
-        self.calls = CallOrder()  # blocks are written one after another
-        self.held: list[tuple[str, str]] = []  # text that came while a call was unfinished
         self.finish: str | None = None
         self.matched: Any = None
         self.usage = Usage()
@@ -679,18 +678,6 @@ class StreamTranslator:
                 self.finish = choice["finish_reason"]
                 self.matched = choice.get("stop_reason")
         return out
-
-    def _say(self, kind: str, text: str) -> bytes:
-        """Thinking or text: after the tool calls begun before it, once they are whole (a
-        block stopped cannot take the rest of a call's arguments)."""
-        if self.calls.busy:
-            self.held.append((kind, text))
-            return b""
-        return self._tool_steps(self.calls.finish()) + self._release() + self._text(kind, text)
-
-    def _release(self) -> bytes:
-        held, self.held = self.held, []
-        return b"".join(self._text(kind, text) for kind, text in held)
 
     def _text(self, kind: str, text: str) -> bytes:
         out = b""

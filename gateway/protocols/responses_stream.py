@@ -17,7 +17,7 @@ import orjson
 from gateway.parse import Call
 from gateway.protocols.relay import translate_relayed
 from gateway.protocols.responses import Context, Renderer, new_id, response_status
-from gateway.protocols.tool_order import Args, Begin, CallOrder, Step, complete_json
+from gateway.protocols.tool_order import Args, Begin, InOrder, Step, complete_json
 from policies.errors import TiergateError, UpstreamUnavailable
 from policies.usage import Usage, usage_from_openai
 
@@ -34,16 +34,15 @@ class _Open:
     name: str = ""
 
 
-class StreamTranslator:
+class StreamTranslator(InOrder):
     """DeepSeek-shaped chat chunks -> the Responses event stream, in order."""
 
     def __init__(self, ctx: Context, model: str) -> None:
+        super().__init__()  # items are written one after another
         self.r = Renderer(ctx, model)
         self.seq = 0
         self.output: list[dict[str, Any]] = []
         self.open: _Open | None = None
-        self.calls = CallOrder()  # items are written one after another
-        self.held: list[tuple[str, str]] = []  # text that came while a call was unfinished
         self.finish: str | None = None
         self.usage = Usage()
 
@@ -142,18 +141,6 @@ class StreamTranslator:
             delta=delta,
             **extra,
         )
-
-    def _say(self, kind: str, text: str) -> bytes:
-        """Reasoning or text: after the tool calls begun before it, once they are whole (an
-        item closed cannot take the rest of a call's arguments)."""
-        if self.calls.busy:
-            self.held.append((kind, text))
-            return b""
-        return self._tool_steps(self.calls.finish()) + self._release() + self._text(kind, text)
-
-    def _release(self) -> bytes:
-        held, self.held = self.held, []
-        return b"".join(self._text(kind, text) for kind, text in held)
 
     def _tool_steps(self, steps: list[Step], broken: bool = False) -> bytes:
         """``broken``: the answer was cut, so a call whose arguments are not whole JSON

@@ -123,3 +123,31 @@ class CallOrder:
         while self.live is not None or self.waiting:
             steps += self._next()
         return steps
+
+
+class InOrder:
+    """A stream translator whose blocks or items are written one after another: its tool
+    calls go through ``CallOrder``, and text or reasoning that comes while a call is
+    unfinished waits for the calls (a block stopped cannot take the rest of a call's
+    arguments). Subclasses write text (``_text``) and the calls' steps (``_tool_steps``)."""
+
+    def __init__(self) -> None:
+        self.calls = CallOrder()
+        self.held: list[tuple[str, str]] = []  # text that came while a call was unfinished
+
+    def _text(self, kind: str, text: str) -> bytes:
+        raise NotImplementedError
+
+    def _tool_steps(self, steps: list[Step]) -> bytes:
+        raise NotImplementedError
+
+    def _say(self, kind: str, text: str) -> bytes:
+        """Text or reasoning: now, after the calls begun before it once they are whole."""
+        if self.calls.busy:
+            self.held.append((kind, text))
+            return b""
+        return self._tool_steps(self.calls.finish()) + self._release() + self._text(kind, text)
+
+    def _release(self) -> bytes:
+        held, self.held = self.held, []
+        return b"".join(self._text(kind, text) for kind, text in held)
