@@ -6,8 +6,9 @@ Python (the master key); key lookups go by hash through a unique index.
 
 A request's key is read from ``Authorization: Bearer <key>`` (the OpenAI SDKs) or
 ``x-api-key: <key>`` (the Anthropic SDKs). A credential sent any other way (another scheme,
-an empty one, Azure's ``api-key`` header) is refused rather than ignored: served as
-anonymous, the request would escape its team's attribution and budget.
+a key without one, Azure's ``api-key`` header) is refused rather than ignored: served as
+anonymous, the request would escape its team's attribution and budget. An empty header is
+no credential.
 """
 
 from __future__ import annotations

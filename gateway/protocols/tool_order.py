@@ -14,6 +14,7 @@ live.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,7 +126,7 @@ class CallOrder:
         return steps
 
 
-class InOrder:
+class InOrder(ABC):
     """A stream translator whose blocks or items are written one after another: its tool
     calls go through ``CallOrder``, and text or reasoning that comes while a call is
     unfinished waits for the calls (a block stopped cannot take the rest of a call's
@@ -135,11 +136,13 @@ class InOrder:
         self.calls = CallOrder()
         self.held: list[tuple[str, str]] = []  # text that came while a call was unfinished
 
+    @abstractmethod
     def _text(self, kind: str, text: str) -> bytes:
-        raise NotImplementedError
+        """Write text (``text``) or reasoning (``thinking``/``reasoning``) as the protocol does."""
 
+    @abstractmethod
     def _tool_steps(self, steps: list[Step]) -> bytes:
-        raise NotImplementedError
+        """Write the steps of the calls (begin, arguments, end) as the protocol does."""
 
     def _say(self, kind: str, text: str) -> bytes:
         """Text or reasoning: now, after the calls begun before it once they are whole."""
